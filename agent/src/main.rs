@@ -1,7 +1,7 @@
 //! `imagegate-agent`: the node agent. Runs as root (eBPF).
 
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal, Write},
     path::PathBuf,
 };
 
@@ -110,8 +110,10 @@ fn print_events(out: &mut impl Write, events: &[Exec], format: Format) -> io::Re
 
 fn init_logs(format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr);
     match format {
         Format::Text => builder.init(),
