@@ -1,0 +1,381 @@
+//! Applying a policy to a review: one decision per image, then one for the
+//! review. Plain functions of their inputs: no I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Mode, Policy, Rule, file};
+use crate::{
+    reference::{ParseError, Reference},
+    review::{Api, Review, Subject},
+};
+
+/// Rule names for decisions no configured rule made.
+pub const RULE_SYNTAX: &str = "reference-syntax";
+pub const RULE_DEFAULT: &str = "default";
+pub const RULE_EXEMPT: &str = "exempt-namespace";
+pub const RULE_BREAK_GLASS: &str = "break-glass";
+
+/// The suffix of the break-glass annotation on ImageReview.
+const IMAGE_REVIEW_BREAK_GLASS_SUFFIX: &str = ".image-policy.k8s.io/break-glass";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Denied by a rule in audit mode: allowed, with a warning.
+    AuditDenied,
+    /// Allowed because the request broke glass.
+    BreakGlass,
+    /// Allowed because the namespace is exempt.
+    Exempt,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::AuditDenied => "audit-denied",
+            Verdict::BreakGlass => "break-glass",
+            Verdict::Exempt => "exempt",
+        }
+    }
+
+    pub fn allows(self) -> bool {
+        self != Verdict::Denied
+    }
+}
+
+/// The decision on one image.
+#[derive(Clone, Debug)]
+pub struct ImageDecision {
+    /// As written in the spec.
+    pub image: String,
+    pub reference: Result<Reference, ParseError>,
+    pub verdict: Verdict,
+    /// The rule that decided (or one of the `RULE_*` names).
+    pub rule: String,
+    /// One line a user can act on.
+    pub reason: String,
+}
+
+/// The decision on a whole review.
+#[derive(Clone, Debug)]
+pub struct ReviewDecision {
+    pub allowed: bool,
+    /// Why, in one line: the denied images' reasons, or a summary.
+    pub message: String,
+    /// What audit mode would have denied (AdmissionReview `warnings`).
+    pub warnings: Vec<String>,
+    pub audit_annotations: BTreeMap<String, String>,
+    pub images: Vec<ImageDecision>,
+}
+
+impl Policy {
+    /// Decides on every image of a review.
+    pub fn decide(&self, review: &Review) -> ReviewDecision {
+        let subject = &review.subject;
+        let mut annotations = BTreeMap::new();
+        let images: Vec<ImageDecision> = if self.exempt_namespaces.contains(&subject.namespace) {
+            annotations.insert("exempt-namespace".into(), subject.namespace.clone());
+            self.allow_all(review, Verdict::Exempt, RULE_EXEMPT, || {
+                format!(
+                    "namespace {:?} is exempt from image policy",
+                    subject.namespace
+                )
+            })
+        } else if let Some(key) = self.break_glass(review.api, subject) {
+            annotations.insert("break-glass".into(), key.clone());
+            self.allow_all(review, Verdict::BreakGlass, RULE_BREAK_GLASS, || {
+                format!("allowed by break-glass annotation {key}=\"true\"")
+            })
+        } else {
+            review
+                .images
+                .iter()
+                .map(|u| self.decide_image(subject, &u.image))
+                .collect()
+        };
+        summarise(images, annotations)
+    }
+
+    /// Decides on one image for an object in `subject`'s namespace.
+    pub fn decide_image(&self, subject: &Subject, image: &str) -> ImageDecision {
+        let reference = match Reference::parse(image) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("image {image:?} is not a valid image reference: {e}");
+                return self.denial(image, Err(e), RULE_SYNTAX, reason, self.mode);
+            }
+        };
+        let repository = reference.repository();
+        for rule in self.rules.iter().filter(|r| r.applies_to(subject)) {
+            if let Some(pattern) = rule.deny.first_match(&repository) {
+                let reason = format!(
+                    "image {image:?} ({reference}) denied by rule {:?}: repository {repository} matches the denied pattern {pattern}",
+                    rule.name
+                );
+                return self.denial(
+                    image,
+                    Ok(reference),
+                    &rule.name,
+                    reason,
+                    rule.mode.unwrap_or(self.mode),
+                );
+            }
+            if !rule.selects(&reference, &repository) {
+                continue;
+            }
+            if let Some(problem) = rule.requirement_failed(&reference) {
+                let reason = format!(
+                    "image {image:?} ({reference}) denied by rule {:?}: {problem}",
+                    rule.name
+                );
+                return self.denial(
+                    image,
+                    Ok(reference),
+                    &rule.name,
+                    reason,
+                    rule.mode.unwrap_or(self.mode),
+                );
+            }
+            return ImageDecision {
+                image: image.to_string(),
+                reason: format!(
+                    "image {image:?} ({reference}) allowed by rule {:?}",
+                    rule.name
+                ),
+                reference: Ok(reference),
+                verdict: Verdict::Allowed,
+                rule: rule.name.clone(),
+            };
+        }
+        match self.default_verdict {
+            file::Verdict::Allow => ImageDecision {
+                image: image.to_string(),
+                reason: format!(
+                    "image {image:?} ({reference}): no rule matched; the policy's default verdict is allow"
+                ),
+                reference: Ok(reference),
+                verdict: Verdict::Allowed,
+                rule: RULE_DEFAULT.into(),
+            },
+            file::Verdict::Deny => {
+                let reason = format!(
+                    "image {image:?} ({reference}) is not allowed: no rule accepts repository {repository}{}",
+                    self.accepted_here(subject)
+                );
+                self.denial(image, Ok(reference), RULE_DEFAULT, reason, self.mode)
+            }
+        }
+    }
+
+    fn denial(
+        &self,
+        image: &str,
+        reference: Result<Reference, ParseError>,
+        rule: &str,
+        reason: String,
+        mode: Mode,
+    ) -> ImageDecision {
+        ImageDecision {
+            image: image.to_string(),
+            reference,
+            verdict: match mode {
+                Mode::Enforce => Verdict::Denied,
+                Mode::Audit => Verdict::AuditDenied,
+            },
+            rule: rule.to_string(),
+            reason,
+        }
+    }
+
+    fn allow_all(
+        &self,
+        review: &Review,
+        verdict: Verdict,
+        rule: &str,
+        reason: impl Fn() -> String,
+    ) -> Vec<ImageDecision> {
+        review
+            .images
+            .iter()
+            .map(|u| ImageDecision {
+                image: u.image.clone(),
+                reference: Reference::parse(&u.image),
+                verdict,
+                rule: rule.to_string(),
+                reason: reason(),
+            })
+            .collect()
+    }
+
+    /// The annotation key that breaks glass for this request, if any and if
+    /// the policy allows break-glass.
+    fn break_glass(&self, api: Api, subject: &Subject) -> Option<String> {
+        let annotation = self.break_glass_annotation.as_ref()?;
+        subject
+            .annotations
+            .iter()
+            .find(|(key, value)| {
+                let key_matches = match api {
+                    Api::ImageReview => key.ends_with(IMAGE_REVIEW_BREAK_GLASS_SUFFIX),
+                    Api::AdmissionReview => *key == annotation,
+                };
+                key_matches && value.as_str() == "true"
+            })
+            .map(|(key, _)| key.clone())
+    }
+
+    /// `; accepted here: registries a, b; repositories x` for a denial.
+    fn accepted_here(&self, subject: &Subject) -> String {
+        let mut registries = Vec::new();
+        let mut repositories = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.applies_to(subject)) {
+            for r in &rule.registries {
+                if !registries.contains(&r.written) {
+                    registries.push(r.written.clone());
+                }
+            }
+            for g in rule.allow.written() {
+                if !repositories.contains(g) {
+                    repositories.push(g.clone());
+                }
+            }
+        }
+        let mut out = String::new();
+        if !registries.is_empty() {
+            out += &format!("; accepted here: registries {}", registries.join(", "));
+        }
+        if !repositories.is_empty() {
+            out += if registries.is_empty() {
+                "; accepted here: repositories "
+            } else {
+                ", repositories "
+            };
+            out += &repositories.join(", ");
+        }
+        if out.is_empty() {
+            out = format!("; no rule applies to namespace {:?}", subject.namespace);
+        }
+        out
+    }
+}
+
+impl Rule {
+    /// Whether the rule applies to objects like `subject`.
+    fn applies_to(&self, subject: &Subject) -> bool {
+        if !self.namespaces.is_empty() && !self.namespaces.contains(&subject.namespace) {
+            return false;
+        }
+        if self.object_labels.is_empty() {
+            return true;
+        }
+        // A request that carries no labels (ImageReview) cannot satisfy a
+        // label condition.
+        subject.labels.as_ref().is_some_and(|labels| {
+            self.object_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+    }
+
+    /// Whether the rule is about this image's registry and repository.
+    fn selects(&self, reference: &Reference, repository: &str) -> bool {
+        let registry_ok =
+            self.registries.is_empty() || self.registries.iter().any(|r| r.matches(reference));
+        let repository_ok = self.allow.is_empty() || self.allow.first_match(repository).is_some();
+        registry_ok && repository_ok
+    }
+
+    /// The first requirement the reference fails, worded for the user.
+    fn requirement_failed(&self, r: &Reference) -> Option<String> {
+        let repository = r.repository();
+        if self.require_digest && r.digest.is_none() {
+            return Some(format!(
+                "a digest is required; pin the image as {repository}@sha256:<digest>"
+            ));
+        }
+        if self.deny_untagged && r.is_untagged() {
+            return Some(format!(
+                "the image has no tag (it would pull {repository}:latest); name a version tag or a digest"
+            ));
+        }
+        if self.deny_latest && r.is_latest() {
+            let written = if r.is_untagged() {
+                "has no tag, which means"
+            } else {
+                "uses"
+            };
+            return Some(format!(
+                "the image {written} the tag latest, which is not allowed; name a version tag or a digest, e.g. {repository}:<version>"
+            ));
+        }
+        None
+    }
+}
+
+fn summarise(
+    images: Vec<ImageDecision>,
+    mut annotations: BTreeMap<String, String>,
+) -> ReviewDecision {
+    let denied: Vec<&ImageDecision> = images
+        .iter()
+        .filter(|d| d.verdict == Verdict::Denied)
+        .collect();
+    let audited: Vec<&ImageDecision> = images
+        .iter()
+        .filter(|d| d.verdict == Verdict::AuditDenied)
+        .collect();
+    let allowed = denied.is_empty();
+    let warnings: Vec<String> = audited
+        .iter()
+        .map(|d| format!("imagegate audit mode: would deny: {}", d.reason))
+        .collect();
+    if !audited.is_empty() {
+        annotations.insert("audit-would-deny".into(), join_images(&audited));
+    }
+    annotations.insert(
+        "decision".into(),
+        if allowed { "allowed" } else { "denied" }.into(),
+    );
+    let message = if allowed {
+        match images.len() {
+            0 => "no images to check".to_string(),
+            n => format!(
+                "{n} image{} allowed ({})",
+                if n == 1 { "" } else { "s" },
+                images
+                    .iter()
+                    .map(|d| d.rule.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    } else {
+        annotations.insert("denied-images".into(), join_images(&denied));
+        denied
+            .iter()
+            .map(|d| d.reason.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    ReviewDecision {
+        allowed,
+        message,
+        warnings,
+        audit_annotations: annotations,
+        images,
+    }
+}
+
+fn join_images(decisions: &[&ImageDecision]) -> String {
+    decisions
+        .iter()
+        .map(|d| d.image.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

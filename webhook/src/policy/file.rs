@@ -1,0 +1,121 @@
+//! The policy file as written (YAML). Validated and compiled by
+//! [`super::Policy::from_yaml`]; nothing else reads these types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "imagegate.dev/v1alpha1";
+pub const KIND: &str = "ImagePolicy";
+pub const DEFAULT_BREAK_GLASS_ANNOTATION: &str = "imagegate.dev/break-glass";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyFile {
+    pub api_version: String,
+    pub kind: String,
+    /// `enforce` (deny what fails) or `audit` (allow, and say what enforce
+    /// would have denied).
+    #[serde(default)]
+    pub mode: Mode,
+    /// What happens to an image no rule accepts.
+    #[serde(default)]
+    pub default_verdict: Verdict,
+    /// Namespaces (names or globs) whose objects are not checked.
+    #[serde(default)]
+    pub exempt_namespaces: Vec<String>,
+    #[serde(default)]
+    pub break_glass: BreakGlassFile,
+    /// Evaluated in order; the first rule that applies to the namespace and
+    /// selects the image decides.
+    #[serde(default)]
+    pub rules: Vec<RuleFile>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakGlassFile {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The object annotation that breaks glass on AdmissionReview (value
+    /// `"true"`). ImageReview uses `*.image-policy.k8s.io/break-glass`.
+    #[serde(default = "default_break_glass_annotation")]
+    pub annotation: String,
+}
+
+impl Default for BreakGlassFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            annotation: default_break_glass_annotation(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_break_glass_annotation() -> String {
+    DEFAULT_BREAK_GLASS_ANNOTATION.to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleFile {
+    pub name: String,
+    /// Namespaces (names or globs) the rule applies to; empty: all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Labels the object must carry for the rule to apply. Only
+    /// AdmissionReview carries labels; on ImageReview such a rule never
+    /// applies.
+    #[serde(default)]
+    pub object_labels: BTreeMap<String, String>,
+    /// `host[:port]` or `host[:port]/path/prefix`; empty: any registry.
+    #[serde(default)]
+    pub registries: Vec<String>,
+    #[serde(default)]
+    pub repositories: RepositoriesFile,
+    /// Deny `:latest` and references with neither tag nor digest (which
+    /// mean `latest`). A digest decides over the tag.
+    #[serde(default)]
+    pub deny_latest: bool,
+    /// Deny references with neither tag nor digest.
+    #[serde(default)]
+    pub deny_untagged: bool,
+    /// Deny references without a digest.
+    #[serde(default)]
+    pub require_digest: bool,
+    /// Overrides the policy's mode for denials by this rule.
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoriesFile {
+    /// Globs on the full repository name (`docker.io/library/*`); when set,
+    /// the rule selects only matching images. `*` stays within a path
+    /// segment, `**` crosses segments.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Globs whose matches this rule denies, whatever else it allows.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}

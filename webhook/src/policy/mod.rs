@@ -1,0 +1,160 @@
+//! The policy: loaded from YAML, validated with errors that name the field,
+//! compiled into matchers, and applied to reviews ([`decide`]).
+
+pub mod decide;
+pub mod file;
+pub mod matchers;
+
+use std::collections::{BTreeMap, HashSet};
+
+pub use decide::{ImageDecision, ReviewDecision, Verdict};
+pub use file::Mode;
+use file::PolicyFile;
+use matchers::{NamespaceSet, RegistryPattern, RepositoryGlobs};
+
+/// A policy file that cannot be used. The message names each problem's
+/// field, e.g. `rules[1].registries[0]: ...`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid policy: {}", .problems.join("; "))]
+pub struct PolicyError {
+    pub problems: Vec<String>,
+}
+
+/// A validated, compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub mode: Mode,
+    pub default_verdict: file::Verdict,
+    pub exempt_namespaces: NamespaceSet,
+    /// `None` when break-glass is disabled.
+    pub break_glass_annotation: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub namespaces: NamespaceSet,
+    pub object_labels: BTreeMap<String, String>,
+    pub registries: Vec<RegistryPattern>,
+    pub allow: RepositoryGlobs,
+    pub deny: RepositoryGlobs,
+    pub deny_latest: bool,
+    pub deny_untagged: bool,
+    pub require_digest: bool,
+    pub mode: Option<Mode>,
+}
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let file: PolicyFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            PolicyError {
+                problems: vec![format!("{at}{inner}")],
+            }
+        })?;
+        compile(file)
+    }
+}
+
+fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
+    let mut problems = Vec::new();
+    if file.api_version != file::API_VERSION {
+        problems.push(format!(
+            "apiVersion: expected {}, got {:?}",
+            file::API_VERSION,
+            file.api_version
+        ));
+    }
+    if file.kind != file::KIND {
+        problems.push(format!(
+            "kind: expected {}, got {:?}",
+            file::KIND,
+            file.kind
+        ));
+    }
+    let exempt_namespaces = NamespaceSet::new(&file.exempt_namespaces)
+        .map_err(|(i, e)| problems.push(format!("exemptNamespaces[{i}]: {e}")))
+        .ok();
+    if file.break_glass.annotation.is_empty()
+        || file.break_glass.annotation.contains(char::is_whitespace)
+    {
+        problems.push(format!(
+            "breakGlass.annotation: {:?} is not an annotation key",
+            file.break_glass.annotation
+        ));
+    }
+
+    let mut names = HashSet::new();
+    let mut rules = Vec::new();
+    for (i, rule) in file.rules.into_iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if rule.name.trim().is_empty() {
+            problems.push(format!(
+                "{at}.name: a rule needs a name (it appears in every decision)"
+            ));
+        } else if !names.insert(rule.name.clone()) {
+            problems.push(format!(
+                "{at}.name: {:?} is used by an earlier rule",
+                rule.name
+            ));
+        }
+        let namespaces = NamespaceSet::new(&rule.namespaces)
+            .map_err(|(j, e)| problems.push(format!("{at}.namespaces[{j}]: {e}")))
+            .ok();
+        let registries: Vec<_> = rule
+            .registries
+            .iter()
+            .enumerate()
+            .filter_map(|(j, r)| {
+                RegistryPattern::parse(r)
+                    .map_err(|e| problems.push(format!("{at}.registries[{j}]: {e}")))
+                    .ok()
+            })
+            .collect();
+        let allow = RepositoryGlobs::new(&rule.repositories.allow)
+            .map_err(|(j, e)| problems.push(format!("{at}.repositories.allow[{j}]: {e}")))
+            .ok();
+        let deny = RepositoryGlobs::new(&rule.repositories.deny)
+            .map_err(|(j, e)| problems.push(format!("{at}.repositories.deny[{j}]: {e}")))
+            .ok();
+        if let (Some(namespaces), Some(allow), Some(deny)) = (namespaces, allow, deny) {
+            rules.push(Rule {
+                name: rule.name,
+                namespaces,
+                object_labels: rule.object_labels,
+                registries,
+                allow,
+                deny,
+                deny_latest: rule.deny_latest,
+                deny_untagged: rule.deny_untagged,
+                require_digest: rule.require_digest,
+                mode: rule.mode,
+            });
+        }
+    }
+    match exempt_namespaces {
+        Some(exempt_namespaces) if problems.is_empty() => Ok(Policy {
+            mode: file.mode,
+            default_verdict: file.default_verdict,
+            exempt_namespaces,
+            break_glass_annotation: file
+                .break_glass
+                .enabled
+                .then_some(file.break_glass.annotation),
+            rules,
+        }),
+        _ => Err(PolicyError { problems }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

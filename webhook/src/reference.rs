@@ -1,0 +1,171 @@
+//! Image references: parsed by the distribution/reference grammar, normalised
+//! the way Docker Hub names are (`nginx` -> `docker.io/library/nginx:latest`).
+//!
+//! Parsing is `oci-spec`'s `Reference` (a port of distribution/reference,
+//! maintained with youki and oci-client). This module adds the checks where
+//! its regex-based port is looser than the Go original, so that what Go's
+//! `reference.ParseNormalizedNamed` refuses is refused here too:
+//! - Rust's `\w` matches Unicode letters, Go's only ASCII: non-ASCII input is
+//!   refused before parsing;
+//! - Go's digest parser wants lower-case hex; the port accepts upper case;
+//! - Go limits the whole name (domain included) to 255 bytes, the port only
+//!   the path.
+
+use std::fmt;
+
+use oci_spec::distribution::{ParseError as OciParseError, Reference as OciReference};
+use serde::Serialize;
+
+/// Longest name (domain and path, as written) distribution/reference accepts.
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// Why a string is not an image reference. The message is what a user sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the image reference is empty")]
+    Empty,
+    #[error("invalid reference format: image references are ASCII only")]
+    NonAscii,
+    #[error("invalid reference format: a digest's hex must be lower case")]
+    UppercaseDigest,
+    #[error("invalid reference format: repository name must not be more than 255 characters")]
+    NameTooLong,
+    #[error("invalid reference format: repository name must be lowercase")]
+    Uppercase,
+    #[error("{0}")]
+    Grammar(String),
+}
+
+/// A parsed, normalised image reference.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Reference {
+    /// Registry host, with its port if any, lower-cased (hosts are
+    /// case-insensitive): `docker.io`, `registry.local:5000`.
+    pub domain: String,
+    /// Repository path inside the registry: `library/nginx`.
+    pub path: String,
+    /// The tag as written; `None` when the reference has none.
+    pub tag: Option<String>,
+    /// `algorithm:hex` as written; when present it decides over the tag.
+    pub digest: Option<String>,
+}
+
+impl Reference {
+    /// Parses `input` as Kubernetes and containerd do.
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.is_empty() {
+            return Err(ParseError::Empty);
+        }
+        if !input.is_ascii() {
+            return Err(ParseError::NonAscii);
+        }
+        let (name, digest) = match input.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (input, None),
+        };
+        // Only the hex after `algorithm:` must be lower case; an upper-case
+        // algorithm is refused by the grammar itself.
+        let digest_hex = digest.and_then(|d| d.split_once(':')).map(|(_, hex)| hex);
+        if digest_hex.is_some_and(|hex| hex.bytes().any(|b| b.is_ascii_uppercase())) {
+            return Err(ParseError::UppercaseDigest);
+        }
+        if name_part(name).len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(ParseError::NameTooLong);
+        }
+        let parsed = OciReference::try_from(input).map_err(|e| explain(input, e))?;
+        let tag = has_explicit_tag(name)
+            .then(|| parsed.tag().map(str::to_string))
+            .flatten();
+        Ok(Self {
+            domain: parsed.registry().to_ascii_lowercase(),
+            path: parsed.repository().to_string(),
+            tag,
+            digest: parsed.digest().map(str::to_string),
+        })
+    }
+
+    /// `domain/path`: the repository, what registry and repository rules
+    /// match against.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+
+    /// The tag a runtime pulls: the written one, or `latest` when there is
+    /// neither tag nor digest.
+    pub fn effective_tag(&self) -> Option<&str> {
+        match (&self.tag, &self.digest) {
+            (Some(tag), _) => Some(tag),
+            (None, None) => Some("latest"),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// Pulls `latest`: written as `:latest`, or implied by having neither tag
+    /// nor digest. A digest decides over any tag, so `x:latest@sha256:..` is
+    /// not `latest`.
+    pub fn is_latest(&self) -> bool {
+        self.digest.is_none() && self.effective_tag() == Some("latest")
+    }
+
+    /// Neither a tag nor a digest was written.
+    pub fn is_untagged(&self) -> bool {
+        self.tag.is_none() && self.digest.is_none()
+    }
+}
+
+/// The fully normalised form, `docker.io/library/nginx:1.25`, with `latest`
+/// spelled out when implied, and the digest when there is one.
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        if let Some(tag) = self.effective_tag() {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The name as written, without its tag (`registry:5000/x:1` -> `registry:5000/x`).
+fn name_part(name: &str) -> &str {
+    match name.rfind(':') {
+        // A colon after the last slash starts a tag; one before it is a port.
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
+}
+
+/// Whether the name (reference without digest) carries a `:tag`, as opposed
+/// to a `host:port/` only.
+fn has_explicit_tag(name: &str) -> bool {
+    name_part(name).len() != name.len()
+}
+
+/// Turns oci-spec's error into the user-facing reason, naming what
+/// distribution/reference would.
+fn explain(input: &str, err: OciParseError) -> ParseError {
+    match err {
+        OciParseError::NameEmpty => ParseError::Empty,
+        OciParseError::NameTooLong => ParseError::NameTooLong,
+        OciParseError::NameContainsUppercase => ParseError::Uppercase,
+        OciParseError::ReferenceInvalidFormat => {
+            // Go's parser says why when the path has upper case; say it too.
+            let name = name_part(input.split('@').next().unwrap_or(input));
+            let path = match name.split_once('/') {
+                Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+                _ => name,
+            };
+            if path.bytes().any(|b| b.is_ascii_uppercase()) {
+                ParseError::Uppercase
+            } else {
+                ParseError::Grammar(format!("invalid reference format: {err}"))
+            }
+        }
+        other => ParseError::Grammar(format!("invalid reference format: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

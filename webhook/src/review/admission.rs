@@ -1,0 +1,367 @@
+//! AdmissionReview (`admission.k8s.io/v1` and `v1beta1`): decoding a request
+//! into a [`Review`] and encoding the response.
+//!
+//! A response must carry the request's uid or the apiserver rejects it, and
+//! then `failurePolicy` decides, which with `Ignore` means an allow. So once
+//! the uid can be read, every problem with the rest of the request is
+//! answered as a denial carrying that uid, never as an HTTP error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Api, ContainerKind, Review, Subject,
+    pod_spec::{self, Object, Spec},
+};
+
+pub const API_VERSIONS: [&str; 2] = ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
+pub const KIND: &str = "AdmissionReview";
+
+/// What came of decoding a body.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A review to decide on.
+    Review(Box<AdmissionRequest>),
+    /// The uid was readable but the rest was not: answer a denial with it.
+    Unreadable {
+        api_version: String,
+        uid: String,
+        reason: String,
+    },
+}
+
+/// A decoded request: the review, and what the response must echo.
+#[derive(Debug)]
+pub struct AdmissionRequest {
+    pub api_version: String,
+    pub uid: String,
+    /// CREATE, UPDATE, DELETE or CONNECT.
+    pub operation: String,
+    /// `None` when the operation or kind carries no images to check; the
+    /// string says why, for the log.
+    pub review: Result<Review, &'static str>,
+}
+
+/// The body is not an AdmissionReview this webhook can answer at all.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadRequest {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "expected an AdmissionReview of apiVersion admission.k8s.io/v1 or v1beta1, got kind \
+         {kind:?} apiVersion {api_version:?}"
+    )]
+    WrongType { kind: String, api_version: String },
+    #[error("the AdmissionReview has no request.uid: {0}")]
+    NoUid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<Request>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    operation: String,
+    #[serde(default)]
+    user_info: Option<UserInfo>,
+    #[serde(default)]
+    object: Option<Object>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct UserInfo {
+    username: Option<String>,
+}
+
+/// Only what is needed to answer: read when the full decode fails.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UidOnly {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<UidRequest>,
+}
+
+#[derive(Deserialize)]
+struct UidRequest {
+    uid: Option<String>,
+}
+
+/// Decodes an AdmissionReview body.
+pub fn decode(body: &[u8]) -> Result<Decoded, BadRequest> {
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => from_envelope(envelope),
+        Err(full_error) => {
+            // Read again for the uid alone, so the answer can carry it.
+            let partial: UidOnly =
+                serde_json::from_slice(body).map_err(|e| BadRequest::NotJson(e.to_string()))?;
+            let api_version = check_type(partial.kind, partial.api_version)?;
+            let uid = partial
+                .request
+                .and_then(|r| r.uid)
+                .ok_or_else(|| BadRequest::NoUid(full_error.to_string()))?;
+            Ok(Decoded::Unreadable {
+                api_version,
+                uid,
+                reason: format!("the AdmissionReview request cannot be read: {full_error}"),
+            })
+        }
+    }
+}
+
+fn check_type(kind: Option<String>, api_version: Option<String>) -> Result<String, BadRequest> {
+    let kind = kind.unwrap_or_default();
+    let api_version = api_version.unwrap_or_default();
+    if kind != KIND || !API_VERSIONS.contains(&api_version.as_str()) {
+        return Err(BadRequest::WrongType { kind, api_version });
+    }
+    Ok(api_version)
+}
+
+fn from_envelope(envelope: Envelope) -> Result<Decoded, BadRequest> {
+    let api_version = check_type(envelope.kind, envelope.api_version)?;
+    let request = envelope
+        .request
+        .ok_or_else(|| BadRequest::NoUid("the AdmissionReview has no request".into()))?;
+    let uid = request.uid.clone();
+    let operation = request.operation.clone();
+    match to_review(request) {
+        Ok(review) => Ok(Decoded::Review(Box::new(AdmissionRequest {
+            api_version,
+            uid,
+            operation,
+            review,
+        }))),
+        Err(reason) => Ok(Decoded::Unreadable {
+            api_version,
+            uid,
+            reason,
+        }),
+    }
+}
+
+/// Where a kind keeps its pod spec.
+enum SpecAt {
+    /// `spec` (Pod).
+    Pod,
+    /// `spec.template.spec` (workloads, Job, ReplicationController).
+    Template,
+    /// `spec.jobTemplate.spec.template.spec` (CronJob).
+    JobTemplate,
+    /// `template.spec` (PodTemplate).
+    PodTemplate,
+    /// `ephemeralContainers` (the EphemeralContainers kind, Kubernetes 1.16-1.21).
+    EphemeralContainers,
+}
+
+fn spec_at(group: &str, kind: &str) -> Option<SpecAt> {
+    Some(match (group, kind) {
+        ("", "Pod") => SpecAt::Pod,
+        ("", "EphemeralContainers") => SpecAt::EphemeralContainers,
+        ("", "PodTemplate") => SpecAt::PodTemplate,
+        ("", "ReplicationController")
+        | ("apps" | "extensions", "Deployment" | "ReplicaSet" | "DaemonSet")
+        | ("apps", "StatefulSet")
+        | ("batch", "Job") => SpecAt::Template,
+        ("batch", "CronJob") => SpecAt::JobTemplate,
+        _ => return None,
+    })
+}
+
+/// The request as a review, `Ok(Err(why))` when there is nothing to check,
+/// or `Err(reason)` when an object that should be checked cannot be read.
+#[allow(clippy::result_large_err)]
+fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
+    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+        return Ok(Err("only CREATE and UPDATE can bring new images"));
+    }
+    let kind = request.kind.kind.as_str();
+    let Some(at) = spec_at(&request.kind.group, kind) else {
+        return Ok(Err("this kind carries no pod spec"));
+    };
+    let object = request
+        .object
+        .ok_or_else(|| format!("the {kind} {} has no object to check", request.operation))?;
+    let missing = |path: &str| format!("the {kind} has no {path} to check");
+
+    let mut images = Vec::new();
+    let mut annotations = BTreeMap::new();
+    let metadata = object.metadata.unwrap_or_default();
+    let mut add_template_annotations = |template_meta: Option<&pod_spec::Metadata>| {
+        if let Some(a) = template_meta.and_then(|m| m.annotations.as_ref()) {
+            annotations.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    };
+    match at {
+        SpecAt::Pod => {
+            let spec = object.spec.as_ref().ok_or_else(|| missing("spec"))?;
+            pod_spec::pod_spec_images(spec, "/spec", &mut images);
+        }
+        SpecAt::EphemeralContainers => pod_spec::container_images(
+            object.ephemeral_containers.as_deref(),
+            "/ephemeralContainers",
+            ContainerKind::EphemeralContainer,
+            &mut images,
+        ),
+        SpecAt::PodTemplate => {
+            let template = object
+                .template
+                .as_ref()
+                .ok_or_else(|| missing("template"))?;
+            add_template_annotations(template.metadata.as_ref());
+            let spec = template
+                .spec
+                .as_ref()
+                .ok_or_else(|| missing("template.spec"))?;
+            pod_spec::pod_spec_images(spec, "/template/spec", &mut images);
+        }
+        SpecAt::Template => {
+            let template = object
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_deref())
+                .ok_or_else(|| missing("spec.template"))?;
+            add_template_annotations(template.metadata.as_ref());
+            let spec = template
+                .spec
+                .as_ref()
+                .ok_or_else(|| missing("spec.template.spec"))?;
+            pod_spec::pod_spec_images(spec, "/spec/template/spec", &mut images);
+        }
+        SpecAt::JobTemplate => {
+            let job: &Spec = object
+                .spec
+                .as_ref()
+                .and_then(|s| s.job_template.as_deref())
+                .and_then(|t| t.spec.as_ref())
+                .ok_or_else(|| missing("spec.jobTemplate.spec"))?;
+            let template = job
+                .template
+                .as_deref()
+                .ok_or_else(|| missing("spec.jobTemplate.spec.template"))?;
+            add_template_annotations(template.metadata.as_ref());
+            let spec = template
+                .spec
+                .as_ref()
+                .ok_or_else(|| missing("spec.jobTemplate.spec.template.spec"))?;
+            pod_spec::pod_spec_images(spec, "/spec/jobTemplate/spec/template/spec", &mut images);
+        }
+    }
+    // The object's own annotations win over its template's.
+    if let Some(a) = metadata.annotations {
+        annotations.extend(a);
+    }
+    let name = request
+        .name
+        .filter(|n| !n.is_empty())
+        .or(metadata.name)
+        .or(metadata.generate_name);
+    Ok(Ok(Review {
+        api: Api::AdmissionReview,
+        subject: Subject {
+            namespace: request.namespace.unwrap_or_default(),
+            labels: Some(metadata.labels.unwrap_or_default()),
+            annotations,
+        },
+        images,
+        kind: Some(request.kind.kind),
+        name,
+        user: request.user_info.and_then(|u| u.username),
+        dry_run: request.dry_run.unwrap_or(false),
+    }))
+}
+
+/// The answer to one AdmissionReview.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    api_version: String,
+    kind: &'static str,
+    response: Answer,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer {
+    uid: String,
+    allowed: bool,
+    status: Status,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    code: u16,
+    message: String,
+}
+
+impl Response {
+    /// A response echoing the request's apiVersion and uid.
+    pub fn new(
+        api_version: String,
+        uid: String,
+        allowed: bool,
+        code: u16,
+        message: String,
+    ) -> Self {
+        Self {
+            api_version,
+            kind: KIND,
+            response: Answer {
+                uid,
+                allowed,
+                status: Status { code, message },
+                warnings: Vec::new(),
+                audit_annotations: BTreeMap::new(),
+                patch_type: None,
+                patch: None,
+            },
+        }
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.response.warnings = warnings;
+        self
+    }
+
+    pub fn with_audit_annotations(mut self, annotations: BTreeMap<String, String>) -> Self {
+        self.response.audit_annotations = annotations;
+        self
+    }
+
+    /// Attaches a JSONPatch (already base64-encoded, as the API wants it).
+    pub fn with_patch(mut self, base64_patch: String) -> Self {
+        self.response.patch_type = Some("JSONPatch");
+        self.response.patch = Some(base64_patch);
+        self
+    }
+}

@@ -1,0 +1,94 @@
+//! The parts of pod specs and pod templates the webhook reads. Everything
+//! else in an object (volumes, managedFields, status...) is skipped by serde
+//! without being built, which keeps decoding fast.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{ContainerKind, ImageUse};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Metadata {
+    pub name: Option<String>,
+    #[serde(rename = "generateName")]
+    pub generate_name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Container {
+    pub name: Option<String>,
+    pub image: Option<String>,
+}
+
+/// A PodSpec, a workload spec (with `template`) or a JobSpec (also with
+/// `template`), or a CronJobSpec (with `jobTemplate`): their fields do not
+/// collide, so one struct reads them all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub containers: Option<Vec<Container>>,
+    pub init_containers: Option<Vec<Container>>,
+    pub ephemeral_containers: Option<Vec<Container>>,
+    pub template: Option<Box<Template>>,
+    pub job_template: Option<Box<Template>>,
+}
+
+/// A PodTemplateSpec or a JobTemplateSpec: metadata and a spec.
+#[derive(Debug, Default, Deserialize)]
+pub struct Template {
+    pub metadata: Option<Metadata>,
+    pub spec: Option<Spec>,
+}
+
+/// Any object the webhook may be asked about.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object {
+    pub metadata: Option<Metadata>,
+    pub spec: Option<Spec>,
+    /// PodTemplate keeps its template at the top level.
+    pub template: Option<Template>,
+    /// The `EphemeralContainers` kind of Kubernetes 1.16-1.21.
+    pub ephemeral_containers: Option<Vec<Container>>,
+}
+
+/// Appends the images of a PodSpec found at JSON pointer `at`.
+pub fn pod_spec_images(spec: &Spec, at: &str, out: &mut Vec<ImageUse>) {
+    let lists = [
+        (&spec.containers, "containers", ContainerKind::Container),
+        (
+            &spec.init_containers,
+            "initContainers",
+            ContainerKind::InitContainer,
+        ),
+        (
+            &spec.ephemeral_containers,
+            "ephemeralContainers",
+            ContainerKind::EphemeralContainer,
+        ),
+    ];
+    for (list, field, kind) in lists {
+        container_images(list.as_deref(), &format!("{at}/{field}"), kind, out);
+    }
+}
+
+/// Appends the images of a container list found at JSON pointer `at`.
+pub fn container_images(
+    containers: Option<&[Container]>,
+    at: &str,
+    kind: ContainerKind,
+    out: &mut Vec<ImageUse>,
+) {
+    for (i, c) in containers.unwrap_or_default().iter().enumerate() {
+        out.push(ImageUse {
+            // A missing image is checked as the empty reference, and denied.
+            image: c.image.clone().unwrap_or_default(),
+            container: c.name.clone(),
+            kind,
+            pointer: Some(format!("{at}/{i}/image")),
+        });
+    }
+}
