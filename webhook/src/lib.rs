@@ -2,8 +2,12 @@
 //!
 //! - [`reference`]: image references, parsed and normalised;
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
-//! - [`policy`]: the policy file, validated, and the decisions it makes.
+//! - [`policy`]: the policy file, validated, and the decisions it makes;
+//! - [`server`]: the HTTPS server, its routes, metrics and reloads;
+//! - [`check`]: the same decisions offline, for CI pipelines.
 
+pub mod check;
 pub mod policy;
 pub mod reference;
 pub mod review;
+pub mod server;

@@ -1,26 +1,226 @@
-//! `imagegate-webhook`: the admission webhook. Its server arrives with the
-//! webhook issue; today the binary offers its command-line surface and
-//! version only, and says so rather than pretending to serve.
+//! `imagegate-webhook`: the admission webhook server, and an offline
+//! checker that makes the same decisions.
 
-use anyhow::{Result, bail};
-use clap::{Parser, Subcommand};
+use std::{
+    io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
-/// Checks container images at admission and pushes approved digests to nodes.
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use imagegate_webhook::{
+    check,
+    policy::Policy,
+    server::{self, AppState, listener, metrics::Metrics, policy_store::PolicyStore, tls},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Checks container images at admission.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Format of log lines (on standard error).
+    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve ImageReview and AdmissionReview over HTTPS.
-    Serve,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Serve => bail!("`serve` is not built yet in this version of imagegate-webhook"),
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve ImageReview (/image_policy) and AdmissionReview (/validate, /)
+    /// over HTTPS.
+    Serve(ServeArgs),
+    /// Decide on images or a review file offline, as the server would.
+    /// Exit status: 0 all allowed, 1 some denied, 2 usage or input error.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IMAGEGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Serving certificate chain (PEM); reloaded when it changes.
+    #[arg(long, env = "IMAGEGATE_TLS_CERT")]
+    cert: PathBuf,
+    /// Private key of the serving certificate (PEM); reloaded with it.
+    #[arg(long, env = "IMAGEGATE_TLS_KEY")]
+    key: PathBuf,
+    /// CA bundle (PEM) whose client certificates are required; without it,
+    /// no client certificate is asked for.
+    #[arg(long, env = "IMAGEGATE_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Policy file (YAML); reloaded when it changes.
+    #[arg(long, env = "IMAGEGATE_POLICY")]
+    policy: PathBuf,
+    /// How often the certificate and policy files are checked for changes.
+    #[arg(long, env = "IMAGEGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_interval: Duration,
+    /// How long open requests may take to finish after SIGTERM.
+    #[arg(long, env = "IMAGEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Policy file (YAML).
+    #[arg(long, env = "IMAGEGATE_POLICY")]
+    policy: PathBuf,
+    /// Namespace the images would run in.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Output format: one line, or one JSON object, per image.
+    #[arg(long, value_enum, default_value_t = check::Output::Text)]
+    output: check::Output,
+    /// An AdmissionReview or ImageReview body to decide on, as the server
+    /// would ("-" for standard input).
+    #[arg(long, conflicts_with = "images")]
+    review: Option<PathBuf>,
+    /// Images to decide on.
+    #[arg(required_unless_present = "review")]
+    images: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => ExitCode::from(run_check(args)),
+    }
+}
+
+fn run_check(args: CheckArgs) -> u8 {
+    let policy = match std::fs::read_to_string(&args.policy)
+        .with_context(|| format!("cannot read {}", args.policy.display()))
+        .and_then(|text| Policy::from_yaml(&text).map_err(anyhow::Error::from))
+    {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("error: {}: {e:#}", args.policy.display());
+            return check::EXIT_USAGE;
+        }
+    };
+    let reports = match &args.review {
+        None => check::images(&policy, &args.namespace, &args.images),
+        Some(path) => {
+            let body = if path.as_os_str() == "-" {
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).map(|_| body)
+            } else {
+                std::fs::read(path)
+            };
+            let reviewed = body
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|body| check::review(&policy, &body));
+            match reviewed {
+                Ok(reports) => reports,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return check::EXIT_USAGE;
+                }
+            }
+        }
+    };
+    match check::print(&reports, args.output, &mut std::io::stdout().lock()) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: writing the report: {e}");
+            check::EXIT_USAGE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(args: ServeArgs) -> Result<()> {
+    // Exactly one crypto provider, installed before anything uses rustls.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let _ = provider.as_ref().clone().install_default();
+
+    // The reference grammar is a large regex compiled on first use; compile
+    // it now, not during the first admission request.
+    let _ = imagegate_webhook::reference::Reference::parse("warm.up/regex:1");
+
+    let metrics = Arc::new(Metrics::new());
+    let (policy, policy_seen) = PolicyStore::load(args.policy.clone(), &metrics).await;
+    let (certs, certs_seen) =
+        tls::CertStore::load(args.cert.clone(), args.key.clone(), provider.clone())
+            .await
+            .context("loading the serving certificate")?;
+    let tls_config = tls::server_config(certs.clone(), args.client_ca.as_deref(), provider)
+        .context("configuring TLS")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(policy.clone().watch(
+        policy_seen,
+        args.reload_interval,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(certs.watch(certs_seen, args.reload_interval, metrics.clone(), stop_rx));
+
+    let app = server::router(Arc::new(AppState { policy, metrics }));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(
+        listen = %listener.local_addr()?,
+        client_certificates = args.client_ca.is_some(),
+        "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS"
+    );
+    listener::serve(
+        listener,
+        Arc::new(tls_config),
+        app,
+        shutdown_signal(),
+        args.shutdown_grace,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }

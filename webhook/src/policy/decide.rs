@@ -115,7 +115,8 @@ impl Policy {
         for rule in self.rules.iter().filter(|r| r.applies_to(subject)) {
             if let Some(pattern) = rule.deny.first_match(&repository) {
                 let reason = format!(
-                    "image {image:?} ({reference}) denied by rule {:?}: repository {repository} matches the denied pattern {pattern}",
+                    "{} denied by rule {:?}: repository {repository} matches the denied pattern {pattern}",
+                    describe(image, &reference),
                     rule.name
                 );
                 return self.denial(
@@ -131,7 +132,8 @@ impl Policy {
             }
             if let Some(problem) = rule.requirement_failed(&reference) {
                 let reason = format!(
-                    "image {image:?} ({reference}) denied by rule {:?}: {problem}",
+                    "{} denied by rule {:?}: {problem}",
+                    describe(image, &reference),
                     rule.name
                 );
                 return self.denial(
@@ -145,7 +147,8 @@ impl Policy {
             return ImageDecision {
                 image: image.to_string(),
                 reason: format!(
-                    "image {image:?} ({reference}) allowed by rule {:?}",
+                    "{} allowed by rule {:?}",
+                    describe(image, &reference),
                     rule.name
                 ),
                 reference: Ok(reference),
@@ -157,7 +160,8 @@ impl Policy {
             file::Verdict::Allow => ImageDecision {
                 image: image.to_string(),
                 reason: format!(
-                    "image {image:?} ({reference}): no rule matched; the policy's default verdict is allow"
+                    "{}: no rule matched; the policy's default verdict is allow",
+                    describe(image, &reference)
                 ),
                 reference: Ok(reference),
                 verdict: Verdict::Allowed,
@@ -165,7 +169,8 @@ impl Policy {
             },
             file::Verdict::Deny => {
                 let reason = format!(
-                    "image {image:?} ({reference}) is not allowed: no rule accepts repository {repository}{}",
+                    "{} is not allowed: no rule accepts repository {repository}{}",
+                    describe(image, &reference),
                     self.accepted_here(subject)
                 );
                 self.denial(image, Ok(reference), RULE_DEFAULT, reason, self.mode)
@@ -305,13 +310,13 @@ impl Rule {
             ));
         }
         if self.deny_latest && r.is_latest() {
-            let written = if r.is_untagged() {
-                "has no tag, which means"
+            let what = if r.is_untagged() {
+                "an image without a tag pulls latest"
             } else {
-                "uses"
+                "the tag latest"
             };
             return Some(format!(
-                "the image {written} the tag latest, which is not allowed; name a version tag or a digest, e.g. {repository}:<version>"
+                "{what}, which is not allowed; name a version tag or a digest, e.g. {repository}:<version>"
             ));
         }
         None
@@ -369,6 +374,17 @@ fn summarise(
         warnings,
         audit_annotations: annotations,
         images,
+    }
+}
+
+/// `image "nginx" (docker.io/library/nginx:latest)`, the normalised form
+/// only when it says something the written one does not.
+fn describe(image: &str, reference: &Reference) -> String {
+    let normalised = reference.to_string();
+    if normalised == image {
+        format!("image {image:?}")
+    } else {
+        format!("image {image:?} ({normalised})")
     }
 }
 

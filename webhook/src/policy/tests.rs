@@ -85,9 +85,13 @@ fn the_example_policy_reproduces_the_seeds_setup() {
     denied(
         "nginx",
         "docker-hub",
-        "has no tag, which means the tag latest",
+        "an image without a tag pulls latest, which is not allowed",
     );
-    denied("nginx:latest", "docker-hub", "uses the tag latest");
+    denied(
+        "nginx:latest",
+        "docker-hub",
+        "the tag latest, which is not allowed",
+    );
     denied("registry.k8s.io/pause", "kubernetes-registries", "latest");
     denied(
         "docker.io.evil.com/library/nginx:1.25",
@@ -117,7 +121,7 @@ fn the_reason_names_image_rule_and_what_is_accepted() {
     let d = policy(EXAMPLE).decide_image(&ns("default"), "nginx:latest");
     assert_eq!(
         d.reason,
-        "image \"nginx:latest\" (docker.io/library/nginx:latest) denied by rule \"docker-hub\": the image uses the tag latest, which is not allowed; name a version tag or a digest, e.g. docker.io/library/nginx:<version>"
+        "image \"nginx:latest\" (docker.io/library/nginx:latest) denied by rule \"docker-hub\": the tag latest, which is not allowed; name a version tag or a digest, e.g. docker.io/library/nginx:<version>"
     );
 }
 

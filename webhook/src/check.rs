@@ -1,0 +1,142 @@
+//! `imagegate-webhook check`: the webhook's decisions, offline, for CI
+//! pipelines. Same policy code, same reasons.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::{
+    policy::{ImageDecision, Policy},
+    review::{Review, Subject, admission, image_review},
+};
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Exit statuses, as documented in `--help`.
+pub const EXIT_ALLOWED: u8 = 0;
+pub const EXIT_DENIED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+/// One image's result, in the JSON output.
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub allowed: bool,
+    pub verdict: &'static str,
+    pub rule: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceReport {
+    /// Fully normalised, e.g. `docker.io/library/nginx:1.25`.
+    pub name: String,
+    pub domain: String,
+    pub path: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl From<&ImageDecision> for ImageReport {
+    fn from(d: &ImageDecision) -> Self {
+        let (reference, error) = match &d.reference {
+            Ok(r) => (
+                Some(ReferenceReport {
+                    name: r.to_string(),
+                    domain: r.domain.clone(),
+                    path: r.path.clone(),
+                    tag: r.effective_tag().map(str::to_string),
+                    digest: r.digest.clone(),
+                }),
+                None,
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Self {
+            image: d.image.clone(),
+            reference,
+            error,
+            allowed: d.verdict.allows(),
+            verdict: d.verdict.as_str(),
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// Decides on images given on the command line, as if in `namespace`.
+pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageReport> {
+    let subject = Subject {
+        namespace: namespace.to_string(),
+        labels: None,
+        annotations: Default::default(),
+    };
+    images
+        .iter()
+        .map(|image| ImageReport::from(&policy.decide_image(&subject, image)))
+        .collect()
+}
+
+/// Decides on a review body (AdmissionReview or ImageReview), exactly as
+/// the server would. An error says why the body cannot be reviewed.
+pub fn review(policy: &Policy, body: &[u8]) -> Result<Vec<ImageReport>, String> {
+    let review = decode_any(body)?;
+    Ok(policy
+        .decide(&review)
+        .images
+        .iter()
+        .map(ImageReport::from)
+        .collect())
+}
+
+fn decode_any(body: &[u8]) -> Result<Review, String> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let kind: Kind = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    match kind.kind.as_deref() {
+        Some(image_review::KIND) => image_review::decode(body)
+            .map_err(|e| e.to_string())?
+            .map_err(|reason| reason.to_string()),
+        Some(admission::KIND) => match admission::decode(body).map_err(|e| e.to_string())? {
+            admission::Decoded::Unreadable { reason, .. } => Err(reason),
+            admission::Decoded::Review(request) => request
+                .review
+                .map_err(|why| format!("nothing to check: {why}")),
+        },
+        other => Err(format!(
+            "expected kind AdmissionReview or ImageReview, got {other:?}"
+        )),
+    }
+}
+
+/// Writes the reports; returns the exit status.
+pub fn print(reports: &[ImageReport], output: Output, out: &mut impl Write) -> std::io::Result<u8> {
+    for r in reports {
+        match output {
+            Output::Json => {
+                serde_json::to_writer(&mut *out, r)?;
+                writeln!(out)?;
+            }
+            Output::Text => {
+                let word = if r.allowed { "ALLOW" } else { "DENY " };
+                writeln!(out, "{word} {}: {}", r.image, r.reason)?;
+            }
+        }
+    }
+    Ok(if reports.iter().all(|r| r.allowed) {
+        EXIT_ALLOWED
+    } else {
+        EXIT_DENIED
+    })
+}

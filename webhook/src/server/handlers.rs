@@ -1,0 +1,201 @@
+//! HTTP handlers: thin. Decoding is in `review`, deciding in `policy`; these
+//! glue them, count, and log.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::{AppState, metrics::DecisionLabels};
+use crate::{
+    policy::ReviewDecision,
+    review::{
+        Api, Review,
+        admission::{self, Decoded},
+        image_review,
+    },
+};
+
+const NO_POLICY: &str = "imagegate has no valid policy loaded; every image is denied until one is (see the webhook's log)";
+
+/// `POST /image_policy`: ImageReview.
+pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (code, response) = match image_review::decode(&body) {
+        Err(bad) => bad_request(bad.to_string()),
+        Ok(Err(reason)) => {
+            warn!("ImageReview denied: {reason}");
+            json(image_review::Response::new(
+                false,
+                reason,
+                Default::default(),
+            ))
+        }
+        Ok(Ok(review)) => {
+            let (allowed, reason, annotations) = match decide(&state, &review) {
+                Some(d) => {
+                    // ImageReview has one reason for all images: the denial's,
+                    // or nothing when allowed.
+                    let reason = if d.allowed { String::new() } else { d.message };
+                    (d.allowed, reason, d.audit_annotations)
+                }
+                None => (false, NO_POLICY.to_string(), Default::default()),
+            };
+            json(image_review::Response::new(allowed, reason, annotations))
+        }
+    };
+    state
+        .metrics
+        .observe("image_policy", code.as_u16(), started.elapsed());
+    response
+}
+
+/// `POST /validate` and `POST /`: AdmissionReview.
+pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (code, response) = match admission::decode(&body) {
+        Err(bad) => bad_request(bad.to_string()),
+        Ok(Decoded::Unreadable {
+            api_version,
+            uid,
+            reason,
+        }) => {
+            warn!(%uid, "AdmissionReview denied: {reason}");
+            json(admission::Response::new(
+                api_version,
+                uid,
+                false,
+                400,
+                reason,
+            ))
+        }
+        Ok(Decoded::Review(request)) => {
+            let request = *request;
+            match &request.review {
+                Err(why) => {
+                    debug!(uid = %request.uid, operation = %request.operation, "allowed without checks: {why}");
+                    json(admission::Response::new(
+                        request.api_version,
+                        request.uid,
+                        true,
+                        200,
+                        format!("not checked: {why}"),
+                    ))
+                }
+                Ok(review) => match decide(&state, review) {
+                    Some(d) => {
+                        let code = if d.allowed { 200 } else { 403 };
+                        json(
+                            admission::Response::new(
+                                request.api_version,
+                                request.uid,
+                                d.allowed,
+                                code,
+                                d.message,
+                            )
+                            .with_warnings(d.warnings)
+                            .with_audit_annotations(d.audit_annotations),
+                        )
+                    }
+                    None => json(admission::Response::new(
+                        request.api_version,
+                        request.uid,
+                        false,
+                        500,
+                        NO_POLICY.to_string(),
+                    )),
+                },
+            }
+        }
+    };
+    state
+        .metrics
+        .observe("validate", code.as_u16(), started.elapsed());
+    response
+}
+
+/// Decides with the policy in force, counting and logging; `None` without
+/// a policy.
+fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
+    let Some(policy) = state.policy.current() else {
+        warn!(api = review.api.as_str(), namespace = %review.subject.namespace, "denied: {NO_POLICY}");
+        return None;
+    };
+    let decision = policy.decide(review);
+    let api = match review.api {
+        Api::ImageReview => "ImageReview",
+        Api::AdmissionReview => "AdmissionReview",
+    };
+    for image in &decision.images {
+        state
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                api,
+                verdict: image.verdict.as_str(),
+                rule: image.rule.clone(),
+            })
+            .inc();
+    }
+    let name = review.name.as_deref().unwrap_or("");
+    if decision.allowed {
+        debug!(api, namespace = %review.subject.namespace, name, "allowed: {}", decision.message);
+    } else {
+        info!(api, namespace = %review.subject.namespace, name, dry_run = review.dry_run, "denied: {}", decision.message);
+    }
+    Some(decision)
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.policy.current().is_some() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no valid policy loaded")
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn bad_request(error: String) -> (StatusCode, Response) {
+    debug!("bad request: {error}");
+    (
+        StatusCode::BAD_REQUEST,
+        (StatusCode::BAD_REQUEST, json_bytes(&ErrorBody { error })).into_response(),
+    )
+}
+
+fn json<T: Serialize>(value: T) -> (StatusCode, Response) {
+    (
+        StatusCode::OK,
+        (StatusCode::OK, json_bytes(&value)).into_response(),
+    )
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
+    // Serialising these plain structs cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}

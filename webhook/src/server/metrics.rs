@@ -1,0 +1,129 @@
+//! Prometheus metrics of the webhook, served on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub api: &'static str,
+    pub verdict: &'static str,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub endpoint: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// One per image decided, by API, verdict and rule.
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub request_seconds: Family<EndpointLabels, Histogram>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    /// 1 while a valid policy is loaded.
+    pub policy_loaded: Gauge,
+    pub certificate_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("imagegate_webhook");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Image decisions by API, verdict and the rule that decided",
+            decisions.clone(),
+        );
+        // 25 µs to about 6.5 s: decisions without a registry lookup sit at
+        // the low end, lookups in the middle.
+        let request_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                25e-6, 2.0, 19,
+            ))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request body received to response ready, by endpoint",
+            request_seconds.clone(),
+        );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "responses",
+            "HTTP responses by endpoint and status code",
+            responses.clone(),
+        );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy file loads by result (success, failure)",
+            policy_reloads.clone(),
+        );
+        let policy_loaded = Gauge::default();
+        registry.register(
+            "policy_loaded",
+            "1 while a valid policy is loaded",
+            policy_loaded.clone(),
+        );
+        let certificate_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads by result (success, failure)",
+            certificate_reloads.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            request_seconds,
+            responses,
+            policy_reloads,
+            policy_loaded,
+            certificate_reloads,
+        }
+    }
+
+    pub fn observe(&self, endpoint: &'static str, code: u16, elapsed: Duration) {
+        self.request_seconds
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+        self.responses
+            .get_or_create(&ResponseLabels { endpoint, code })
+            .inc();
+    }
+
+    pub fn reload(family: &Family<ResultLabels, Counter>, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        family.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

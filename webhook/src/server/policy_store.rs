@@ -1,0 +1,88 @@
+//! The policy in force, swapped atomically when the file changes. An invalid
+//! new file keeps the old policy; it is logged and counted.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::{metrics::Metrics, watch as files};
+use crate::policy::Policy;
+
+pub struct PolicyStore {
+    path: PathBuf,
+    current: ArcSwapOption<Policy>,
+}
+
+impl PolicyStore {
+    /// Loads the file once. A missing or invalid file is logged and leaves
+    /// the store empty: the webhook then denies everything and is not ready
+    /// until a valid file appears.
+    pub async fn load(path: PathBuf, metrics: &Metrics) -> (Arc<Self>, files::Contents) {
+        let store = Arc::new(Self {
+            path,
+            current: ArcSwapOption::empty(),
+        });
+        let contents = files::read_all(std::slice::from_ref(&store.path)).await;
+        let initial = files::seen(&contents);
+        store.apply(contents.into_iter().next(), metrics);
+        (store, initial)
+    }
+
+    /// A store holding `policy`, for tests and the offline checker.
+    pub fn fixed(policy: Policy) -> Arc<Self> {
+        Arc::new(Self {
+            path: PathBuf::new(),
+            current: ArcSwapOption::from_pointee(policy),
+        })
+    }
+
+    pub fn current(&self) -> Option<Arc<Policy>> {
+        self.current.load_full()
+    }
+
+    /// Reloads whenever the file's contents change, until `shutdown`.
+    pub async fn watch(
+        self: Arc<Self>,
+        initial: files::Contents,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let paths = vec![self.path.clone()];
+        files::poll_files(paths, initial, interval, shutdown, |contents| {
+            self.apply(contents.into_iter().next(), &metrics);
+        })
+        .await;
+    }
+
+    fn apply(&self, contents: Option<std::io::Result<Vec<u8>>>, metrics: &Metrics) {
+        let path = self.path.display();
+        let parsed = match contents {
+            Some(Ok(bytes)) => match String::from_utf8(bytes) {
+                Ok(text) => Policy::from_yaml(&text).map_err(|e| e.to_string()),
+                Err(_) => Err("the file is not UTF-8".to_string()),
+            },
+            Some(Err(e)) => Err(format!("cannot read it: {e}")),
+            None => Err("no file".to_string()),
+        };
+        match parsed {
+            Ok(policy) => {
+                info!(policy = %path, rules = policy.rules.len(), mode = ?policy.mode, "policy loaded");
+                self.current.store(Some(Arc::new(policy)));
+                metrics.policy_loaded.set(1);
+                Metrics::reload(&metrics.policy_reloads, true);
+            }
+            Err(reason) => {
+                let keeping = if self.current.load().is_some() {
+                    "keeping the policy loaded before"
+                } else {
+                    "no policy is loaded: every review is denied and /readyz fails"
+                };
+                error!(policy = %path, "policy not loaded: {reason}; {keeping}");
+                Metrics::reload(&metrics.policy_reloads, false);
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the webhook's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+pub const EXAMPLE_POLICY: &str = include_str!("../../../deploy/policy/example-policy.yaml");
+
+/// A fixture captured from a real kube-apiserver v1.28.7: `(http_path, body)`.
+pub fn fixture(name: &str) -> (String, Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apiserver-v1.28")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut doc: Value = serde_json::from_str(&text).expect("fixture is JSON");
+    let http_path = doc["http_path"].as_str().expect("http_path").to_string();
+    (http_path, doc["body"].take())
+}
+
+/// An AdmissionReview v1 for `object` of `group/kind`.
+pub fn admission_review(group: &str, kind: &str, operation: &str, object: Value) -> Value {
+    json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": "things"},
+            "name": "thing",
+            "namespace": "default",
+            "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false
+        }
+    })
+}
+
+/// A pod spec with one container, one init container and one ephemeral
+/// container, each with its own image.
+pub fn pod_spec(container: &str, init: &str, ephemeral: &str) -> Value {
+    json!({
+        "containers": [{"name": "app", "image": container}],
+        "initContainers": [{"name": "init", "image": init}],
+        "ephemeralContainers": [{"name": "debug", "image": ephemeral}]
+    })
+}
+
+/// An ImageReview with `images` in namespace `default`.
+pub fn image_review(images: &[&str], annotations: Value) -> Value {
+    json!({
+        "kind": "ImageReview",
+        "apiVersion": "imagepolicy.k8s.io/v1alpha1",
+        "metadata": {"creationTimestamp": null},
+        "spec": {
+            "containers": images.iter().map(|i| json!({"image": i})).collect::<Vec<_>>(),
+            "annotations": annotations,
+            "namespace": "default"
+        },
+        "status": {"allowed": false}
+    })
+}
