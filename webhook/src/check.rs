@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     policy::{ImageDecision, Policy},
-    review::{Review, Subject, admission, image_review},
+    review::{Api, ContainerKind, ImageUse, Review, Subject, admission, image_review},
 };
 
 /// Output formats.
@@ -73,16 +73,36 @@ impl From<&ImageDecision> for ImageReport {
     }
 }
 
-/// Decides on images given on the command line, as if in `namespace`.
+/// Decides on images given on the command line, as if in a pod in
+/// `namespace`: the same path as the server (exemptions included). No labels
+/// or annotations are known, as with an ImageReview.
 pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageReport> {
-    let subject = Subject {
-        namespace: namespace.to_string(),
-        labels: None,
-        annotations: Default::default(),
+    let review = Review {
+        api: Api::ImageReview,
+        subject: Subject {
+            namespace: namespace.to_string(),
+            labels: None,
+            annotations: Default::default(),
+        },
+        images: images
+            .iter()
+            .map(|image| ImageUse {
+                image: image.clone(),
+                container: None,
+                kind: ContainerKind::Container,
+                pointer: None,
+            })
+            .collect(),
+        kind: None,
+        name: None,
+        user: None,
+        dry_run: true,
     };
-    images
+    policy
+        .decide(&review)
+        .images
         .iter()
-        .map(|image| ImageReport::from(&policy.decide_image(&subject, image)))
+        .map(ImageReport::from)
         .collect()
 }
 

@@ -219,58 +219,39 @@ async fn updates_and_the_ephemeral_containers_subresource_are_checked() {
 #[tokio::test]
 async fn every_pod_template_kind_is_checked() {
     let app = app();
-    let template = |image: &str| json!({"metadata": {"labels": {"app": "x"}}, "spec": pod_spec(GOOD, image, GOOD)});
-    let kinds: Vec<(&str, &str, Box<dyn Fn(&str) -> Value>)> = vec![
-        (
-            "apps",
-            "Deployment",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "apps",
-            "ReplicaSet",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "apps",
-            "StatefulSet",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "apps",
-            "DaemonSet",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "batch",
-            "Job",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "",
-            "ReplicationController",
-            Box::new(|i| json!({"spec": {"template": template(i)}})),
-        ),
-        (
-            "batch",
-            "CronJob",
-            Box::new(|i| json!({"spec": {"jobTemplate": {"spec": {"template": template(i)}}}})),
-        ),
-        (
-            "",
-            "PodTemplate",
-            Box::new(|i| json!({"template": template(i)})),
-        ),
+    const KINDS: [(&str, &str); 8] = [
+        ("apps", "Deployment"),
+        ("apps", "ReplicaSet"),
+        ("apps", "StatefulSet"),
+        ("apps", "DaemonSet"),
+        ("batch", "Job"),
+        ("", "ReplicationController"),
+        ("batch", "CronJob"),
+        ("", "PodTemplate"),
     ];
-    for (group, kind, object) in &kinds {
+    /// An object of `kind` whose pod template's init container runs `image`.
+    fn object(kind: &str, image: &str) -> Value {
+        let template =
+            json!({"metadata": {"labels": {"app": "x"}}, "spec": pod_spec(GOOD, image, GOOD)});
+        match kind {
+            "CronJob" => json!({"spec": {"jobTemplate": {"spec": {"template": template}}}}),
+            "PodTemplate" => json!({"template": template}),
+            _ => json!({"spec": {"template": template}}),
+        }
+    }
+    for (group, kind) in KINDS {
         for operation in ["CREATE", "UPDATE"] {
             let r = admit(
                 &app,
-                &admission_review(group, kind, operation, object(GOOD)),
+                &admission_review(group, kind, operation, object(kind, GOOD)),
             )
             .await;
             assert_eq!(r["allowed"], true, "{kind} {operation}: {r}");
-            let r = admit(&app, &admission_review(group, kind, operation, object(BAD))).await;
+            let r = admit(
+                &app,
+                &admission_review(group, kind, operation, object(kind, BAD)),
+            )
+            .await;
             assert_eq!(r["allowed"], false, "{kind} {operation}: {r}");
             assert!(
                 r["status"]["message"].as_str().unwrap().contains(BAD),

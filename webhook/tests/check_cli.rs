@@ -1,0 +1,188 @@
+//! `imagegate-webhook check`: the real binary, as a CI pipeline runs it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::fixture;
+use serde_json::Value;
+
+fn policy_path() -> String {
+    format!(
+        "{}/../deploy/policy/example-policy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn check(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run imagegate-webhook check")
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn all_allowed_exits_zero() {
+    let policy = policy_path();
+    let out = check(&[
+        "--policy",
+        &policy,
+        "nginx:1.25",
+        "registry.k8s.io/pause:3.9",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ALLOW nginx:1.25: image \"nginx:1.25\" (docker.io/library/nginx:1.25) allowed by rule \"docker-hub\""), "{text}");
+}
+
+#[test]
+fn json_output_is_one_object_per_image_and_a_denial_exits_one() {
+    let policy = policy_path();
+    let out = check(&[
+        "--policy",
+        &policy,
+        "--output",
+        "json",
+        "nginx:1.25",
+        "nginx",
+        "Not/A:Ref!",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["image"], "nginx:1.25");
+    assert_eq!(
+        lines[0]["reference"],
+        serde_json::json!({
+            "name": "docker.io/library/nginx:1.25",
+            "domain": "docker.io",
+            "path": "library/nginx",
+            "tag": "1.25",
+            "digest": null
+        })
+    );
+    assert_eq!(lines[0]["allowed"], true);
+    assert_eq!(lines[0]["rule"], "docker-hub");
+    assert_eq!(
+        lines[1]["reference"]["name"],
+        "docker.io/library/nginx:latest"
+    );
+    assert_eq!(lines[1]["allowed"], false);
+    assert!(
+        lines[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pulls latest")
+    );
+    assert!(lines[2].get("reference").is_none());
+    assert!(
+        lines[2]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid reference format"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines[2]["allowed"], false);
+    assert_eq!(lines[2]["rule"], "reference-syntax");
+}
+
+#[test]
+fn namespace_changes_the_decision() {
+    let policy = policy_path();
+    let out = check(&[
+        "--policy",
+        &policy,
+        "--namespace",
+        "kube-system",
+        "quay.io/anything:1",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = check(&[
+        "--policy",
+        &policy,
+        "--namespace",
+        "default",
+        "quay.io/anything:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_review_file_is_decided_as_the_server_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_path();
+    for (name, code, images) in [
+        ("admissionreview-1.json", 1, 1),
+        ("admissionreview-3.json", 0, 1),
+        ("imagereview-3.json", 1, 3),
+    ] {
+        let (_, body) = fixture(name);
+        let file = dir.path().join(name);
+        std::fs::write(&file, serde_json::to_vec(&body).unwrap()).unwrap();
+        let out = check(&[
+            "--policy",
+            &policy,
+            "--output",
+            "json",
+            "--review",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json_lines(&out).len(), images, "{name}");
+    }
+}
+
+#[test]
+fn usage_and_input_errors_exit_two() {
+    let policy = policy_path();
+    let dir = tempfile::tempdir().unwrap();
+    let bad_policy = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad_policy,
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmode: maybe\n",
+    )
+    .unwrap();
+    let out = check(&["--policy", bad_policy.to_str().unwrap(), "nginx:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode: unknown variant `maybe`"));
+
+    let out = check(&["--policy", "/nonexistent.yaml", "nginx:1"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let not_a_review = dir.path().join("x.json");
+    std::fs::write(&not_a_review, r#"{"kind": "ConfigMap"}"#).unwrap();
+    let out = check(&[
+        "--policy",
+        &policy,
+        "--review",
+        not_a_review.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("expected kind AdmissionReview or ImageReview")
+    );
+
+    // No images and no review: a usage error.
+    let out = check(&["--policy", &policy]);
+    assert_eq!(out.status.code(), Some(2));
+}
