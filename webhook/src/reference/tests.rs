@@ -66,6 +66,17 @@ fn hosts_are_case_insensitive_paths_are_not() {
     // Trick 3.
     let r = parse("Registry.Example.COM/team/app:1");
     assert_eq!(r.domain, "registry.example.com");
+    // Docker Hub in any case is Docker Hub, normalised the same way (found
+    // by the reference fuzz target: `indeX.docker.io/x/y:z`).
+    assert_eq!(parse("indeX.docker.io/x/y:z").repository(), "docker.io/x/y");
+    assert_eq!(
+        parse("DOCKER.IO/nginx:1").repository(),
+        "docker.io/library/nginx"
+    );
+    assert_eq!(
+        parse("Index.Docker.IO/nginx").to_string(),
+        "docker.io/library/nginx:latest"
+    );
     assert_eq!(
         Reference::parse("registry.example.com/Team/app:1"),
         Err(ParseError::Uppercase)

@@ -1,0 +1,332 @@
+//! `cargo xtask bench webhook`: the webhook over HTTPS with keep-alive, at
+//! 32 and 128 connections, `/validate` (a two-container Pod) and
+//! `/image_policy`, against a Flask webhook of the kind tutorials show under
+//! gunicorn with 2 workers, in the same run.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::{procfs, report::Report};
+use crate::{build, cmd, paths::Paths, setup};
+
+const SECONDS: u64 = 10;
+
+struct Server {
+    child: Child,
+    port: u16,
+    name: &'static str,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // gunicorn's workers follow their master when it gets SIGTERM.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
+    setup::bench_tools(paths)?;
+    let object = build::ebpf(paths)?;
+    cmd::run(build::host_cargo(&object).current_dir(&paths.root).args([
+        "build",
+        "--release",
+        "--package",
+        "imagegate-webhook",
+    ]))?;
+    let work = paths.target.join("bench").join("webhook");
+    std::fs::create_dir_all(&work)?;
+    write_inputs(paths, &work)?;
+
+    let mut results = Vec::new();
+    for (server_name, start) in [
+        (
+            "imagegate",
+            start_imagegate as fn(&Paths, &Path) -> Result<Server>,
+        ),
+        ("flask+gunicorn (2 workers)", start_flask),
+    ] {
+        let server = start(paths, &work)?;
+        for (scenario, path, body) in [
+            ("AdmissionReview /validate", "/validate", "validate.json"),
+            (
+                "ImageReview /image_policy",
+                "/image_policy",
+                "image_policy.json",
+            ),
+        ] {
+            for connections in [32, 128] {
+                let row = measure(
+                    paths,
+                    &server,
+                    server_name,
+                    scenario,
+                    path,
+                    &work.join(body),
+                    connections,
+                )?;
+                results.push(row);
+            }
+        }
+        drop(server);
+    }
+
+    let find = |server: &str, scenario: &str, conns: u64| {
+        results
+            .iter()
+            .find(|r| {
+                r["server"] == server && r["scenario"] == scenario && r["connections"] == conns
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let ours = find("imagegate", "AdmissionReview /validate", 32);
+    let flask = find(
+        "flask+gunicorn (2 workers)",
+        "AdmissionReview /validate",
+        32,
+    );
+    let ours_image = find("imagegate", "ImageReview /image_policy", 32);
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    report.check(
+        "AdmissionReview/s at 32 connections",
+        f(&ours, "requests_per_sec"),
+        ">=",
+        20_000.0,
+    );
+    report.check(
+        "AdmissionReview p99 ms at 32 connections",
+        f(&ours, "p99_ms"),
+        "<=",
+        5.0,
+    );
+    report.check(
+        "server CPU s per 10k AdmissionReviews",
+        f(&ours, "cpu_seconds_per_10k"),
+        "<=",
+        0.5,
+    );
+    report.check(
+        "server CPU s per 10k ImageReviews",
+        f(&ours_image, "cpu_seconds_per_10k"),
+        "<=",
+        0.15,
+    );
+    let peak = results
+        .iter()
+        .filter(|r| r["server"] == "imagegate")
+        .map(|r| f(r, "peak_rss_mib"))
+        .fold(0.0, f64::max);
+    report.check("imagegate peak RSS MiB", peak, "<", 30.0);
+    let ratio = f(&ours, "requests_per_sec") / f(&flask, "requests_per_sec").max(1.0);
+    report.check("AdmissionReview/s vs Flask baseline (x)", ratio, ">=", 20.0);
+    report.rows.extend(results);
+    Ok(())
+}
+
+fn measure(
+    paths: &Paths,
+    server: &Server,
+    server_name: &str,
+    scenario: &str,
+    path: &str,
+    body: &Path,
+    connections: u64,
+) -> Result<Value> {
+    let pid = server.child.id();
+    let before = procfs::tree_usage(pid);
+    let url = format!("https://127.0.0.1:{}{path}", server.port);
+    let out = cmd::output(
+        Command::new(paths.tools_bin().join("oha"))
+            .args(["--no-tui", "--output-format", "json", "--insecure"])
+            .args(["-z", &format!("{SECONDS}s"), "-c", &connections.to_string()])
+            .args(["-m", "POST", "-H", "content-type: application/json", "-D"])
+            .arg(body)
+            .arg(&url),
+    )?;
+    let after = procfs::tree_usage(pid);
+    let oha: Value = serde_json::from_str(&out).context("parsing oha's JSON output")?;
+    let summary = &oha["summary"];
+    let total = oha["statusCodeDistribution"]
+        .as_object()
+        .map(|codes| codes.values().filter_map(Value::as_u64).sum::<u64>())
+        .unwrap_or(0);
+    let ok = oha["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let errors = oha["errorDistribution"]
+        .as_object()
+        .map(|e| e.values().filter_map(Value::as_u64).sum::<u64>())
+        .unwrap_or(0)
+        + (total - ok);
+    let cpu = after.cpu_seconds - before.cpu_seconds;
+    let row = json!({
+        "scenario": scenario,
+        "server": server_name,
+        "connections": connections,
+        "seconds": SECONDS,
+        "requests": total,
+        "requests_per_sec": summary["requestsPerSec"].as_f64().unwrap_or(0.0),
+        "p50_ms": oha["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0,
+        "p99_ms": oha["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0,
+        "cpu_seconds_per_10k": if total > 0 { cpu * 10_000.0 / total as f64 } else { 0.0 },
+        "peak_rss_mib": after.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        "errors": errors,
+        "command": format!("oha -z {SECONDS}s -c {connections} -m POST -D {} {url}", body.display()),
+    });
+    println!(
+        "{server_name:28} {scenario:28} c={connections:<3} {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  CPU {:.3} s/10k  RSS {:.1} MiB  errors {errors}",
+        row["requests_per_sec"].as_f64().unwrap_or(0.0),
+        row["p50_ms"].as_f64().unwrap_or(0.0),
+        row["p99_ms"].as_f64().unwrap_or(0.0),
+        row["cpu_seconds_per_10k"].as_f64().unwrap_or(0.0),
+        row["peak_rss_mib"].as_f64().unwrap_or(0.0),
+    );
+    Ok(row)
+}
+
+/// Request bodies shaped like the apiserver's (fixtures), a policy, and an
+/// ECDSA certificate for 127.0.0.1.
+fn write_inputs(paths: &Paths, work: &Path) -> Result<()> {
+    let fixtures = paths.root.join("webhook/tests/fixtures/apiserver-v1.28");
+    let body = |name: &str| -> Result<Value> {
+        let text = std::fs::read_to_string(fixtures.join(name))?;
+        let mut doc: Value = serde_json::from_str(&text)?;
+        Ok(doc["body"].take())
+    };
+    // The replicaset-controller's Pod, with a second container: allowed by
+    // the example policy, so no denial is logged per request.
+    let mut validate = body("admissionreview-3.json")?;
+    let containers = &mut validate["request"]["object"]["spec"]["containers"];
+    let mut sidecar = containers[0].clone();
+    sidecar["name"] = json!("sidecar");
+    sidecar["image"] = json!("registry.k8s.io/pause:3.9");
+    containers
+        .as_array_mut()
+        .context("containers")?
+        .push(sidecar);
+    std::fs::write(work.join("validate.json"), serde_json::to_vec(&validate)?)?;
+    let mut image = body("imagereview-2.json")?;
+    image["spec"]["containers"]
+        .as_array_mut()
+        .context("containers")?
+        .push(json!({"image": "registry.k8s.io/pause:3.9"}));
+    std::fs::write(work.join("image_policy.json"), serde_json::to_vec(&image)?)?;
+    std::fs::copy(
+        paths.root.join("deploy/policy/example-policy.yaml"),
+        work.join("policy.yaml"),
+    )?;
+    cmd::run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args([
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(work.join("tls.key"))
+            .arg("-out")
+            .arg(work.join("tls.crt"))
+            .stderr(Stdio::null()),
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let bin: PathBuf = paths.target.join("release").join("imagegate-webhook");
+    let child = Command::new(&bin)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--cert")
+        .arg(work.join("tls.crt"))
+        .arg("--key")
+        .arg(work.join("tls.key"))
+        .arg("--policy")
+        .arg(work.join("policy.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    wait_for_port(Server {
+        child,
+        port,
+        name: "imagegate",
+    })
+}
+
+fn start_flask(paths: &Paths, work: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let child = Command::new(paths.venv().join("bin").join("gunicorn"))
+        .args([
+            "--workers",
+            "2",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warning",
+        ])
+        .arg("--certfile")
+        .arg(work.join("tls.crt"))
+        .arg("--keyfile")
+        .arg(work.join("tls.key"))
+        .arg("--chdir")
+        .arg(paths.root.join("xtask/bench"))
+        .arg("flask_webhook:app")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting gunicorn")?;
+    wait_for_port(Server {
+        child,
+        port,
+        name: "flask",
+    })
+}
+
+fn wait_for_port(mut server: Server) -> Result<Server> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok() {
+            // gunicorn binds before its workers are up.
+            std::thread::sleep(Duration::from_millis(500));
+            return Ok(server);
+        }
+        if let Some(status) = server.child.try_wait()? {
+            bail!("{} exited before listening: {status}", server.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} did not listen on port {} within 20s",
+        server.name,
+        server.port
+    )
+}
