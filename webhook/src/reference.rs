@@ -9,12 +9,25 @@
 //!   refused before parsing;
 //! - Go's digest parser wants lower-case hex; the port accepts upper case;
 //! - Go limits the whole name (domain included) to 255 bytes, the port only
-//!   the path.
+//!   the path;
+//! - Go refuses an upper-case path after Docker Hub normalisation
+//!   (`Foo/bar`), the port does not.
 
-use std::fmt;
+use std::{fmt, sync::LazyLock};
 
 use oci_spec::distribution::{ParseError as OciParseError, Reference as OciReference};
 use serde::Serialize;
+
+/// How many parsed references [`Reference::parse_cached`] keeps.
+const PARSE_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// Parsed references by input. The grammar is one large regex whose
+/// backtracker clears a visited set the size of its NFA on every search: in
+/// the webhook that was three quarters of all instructions per request
+/// (callgrind), while a cluster's images repeat. A parse is a pure function
+/// of its input, so memoising it changes no answer.
+static PARSE_CACHE: LazyLock<quick_cache::sync::Cache<String, Result<Reference, ParseError>>> =
+    LazyLock::new(|| quick_cache::sync::Cache::new(PARSE_CACHE_ENTRIES));
 
 /// Longest name (domain and path, as written) distribution/reference accepts.
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
@@ -51,6 +64,20 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// [`Reference::parse`], remembered for the inputs seen most recently.
+    /// Inputs longer than any valid reference are not remembered.
+    pub fn parse_cached(input: &str) -> Result<Self, ParseError> {
+        if input.len() > 1024 {
+            return Self::parse(input);
+        }
+        if let Some(found) = PARSE_CACHE.get(input) {
+            return found;
+        }
+        let parsed = Self::parse(input);
+        PARSE_CACHE.insert(input.to_string(), parsed.clone());
+        parsed
+    }
+
     /// Parses `input` as Kubernetes and containerd do.
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         if input.is_empty() {
@@ -77,6 +104,13 @@ impl Reference {
             .then(|| parsed.tag().map(str::to_string))
             .flatten();
         let (domain, path) = docker_hub_normalised(parsed.registry(), parsed.repository());
+        // The grammar lets a first component like `Foo` through as a domain,
+        // but without `.` or `:` it is a path on Docker Hub, and Go refuses an
+        // upper-case path after normalising (found by the fuzz target:
+        // `docKero/lx1`).
+        if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ParseError::Uppercase);
+        }
         Ok(Self {
             domain,
             path,

@@ -103,8 +103,24 @@ impl Policy {
     }
 
     /// Decides on one image for an object in `subject`'s namespace.
+    ///
+    /// A decision is a function of the policy, the namespace and the image,
+    /// unless a rule looks at object labels; then it is not remembered.
     pub fn decide_image(&self, subject: &Subject, image: &str) -> ImageDecision {
-        let reference = match Reference::parse(image) {
+        if self.rules.iter().any(|r| !r.object_labels.is_empty()) || image.len() > 1024 {
+            return self.decide_image_uncached(subject, image);
+        }
+        let key = (subject.namespace.clone(), image.to_string());
+        if let Some(decision) = self.decisions.get(&key) {
+            return decision;
+        }
+        let decision = self.decide_image_uncached(subject, image);
+        self.decisions.insert(key, decision.clone());
+        decision
+    }
+
+    fn decide_image_uncached(&self, subject: &Subject, image: &str) -> ImageDecision {
+        let reference = match Reference::parse_cached(image) {
             Ok(r) => r,
             Err(e) => {
                 let reason = format!("image {image:?} is not a valid image reference: {e}");
@@ -210,7 +226,7 @@ impl Policy {
             .iter()
             .map(|u| ImageDecision {
                 image: u.image.clone(),
-                reference: Reference::parse(&u.image),
+                reference: Reference::parse_cached(&u.image),
                 verdict,
                 rule: rule.to_string(),
                 reason: reason(),

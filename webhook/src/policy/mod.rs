@@ -21,7 +21,6 @@ pub struct PolicyError {
 }
 
 /// A validated, compiled policy.
-#[derive(Debug)]
 pub struct Policy {
     pub mode: Mode,
     pub default_verdict: file::Verdict,
@@ -29,6 +28,25 @@ pub struct Policy {
     /// `None` when break-glass is disabled.
     pub break_glass_annotation: Option<String>,
     pub rules: Vec<Rule>,
+    /// Decisions by (namespace, image); see [`Policy::decide_image`]. Lives
+    /// and dies with this policy, so a reload starts afresh.
+    decisions: DecisionCache,
+}
+
+/// How many (namespace, image) decisions a policy remembers.
+const DECISION_CACHE_ENTRIES: usize = 16 * 1024;
+
+type DecisionCache = quick_cache::sync::Cache<(String, String), ImageDecision>;
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("mode", &self.mode)
+            .field("default_verdict", &self.default_verdict)
+            .field("break_glass_annotation", &self.break_glass_annotation)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -151,6 +169,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
                 .enabled
                 .then_some(file.break_glass.annotation),
             rules,
+            decisions: DecisionCache::new(DECISION_CACHE_ENTRIES),
         }),
         _ => Err(PolicyError { problems }),
     }

@@ -82,6 +82,11 @@ fn hosts_are_case_insensitive_paths_are_not() {
         Err(ParseError::Uppercase)
     );
     assert_eq!(Reference::parse("NGINX"), Err(ParseError::Uppercase));
+    // A dotless first component is a Docker Hub path, so it must be lower
+    // case too (found by the fuzz target: `docKero/lx1`).
+    assert_eq!(Reference::parse("docKero/lx1"), Err(ParseError::Uppercase));
+    assert_eq!(Reference::parse("Foo/bar:1"), Err(ParseError::Uppercase));
+    assert_eq!(parse("localhost/foo").domain, "localhost");
     // Tags may have upper case.
     assert_eq!(parse("nginx:Stable").tag.as_deref(), Some("Stable"));
 }
