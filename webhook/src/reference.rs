@@ -8,8 +8,8 @@
 //! - Rust's `\w` matches Unicode letters, Go's only ASCII: non-ASCII input is
 //!   refused before parsing;
 //! - Go's digest parser wants lower-case hex; the port accepts upper case;
-//! - Go limits the whole name (domain included) to 255 bytes, the port only
-//!   the path;
+//! - Go limits the whole normalised name (`docker.io/library/` included) to
+//!   255 bytes, the port only the path;
 //! - Go refuses an upper-case path after Docker Hub normalisation
 //!   (`Foo/bar`), the port does not.
 
@@ -96,6 +96,8 @@ impl Reference {
         if digest_hex.is_some_and(|hex| hex.bytes().any(|b| b.is_ascii_uppercase())) {
             return Err(ParseError::UppercaseDigest);
         }
+        // Normalising only lengthens a name: refuse early what is already too
+        // long, before the regex runs on it.
         if name_part(name).len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ParseError::NameTooLong);
         }
@@ -110,6 +112,12 @@ impl Reference {
         // `docKero/lx1`).
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(ParseError::Uppercase);
+        }
+        // Go applies the limit to the normalised name, `docker.io/` and
+        // `library/` included (found by the fuzz target: a 250-byte Docker
+        // Hub path).
+        if domain.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(ParseError::NameTooLong);
         }
         Ok(Self {
             domain,
