@@ -9,5 +9,6 @@
 pub mod check;
 pub mod policy;
 pub mod reference;
+pub mod resolve;
 pub mod review;
 pub mod server;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use imagegate_webhook::{
     check,
     policy::Policy,
+    resolve::{self, Credentials},
     server::{self, AppState, listener, metrics::Metrics, policy_store::PolicyStore, tls},
 };
 use tokio::{
@@ -67,9 +68,57 @@ struct ServeArgs {
     /// How often the certificate and policy files are checked for changes.
     #[arg(long, env = "IMAGEGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
+    /// Resolve every allowed image to its digests against its registry
+    /// (`off`: decide on references alone).
+    #[arg(long, env = "IMAGEGATE_DIGEST_RESOLUTION", value_enum, default_value_t = OnOff::On)]
+    digest_resolution: OnOff,
+    /// Budget of one resolution, auth and retries included; keep it well
+    /// inside the webhook configuration's timeoutSeconds.
+    #[arg(long, env = "IMAGEGATE_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    registry_timeout: Duration,
+    /// How long a resolved digest is trusted before the tag is asked again.
+    #[arg(long, env = "IMAGEGATE_RESOLUTION_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    resolution_ttl: Duration,
+    /// How long a failed resolution is remembered.
+    #[arg(long, env = "IMAGEGATE_RESOLUTION_NEGATIVE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    resolution_negative_ttl: Duration,
+    /// Most references the resolution cache keeps.
+    #[arg(
+        long,
+        env = "IMAGEGATE_RESOLUTION_CACHE_ENTRIES",
+        default_value_t = 10_000
+    )]
+    resolution_cache_entries: u64,
+    /// Registry credentials: a dockerconfigjson file (a pull secret's
+    /// `.dockerconfigjson`).
+    #[arg(long, env = "IMAGEGATE_REGISTRY_CREDENTIALS")]
+    registry_credentials: Option<PathBuf>,
+    /// `HOST=FILE`: a CA bundle (PEM) trusted for that registry only. Repeatable.
+    #[arg(long = "registry-ca", env = "IMAGEGATE_REGISTRY_CA", value_delimiter = ',', value_parser = parse_host_file)]
+    registry_cas: Vec<(String, PathBuf)>,
+    /// A registry host reached over plain HTTP; no other is. Repeatable.
+    #[arg(
+        long = "plain-http-registry",
+        env = "IMAGEGATE_PLAIN_HTTP_REGISTRIES",
+        value_delimiter = ','
+    )]
+    plain_http_registries: Vec<String>,
     /// How long open requests may take to finish after SIGTERM.
     #[arg(long, env = "IMAGEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+fn parse_host_file(value: &str) -> Result<(String, PathBuf), String> {
+    let (host, file) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected HOST=FILE, got {value:?}"))?;
+    Ok((host.to_ascii_lowercase(), PathBuf::from(file)))
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +207,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // it now, not during the first admission request.
     let _ = imagegate_webhook::reference::Reference::parse("warm.up/regex:1");
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let resolver = match args.digest_resolution {
+        OnOff::Off => None,
+        OnOff::On => {
+            let credentials = match &args.registry_credentials {
+                Some(path) => Credentials::load(path)?,
+                None => Credentials::default(),
+            };
+            let settings = resolve::Settings {
+                timeout: args.registry_timeout,
+                ttl: args.resolution_ttl,
+                negative_ttl: args.resolution_negative_ttl,
+                cache_entries: args.resolution_cache_entries,
+                plain_http: args
+                    .plain_http_registries
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                ca_bundles: args.registry_cas.clone(),
+                credentials,
+            };
+            let resolver_metrics = metrics.register_resolver();
+            Some(Arc::new(
+                resolve::Resolver::new(settings, resolver_metrics).map_err(anyhow::Error::msg)?,
+            ))
+        }
+    };
+    let metrics = Arc::new(metrics);
     let (policy, policy_seen) = PolicyStore::load(args.policy.clone(), &metrics).await;
     let (certs, certs_seen) =
         tls::CertStore::load(args.cert.clone(), args.key.clone(), provider.clone())
@@ -176,13 +252,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
     ));
     tokio::spawn(certs.watch(certs_seen, args.reload_interval, metrics.clone(), stop_rx));
 
-    let app = server::router(Arc::new(AppState { policy, metrics }));
+    let resolving = resolver.is_some();
+    let app = server::router(Arc::new(AppState {
+        policy,
+        metrics,
+        resolver,
+    }));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(
         listen = %listener.local_addr()?,
         client_certificates = args.client_ca.is_some(),
+        digest_resolution = resolving,
         "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS"
     );
     listener::serve(

@@ -27,6 +27,7 @@ fn app_with(policy_yaml: &str) -> Router {
     router(Arc::new(AppState {
         policy: PolicyStore::fixed(policy),
         metrics: Arc::new(Metrics::new()),
+        resolver: None,
     }))
 }
 
@@ -558,6 +559,7 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
     let app = router(Arc::new(AppState {
         policy: store,
         metrics,
+        resolver: None,
     }));
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -49,6 +49,9 @@ impl Webhook {
                 "--reload-interval",
                 "50ms",
             ])
+            // No registry is reachable from these tests: decisions on
+            // references only (resolution has its own tests).
+            .args(["--digest-resolution", "off"])
             .arg("--cert")
             .arg(dir.join("tls.crt"))
             .arg("--key")

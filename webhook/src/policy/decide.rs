@@ -16,6 +16,7 @@ pub const RULE_SYNTAX: &str = "reference-syntax";
 pub const RULE_DEFAULT: &str = "default";
 pub const RULE_EXEMPT: &str = "exempt-namespace";
 pub const RULE_BREAK_GLASS: &str = "break-glass";
+pub const RULE_RESOLUTION: &str = "digest-resolution";
 
 /// The suffix of the break-glass annotation on ImageReview.
 const IMAGE_REVIEW_BREAK_GLASS_SUFFIX: &str = ".image-policy.k8s.io/break-glass";
@@ -60,6 +61,9 @@ pub struct ImageDecision {
     pub rule: String,
     /// One line a user can act on.
     pub reason: String,
+    /// The digests the image resolved to (an index's first, then its
+    /// platform manifests'); empty when not resolved.
+    pub digests: Vec<String>,
 }
 
 /// The decision on a whole review.
@@ -77,6 +81,13 @@ pub struct ReviewDecision {
 impl Policy {
     /// Decides on every image of a review.
     pub fn decide(&self, review: &Review) -> ReviewDecision {
+        let (images, annotations) = self.decide_images(review);
+        ReviewDecision::summarise(images, annotations)
+    }
+
+    /// Decides on every image of a review, before summing up: digest
+    /// resolution comes in between.
+    pub fn decide_images(&self, review: &Review) -> (Vec<ImageDecision>, BTreeMap<String, String>) {
         let subject = &review.subject;
         let mut annotations = BTreeMap::new();
         let images: Vec<ImageDecision> = if self.exempt_namespaces.contains(&subject.namespace) {
@@ -99,7 +110,7 @@ impl Policy {
                 .map(|u| self.decide_image(subject, &u.image))
                 .collect()
         };
-        summarise(images, annotations)
+        (images, annotations)
     }
 
     /// Decides on one image for an object in `subject`'s namespace.
@@ -161,6 +172,7 @@ impl Policy {
                 );
             }
             return ImageDecision {
+                digests: Vec::new(),
                 image: image.to_string(),
                 reason: format!(
                     "{} allowed by rule {:?}",
@@ -174,6 +186,7 @@ impl Policy {
         }
         match self.default_verdict {
             file::Verdict::Allow => ImageDecision {
+                digests: Vec::new(),
                 image: image.to_string(),
                 reason: format!(
                     "{}: no rule matched; the policy's default verdict is allow",
@@ -203,6 +216,7 @@ impl Policy {
         mode: Mode,
     ) -> ImageDecision {
         ImageDecision {
+            digests: Vec::new(),
             image: image.to_string(),
             reference,
             verdict: match mode {
@@ -225,6 +239,7 @@ impl Policy {
             .images
             .iter()
             .map(|u| ImageDecision {
+                digests: Vec::new(),
                 image: u.image.clone(),
                 reference: Reference::parse_cached(&u.image),
                 verdict,
@@ -336,6 +351,13 @@ impl Rule {
             ));
         }
         None
+    }
+}
+
+impl ReviewDecision {
+    /// Sums up per-image decisions into the review's answer.
+    pub fn summarise(images: Vec<ImageDecision>, annotations: BTreeMap<String, String>) -> Self {
+        summarise(images, annotations)
     }
 }
 

@@ -30,6 +30,22 @@ pub struct PolicyFile {
     /// selects the image decides.
     #[serde(default)]
     pub rules: Vec<RuleFile>,
+    /// What digest resolution decides (the registries themselves are
+    /// configured by the server's flags).
+    #[serde(default)]
+    pub resolution: ResolutionFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResolutionFile {
+    /// An allowed image that cannot be resolved to a digest: `deny` it
+    /// (default), or `allow` it with an audit annotation.
+    #[serde(default)]
+    pub on_failure: Verdict,
+    /// Also ask the registry for images that already name a digest.
+    #[serde(default)]
+    pub verify_digest: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

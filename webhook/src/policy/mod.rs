@@ -28,6 +28,10 @@ pub struct Policy {
     /// `None` when break-glass is disabled.
     pub break_glass_annotation: Option<String>,
     pub rules: Vec<Rule>,
+    /// What an image that cannot be resolved to a digest gets.
+    pub on_resolution_failure: file::Verdict,
+    /// Ask the registry about images that already name a digest.
+    pub verify_digest: bool,
     /// Decisions by (namespace, image); see [`Policy::decide_image`]. Lives
     /// and dies with this policy, so a reload starts afresh.
     decisions: DecisionCache,
@@ -169,6 +173,8 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
                 .enabled
                 .then_some(file.break_glass.annotation),
             rules,
+            on_resolution_failure: file.resolution.on_failure,
+            verify_digest: file.resolution.verify_digest,
             decisions: DecisionCache::new(DECISION_CACHE_ENTRIES),
         }),
         _ => Err(PolicyError { problems }),

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
     policy::ReviewDecision,
+    resolve::apply::resolve_decisions,
     review::{
         Api, Review,
         admission::{self, Decoded},
@@ -38,7 +39,7 @@ pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             ))
         }
         Ok(Ok(review)) => {
-            let (allowed, reason, annotations) = match decide(&state, &review) {
+            let (allowed, reason, annotations) = match decide(&state, &review).await {
                 Some(d) => {
                     // ImageReview has one reason for all images: the denial's,
                     // or nothing when allowed.
@@ -88,7 +89,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                         format!("not checked: {why}"),
                     ))
                 }
-                Ok(review) => match decide(&state, review) {
+                Ok(review) => match decide(&state, review).await {
                     Some(d) => {
                         let code = if d.allowed { 200 } else { 403 };
                         json(
@@ -120,14 +121,21 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
     response
 }
 
-/// Decides with the policy in force, counting and logging; `None` without
-/// a policy.
-fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
+/// Decides with the policy in force, resolving allowed images to digests
+/// when a resolver is configured; counts and logs. `None` without a policy.
+async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
     let Some(policy) = state.policy.current() else {
         warn!(api = review.api.as_str(), namespace = %review.subject.namespace, "denied: {NO_POLICY}");
         return None;
     };
-    let decision = policy.decide(review);
+    let decision = match &state.resolver {
+        None => policy.decide(review),
+        Some(resolver) => {
+            let (mut images, mut annotations) = policy.decide_images(review);
+            resolve_decisions(resolver, &policy, &mut images, &mut annotations).await;
+            ReviewDecision::summarise(images, annotations)
+        }
+    };
     let api = match review.api {
         Api::ImageReview => "ImageReview",
         Api::AdmissionReview => "AdmissionReview",

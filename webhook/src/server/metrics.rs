@@ -119,6 +119,11 @@ impl Metrics {
         family.get_or_create(&ResultLabels { result }).inc();
     }
 
+    /// Registers the digest resolver's metrics with these.
+    pub fn register_resolver(&mut self) -> crate::resolve::ResolverMetrics {
+        crate::resolve::ResolverMetrics::register(&mut self.registry)
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -26,6 +26,8 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct AppState {
     pub policy: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
+    /// Resolves allowed images to digests; `None` when resolution is off.
+    pub resolver: Option<Arc<crate::resolve::Resolver>>,
 }
 
 /// The webhook's routes. Public so tests drive it without a socket.

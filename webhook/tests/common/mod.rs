@@ -1,6 +1,8 @@
 //! Helpers shared by the webhook's integration tests.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::PathBuf;
 
 use serde_json::{Value, json};

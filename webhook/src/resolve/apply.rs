@@ -1,0 +1,63 @@
+//! Resolution applied to decisions: every image the policy lets run gets its
+//! digests; an allowed image that cannot be resolved is denied, or allowed
+//! with an audit annotation, as the policy says.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+
+use super::Resolver;
+use crate::policy::{ImageDecision, Mode, Policy, Verdict, decide::RULE_RESOLUTION, file};
+
+/// Resolves, concurrently, each image whose verdict lets it run.
+pub async fn resolve_decisions(
+    resolver: &Resolver,
+    policy: &Policy,
+    images: &mut [ImageDecision],
+    annotations: &mut BTreeMap<String, String>,
+) {
+    let lookups = images.iter().map(|d| async move {
+        match (&d.reference, d.verdict.allows()) {
+            (Ok(reference), true) => Some(resolver.resolve(reference, policy.verify_digest).await),
+            _ => None,
+        }
+    });
+    let outcomes = join_all(lookups).await;
+    let mut resolved = Vec::new();
+    let mut unresolved = Vec::new();
+    for (decision, outcome) in images.iter_mut().zip(outcomes) {
+        match outcome {
+            None => {}
+            Some(Ok(r)) => {
+                decision.digests = r.all_digests();
+                resolved.push(format!("{}={}", decision.image, r.digest));
+            }
+            Some(Err(e)) => {
+                let what = match &decision.reference {
+                    Ok(r) => r.to_string(),
+                    Err(_) => decision.image.clone(),
+                };
+                let reason = format!("could not resolve {what} to a digest: {e}");
+                unresolved.push(format!("{}: {e}", decision.image));
+                // Only a plain allow is turned into a denial: exemptions,
+                // break-glass and audit verdicts stand, with the annotation.
+                if decision.verdict == Verdict::Allowed
+                    && policy.on_resolution_failure == file::Verdict::Deny
+                {
+                    decision.verdict = match policy.mode {
+                        Mode::Enforce => Verdict::Denied,
+                        Mode::Audit => Verdict::AuditDenied,
+                    };
+                    decision.rule = RULE_RESOLUTION.to_string();
+                    decision.reason = reason;
+                }
+            }
+        }
+    }
+    if !resolved.is_empty() {
+        annotations.insert("resolved-digests".into(), resolved.join(", "));
+    }
+    if !unresolved.is_empty() {
+        annotations.insert("unresolved-images".into(), unresolved.join("; "));
+    }
+}

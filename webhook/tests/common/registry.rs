@@ -1,0 +1,251 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (distribution
+//! 2.8) on loopback, plain HTTP or TLS with htpasswd Basic auth, filled with
+//! hand-made images whose digests the test computes itself.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use oci_client::{
+    Client, Reference,
+    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
+    secrets::RegistryAuth,
+};
+use serde_json::json;
+
+use super::Ca;
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running registry; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub host: String,
+    pub ca_file: Option<PathBuf>,
+    pub credentials: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    /// Plain HTTP, anonymous.
+    pub fn plain() -> Self {
+        Self::start(None, None)
+    }
+
+    /// HTTPS with a certificate from `ca`, and htpasswd Basic auth.
+    pub fn tls_basic(ca: &Ca, user: &str, password: &str) -> Self {
+        Self::start(Some(ca), Some((user, password)))
+    }
+
+    fn start(ca: Option<&Ca>, credentials: Option<(&str, &str)>) -> Self {
+        assert!(
+            Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: run `cargo xtask setup` (Debian package docker-registry)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let mut ca_file = None;
+        if let Some(ca) = ca {
+            let leaf = ca.server("registry");
+            std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+            config += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("tls.crt").display(),
+                dir.path().join("tls.key").display()
+            );
+            ca_file = Some(dir.path().join("ca.pem"));
+        }
+        if let Some((user, password)) = credentials {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (Debian apache2-utils)");
+            assert!(out.status.success());
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            config += &format!(
+                "auth:\n  htpasswd:\n    realm: imagegate-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            host: format!("127.0.0.1:{port}"),
+            ca_file,
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+            _dir: dir,
+        }
+    }
+
+    /// A client that can push to this registry.
+    fn client(&self) -> (Client, RegistryAuth) {
+        let mut config = ClientConfig::default();
+        match &self.ca_file {
+            None => config.protocol = ClientProtocol::Http,
+            Some(ca) => config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: std::fs::read(ca).unwrap(),
+            }),
+        }
+        let auth = match &self.credentials {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        (Client::new(config), auth)
+    }
+
+    /// Pushes a single-platform image whose config carries `label` (so
+    /// every image gets its own digest) as `repo:tag`; returns the
+    /// manifest's digest.
+    pub async fn push_image(&self, repo: &str, tag: &str, label: &str) -> String {
+        let (manifest, _) = self.push_manifest(repo, label, "amd64").await;
+        self.put_manifest(
+            repo,
+            tag,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+    }
+
+    /// Pushes an index of two platform manifests as `repo:tag`; returns the
+    /// index digest and the platform digests.
+    pub async fn push_index(&self, repo: &str, tag: &str, label: &str) -> (String, Vec<String>) {
+        let mut entries = Vec::new();
+        let mut digests = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let (manifest, digest) = self
+                .push_manifest(repo, &format!("{label}-{arch}"), arch)
+                .await;
+            self.put_manifest(
+                repo,
+                &digest,
+                &manifest,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .await;
+            entries.push(json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": manifest.len(),
+                "platform": {"architecture": arch, "os": "linux"}
+            }));
+            digests.push(digest);
+        }
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries
+        }))
+        .unwrap();
+        let digest = self
+            .put_manifest(repo, tag, &index, "application/vnd.oci.image.index.v1+json")
+            .await;
+        (digest, digests)
+    }
+
+    /// Pushes the blobs of an image and returns its manifest (not pushed)
+    /// and the manifest's digest.
+    async fn push_manifest(&self, repo: &str, label: &str, arch: &str) -> (Vec<u8>, String) {
+        let (client, auth) = self.client();
+        let reference: Reference = format!("{}/{repo}:unused", self.host).parse().unwrap();
+        client.store_auth_if_needed(&self.host, &auth).await;
+        let layer = format!("imagegate test layer {label}").into_bytes();
+        let layer_digest = sha256(&layer);
+        let config = serde_json::to_vec(&json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Labels": {"imagegate.test": label}},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+        }))
+        .unwrap();
+        let config_digest = sha256(&config);
+        client
+            .push_blob(&reference, layer.clone(), &layer_digest)
+            .await
+            .expect("push layer");
+        client
+            .push_blob(&reference, config.clone(), &config_digest)
+            .await
+            .expect("push config");
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+        }))
+        .unwrap();
+        let digest = sha256(&manifest);
+        (manifest, digest)
+    }
+
+    /// PUTs a manifest under `reference` (a tag or a digest); returns its digest.
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        manifest: &[u8],
+        media_type: &str,
+    ) -> String {
+        let (client, auth) = self.client();
+        client.store_auth_if_needed(&self.host, &auth).await;
+        let separator = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let target: Reference = format!("{}/{repo}{separator}{reference}", self.host)
+            .parse()
+            .unwrap();
+        client
+            .push_manifest_raw(&target, manifest.to_vec(), media_type.parse().unwrap())
+            .await
+            .expect("push manifest");
+        sha256(manifest)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

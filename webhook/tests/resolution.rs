@@ -1,0 +1,427 @@
+//! Digest resolution against a real registry (Debian's docker-registry on
+//! loopback): plain HTTP, HTTPS with a private CA and Basic auth, a
+//! multi-arch index, a moved tag, wrong credentials, a registry that is
+//! down or hangs, concurrent lookups, and the webhook's answers.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, http::Request};
+use common::{Ca, admission_review, registry::Registry};
+use http_body_util::BodyExt;
+use imagegate_webhook::{
+    policy::Policy,
+    reference::Reference,
+    resolve::{Credentials, ResolveError, Resolver, Settings},
+    server::{AppState, metrics::Metrics, policy_store::PolicyStore, router},
+};
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn reference(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+fn settings_for(registry: &Registry) -> Settings {
+    let mut settings = Settings::default();
+    match &registry.ca_file {
+        None => settings.plain_http.push(registry.host.clone()),
+        Some(ca) => settings
+            .ca_bundles
+            .push((registry.host.clone(), ca.clone())),
+    }
+    if let Some((user, password)) = &registry.credentials {
+        let json = format!(
+            r#"{{"auths": {{"{}": {{"username": "{user}", "password": "{password}"}}}}}}"#,
+            registry.host
+        );
+        settings.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    }
+    settings
+}
+
+fn resolver(settings: Settings) -> (Resolver, Metrics) {
+    let mut metrics = Metrics::new();
+    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
+    (resolver, metrics)
+}
+
+fn metric(metrics: &Metrics, line_start: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn resolves_a_tag_over_plain_http() {
+    install_crypto();
+    let registry = Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "app-1").await;
+    let (resolver, metrics) = resolver(settings_for(&registry));
+    let resolved = resolver
+        .resolve(
+            &reference(&format!("{}/team/app:1.0", registry.host)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved.digest, digest);
+    assert!(resolved.platform_digests.is_empty());
+    // The second ask is answered from the cache.
+    resolver
+        .resolve(
+            &reference(&format!("{}/team/app:1.0", registry.host)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "imagegate_webhook_registry_lookups_total{outcome=\"resolved\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "imagegate_webhook_resolution_cache_hits_total"),
+        1.0
+    );
+    // A tag that does not exist.
+    let err = resolver
+        .resolve(
+            &reference(&format!("{}/team/app:2.0", registry.host)),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::NotFound(_)), "{err}");
+}
+
+#[tokio::test]
+async fn only_named_hosts_get_plain_http() {
+    install_crypto();
+    let registry = Registry::plain();
+    registry.push_image("team/app", "1.0", "app-1").await;
+    // Without the plain-HTTP setting the resolver speaks TLS to it, and fails.
+    let (resolver, _) = resolver(Settings::default());
+    let err = resolver
+        .resolve(
+            &reference(&format!("{}/team/app:1.0", registry.host)),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::Registry(_)), "{err}");
+}
+
+#[tokio::test]
+async fn resolves_over_tls_with_basic_auth_and_refuses_wrong_credentials() {
+    install_crypto();
+    let ca = Ca::new("registry CA");
+    let registry = Registry::tls_basic(&ca, "ci", "s3cret");
+    let digest = registry.push_image("team/app", "1.0", "tls-app").await;
+    let image = reference(&format!("{}/team/app:1.0", registry.host));
+
+    let (good, _) = resolver(settings_for(&registry));
+    assert_eq!(good.resolve(&image, false).await.unwrap().digest, digest);
+
+    let mut wrong = settings_for(&registry);
+    let json = format!(
+        r#"{{"auths": {{"{}": {{"username": "ci", "password": "wrong"}}}}}}"#,
+        registry.host
+    );
+    wrong.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    let (bad, _) = resolver(wrong);
+    let err = bad.resolve(&image, false).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
+    assert!(err.to_string().contains("check the pull secret"), "{err}");
+
+    let mut anonymous = settings_for(&registry);
+    anonymous.credentials = Credentials::default();
+    let (anonymous, _) = resolver(anonymous);
+    let err = anonymous.resolve(&image, false).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
+
+    // A CA given for another host is not trusted for this one.
+    let mut other_host = settings_for(&registry);
+    other_host.ca_bundles = vec![(
+        "elsewhere.example:443".into(),
+        registry.ca_file.clone().unwrap(),
+    )];
+    let (untrusting, _) = resolver(other_host);
+    let err = untrusting.resolve(&image, false).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Registry(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_multi_arch_tag_admits_the_index_and_every_platform() {
+    install_crypto();
+    let registry = Registry::plain();
+    let (index, platforms) = registry.push_index("team/multi", "2.0", "multi").await;
+    let (resolver, _) = resolver(settings_for(&registry));
+    let resolved = resolver
+        .resolve(
+            &reference(&format!("{}/team/multi:2.0", registry.host)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved.digest, index);
+    assert_eq!(resolved.platform_digests, platforms);
+    assert_eq!(resolved.all_digests().len(), 3);
+    // The index named by digest: its platforms are known without a lookup.
+    let by_digest = resolver
+        .resolve(
+            &reference(&format!("{}/team/multi@{index}", registry.host)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_digest.platform_digests, platforms);
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_seen_once_its_ttl_ends() {
+    install_crypto();
+    let registry = Registry::plain();
+    let first = registry.push_image("team/app", "stable", "first").await;
+    let mut settings = settings_for(&registry);
+    settings.ttl = Duration::from_millis(500);
+    let (resolver, _) = resolver(settings);
+    let image = reference(&format!("{}/team/app:stable", registry.host));
+    assert_eq!(resolver.resolve(&image, false).await.unwrap().digest, first);
+    let second = registry.push_image("team/app", "stable", "second").await;
+    assert_ne!(first, second);
+    // Within the TTL the cached digest stands (the documented semantics).
+    assert_eq!(resolver.resolve(&image, false).await.unwrap().digest, first);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        resolver.resolve(&image, false).await.unwrap().digest,
+        second
+    );
+}
+
+#[tokio::test]
+async fn digests_are_taken_as_given_or_verified() {
+    install_crypto();
+    let registry = Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "verify").await;
+    let (resolver, metrics) = resolver(settings_for(&registry));
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let given = reference(&format!("{}/team/app@{missing}", registry.host));
+    assert_eq!(
+        resolver.resolve(&given, false).await.unwrap().digest,
+        missing,
+        "taken as written"
+    );
+    assert_eq!(
+        metric(&metrics, "imagegate_webhook_registry_lookups_total"),
+        0.0,
+        "no lookup without verify"
+    );
+    let err = resolver.resolve(&given, true).await.unwrap_err();
+    assert!(matches!(err, ResolveError::NotFound(_)), "{err:?}");
+    let present = reference(&format!("{}/team/app:1.0@{digest}", registry.host));
+    assert_eq!(
+        resolver.resolve(&present, true).await.unwrap().digest,
+        digest
+    );
+}
+
+#[tokio::test]
+async fn a_registry_that_is_down_or_hangs_fails_within_the_budget() {
+    install_crypto();
+    // Down: nothing listens.
+    let down_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = Settings {
+        timeout: Duration::from_millis(800),
+        plain_http: vec![format!("127.0.0.1:{down_port}")],
+        ..Default::default()
+    };
+    // Hangs: accepts connections, never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_host = format!("127.0.0.1:{}", hanging.local_addr().unwrap().port());
+    settings.plain_http.push(hang_host.clone());
+    let (resolver, metrics) = resolver(settings);
+
+    let started = Instant::now();
+    let err = resolver
+        .resolve(&reference(&format!("127.0.0.1:{down_port}/x:1")), false)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("onnection refused"), "{err}");
+
+    let started = Instant::now();
+    let err = resolver
+        .resolve(&reference(&format!("{hang_host}/x:1")), false)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err, ResolveError::Timeout(Duration::from_millis(800)));
+    assert_eq!(err.to_string(), "timed out after 800ms");
+    assert!(
+        took >= Duration::from_millis(790) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "imagegate_webhook_registry_lookups_total{outcome=\"timeout\"}"
+        ),
+        1.0
+    );
+
+    // The failure is remembered for the negative TTL: no second wait.
+    let started = Instant::now();
+    resolver
+        .resolve(&reference(&format!("{hang_host}/x:1")), false)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    drop(hanging);
+}
+
+#[tokio::test]
+async fn concurrent_lookups_of_one_reference_share_one_request() {
+    install_crypto();
+    let registry = Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "shared").await;
+    let (resolver, metrics) = resolver(settings_for(&registry));
+    let resolver = Arc::new(resolver);
+    let image = reference(&format!("{}/team/app:1.0", registry.host));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (resolver, image) = (resolver.clone(), image.clone());
+            tokio::spawn(async move { resolver.resolve(&image, false).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().digest, digest);
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "imagegate_webhook_registry_lookups_total{outcome=\"resolved\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "imagegate_webhook_resolution_cache_hits_total"),
+        49.0
+    );
+}
+
+const POLICY: &str = "apiVersion: imagegate.dev/v1alpha1
+kind: ImagePolicy
+rules:
+  - name: local
+    registries: ['127.0.0.1']
+";
+
+async fn review(settings: Settings, policy: &str, image: &str) -> Value {
+    let mut metrics = Metrics::new();
+    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
+    let app = router(Arc::new(AppState {
+        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
+        metrics: Arc::new(metrics),
+        resolver: Some(Arc::new(resolver)),
+    }));
+    let pod = serde_json::json!({"spec": {"containers": [{"name": "app", "image": image}]}});
+    let body = serde_json::to_vec(&admission_review("", "Pod", "CREATE", pod)).unwrap();
+    let response = app
+        .oneshot(Request::post("/validate").body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
+}
+
+#[tokio::test]
+async fn the_webhook_admits_with_digests_and_denies_what_it_cannot_resolve() {
+    install_crypto();
+    let registry = Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "webhook").await;
+    let port = registry.host.rsplit(':').next().unwrap();
+    let policy = POLICY.replace("'127.0.0.1'", &format!("'127.0.0.1:{port}'"));
+    let image = format!("{}/team/app:1.0", registry.host);
+
+    let r = review(settings_for(&registry), &policy, &image).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(
+        r["auditAnnotations"]["resolved-digests"],
+        format!("{image}={digest}")
+    );
+
+    // A tag the registry does not have is denied with a reason to act on.
+    let r = review(
+        settings_for(&registry),
+        &policy,
+        &format!("{}/team/app:9.9", registry.host),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "could not resolve {}/team/app:9.9 to a digest: the registry has no such manifest",
+            registry.host
+        )),
+        "{message}"
+    );
+
+    // A registry that hangs: denied within the budget, saying so.
+    let hanging = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_host = format!("127.0.0.1:{}", hanging.local_addr().unwrap().port());
+    let settings = Settings {
+        timeout: Duration::from_millis(500),
+        plain_http: vec![hang_host.clone()],
+        ..Default::default()
+    };
+    let hang_policy = POLICY.replace("'127.0.0.1'", &format!("'{hang_host}'"));
+    let started = Instant::now();
+    let r = review(settings, &hang_policy, &format!("{hang_host}/app:1.2")).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(r["allowed"], false);
+    assert_eq!(
+        r["status"]["message"],
+        format!("could not resolve {hang_host}/app:1.2 to a digest: timed out after 500ms")
+    );
+
+    // The policy may allow it instead, with an audit annotation.
+    let settings = Settings {
+        timeout: Duration::from_millis(300),
+        plain_http: vec![hang_host.clone()],
+        ..Default::default()
+    };
+    let lenient = format!("{hang_policy}resolution:\n  onFailure: allow\n");
+    let r = review(settings, &lenient, &format!("{hang_host}/app:1.2")).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        r["auditAnnotations"]["unresolved-images"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 300ms")
+    );
+    drop(hanging);
+}
