@@ -602,3 +602,25 @@ async fn metrics_count_decisions_and_latency() {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
 }
+
+#[tokio::test]
+async fn mutate_without_resolution_pins_nothing_and_denies_what_it_cannot_read() {
+    let app = app();
+    let (_, body) = fixture("admissionreview-3.json");
+    let (status, answer) = post(&app, "/mutate", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = &answer["response"];
+    assert_eq!(r["uid"], body["request"]["uid"]);
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none());
+    assert_eq!(
+        r["status"]["message"],
+        "not pinned: digest resolution is off"
+    );
+
+    let (_, mut broken) = fixture("admissionreview-1.json");
+    broken["request"]["object"]["spec"]["containers"] = json!({"not": "a list"});
+    let (_, answer) = post(&app, "/mutate", &broken).await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert_eq!(answer["response"]["uid"], broken["request"]["uid"]);
+}

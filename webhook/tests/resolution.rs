@@ -425,3 +425,140 @@ async fn the_webhook_admits_with_digests_and_denies_what_it_cannot_resolve() {
     );
     drop(hanging);
 }
+
+async fn post(app: &axum::Router, path: &str, body: &Value) -> Value {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
+}
+
+/// Applies the `replace` operations of a base64 JSONPatch to `object`.
+fn apply_patch(object: &mut Value, patch_b64: &str) -> Vec<Value> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch_b64)
+        .unwrap();
+    let operations: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+    for op in &operations {
+        assert_eq!(op["op"], "replace");
+        let path = op["path"].as_str().unwrap();
+        *object
+            .pointer_mut(path)
+            .unwrap_or_else(|| panic!("{path} is not in the object")) = op["value"].clone();
+    }
+    operations
+}
+
+#[tokio::test]
+async fn mutation_pins_tags_to_digests_and_the_validator_agrees_without_a_lookup() {
+    install_crypto();
+    let registry = Registry::plain();
+    let host = &registry.host;
+    let app_digest = registry.push_image("team/app", "1.0", "pin-app").await;
+    let (index, _) = registry.push_index("team/multi", "2.0", "pin-multi").await;
+    let gitops_digest = registry
+        .push_image("gitops/tool", "3.0", "pin-gitops")
+        .await;
+    let policy = format!(
+        "apiVersion: imagegate.dev/v1alpha1
+kind: ImagePolicy
+resolution:
+  verifyDigest: true
+rules:
+  - name: gitops
+    registries: ['{host}/gitops']
+    pinDigests: false
+  - name: local
+    registries: ['{host}']
+"
+    );
+    let mut metrics = Metrics::new();
+    let resolver = Resolver::new(settings_for(&registry), metrics.register_resolver()).unwrap();
+    let metrics = Arc::new(metrics);
+    let app = router(Arc::new(AppState {
+        policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
+        metrics: metrics.clone(),
+        resolver: Some(Arc::new(resolver)),
+    }));
+    let already = format!("{host}/team/app@{app_digest}");
+    let deployment = serde_json::json!({"spec": {"template": {"spec": {
+        "containers": [
+            {"name": "app", "image": format!("{host}/team/app:1.0")},
+            {"name": "multi", "image": format!("{host}/team/multi:2.0")},
+            {"name": "tool", "image": format!("{host}/gitops/tool:3.0")}
+        ],
+        "initContainers": [{"name": "init", "image": already}]
+    }}}});
+    let review = admission_review("apps", "Deployment", "CREATE", deployment.clone());
+    let r = post(&app, "/mutate", &review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r["patchType"], "JSONPatch");
+    let mut mutated = deployment.clone();
+    let operations = apply_patch(&mut mutated, r["patch"].as_str().expect("a patch"));
+    assert_eq!(
+        operations.len(),
+        2,
+        "only the two tagged images of pinning rules: {operations:?}"
+    );
+    let containers = &mutated["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        containers[0]["image"],
+        format!("{host}/team/app:1.0@{app_digest}")
+    );
+    assert_eq!(
+        containers[1]["image"],
+        format!("{host}/team/multi:2.0@{index}"),
+        "an index pins to the index"
+    );
+    assert_eq!(
+        containers[2]["image"],
+        format!("{host}/gitops/tool:3.0"),
+        "pinDigests: false"
+    );
+    assert_eq!(
+        mutated["spec"]["template"]["spec"]["initContainers"][0]["image"],
+        already
+    );
+
+    // The validator admits the mutated object without asking the registry
+    // again, verifyDigest included.
+    let lookups_before = metrics.render();
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("apps", "Deployment", "CREATE", mutated),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let count = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("imagegate_webhook_registry_lookups_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // Mutation already resolved (and verified) every image: validating the
+    // pinned object asks the registry nothing.
+    assert_eq!(count(&metrics.render()) - count(&lookups_before), 0.0);
+    let _ = gitops_digest;
+
+    // An object that opts out is left alone.
+    let mut opted_out = deployment;
+    opted_out["metadata"] =
+        serde_json::json!({"annotations": {"imagegate.dev/pin-digests": "false"}});
+    let r = post(
+        &app,
+        "/mutate",
+        &admission_review("apps", "Deployment", "CREATE", opted_out),
+    )
+    .await;
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+}

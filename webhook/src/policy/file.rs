@@ -8,6 +8,8 @@ use serde::Deserialize;
 pub const API_VERSION: &str = "imagegate.dev/v1alpha1";
 pub const KIND: &str = "ImagePolicy";
 pub const DEFAULT_BREAK_GLASS_ANNOTATION: &str = "imagegate.dev/break-glass";
+/// On an object or its pod template, `"false"` turns digest pinning off.
+pub const PIN_ANNOTATION: &str = "imagegate.dev/pin-digests";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -121,6 +123,11 @@ pub struct RuleFile {
     pub require_digest: bool,
     /// Overrides the policy's mode for denials by this rule.
     pub mode: Option<Mode>,
+    /// Whether `/mutate` pins the images this rule allows to their digests
+    /// (default true). GitOps tools see a rewritten spec as drift: turn it
+    /// off for what they manage.
+    #[serde(default = "yes")]
+    pub pin_digests: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

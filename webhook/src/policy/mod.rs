@@ -32,6 +32,8 @@ pub struct Policy {
     pub on_resolution_failure: file::Verdict,
     /// Ask the registry about images that already name a digest.
     pub verify_digest: bool,
+    /// The object annotation that turns digest pinning off (`"false"`).
+    pub pin_annotation: String,
     /// Decisions by (namespace, image); see [`Policy::decide_image`]. Lives
     /// and dies with this policy, so a reload starts afresh.
     decisions: DecisionCache,
@@ -65,9 +67,18 @@ pub struct Rule {
     pub deny_untagged: bool,
     pub require_digest: bool,
     pub mode: Option<Mode>,
+    pub pin_digests: bool,
 }
 
 impl Policy {
+    /// Whether the rule named `name` lets `/mutate` pin what it allows.
+    pub fn pins(&self, rule: &str) -> bool {
+        self.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .is_none_or(|r| r.pin_digests)
+    }
+
     /// Parses and validates a policy document.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
@@ -160,6 +171,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
                 deny_untagged: rule.deny_untagged,
                 require_digest: rule.require_digest,
                 mode: rule.mode,
+                pin_digests: rule.pin_digests,
             });
         }
     }
@@ -175,6 +187,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
             rules,
             on_resolution_failure: file.resolution.on_failure,
             verify_digest: file.resolution.verify_digest,
+            pin_annotation: file::PIN_ANNOTATION.to_string(),
             decisions: DecisionCache::new(DECISION_CACHE_ENTRIES),
         }),
         _ => Err(PolicyError { problems }),

@@ -278,6 +278,14 @@ impl Resolver {
         if !looked_up {
             self.metrics.cache_hits.inc();
         }
+        // The pinned form (`name:tag@digest`) that digest pinning writes is
+        // now known too: validating the mutated pod, even with verifyDigest,
+        // needs no second lookup.
+        if let (true, Ok(resolved), None) = (looked_up, &outcome, &reference.digest) {
+            let mut pinned = reference.clone();
+            pinned.digest = Some(resolved.digest.clone());
+            self.cache.insert(pinned.to_string(), outcome.clone()).await;
+        }
         outcome
     }
 

@@ -3,6 +3,8 @@
 
 use std::{sync::Arc, time::Instant};
 
+use base64::Engine;
+
 use axum::{
     body::Bytes,
     extract::State,
@@ -206,4 +208,101 @@ fn json_bytes<T: Serialize>(value: &T) -> ([(header::HeaderName, &'static str); 
     // Serialising these plain structs cannot fail.
     let body = serde_json::to_vec(value).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `POST /mutate`: AdmissionReview answered with a JSONPatch that pins each
+/// allowed image to its digest (`name:tag@sha256:...`; the tag stays for
+/// humans). Images that already carry a digest are left alone, and so is
+/// everything when the object says `imagegate.dev/pin-digests: "false"` or
+/// the deciding rule has `pinDigests: false`. Denying is the validator's
+/// job: the mutator only denies what it cannot read.
+pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (code, response) = match admission::decode(&body) {
+        Err(bad) => bad_request(bad.to_string()),
+        Ok(Decoded::Unreadable {
+            api_version,
+            uid,
+            reason,
+        }) => json(admission::Response::new(
+            api_version,
+            uid,
+            false,
+            400,
+            reason,
+        )),
+        Ok(Decoded::Review(request)) => {
+            let request = *request;
+            let (allowed, message, patch) = match &request.review {
+                Err(why) => (true, format!("not pinned: {why}"), None),
+                Ok(review) => match pin_patch(&state, review).await {
+                    Ok((message, patch)) => (true, message, patch),
+                    Err(message) => (false, message, None),
+                },
+            };
+            let mut answer = admission::Response::new(
+                request.api_version,
+                request.uid,
+                allowed,
+                if allowed { 200 } else { 500 },
+                message,
+            );
+            if let Some(patch) = patch {
+                answer = answer.with_patch(patch);
+            }
+            json(answer)
+        }
+    };
+    state
+        .metrics
+        .observe("mutate", code.as_u16(), started.elapsed());
+    response
+}
+
+/// The base64 JSONPatch pinning `review`'s images, and a message saying
+/// what was done.
+async fn pin_patch(state: &AppState, review: &Review) -> Result<(String, Option<String>), String> {
+    let Some(policy) = state.policy.current() else {
+        return Err(NO_POLICY.to_string());
+    };
+    let Some(resolver) = &state.resolver else {
+        return Ok(("not pinned: digest resolution is off".to_string(), None));
+    };
+    let policy_annotation = review.subject.annotations.get(&policy.pin_annotation);
+    if policy_annotation.map(String::as_str) == Some("false") {
+        return Ok((
+            format!("not pinned: {}=\"false\"", policy.pin_annotation),
+            None,
+        ));
+    }
+    let (mut decisions, mut annotations) = policy.decide_images(review);
+    resolve_decisions(resolver, &policy, &mut decisions, &mut annotations).await;
+    let mut operations = Vec::new();
+    for (image, decision) in review.images.iter().zip(&decisions) {
+        let (Some(pointer), Ok(reference), Some(digest)) = (
+            &image.pointer,
+            &decision.reference,
+            decision.digests.first(),
+        ) else {
+            continue;
+        };
+        if reference.digest.is_some() || !decision.verdict.allows() || !policy.pins(&decision.rule)
+        {
+            continue;
+        }
+        operations.push(serde_json::json!({
+            "op": "replace",
+            "path": pointer,
+            "value": format!("{}@{digest}", image.image),
+        }));
+    }
+    if operations.is_empty() {
+        return Ok(("nothing to pin".to_string(), None));
+    }
+    let message = format!("pinned {} image(s) to their digests", operations.len());
+    let patch = serde_json::to_vec(&operations).map_err(|e| e.to_string())?;
+    Ok((
+        message,
+        Some(base64::engine::general_purpose::STANDARD.encode(patch)),
+    ))
 }

@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/image_policy", post(handlers::image_policy))
         .route("/validate", post(handlers::validate))
+        .route("/mutate", post(handlers::mutate))
         // kube-image-bouncer's path: its users switch without touching
         // their webhook configuration.
         .route("/", post(handlers::validate))
