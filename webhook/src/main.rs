@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imagegate_webhook::{
     check,
+    ledger::Ledger,
     policy::Policy,
     resolve::{self, Credentials},
     server::{self, AppState, listener, metrics::Metrics, policy_store::PolicyStore, tls},
@@ -41,7 +42,7 @@ enum LogFormat {
 enum Command {
     /// Serve ImageReview (/image_policy) and AdmissionReview (/validate, /)
     /// over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Decide on images or a review file offline, as the server would.
     /// Exit status: 0 all allowed, 1 some denied, 2 usage or input error.
     Check(CheckArgs),
@@ -103,6 +104,16 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     plain_http_registries: Vec<String>,
+    /// The ledger of admitted digests (an embedded database file), what node
+    /// agents are told. Without it nothing is recorded.
+    #[arg(long, env = "IMAGEGATE_LEDGER")]
+    ledger: Option<PathBuf>,
+    /// Approvals not admitted again within this time are dropped.
+    #[arg(long, env = "IMAGEGATE_LEDGER_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    ledger_retention: Duration,
+    /// Most approvals kept; the least recently admitted go first.
+    #[arg(long, env = "IMAGEGATE_LEDGER_MAX_ENTRIES", default_value_t = 100_000)]
+    ledger_max_entries: u64,
     /// How long open requests may take to finish after SIGTERM.
     #[arg(long, env = "IMAGEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -145,7 +156,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -252,11 +263,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
     ));
     tokio::spawn(certs.watch(certs_seen, args.reload_interval, metrics.clone(), stop_rx));
 
+    let ledger = match &args.ledger {
+        None => {
+            tracing::warn!(
+                "no --ledger: admitted digests are not recorded, and node agents cannot learn them"
+            );
+            None
+        }
+        Some(path) => {
+            let ledger = Ledger::open(path, args.ledger_retention, args.ledger_max_entries)?;
+            info!(ledger = %path.display(), generation = ledger.generation()?, "ledger opened");
+            Some(Arc::new(ledger))
+        }
+    };
+    if let Some(ledger) = ledger.clone() {
+        tokio::spawn(expire_ledger(ledger));
+    }
     let resolving = resolver.is_some();
     let app = server::router(Arc::new(AppState {
         policy,
         metrics,
         resolver,
+        ledger,
     }));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -277,6 +305,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await;
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+/// Drops approvals past their retention, every few minutes.
+async fn expire_ledger(ledger: Arc<Ledger>) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        let ledger = ledger.clone();
+        match tokio::task::spawn_blocking(move || {
+            ledger.expire(imagegate_webhook::ledger::now_ms())
+        })
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(dropped)) => info!(dropped, "ledger: approvals past their retention dropped"),
+            Ok(Err(e)) => tracing::error!("ledger expiry failed: {e}"),
+            Err(e) => tracing::error!("ledger expiry task failed: {e}"),
+        }
+    }
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -28,6 +28,7 @@ fn app_with(policy_yaml: &str) -> Router {
         policy: PolicyStore::fixed(policy),
         metrics: Arc::new(Metrics::new()),
         resolver: None,
+        ledger: None,
     }))
 }
 
@@ -560,6 +561,7 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
         policy: store,
         metrics,
         resolver: None,
+        ledger: None,
     }));
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

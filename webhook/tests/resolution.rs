@@ -346,6 +346,7 @@ async fn review(settings: Settings, policy: &str, image: &str) -> Value {
         policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
         metrics: Arc::new(metrics),
         resolver: Some(Arc::new(resolver)),
+        ledger: None,
     }));
     let pod = serde_json::json!({"spec": {"containers": [{"name": "app", "image": image}]}});
     let body = serde_json::to_vec(&admission_review("", "Pod", "CREATE", pod)).unwrap();
@@ -487,6 +488,7 @@ rules:
         policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
         metrics: metrics.clone(),
         resolver: Some(Arc::new(resolver)),
+        ledger: None,
     }));
     let already = format!("{host}/team/app@{app_digest}");
     let deployment = serde_json::json!({"spec": {"template": {"spec": {
@@ -561,4 +563,67 @@ rules:
     .await;
     assert_eq!(r["allowed"], true);
     assert!(r.get("patch").is_none(), "{r}");
+}
+
+#[tokio::test]
+async fn the_ledger_records_what_was_admitted_and_nothing_else() {
+    use imagegate_webhook::ledger::Ledger;
+    install_crypto();
+    let registry = Registry::plain();
+    let (index, platforms) = registry.push_index("team/multi", "2.0", "ledger").await;
+    let port = registry.host.rsplit(':').next().unwrap();
+    let policy = POLICY.replace("'127.0.0.1'", &format!("'127.0.0.1:{port}'"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let day = Duration::from_secs(86_400);
+    let app_with = |ledger: Arc<Ledger>| {
+        let mut metrics = Metrics::new();
+        let resolver = Resolver::new(settings_for(&registry), metrics.register_resolver()).unwrap();
+        router(Arc::new(AppState {
+            policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
+            metrics: Arc::new(metrics),
+            resolver: Some(Arc::new(resolver)),
+            ledger: Some(ledger),
+        }))
+    };
+    let image = format!("{}/team/multi:2.0", registry.host);
+    let pod = |image: &str| serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "app", "image": image}]}});
+    {
+        let ledger = Arc::new(Ledger::open(&path, day, 1000).unwrap());
+        let app = app_with(ledger.clone());
+        // A dry run records nothing.
+        let mut dry = admission_review("", "Pod", "CREATE", pod(&image));
+        dry["request"]["dryRun"] = serde_json::json!(true);
+        assert_eq!(post(&app, "/validate", &dry).await["allowed"], true);
+        assert_eq!(ledger.generation().unwrap(), 0);
+        // A denial records nothing.
+        let denied = admission_review("", "Pod", "CREATE", pod("quay.io/other/app:1"));
+        assert_eq!(post(&app, "/validate", &denied).await["allowed"], false);
+        assert_eq!(ledger.generation().unwrap(), 0);
+        // An admission records the index and every platform digest.
+        let r = post(
+            &app,
+            "/validate",
+            &admission_review("", "Pod", "CREATE", pod(&image)),
+        )
+        .await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert_eq!(ledger.generation().unwrap(), 1);
+    }
+    // After a restart (the store reopened), the approval is still there.
+    let ledger = Ledger::open(&path, day, 1000).unwrap();
+    let all = ledger.all().unwrap();
+    assert_eq!(all.len(), 1);
+    let approval = &all[0];
+    assert_eq!(approval.digest, index);
+    assert_eq!(approval.digests, [vec![index.clone()], platforms].concat());
+    assert_eq!(approval.reference, image);
+    assert_eq!(approval.namespace, "default");
+    assert_eq!(approval.kind.as_deref(), Some("Pod"));
+    assert_eq!(approval.name.as_deref(), Some("thing"));
+    assert_eq!(approval.user.as_deref(), Some("alice"));
+    assert_eq!(approval.rule, "local");
+    assert_eq!(approval.api, "AdmissionReview");
+    assert!(approval.admitted_at_ms > 0);
+    assert_eq!(ledger.since(1, 10).unwrap(), []);
 }

@@ -12,10 +12,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
+    ledger::{Approval, Ledger},
     policy::ReviewDecision,
     resolve::apply::resolve_decisions,
     review::{
@@ -130,7 +131,7 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         warn!(api = review.api.as_str(), namespace = %review.subject.namespace, "denied: {NO_POLICY}");
         return None;
     };
-    let decision = match &state.resolver {
+    let mut decision = match &state.resolver {
         None => policy.decide(review),
         Some(resolver) => {
             let (mut images, mut annotations) = policy.decide_images(review);
@@ -138,6 +139,22 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
             ReviewDecision::summarise(images, annotations)
         }
     };
+    // Nodes learn what runs from the ledger: what it cannot record is not
+    // let in. Dry runs change nothing.
+    let ledger = state
+        .ledger
+        .as_ref()
+        .filter(|_| decision.allowed && !review.dry_run);
+    if let Some(Err(e)) = match ledger {
+        Some(ledger) => Some(record(ledger.clone(), review, &decision).await),
+        None => None,
+    } {
+        error!("denied: {e}");
+        decision.allowed = false;
+        decision.message = format!(
+            "imagegate could not record the admitted digests, so the pod is not admitted: {e}"
+        );
+    }
     let api = match review.api {
         Api::ImageReview => "ImageReview",
         Api::AdmissionReview => "AdmissionReview",
@@ -160,6 +177,46 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         info!(api, namespace = %review.subject.namespace, name, dry_run = review.dry_run, "denied: {}", decision.message);
     }
     Some(decision)
+}
+
+/// Records the digests of every image `decision` lets run, durably, before
+/// the answer goes out.
+async fn record(
+    ledger: Arc<Ledger>,
+    review: &Review,
+    decision: &ReviewDecision,
+) -> Result<(), String> {
+    let now = crate::ledger::now_ms();
+    let approvals: Vec<Approval> = decision
+        .images
+        .iter()
+        .filter(|d| d.verdict.allows() && !d.digests.is_empty())
+        .map(|d| Approval {
+            digest: d.digests[0].clone(),
+            digests: d.digests.clone(),
+            reference: d
+                .reference
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| d.image.clone()),
+            namespace: review.subject.namespace.clone(),
+            kind: review.kind.clone(),
+            name: review.name.clone(),
+            user: review.user.clone(),
+            rule: d.rule.clone(),
+            api: review.api.as_str().to_string(),
+            admitted_at_ms: now,
+            generation: 0,
+        })
+        .collect();
+    if approvals.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || ledger.record(&approvals))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 pub async fn healthz() -> &'static str {

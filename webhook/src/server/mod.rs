@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Resolves allowed images to digests; `None` when resolution is off.
     pub resolver: Option<Arc<crate::resolve::Resolver>>,
+    /// Where admitted digests are recorded; `None` when no ledger is kept.
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 /// The webhook's routes. Public so tests drive it without a socket.

@@ -1,0 +1,385 @@
+//! The ledger: every admitted image's digests, with who and what admitted
+//! them, in an embedded store (redb: transactional, crash-safe, pure Rust).
+//! It is what the webhook pushes to node agents: [`Ledger::since`] gives the
+//! approvals after a generation, [`Ledger::all`] every one.
+//!
+//! One record per digest (an index's and each platform manifest's share a
+//! record under the index digest). Recording a digest again refreshes it:
+//! a new generation and time. Records unused for the retention period are
+//! dropped, and the store keeps at most `max_entries`, dropping the least
+//! recently admitted first.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Digest -> record (JSON).
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+/// Generation -> digest: the order in which records were (re)written.
+const BY_GENERATION: TableDefinition<u64, &str> = TableDefinition::new("by_generation");
+/// "generation" -> the last generation handed out.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A digest recorded within this window is not written again: it is on
+/// disk already, and a fsync per admission of a popular image would be the
+/// webhook's bottleneck.
+const REFRESH_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the ledger at {path} cannot be opened: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the ledger failed: {0}")]
+    Store(String),
+}
+
+fn store<E: std::fmt::Display>(e: E) -> LedgerError {
+    LedgerError::Store(e.to_string())
+}
+
+/// What admission approved, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The digest the reference resolved to (an index or a manifest).
+    pub digest: String,
+    /// Every digest a node may report for it: `digest`, then an index's
+    /// platform manifests.
+    pub digests: Vec<String>,
+    /// Normalised reference, e.g. `docker.io/library/nginx:1.25`.
+    pub reference: String,
+    pub namespace: String,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub user: Option<String>,
+    /// The rule that allowed it.
+    pub rule: String,
+    /// `ImageReview` or `AdmissionReview`.
+    pub api: String,
+    /// When it was (last) admitted, milliseconds since the Unix epoch.
+    pub admitted_at_ms: u64,
+    /// Set by the ledger: the generation of the write that stored it.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+pub struct Ledger {
+    db: Database,
+    retention: Duration,
+    max_entries: u64,
+    recent: Mutex<HashMap<String, Instant>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Ledger {
+    pub fn open(path: &Path, retention: Duration, max_entries: u64) -> Result<Self, LedgerError> {
+        let open_err = |reason: String| LedgerError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // Create the tables, so readers never meet a missing one.
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            txn.open_table(APPROVALS)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(BY_GENERATION)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        Ok(Self {
+            db,
+            retention,
+            max_entries: max_entries.max(1),
+            recent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Records approvals durably (the commit is fsynced) and returns the
+    /// ledger's generation after it. Blocking: call from a blocking thread.
+    pub fn record(&self, approvals: &[Approval]) -> Result<u64, LedgerError> {
+        let fresh: Vec<&Approval> = {
+            let recent = self.recent.lock().map_err(store)?;
+            approvals
+                .iter()
+                .filter(|a| {
+                    recent
+                        .get(&a.digest)
+                        .is_none_or(|t| t.elapsed() >= REFRESH_AFTER)
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
+            return self.generation();
+        }
+        let txn = self.db.begin_write().map_err(store)?;
+        let generation = {
+            let mut meta = txn.open_table(META).map_err(store)?;
+            let mut records = txn.open_table(APPROVALS).map_err(store)?;
+            let mut order = txn.open_table(BY_GENERATION).map_err(store)?;
+            let mut generation = meta
+                .get("generation")
+                .map_err(store)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            for approval in &fresh {
+                generation += 1;
+                // A digest recorded before leaves its old place in the order.
+                let old = records
+                    .get(approval.digest.as_str())
+                    .map_err(store)?
+                    .and_then(|v| serde_json::from_slice::<Approval>(v.value()).ok());
+                if let Some(old) = old {
+                    order.remove(old.generation).map_err(store)?;
+                }
+                let mut stored = (*approval).clone();
+                stored.generation = generation;
+                let bytes = serde_json::to_vec(&stored).map_err(store)?;
+                records
+                    .insert(approval.digest.as_str(), bytes.as_slice())
+                    .map_err(store)?;
+                order
+                    .insert(generation, approval.digest.as_str())
+                    .map_err(store)?;
+            }
+            meta.insert("generation", generation).map_err(store)?;
+            // Bounded: the least recently admitted go first.
+            while records.len().map_err(store)? > self.max_entries {
+                let Some((oldest_generation, digest)) = order
+                    .first()
+                    .map_err(store)?
+                    .map(|(g, d)| (g.value(), d.value().to_string()))
+                else {
+                    break;
+                };
+                order.remove(oldest_generation).map_err(store)?;
+                records.remove(digest.as_str()).map_err(store)?;
+            }
+            generation
+        };
+        txn.commit().map_err(store)?;
+        let mut recent = self.recent.lock().map_err(store)?;
+        let now = Instant::now();
+        recent.retain(|_, t| t.elapsed() < REFRESH_AFTER);
+        for approval in fresh {
+            recent.insert(approval.digest.clone(), now);
+        }
+        Ok(generation)
+    }
+
+    /// The last generation handed out (0 for an empty ledger).
+    pub fn generation(&self) -> Result<u64, LedgerError> {
+        let txn = self.db.begin_read().map_err(store)?;
+        let meta = txn.open_table(META).map_err(store)?;
+        Ok(meta
+            .get("generation")
+            .map_err(store)?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+
+    /// Approvals written after `generation`, oldest first, at most `limit`.
+    pub fn since(&self, generation: u64, limit: usize) -> Result<Vec<Approval>, LedgerError> {
+        let txn = self.db.begin_read().map_err(store)?;
+        let order = txn.open_table(BY_GENERATION).map_err(store)?;
+        let records = txn.open_table(APPROVALS).map_err(store)?;
+        let mut out = Vec::new();
+        for entry in order.range(generation.saturating_add(1)..).map_err(store)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, digest) = entry.map_err(store)?;
+            if let Some(bytes) = records.get(digest.value()).map_err(store)? {
+                out.push(serde_json::from_slice(bytes.value()).map_err(store)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every approval, oldest first.
+    pub fn all(&self) -> Result<Vec<Approval>, LedgerError> {
+        self.since(0, usize::MAX)
+    }
+
+    /// Drops approvals not admitted within the retention period; returns
+    /// how many.
+    pub fn expire(&self, now_ms: u64) -> Result<usize, LedgerError> {
+        let cutoff = now_ms.saturating_sub(self.retention.as_millis() as u64);
+        let txn = self.db.begin_write().map_err(store)?;
+        let mut dropped = 0;
+        {
+            let mut order = txn.open_table(BY_GENERATION).map_err(store)?;
+            let mut records = txn.open_table(APPROVALS).map_err(store)?;
+            loop {
+                let Some((generation, digest)) = order
+                    .first()
+                    .map_err(store)?
+                    .map(|(g, d)| (g.value(), d.value().to_string()))
+                else {
+                    break;
+                };
+                let admitted = records
+                    .get(digest.as_str())
+                    .map_err(store)?
+                    .and_then(|v| serde_json::from_slice::<Approval>(v.value()).ok())
+                    .map(|a| a.admitted_at_ms)
+                    .unwrap_or(0);
+                // Generations follow admission times: stop at the first
+                // record still inside the retention period.
+                if admitted >= cutoff {
+                    break;
+                }
+                order.remove(generation).map_err(store)?;
+                records.remove(digest.as_str()).map_err(store)?;
+                dropped += 1;
+            }
+        }
+        txn.commit().map_err(store)?;
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(digest: &str, at: u64) -> Approval {
+        Approval {
+            digest: digest.into(),
+            digests: vec![digest.into()],
+            reference: format!("registry.local/app@{digest}"),
+            namespace: "default".into(),
+            kind: Some("Pod".into()),
+            name: Some("p".into()),
+            user: Some("alice".into()),
+            rule: "local".into(),
+            api: "AdmissionReview".into(),
+            admitted_at_ms: at,
+            generation: 0,
+        }
+    }
+
+    fn ledger(dir: &Path, max: u64) -> Ledger {
+        Ledger::open(&dir.join("ledger.redb"), Duration::from_secs(3600), max).unwrap()
+    }
+
+    #[test]
+    fn records_in_generations_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = ledger(dir.path(), 100);
+            assert_eq!(l.generation().unwrap(), 0);
+            assert_eq!(
+                l.record(&[approval("sha256:a", 1), approval("sha256:b", 2)])
+                    .unwrap(),
+                2
+            );
+            assert_eq!(l.record(&[approval("sha256:c", 3)]).unwrap(), 3);
+            let since = l.since(1, 10).unwrap();
+            assert_eq!(
+                since.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
+                ["sha256:b", "sha256:c"]
+            );
+            assert_eq!(since[1].generation, 3);
+        }
+        // A restart loses nothing.
+        let l = ledger(dir.path(), 100);
+        assert_eq!(l.generation().unwrap(), 3);
+        let all = l.all().unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0],
+            Approval {
+                generation: 1,
+                ..approval("sha256:a", 1)
+            }
+        );
+        assert!(l.since(3, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn recording_again_refreshes_and_moves_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 100);
+        l.record(&[approval("sha256:a", 1), approval("sha256:b", 2)])
+            .unwrap();
+        // Within the refresh window a repeat is not written again...
+        assert_eq!(l.record(&[approval("sha256:a", 5)]).unwrap(), 2);
+        // ...after it, it is (simulated by forgetting the window).
+        l.recent.lock().unwrap().clear();
+        assert_eq!(l.record(&[approval("sha256:a", 5)]).unwrap(), 3);
+        let all = l.all().unwrap();
+        assert_eq!(
+            all.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
+            ["sha256:b", "sha256:a"]
+        );
+        assert_eq!(all[1].admitted_at_ms, 5);
+    }
+
+    #[test]
+    fn stays_bounded_dropping_the_least_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 3);
+        for i in 0..5 {
+            l.record(&[approval(&format!("sha256:{i}"), i)]).unwrap();
+        }
+        let all = l.all().unwrap();
+        assert_eq!(
+            all.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
+            ["sha256:2", "sha256:3", "sha256:4"]
+        );
+    }
+
+    #[test]
+    fn expires_what_was_not_admitted_within_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 100);
+        let hour = 3_600_000;
+        l.record(&[
+            approval("sha256:old", 1_000),
+            approval("sha256:new", 1_000 + hour),
+        ])
+        .unwrap();
+        assert_eq!(l.expire(1_000 + hour + 10).unwrap(), 1);
+        assert_eq!(
+            l.all()
+                .unwrap()
+                .iter()
+                .map(|a| a.digest.as_str())
+                .collect::<Vec<_>>(),
+            ["sha256:new"]
+        );
+        assert_eq!(l.expire(1_000 + hour + 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_opened_says_so() {
+        let err = Ledger::open(
+            Path::new("/proc/imagegate/ledger.redb"),
+            Duration::from_secs(1),
+            1,
+        )
+        .err()
+        .expect("cannot create under /proc");
+        assert!(
+            err.to_string()
+                .starts_with("the ledger at /proc/imagegate/ledger.redb cannot be opened"),
+            "{err}"
+        );
+    }
+}
