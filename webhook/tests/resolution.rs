@@ -627,3 +627,26 @@ async fn the_ledger_records_what_was_admitted_and_nothing_else() {
     assert!(approval.admitted_at_ms > 0);
     assert_eq!(ledger.since(1, 10).unwrap(), []);
 }
+
+#[tokio::test]
+async fn resolves_against_a_bearer_token_registry() {
+    use common::registry::TokenIssuer;
+    install_crypto();
+    let ca = Ca::new("registry CA");
+    let issuer = TokenIssuer::start("ci", "s3cret").await;
+    let registry = Registry::tls_token(&ca, &issuer, "ci", "s3cret");
+    let digest = registry.push_image("team/app", "1.0", "bearer").await;
+    let image = reference(&format!("{}/team/app:1.0", registry.host));
+    let (good, _) = resolver(settings_for(&registry));
+    assert_eq!(good.resolve(&image, false).await.unwrap().digest, digest);
+
+    let mut wrong = settings_for(&registry);
+    let json = format!(
+        r#"{{"auths": {{"{}": {{"username": "ci", "password": "nope"}}}}}}"#,
+        registry.host
+    );
+    wrong.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    let (bad, _) = resolver(wrong);
+    let err = bad.resolve(&image, false).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
+}

@@ -6,6 +6,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -46,15 +47,25 @@ fn free_port() -> u16 {
 impl Registry {
     /// Plain HTTP, anonymous.
     pub fn plain() -> Self {
-        Self::start(None, None)
+        Self::start(None, None, None)
     }
 
     /// HTTPS with a certificate from `ca`, and htpasswd Basic auth.
     pub fn tls_basic(ca: &Ca, user: &str, password: &str) -> Self {
-        Self::start(Some(ca), Some((user, password)))
+        Self::start(Some(ca), Some((user, password)), None)
     }
 
-    fn start(ca: Option<&Ca>, credentials: Option<(&str, &str)>) -> Self {
+    /// HTTPS with a certificate from `ca`, and Bearer tokens from `issuer`
+    /// (who knows `user`/`password`).
+    pub fn tls_token(ca: &Ca, issuer: &TokenIssuer, user: &str, password: &str) -> Self {
+        Self::start(Some(ca), Some((user, password)), Some(issuer))
+    }
+
+    fn start(
+        ca: Option<&Ca>,
+        credentials: Option<(&str, &str)>,
+        issuer: Option<&TokenIssuer>,
+    ) -> Self {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: run `cargo xtask setup` (Debian package docker-registry)"
@@ -78,7 +89,14 @@ impl Registry {
             );
             ca_file = Some(dir.path().join("ca.pem"));
         }
-        if let Some((user, password)) = credentials {
+        if let Some(issuer) = issuer {
+            std::fs::write(dir.path().join("token-ca.pem"), &issuer.cert_pem).unwrap();
+            config += &format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                issuer.port,
+                dir.path().join("token-ca.pem").display()
+            );
+        } else if let Some((user, password)) = credentials {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -248,4 +266,119 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A token issuer for a registry in Bearer-token mode, as Docker Hub and
+/// most registries run: `GET /token?service=..&scope=..` with Basic auth
+/// answers a JWT (ES256, with its signing certificate in `x5c`) that grants
+/// the requested scopes.
+pub struct TokenIssuer {
+    pub port: u16,
+    pub cert_pem: String,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+pub const TOKEN_SERVICE: &str = "imagegate-test-registry";
+pub const TOKEN_ISSUER: &str = "imagegate-test-issuer";
+
+impl TokenIssuer {
+    pub async fn start(user: &str, password: &str) -> Self {
+        use base64::Engine;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "imagegate test token issuer");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let signer = Arc::new(
+            ring::signature::EcdsaKeyPair::from_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &key.serialize_der(),
+                &ring::rand::SystemRandom::new(),
+            )
+            .unwrap(),
+        );
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::get(
+                move |headers: axum::http::HeaderMap,
+                      axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                    let (signer, x5c, expected) = (signer.clone(), x5c.clone(), expected.clone());
+                    async move {
+                        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                        if auth != Some(expected.as_str()) {
+                            return (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                "bad credentials".to_string(),
+                            );
+                        }
+                        let scopes: Vec<String> = query
+                            .unwrap_or_default()
+                            .split('&')
+                            .filter_map(|kv| kv.strip_prefix("scope="))
+                            .map(|s| {
+                                s.replace("%3A", ":")
+                                    .replace("%2F", "/")
+                                    .replace("%2C", ",")
+                            })
+                            .collect();
+                        let token = jwt(&signer, &x5c, &scopes);
+                        (
+                            axum::http::StatusCode::OK,
+                            json!({"token": token, "access_token": token}).to_string(),
+                        )
+                    }
+                },
+            ),
+        );
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            port,
+            cert_pem: cert.pem(),
+            _server: server,
+        }
+    }
+}
+
+/// A registry token granting `scopes` (`repository:NAME:ACTIONS`).
+fn jwt(signer: &ring::signature::EcdsaKeyPair, x5c: &str, scopes: &[String]) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+    let claims = json!({
+        "iss": TOKEN_ISSUER, "sub": "ci", "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", scopes.len()),
+        "access": access
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = signer
+        .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+        .unwrap();
+    format!("{signing_input}.{}", b64(signature.as_ref()))
 }
