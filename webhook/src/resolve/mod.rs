@@ -6,7 +6,8 @@
 //! `Docker-Content-Digest` and falls back to GET, and runs the
 //! `WWW-Authenticate` flow for Basic and Bearer-token registries. This
 //! module adds what admission needs around it: a budget, a cache with
-//! positive and negative TTLs shared by concurrent lookups, index
+//! positive and negative TTLs where concurrent lookups of one reference
+//! share one request (quick_cache's placeholder guard), index
 //! expansion, per-registry TLS and plain-HTTP settings, and metrics.
 
 pub mod apply;
@@ -18,7 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moka::future::Cache;
 use oci_client::{
     Client, Reference as OciReference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
@@ -29,6 +29,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
+use quick_cache::sync::Cache;
 
 pub use credentials::Credentials;
 
@@ -167,33 +168,12 @@ pub struct Resolver {
     default_client: Client,
     /// Clients of hosts with their own TLS or protocol settings.
     clients: HashMap<String, Client>,
-    /// Reference (normalised) -> outcome, with per-entry TTLs.
-    cache: Cache<String, Outcome>,
+    /// Reference (normalised) -> outcome and when it stops being trusted.
+    cache: Cache<String, (Outcome, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
     /// stale; only bounded.
     index_children: Cache<String, Vec<String>>,
     metrics: ResolverMetrics,
-}
-
-/// Per-entry TTL: positive and negative outcomes live for different times.
-struct OutcomeExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl moka::Expiry<String, Outcome> for OutcomeExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Outcome,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(if value.is_ok() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        })
-    }
 }
 
 impl Resolver {
@@ -233,20 +213,12 @@ impl Resolver {
         for host in special {
             clients.insert(host.clone(), Client::new(config(Some(host))?));
         }
-        let cache = Cache::builder()
-            .max_capacity(settings.cache_entries)
-            .expire_after(OutcomeExpiry {
-                ttl: settings.ttl,
-                negative_ttl: settings.negative_ttl,
-            })
-            .build();
+        let entries = settings.cache_entries.max(1) as usize;
         Ok(Self {
             default_client: Client::new(config(None)?),
             clients,
-            cache,
-            index_children: Cache::builder()
-                .max_capacity(settings.cache_entries)
-                .build(),
+            cache: Cache::new(entries),
+            index_children: Cache::new(entries),
             settings,
             metrics,
         })
@@ -263,30 +235,47 @@ impl Resolver {
         if let (Some(digest), false) = (&reference.digest, verify) {
             return Ok(Resolved {
                 digest: digest.clone(),
-                platform_digests: self.index_children.get(digest).await.unwrap_or_default(),
+                platform_digests: self.index_children.get(digest).unwrap_or_default(),
             });
         }
         let key = reference.to_string();
-        let mut looked_up = false;
-        let outcome = self
-            .cache
-            .get_with(key, async {
-                looked_up = true;
-                self.lookup(reference).await
-            })
-            .await;
-        if !looked_up {
-            self.metrics.cache_hits.inc();
+        loop {
+            // One caller per key gets the guard and looks up; the others
+            // wait for its outcome (quick_cache's placeholder).
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok((outcome, trusted_until)) if Instant::now() < trusted_until => {
+                    self.metrics.cache_hits.inc();
+                    return outcome;
+                }
+                // Past its TTL: drop it (unless someone just replaced it)
+                // and ask again.
+                Ok((_, stale_since)) => {
+                    self.cache
+                        .remove_if(&key, |(_, until)| *until == stale_since);
+                }
+                Err(guard) => {
+                    let outcome = self.lookup(reference).await;
+                    let ttl = if outcome.is_ok() {
+                        self.settings.ttl
+                    } else {
+                        self.settings.negative_ttl
+                    };
+                    let trusted_until = Instant::now() + ttl;
+                    let _ = guard.insert((outcome.clone(), trusted_until));
+                    // The pinned form (`name:tag@digest`) that digest
+                    // pinning writes is now known too: validating the
+                    // mutated pod, even with verifyDigest, needs no second
+                    // lookup.
+                    if let (Ok(resolved), None) = (&outcome, &reference.digest) {
+                        let mut pinned = reference.clone();
+                        pinned.digest = Some(resolved.digest.clone());
+                        self.cache
+                            .insert(pinned.to_string(), (outcome.clone(), trusted_until));
+                    }
+                    return outcome;
+                }
+            }
         }
-        // The pinned form (`name:tag@digest`) that digest pinning writes is
-        // now known too: validating the mutated pod, even with verifyDigest,
-        // needs no second lookup.
-        if let (true, Ok(resolved), None) = (looked_up, &outcome, &reference.digest) {
-            let mut pinned = reference.clone();
-            pinned.digest = Some(resolved.digest.clone());
-            self.cache.insert(pinned.to_string(), outcome.clone()).await;
-        }
-        outcome
     }
 
     /// One lookup against the registry, within the budget.
@@ -356,7 +345,7 @@ impl Resolver {
         digest: &str,
         reference: &Reference,
     ) -> Result<Vec<String>, ResolveError> {
-        if let Some(children) = self.index_children.get(digest).await {
+        if let Some(children) = self.index_children.get(digest) {
             return Ok(children);
         }
         let by_digest = oci.clone_with_digest(digest.to_string());
@@ -388,8 +377,7 @@ impl Resolver {
             .map(|d| d.digest)
             .collect();
         self.index_children
-            .insert(digest.to_string(), children.clone())
-            .await;
+            .insert(digest.to_string(), children.clone());
         Ok(children)
     }
 }

@@ -144,7 +144,184 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     let ratio = f(&ours, "requests_per_sec") / f(&flask, "requests_per_sec").max(1.0);
     report.check("AdmissionReview/s vs Flask baseline (x)", ratio, ">=", 20.0);
     report.rows.extend(results);
+    resolution(paths, &work, report)
+}
+
+/// The fixed rate at which resolution on and off are compared: well below
+/// saturation on this machine, so p99 shows cost, not queueing.
+const RESOLUTION_RATE: u64 = 5_000;
+
+/// Resolution figures: the resolver against a loopback registry (cold
+/// lookups, a burst of distinct tags), and `/validate` with resolution on
+/// and the cache warm against resolution off, same body, same run.
+fn resolution(paths: &Paths, work: &Path, report: &mut Report) -> Result<()> {
+    let registry_port = free_port()?;
+    let registry = start_registry(work, registry_port)?;
+    let host = format!("127.0.0.1:{registry_port}");
+    println!("\n==> resolver against docker-registry on {host}");
+    let out = cmd::output(
+        Command::new(
+            paths
+                .target
+                .join("release")
+                .join("examples")
+                .join("resolver_bench"),
+        )
+        .arg(&host),
+    )?;
+    let figures: Value =
+        serde_json::from_str(out.trim()).context("parsing resolver_bench output")?;
+    println!("{figures}");
+    let cold = &figures["cold"];
+    let warm = &figures["warm"];
+    report.check(
+        "resolution with a warm cache, added per image, p99 us (in process)",
+        warm["p99_us"].as_f64().unwrap_or(f64::MAX),
+        "<=",
+        50.0,
+    );
+    report.rows.push(json!({
+        "scenario": "resolver: warm lookups (cached), per call, in process",
+        "server": "none (in process)",
+        "connections": 1,
+        "requests": warm["calls"],
+        "p50_ms": warm["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        "p99_ms": warm["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        "errors": 0,
+    }));
+    let burst = &figures["burst"];
+    report.check(
+        "cold resolution p99 ms (loopback registry)",
+        cold["p99_ms"].as_f64().unwrap_or(f64::MAX),
+        "<=",
+        20.0,
+    );
+    report.rows.push(json!({
+        "scenario": "resolver: cold lookups, one at a time",
+        "server": "docker-registry (loopback)",
+        "connections": 1,
+        "requests": cold["lookups"],
+        "p50_ms": cold["p50_ms"],
+        "p99_ms": cold["p99_ms"],
+        "errors": 0,
+    }));
+    report.rows.push(json!({
+        "scenario": format!(
+            "resolver: burst of {} distinct tags x3 callers: {} registry lookups in {:.2} s",
+            burst["distinct_tags"], burst["registry_lookups"], burst["seconds"].as_f64().unwrap_or(0.0)
+        ),
+        "server": "docker-registry (loopback)",
+        "connections": burst["requests"],
+        "requests": burst["requests"],
+        "requests_per_sec": burst["requests"].as_f64().unwrap_or(0.0) / burst["seconds"].as_f64().unwrap_or(1.0),
+        "errors": burst["requests"].as_u64().unwrap_or(0) - burst["resolved"].as_u64().unwrap_or(0),
+    }));
+
+    // The same two-container Pod, images in the loopback registry.
+    let text = std::fs::read_to_string(work.join("validate.json"))?;
+    let mut body: Value = serde_json::from_str(&text)?;
+    let containers = &mut body["request"]["object"]["spec"]["containers"];
+    containers[0]["image"] = json!(format!("{host}/bench/cold:t0"));
+    containers[1]["image"] = json!(format!("{host}/bench/cold:t1"));
+    std::fs::write(
+        work.join("validate_registry.json"),
+        serde_json::to_vec(&body)?,
+    )?;
+    std::fs::write(
+        work.join("policy_registry.yaml"),
+        format!(
+            "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: loopback\n    registries: ['{host}']\n"
+        ),
+    )?;
+    let mut rows = Vec::new();
+    for (label, extra) in [
+        ("off", vec!["--digest-resolution", "off"]),
+        (
+            "on, cache warm",
+            vec![
+                "--digest-resolution",
+                "on",
+                "--plain-http-registry",
+                host.as_str(),
+            ],
+        ),
+    ] {
+        let server = start_imagegate_with(paths, work, "policy_registry.yaml", &extra)?;
+        // One request warms the cache (and checks the images resolve).
+        measure_n(paths, &server, &work.join("validate_registry.json"), 1)?;
+        let row = measure_at(
+            paths,
+            &server,
+            "imagegate",
+            &format!("AdmissionReview /validate at {RESOLUTION_RATE}/s, resolution {label}"),
+            "/validate",
+            &work.join("validate_registry.json"),
+            32,
+            Some(RESOLUTION_RATE),
+        )?;
+        rows.push(row);
+    }
+    let p99 = |r: &Value| r["p99_ms"].as_f64().unwrap_or(0.0);
+    let added_us = (p99(&rows[1]) - p99(&rows[0])) * 1000.0;
+    report.check(
+        "p99 added by resolution with a warm cache (us)",
+        added_us,
+        "<=",
+        50.0,
+    );
+    report.rows.extend(rows);
+    drop(registry);
     Ok(())
+}
+
+/// Sends `n` requests with oha and fails unless all succeed.
+fn measure_n(paths: &Paths, server: &Server, body: &Path, n: u64) -> Result<()> {
+    let out = cmd::output(
+        Command::new(paths.tools_bin().join("oha"))
+            .args([
+                "--no-tui",
+                "--output-format",
+                "json",
+                "--insecure",
+                "-n",
+                &n.to_string(),
+                "-c",
+                "1",
+            ])
+            .args(["-m", "POST", "-H", "content-type: application/json", "-D"])
+            .arg(body)
+            .arg(format!("https://127.0.0.1:{}/validate", server.port)),
+    )?;
+    let oha: Value = serde_json::from_str(&out)?;
+    if oha["statusCodeDistribution"]["200"].as_u64() != Some(n) {
+        bail!("warm-up requests failed: {}", oha["statusCodeDistribution"]);
+    }
+    Ok(())
+}
+
+fn start_registry(work: &Path, port: u16) -> Result<Server> {
+    let dir = work.join("registry");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting docker-registry")?;
+    wait_for_port(Server {
+        child,
+        port,
+        name: "docker-registry",
+    })
 }
 
 fn measure(
@@ -156,6 +333,32 @@ fn measure(
     body: &Path,
     connections: u64,
 ) -> Result<Value> {
+    measure_at(
+        paths,
+        server,
+        server_name,
+        scenario,
+        path,
+        body,
+        connections,
+        None,
+    )
+}
+
+/// As [`measure`], optionally at a fixed rate (requests per second) instead
+/// of as fast as possible: below saturation, latency percentiles show the
+/// work a request costs rather than queueing.
+#[allow(clippy::too_many_arguments)]
+fn measure_at(
+    paths: &Paths,
+    server: &Server,
+    server_name: &str,
+    scenario: &str,
+    path: &str,
+    body: &Path,
+    connections: u64,
+    rate: Option<u64>,
+) -> Result<Value> {
     let seconds = seconds();
     let pid = server.child.id();
     let before = procfs::tree_usage(pid);
@@ -166,6 +369,10 @@ fn measure(
             .args(["-z", &format!("{seconds}s"), "-c", &connections.to_string()])
             .args(["-m", "POST", "-H", "content-type: application/json", "-D"])
             .arg(body)
+            .args(
+                rate.map(|r| vec!["-q".to_string(), r.to_string()])
+                    .unwrap_or_default(),
+            )
             .arg(&url),
     )?;
     let after = procfs::tree_usage(pid);
@@ -277,6 +484,15 @@ fn free_port() -> Result<u16> {
 }
 
 fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
+    start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])
+}
+
+fn start_imagegate_with(
+    paths: &Paths,
+    work: &Path,
+    policy: &str,
+    extra: &[&str],
+) -> Result<Server> {
     let port = free_port()?;
     let bin: PathBuf = paths.target.join("release").join("imagegate-webhook");
     let child = Command::new(&bin)
