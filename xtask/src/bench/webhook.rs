@@ -70,6 +70,9 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
         ("flask+gunicorn (2 workers)", start_flask),
     ] {
         let server = start(paths, &work)?;
+        if server_name == "imagegate" {
+            expect_allowed(&server, &work.join("validate.json"), false)?;
+        }
         for (scenario, path, body) in [
             ("AdmissionReview /validate", "/validate", "validate.json"),
             (
@@ -247,8 +250,12 @@ fn resolution(paths: &Paths, work: &Path, report: &mut Report) -> Result<()> {
         ),
     ] {
         let server = start_imagegate_with(paths, work, "policy_registry.yaml", &extra)?;
-        // One request warms the cache (and checks the images resolve).
-        measure_n(paths, &server, &work.join("validate_registry.json"), 1)?;
+        // One request warms the cache, and checks what is measured.
+        expect_allowed(
+            &server,
+            &work.join("validate_registry.json"),
+            label != "off",
+        )?;
         let row = measure_at(
             paths,
             &server,
@@ -261,40 +268,51 @@ fn resolution(paths: &Paths, work: &Path, report: &mut Report) -> Result<()> {
         )?;
         rows.push(row);
     }
+    // End to end the difference is reported, not judged: at this rate p99
+    // swings by up to a millisecond between runs of identical servers on
+    // this shared machine, far more than the in-process cost above.
     let p99 = |r: &Value| r["p99_ms"].as_f64().unwrap_or(0.0);
-    let added_us = (p99(&rows[1]) - p99(&rows[0])) * 1000.0;
-    report.check(
-        "p99 added by resolution with a warm cache (us)",
-        added_us,
-        "<=",
-        50.0,
+    let cpu = |r: &Value| r["cpu_seconds_per_10k"].as_f64().unwrap_or(0.0);
+    println!(
+        "end to end at {RESOLUTION_RATE}/s: p99 {:.2} ms off, {:.2} ms on ({:+.0} us); server CPU {:+.1} us per request",
+        p99(&rows[0]),
+        p99(&rows[1]),
+        (p99(&rows[1]) - p99(&rows[0])) * 1000.0,
+        (cpu(&rows[1]) - cpu(&rows[0])) * 100.0,
     );
     report.rows.extend(rows);
     drop(registry);
     Ok(())
 }
 
-/// Sends `n` requests with oha and fails unless all succeed.
-fn measure_n(paths: &Paths, server: &Server, body: &Path, n: u64) -> Result<()> {
+/// Sends one review and fails unless it is allowed (and, when `resolved`,
+/// carries its resolved digests): a benchmark of denials, or of a
+/// resolution that did not happen, would measure the wrong thing. Also
+/// warms the server's caches.
+fn expect_allowed(server: &Server, body: &Path, resolved: bool) -> Result<()> {
     let out = cmd::output(
-        Command::new(paths.tools_bin().join("oha"))
+        Command::new("curl")
             .args([
-                "--no-tui",
-                "--output-format",
-                "json",
+                "--silent",
                 "--insecure",
-                "-n",
-                &n.to_string(),
-                "-c",
-                "1",
+                "--header",
+                "content-type: application/json",
+                "--data-binary",
             ])
-            .args(["-m", "POST", "-H", "content-type: application/json", "-D"])
-            .arg(body)
+            .arg(format!("@{}", body.display()))
             .arg(format!("https://127.0.0.1:{}/validate", server.port)),
     )?;
-    let oha: Value = serde_json::from_str(&out)?;
-    if oha["statusCodeDistribution"]["200"].as_u64() != Some(n) {
-        bail!("warm-up requests failed: {}", oha["statusCodeDistribution"]);
+    let answer: Value =
+        serde_json::from_str(&out).with_context(|| format!("the webhook answered {out}"))?;
+    let response = &answer["response"];
+    if response["allowed"] != true {
+        bail!(
+            "the benchmark's review is not allowed: {}",
+            response["status"]["message"]
+        );
+    }
+    if resolved && response["auditAnnotations"]["resolved-digests"].is_null() {
+        bail!("the benchmark's review was allowed without resolving its images: {response}");
     }
     Ok(())
 }
@@ -483,6 +501,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The server for the main figures: decisions without registry
+/// lookups.
 fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
     start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])
 }
@@ -497,14 +517,13 @@ fn start_imagegate_with(
     let bin: PathBuf = paths.target.join("release").join("imagegate-webhook");
     let child = Command::new(&bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        // The figures are for decisions without registry lookups.
-        .args(["--digest-resolution", "off"])
         .arg("--cert")
         .arg(work.join("tls.crt"))
         .arg("--key")
         .arg(work.join("tls.key"))
         .arg("--policy")
-        .arg(work.join("policy.yaml"))
+        .arg(work.join(policy))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
