@@ -49,9 +49,13 @@ impl Webhook {
                 "--reload-interval",
                 "50ms",
             ])
-            // No registry is reachable from these tests: decisions on
-            // references only (resolution has its own tests).
-            .args(["--digest-resolution", "off"])
+            // Most of these tests reach no registry: decisions on references
+            // only, unless the test turns resolution on itself.
+            .args(if extra.contains(&"--digest-resolution") {
+                &[][..]
+            } else {
+                &["--digest-resolution", "off"][..]
+            })
             .arg("--cert")
             .arg(dir.join("tls.crt"))
             .arg("--key")
@@ -550,4 +554,68 @@ fn a_certificate_that_does_not_work_at_start_is_a_clear_error() {
         stderr.contains("cannot read /nonexistent/tls.crt"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn the_ledger_survives_a_restart_of_the_webhook() {
+    use common::{admission_review, registry::Registry};
+    use imagegate_webhook::ledger::Ledger;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = Ca::new("imagegate test CA");
+    let (dir, _) = setup(&ca, "webhook");
+    let registry = Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "restart").await;
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!(
+            "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    registries: ['{}']\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let ledger_path = dir.path().join("state").join("ledger.redb");
+    let ledger_arg = ledger_path.to_str().unwrap().to_string();
+    let args = [
+        "--digest-resolution",
+        "on",
+        "--plain-http-registry",
+        registry.host.as_str(),
+        "--ledger",
+        ledger_arg.as_str(),
+    ];
+    let image = format!("{}/team/app:1.0", registry.host);
+    let pod = serde_json::json!({"spec": {"containers": [{"name": "app", "image": image}]}});
+    let body = serde_json::to_vec(&admission_review("", "Pod", "CREATE", pod)).unwrap();
+    let client = https_client(&ca, None);
+
+    let mut first = Webhook::start(dir.path(), &args);
+    let (status, answer) = request(&client, "POST", &first.url("/validate"), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert_eq!(
+        answer["response"]["auditAnnotations"]["resolved-digests"],
+        format!("{image}={digest}")
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    assert!(first.child.wait().unwrap().success());
+
+    let second = Webhook::start(dir.path(), &args);
+    assert!(
+        second.logged("generation=1"),
+        "the restarted webhook sees the approval"
+    );
+    drop(second);
+
+    let ledger = Ledger::open(&ledger_path, std::time::Duration::from_secs(3600), 100).unwrap();
+    let all = ledger.all().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].digest, digest);
+    assert_eq!(all[0].reference, image);
 }
