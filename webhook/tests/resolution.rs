@@ -40,11 +40,7 @@ fn settings_for(registry: &Registry) -> Settings {
             .push((registry.host.clone(), ca.clone())),
     }
     if let Some((user, password)) = &registry.credentials {
-        let json = format!(
-            r#"{{"auths": {{"{}": {{"username": "{user}", "password": "{password}"}}}}}}"#,
-            registry.host
-        );
-        settings.credentials = Credentials::parse(json.as_bytes()).unwrap();
+        settings.credentials = credentials(&registry.host, user, password);
     }
     settings
 }
@@ -53,6 +49,32 @@ fn resolver(settings: Settings) -> (Resolver, Metrics) {
     let mut metrics = Metrics::new();
     let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
     (resolver, metrics)
+}
+
+/// The webhook's router with a resolver for `settings`, `policy` (YAML) and
+/// an optional ledger; and its metrics.
+fn webhook(
+    settings: Settings,
+    policy: &str,
+    ledger: Option<Arc<imagegate_webhook::ledger::Ledger>>,
+) -> (axum::Router, Arc<Metrics>) {
+    let mut metrics = Metrics::new();
+    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
+    let metrics = Arc::new(metrics);
+    let app = router(Arc::new(AppState {
+        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
+        metrics: metrics.clone(),
+        resolver: Some(Arc::new(resolver)),
+        ledger,
+    }));
+    (app, metrics)
+}
+
+/// A dockerconfigjson holding `user`/`password` for `host`.
+fn credentials(host: &str, user: &str, password: &str) -> Credentials {
+    let json =
+        format!(r#"{{"auths": {{"{host}": {{"username": "{user}", "password": "{password}"}}}}}}"#);
+    Credentials::parse(json.as_bytes()).unwrap()
 }
 
 fn metric(metrics: &Metrics, line_start: &str) -> f64 {
@@ -138,11 +160,7 @@ async fn resolves_over_tls_with_basic_auth_and_refuses_wrong_credentials() {
     assert_eq!(good.resolve(&image, false).await.unwrap().digest, digest);
 
     let mut wrong = settings_for(&registry);
-    let json = format!(
-        r#"{{"auths": {{"{}": {{"username": "ci", "password": "wrong"}}}}}}"#,
-        registry.host
-    );
-    wrong.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    wrong.credentials = credentials(&registry.host, "ci", "wrong");
     let (bad, _) = resolver(wrong);
     let err = bad.resolve(&image, false).await.unwrap_err();
     assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
@@ -340,14 +358,7 @@ rules:
 ";
 
 async fn review(settings: Settings, policy: &str, image: &str) -> Value {
-    let mut metrics = Metrics::new();
-    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
-    let app = router(Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
-        metrics: Arc::new(metrics),
-        resolver: Some(Arc::new(resolver)),
-        ledger: None,
-    }));
+    let (app, _) = webhook(settings, policy, None);
     let pod = serde_json::json!({"spec": {"containers": [{"name": "app", "image": image}]}});
     let body = serde_json::to_vec(&admission_review("", "Pod", "CREATE", pod)).unwrap();
     let response = app
@@ -481,15 +492,7 @@ rules:
     registries: ['{host}']
 "
     );
-    let mut metrics = Metrics::new();
-    let resolver = Resolver::new(settings_for(&registry), metrics.register_resolver()).unwrap();
-    let metrics = Arc::new(metrics);
-    let app = router(Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
-        metrics: metrics.clone(),
-        resolver: Some(Arc::new(resolver)),
-        ledger: None,
-    }));
+    let (app, metrics) = webhook(settings_for(&registry), &policy, None);
     let already = format!("{host}/team/app@{app_digest}");
     let deployment = serde_json::json!({"spec": {"template": {"spec": {
         "containers": [
@@ -576,16 +579,7 @@ async fn the_ledger_records_what_was_admitted_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let day = Duration::from_secs(86_400);
-    let app_with = |ledger: Arc<Ledger>| {
-        let mut metrics = Metrics::new();
-        let resolver = Resolver::new(settings_for(&registry), metrics.register_resolver()).unwrap();
-        router(Arc::new(AppState {
-            policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
-            metrics: Arc::new(metrics),
-            resolver: Some(Arc::new(resolver)),
-            ledger: Some(ledger),
-        }))
-    };
+    let app_with = |ledger: Arc<Ledger>| webhook(settings_for(&registry), &policy, Some(ledger)).0;
     let image = format!("{}/team/multi:2.0", registry.host);
     let pod = |image: &str| serde_json::json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "app", "image": image}]}});
     {
@@ -641,11 +635,7 @@ async fn resolves_against_a_bearer_token_registry() {
     assert_eq!(good.resolve(&image, false).await.unwrap().digest, digest);
 
     let mut wrong = settings_for(&registry);
-    let json = format!(
-        r#"{{"auths": {{"{}": {{"username": "ci", "password": "nope"}}}}}}"#,
-        registry.host
-    );
-    wrong.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    wrong.credentials = credentials(&registry.host, "ci", "nope");
     let (bad, _) = resolver(wrong);
     let err = bad.resolve(&image, false).await.unwrap_err();
     assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
