@@ -619,3 +619,78 @@ async fn the_ledger_survives_a_restart_of_the_webhook() {
     assert_eq!(all[0].digest, digest);
     assert_eq!(all[0].reference, image);
 }
+
+#[tokio::test]
+async fn speaks_http2_when_the_client_offers_it() {
+    let ca = Ca::new("imagegate test CA");
+    let (dir, _) = setup(&ca, "webhook");
+    let webhook = Webhook::start(dir.path(), &[]);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_config(&ca, None))
+        .https_only()
+        .enable_http2()
+        .build();
+    let client: HttpsClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let (_, body) = fixture("admissionreview-3.json");
+    let req = hyper::Request::post(webhook.url("/validate"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    let response = client.request(req).await.expect("an h2 answer");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    use common::admission_review;
+    let ca = Ca::new("imagegate test CA");
+    let (dir, _) = setup(&ca, "webhook");
+    // A registry that accepts connections and never answers keeps the
+    // request in flight for the whole resolution budget.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", hanging.local_addr().unwrap().port());
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!("apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: slow\n    registries: ['{host}']\n"),
+    )
+    .unwrap();
+    let args = [
+        "--digest-resolution",
+        "on",
+        "--plain-http-registry",
+        host.as_str(),
+        "--registry-timeout",
+        "1500ms",
+    ];
+    let mut webhook = Webhook::start(dir.path(), &args);
+    let pod = serde_json::json!({"spec": {"containers": [{"name": "app", "image": format!("{host}/app:1")}]}});
+    let body = serde_json::to_vec(&admission_review("", "Pod", "CREATE", pod)).unwrap();
+    let client = https_client(&ca, None);
+    let url = webhook.url("/validate");
+    let in_flight = tokio::spawn(async move { request(&client, "POST", &url, body).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(webhook.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let (status, answer) = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        answer["response"]["status"]["message"],
+        format!("could not resolve {host}/app:1 to a digest: timed out after 1.5s")
+    );
+    let status = webhook.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(webhook.logged("letting open requests finish"));
+    drop(hanging);
+}
