@@ -118,7 +118,7 @@ impl Policy {
     /// A decision is a function of the policy, the namespace and the image,
     /// unless a rule looks at object labels; then it is not remembered.
     pub fn decide_image(&self, subject: &Subject, image: &str) -> ImageDecision {
-        if self.rules.iter().any(|r| !r.object_labels.is_empty()) || image.len() > 1024 {
+        if self.uses_labels || image.len() > 1024 {
             return self.decide_image_uncached(subject, image);
         }
         let key = (subject.namespace.clone(), image.to_string());
@@ -141,35 +141,14 @@ impl Policy {
         let repository = reference.repository();
         for rule in self.rules.iter().filter(|r| r.applies_to(subject)) {
             if let Some(pattern) = rule.deny.first_match(&repository) {
-                let reason = format!(
-                    "{} denied by rule {:?}: repository {repository} matches the denied pattern {pattern}",
-                    describe(image, &reference),
-                    rule.name
-                );
-                return self.denial(
-                    image,
-                    Ok(reference),
-                    &rule.name,
-                    reason,
-                    rule.mode.unwrap_or(self.mode),
-                );
+                let why = format!("repository {repository} matches the denied pattern {pattern}");
+                return self.rule_denial(rule, image, reference, &why);
             }
             if !rule.selects(&reference, &repository) {
                 continue;
             }
             if let Some(problem) = rule.requirement_failed(&reference) {
-                let reason = format!(
-                    "{} denied by rule {:?}: {problem}",
-                    describe(image, &reference),
-                    rule.name
-                );
-                return self.denial(
-                    image,
-                    Ok(reference),
-                    &rule.name,
-                    reason,
-                    rule.mode.unwrap_or(self.mode),
-                );
+                return self.rule_denial(rule, image, reference, &problem);
             }
             return ImageDecision {
                 digests: Vec::new(),
@@ -205,6 +184,28 @@ impl Policy {
                 self.denial(image, Ok(reference), RULE_DEFAULT, reason, self.mode)
             }
         }
+    }
+
+    /// `rule` denies `image`, because `why`, in the rule's mode.
+    fn rule_denial(
+        &self,
+        rule: &Rule,
+        image: &str,
+        reference: Reference,
+        why: &str,
+    ) -> ImageDecision {
+        let reason = format!(
+            "{} denied by rule {:?}: {why}",
+            describe(image, &reference),
+            rule.name
+        );
+        self.denial(
+            image,
+            Ok(reference),
+            &rule.name,
+            reason,
+            rule.mode.unwrap_or(self.mode),
+        )
     }
 
     fn denial(

@@ -34,6 +34,9 @@ pub struct Policy {
     pub verify_digest: bool,
     /// The object annotation that turns digest pinning off (`"false"`).
     pub pin_annotation: String,
+    /// Some rule reads object labels: decisions then depend on more than
+    /// (namespace, image) and are not remembered.
+    uses_labels: bool,
     /// Decisions by (namespace, image); see [`Policy::decide_image`]. Lives
     /// and dies with this policy, so a reload starts afresh.
     decisions: DecisionCache,
@@ -177,6 +180,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
     }
     match exempt_namespaces {
         Some(exempt_namespaces) if problems.is_empty() => Ok(Policy {
+            uses_labels: rules.iter().any(|r| !r.object_labels.is_empty()),
             mode: file.mode,
             default_verdict: file.default_verdict,
             exempt_namespaces,

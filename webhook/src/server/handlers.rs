@@ -69,16 +69,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
             api_version,
             uid,
             reason,
-        }) => {
-            warn!(%uid, "AdmissionReview denied: {reason}");
-            json(admission::Response::new(
-                api_version,
-                uid,
-                false,
-                400,
-                reason,
-            ))
-        }
+        }) => unreadable(api_version, uid, reason),
         Ok(Decoded::Review(request)) => {
             let request = *request;
             match &request.review {
@@ -122,6 +113,19 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         .metrics
         .observe("validate", code.as_u16(), started.elapsed());
     response
+}
+
+/// An AdmissionReview whose uid could be read but not the rest: denied with
+/// that uid, so `failurePolicy: Ignore` cannot turn the error into an allow.
+fn unreadable(api_version: String, uid: String, reason: String) -> (StatusCode, Response) {
+    warn!(%uid, "AdmissionReview denied: {reason}");
+    json(admission::Response::new(
+        api_version,
+        uid,
+        false,
+        400,
+        reason,
+    ))
 }
 
 /// Decides with the policy in force, resolving allowed images to digests
@@ -281,13 +285,7 @@ pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             api_version,
             uid,
             reason,
-        }) => json(admission::Response::new(
-            api_version,
-            uid,
-            false,
-            400,
-            reason,
-        )),
+        }) => unreadable(api_version, uid, reason),
         Ok(Decoded::Review(request)) => {
             let request = *request;
             let (allowed, message, patch) = match &request.review {
