@@ -1,9 +1,9 @@
-//! The exec event as the rest of the agent sees it, converted from the raw
-//! `#[repr(C)]` record at the ring buffer boundary.
+//! The probe's events as the rest of the agent sees them, converted from
+//! the raw `#[repr(C)]` records at the ring buffer boundary.
 
 use std::fmt;
 
-use imagegate_common::{COMM_LEN, ExecEvent};
+use imagegate_common::{COMM_LEN, CgroupEvent, ExecEvent, action};
 use serde::Serialize;
 
 /// A process that called execve, as reported by `sched/sched_process_exec`.
@@ -15,6 +15,14 @@ pub struct Exec {
     pub ppid: Option<u32>,
     /// cgroup v2 id (1 is the root of the unified hierarchy).
     pub cgroup_id: u64,
+    /// Id of the v1 memory cgroup (equal to `cgroup_id` on cgroup v2 only
+    /// hosts); `None` when the kernel has no memory controller.
+    pub memcg_id: Option<u64>,
+    /// Inodes of the pid and mount namespaces; `None` if unreadable.
+    pub pid_ns: Option<u32>,
+    pub mnt_ns: Option<u32>,
+    /// What the kernel program did with this exec.
+    pub action: KernelAction,
     /// Command name after exec (at most 15 bytes, the kernel's limit).
     pub comm: String,
     /// The path given to execve; `None` when the kernel could not read it.
@@ -23,28 +31,97 @@ pub struct Exec {
     pub filename_truncated: bool,
 }
 
-/// A ring buffer record that is not an [`ExecEvent`].
+/// A ring buffer record of the wrong size for its type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("exec event of {got} bytes, expected {expected}: agent and eBPF object disagree")]
+#[error("event record of {got} bytes, expected {expected}: agent and eBPF object disagree")]
 pub struct SizeMismatch {
     pub got: usize,
     pub expected: usize,
 }
 
+/// What the exec program did, from the `action` it stored for the cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelAction {
+    /// The cgroup was new to the kernel (or filtering is off).
+    New,
+    /// Seen before, not yet classified by the agent.
+    Pending,
+    /// A container under watch.
+    Watch,
+    /// The task was sent SIGKILL.
+    Killed,
+    /// A value this agent does not know (object and agent out of step).
+    Other(u32),
+}
+
+impl KernelAction {
+    fn from_raw(raw: u32) -> Self {
+        match raw {
+            action::NEW => Self::New,
+            action::PENDING => Self::Pending,
+            action::WATCH => Self::Watch,
+            action::KILL => Self::Killed,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// A new cgroup, as reported by `cgroup/cgroup_mkdir`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NewCgroup {
+    /// The cgroup's id (the folder's inode in its hierarchy).
+    pub id: u64,
+    /// 0 for cgroup v2, else the v1 hierarchy's number.
+    pub hierarchy: u32,
+    pub level: u32,
+    /// The path inside the hierarchy; `None` if unreadable.
+    pub path: Option<String>,
+    pub path_truncated: bool,
+}
+
+impl From<&CgroupEvent> for NewCgroup {
+    fn from(raw: &CgroupEvent) -> Self {
+        let path = (raw.flags & CgroupEvent::FLAG_PATH_UNREADABLE == 0).then(|| {
+            let len = (raw.path_len as usize).min(raw.path.len());
+            String::from_utf8_lossy(&raw.path[..len]).into_owned()
+        });
+        Self {
+            id: raw.id,
+            hierarchy: raw.hierarchy,
+            level: raw.level,
+            path,
+            path_truncated: raw.flags & CgroupEvent::FLAG_PATH_TRUNCATED != 0,
+        }
+    }
+}
+
+/// Decodes one ring buffer record of type `T` (plain old data).
+pub fn decode<T: Copy>(bytes: &[u8]) -> Result<T, SizeMismatch> {
+    let expected = size_of::<T>();
+    if bytes.len() != expected {
+        return Err(SizeMismatch {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is checked above, and the callers only pass the
+    // `imagegate_common` records, which are plain old data (any bit pattern
+    // is valid); `read_unaligned` needs no alignment.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
 impl Exec {
     /// Decodes one ring buffer record.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SizeMismatch> {
-        let expected = size_of::<ExecEvent>();
-        if bytes.len() != expected {
-            return Err(SizeMismatch {
-                got: bytes.len(),
-                expected,
-            });
-        }
-        // SAFETY: the length is checked above and `ExecEvent` is plain old
-        // data (any bit pattern is valid); `read_unaligned` needs no alignment.
-        let raw = unsafe { bytes.as_ptr().cast::<ExecEvent>().read_unaligned() };
-        Ok(Self::from(&raw))
+        Ok(Self::from(&decode::<ExecEvent>(bytes)?))
+    }
+}
+
+impl NewCgroup {
+    /// Decodes one ring buffer record.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SizeMismatch> {
+        Ok(Self::from(&decode::<CgroupEvent>(bytes)?))
     }
 }
 
@@ -57,11 +134,16 @@ impl From<&ExecEvent> for Exec {
             let len = (raw.filename_len as usize).min(raw.filename.len());
             Some(String::from_utf8_lossy(&raw.filename[..len]).into_owned())
         };
+        let ns_known = raw.flags & ExecEvent::FLAG_NS_UNKNOWN == 0;
         Self {
             pid: raw.pid,
             tgid: raw.tgid,
             ppid: (raw.flags & ExecEvent::FLAG_PPID_UNKNOWN == 0).then_some(raw.ppid),
             cgroup_id: raw.cgroup_id,
+            memcg_id: (raw.flags & ExecEvent::FLAG_MEMCG_UNKNOWN == 0).then_some(raw.memcg_id),
+            pid_ns: ns_known.then_some(raw.pid_ns),
+            mnt_ns: ns_known.then_some(raw.mnt_ns),
+            action: KernelAction::from_raw(raw.action),
             comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
             filename,
             filename_truncated: raw.flags & ExecEvent::FLAG_FILENAME_TRUNCATED != 0,
@@ -107,8 +189,11 @@ mod tests {
             ppid: 7,
             flags,
             cgroup_id: 1234,
+            memcg_id: 99,
+            pid_ns: 4026531836,
+            mnt_ns: 4026531841,
             filename_len: path.len() as u32,
-            _reserved: 0,
+            action: action::WATCH,
             comm: [0; COMM_LEN],
             filename: [0xAA; FILENAME_CAP],
         };
@@ -138,6 +223,10 @@ mod tests {
                 tgid: 42,
                 ppid: Some(7),
                 cgroup_id: 1234,
+                memcg_id: Some(99),
+                pid_ns: Some(4026531836),
+                mnt_ns: Some(4026531841),
+                action: KernelAction::Watch,
                 comm: "true".into(),
                 filename: Some("/usr/bin/true".into()),
                 filename_truncated: false,
@@ -151,8 +240,15 @@ mod tests {
 
     #[test]
     fn flags_become_options() {
-        let flags = ExecEvent::FLAG_PPID_UNKNOWN | ExecEvent::FLAG_FILENAME_UNREADABLE;
+        let flags = ExecEvent::FLAG_PPID_UNKNOWN
+            | ExecEvent::FLAG_FILENAME_UNREADABLE
+            | ExecEvent::FLAG_MEMCG_UNKNOWN
+            | ExecEvent::FLAG_NS_UNKNOWN;
         let event = Exec::from(&raw(b"", b"x", flags));
+        assert_eq!(
+            (event.memcg_id, event.pid_ns, event.mnt_ns),
+            (None, None, None)
+        );
         assert_eq!(event.ppid, None);
         assert_eq!(event.filename, None);
         assert_eq!(
@@ -189,6 +285,23 @@ mod tests {
         event.filename_len = u32::MAX;
         let decoded = Exec::from(&event);
         assert_eq!(decoded.filename.unwrap().len(), FILENAME_CAP);
+    }
+
+    #[test]
+    fn decodes_a_new_cgroup_and_an_unknown_action() {
+        let mut raw_cgroup = CgroupEvent {
+            id: 77,
+            hierarchy: 0,
+            level: 2,
+            path_len: 10,
+            flags: 0,
+            path: [0; imagegate_common::CGROUP_PATH_CAP],
+        };
+        raw_cgroup.path[..10].copy_from_slice(b"/default/x");
+        let cgroup = NewCgroup::from(&raw_cgroup);
+        assert_eq!(cgroup.path.as_deref(), Some("/default/x"));
+        assert_eq!((cgroup.id, cgroup.level), (77, 2));
+        assert_eq!(KernelAction::from_raw(99), KernelAction::Other(99));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
+use imagegate_common::KernelLayout;
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -38,49 +39,86 @@ pub enum OffsetError {
     Malformed(#[from] btf_rs::Error),
 }
 
-/// Offsets into `struct task_struct` used by the exec program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskOffsets {
-    /// `task_struct.real_parent` (a `struct task_struct *`).
-    pub real_parent: u32,
-    /// `task_struct.tgid` (a `pid_t`).
-    pub tgid: u32,
+/// The struct offsets the programs need, read from BTF. The tracepoint
+/// record offsets (from tracefs) and the filter settings are filled in by
+/// the probe.
+pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, OffsetError> {
+    Ok(KernelLayout {
+        task_real_parent: member_offset(btf, "task_struct", "real_parent")?,
+        task_tgid: member_offset(btf, "task_struct", "tgid")?,
+        task_cgroups: member_offset(btf, "task_struct", "cgroups")?,
+        task_thread_pid: member_offset(btf, "task_struct", "thread_pid")?,
+        task_nsproxy: member_offset(btf, "task_struct", "nsproxy")?,
+        css_set_subsys: member_offset(btf, "css_set", "subsys")?,
+        // A kernel without the memory controller has no `memory_cgrp_id`;
+        // the programs then report memcg id 0 with a flag.
+        memory_cgrp_index: enum_value(btf, "cgroup_subsys_id", "memory_cgrp_id")?
+            .unwrap_or(u32::MAX),
+        css_cgroup: member_offset(btf, "cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: member_offset(btf, "cgroup", "kn")?,
+        kernfs_node_id: member_offset(btf, "kernfs_node", "id")?,
+        pid_level: member_offset(btf, "pid", "level")?,
+        pid_numbers: member_offset(btf, "pid", "numbers")?,
+        upid_size: struct_size(btf, "upid")?,
+        upid_ns: member_offset(btf, "upid", "ns")?,
+        pid_namespace_ns: member_offset(btf, "pid_namespace", "ns")?,
+        nsproxy_mnt_ns: member_offset(btf, "nsproxy", "mnt_ns")?,
+        mnt_namespace_ns: member_offset(btf, "mnt_namespace", "ns")?,
+        ns_common_inum: member_offset(btf, "ns_common", "inum")?,
+        ..KernelLayout::default()
+    })
 }
 
-impl TaskOffsets {
-    /// Reads the offsets from a BTF file (normally [`VMLINUX_BTF`]).
-    pub fn from_file(path: &Path) -> Result<Self, OffsetError> {
-        let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_btf(&btf)
-    }
+/// Reads BTF from a file (normally [`VMLINUX_BTF`]).
+pub fn read_btf(path: &Path) -> Result<Btf, OffsetError> {
+    Btf::from_file(path).map_err(|source| OffsetError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
 
-    /// Reads the offsets from parsed BTF.
-    pub fn from_btf(btf: &Btf) -> Result<Self, OffsetError> {
-        Ok(Self {
-            real_parent: member_offset(btf, "task_struct", "real_parent")?,
-            tgid: member_offset(btf, "task_struct", "tgid")?,
+fn find_struct(btf: &Btf, strukt: &str) -> Result<btf_rs::Struct, OffsetError> {
+    let found = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| OffsetError::NoStruct(strukt.to_string()))?;
+    // A name may also be a typedef or a forward declaration: take the struct.
+    found
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
         })
+        .ok_or_else(|| OffsetError::NoStruct(strukt.to_string()))
+}
+
+/// `sizeof(struct strukt)`.
+pub fn struct_size(btf: &Btf, strukt: &str) -> Result<u32, OffsetError> {
+    Ok(find_struct(btf, strukt)?.size() as u32)
+}
+
+/// The value of `member` in `enum name`, or `None` when the enum or the
+/// member is not in this kernel.
+pub fn enum_value(btf: &Btf, name: &str, member: &str) -> Result<Option<u32>, OffsetError> {
+    let Ok(found) = btf.resolve_types_by_name(name) else {
+        return Ok(None);
+    };
+    for t in found {
+        if let Type::Enum(e) = t {
+            for m in &e.members {
+                if btf.resolve_name(m)? == member {
+                    return Ok(Some(m.val()));
+                }
+            }
+        }
     }
+    Ok(None)
 }
 
 /// Byte offset of `member` in `struct strukt`, looking through anonymous
 /// struct and union members (kernels built with struct layout randomisation
 /// wrap most of `task_struct` in one).
 pub fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32, OffsetError> {
-    let found = btf
-        .resolve_types_by_name(strukt)
-        .map_err(|_| OffsetError::NoStruct(strukt.to_string()))?;
-    // A name may also be a typedef or a forward declaration: take the struct.
-    let layout = found
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| OffsetError::NoStruct(strukt.to_string()))?;
+    let layout = find_struct(btf, strukt)?;
     let bits =
         find_member_bits(btf, &layout, member, strukt)?.ok_or_else(|| OffsetError::NoMember {
             strukt: strukt.to_string(),
@@ -137,13 +175,27 @@ mod tests {
     }
 
     #[test]
-    fn finds_task_struct_offsets() {
-        let offsets = TaskOffsets::from_btf(&vmlinux()).expect("task_struct offsets");
-        assert!(offsets.tgid > 0 && offsets.real_parent > 0);
+    fn reads_the_whole_layout_from_this_kernel() {
+        let layout = kernel_layout(&vmlinux()).expect("kernel layout");
+        assert!(layout.task_tgid > 0 && layout.task_real_parent > 0);
         // `real_parent` follows `pid` and `tgid` in every kernel layout.
-        assert!(offsets.real_parent > offsets.tgid, "{offsets:?}");
-        assert_eq!(offsets.tgid % 4, 0, "pid_t is 4-byte aligned");
-        assert_eq!(offsets.real_parent % 8, 0, "pointers are 8-byte aligned");
+        assert!(layout.task_real_parent > layout.task_tgid, "{layout:?}");
+        assert_eq!(layout.task_tgid % 4, 0, "pid_t is 4-byte aligned");
+        for pointer in [
+            layout.task_real_parent,
+            layout.task_cgroups,
+            layout.task_thread_pid,
+            layout.task_nsproxy,
+            layout.cgroup_kn,
+            layout.upid_ns,
+        ] {
+            assert_eq!(pointer % 8, 0, "pointers are 8-byte aligned: {layout:?}");
+        }
+        // `struct upid { int nr; struct pid_namespace *ns; }` on 64-bit.
+        assert_eq!((layout.upid_size, layout.upid_ns), (16, 8));
+        // This machine's kernel has the memory controller (cgroup v1 memory
+        // hierarchy is mounted here).
+        assert!(layout.memory_cgrp_index < 16, "{layout:?}");
     }
 
     #[test]
@@ -152,6 +204,19 @@ mod tests {
         let btf = vmlinux();
         assert_eq!(member_offset(&btf, "list_head", "next").unwrap(), 0);
         assert_eq!(member_offset(&btf, "list_head", "prev").unwrap(), 8);
+    }
+
+    #[test]
+    fn an_absent_enum_member_is_none_not_an_error() {
+        let btf = vmlinux();
+        assert_eq!(
+            enum_value(&btf, "cgroup_subsys_id", "no_such_cgrp_id").unwrap(),
+            None
+        );
+        assert_eq!(
+            enum_value(&btf, "imagegate_no_such_enum", "x").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -168,7 +233,9 @@ mod tests {
 
     #[test]
     fn missing_btf_file_says_what_the_kernel_needs() {
-        let err = TaskOffsets::from_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let err = read_btf(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .expect("no BTF there");
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 }

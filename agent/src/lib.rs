@@ -1,12 +1,35 @@
-//! imagegate's node agent: watches process execs with eBPF.
+//! imagegate's node agent: watches container starts with eBPF, finds each
+//! container's image digest through containerd, and flags (or, in enforce
+//! mode, stops) every container whose digest was never admitted.
 //!
 //! Modules, each owning one thing:
 //! - [`kernel_offsets`]: struct offsets from the running kernel's BTF;
 //! - [`tracefs`]: where tracefs is and the layout of tracepoint records;
-//! - [`exec_probe`]: loads and attaches the exec program, reads its ring buffer;
-//! - [`exec_event`]: the exec event as the rest of the agent sees it.
+//! - [`probe`]: loads and attaches the eBPF programs, reads their ring
+//!   buffers, owns the kernel filter map;
+//! - [`exec_event`]: the probe's events as the rest of the agent sees them;
+//! - [`cgroups`]: the host's cgroup layout, ids to paths and back;
+//! - [`container_ref`]: from a cgroup path to a container id;
+//! - [`runtime`]: containerd's API: container, image, digest, labels;
+//! - [`digest`]: checked content digests;
+//! - [`verdict`]: admitted / never admitted / exempt / unknown;
+//! - [`store`]: approvals, containers and violations on disk;
+//! - [`approvals_file`]: approvals from a local file;
+//! - [`engine`]: the loop from events to verdicts to actions;
+//! - [`enforce`]: killing a violating container's processes;
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod approvals_file;
+pub mod cgroups;
+pub mod container_ref;
+pub mod digest;
+pub mod enforce;
+pub mod engine;
 pub mod exec_event;
-pub mod exec_probe;
 pub mod kernel_offsets;
+pub mod metrics;
+pub mod probe;
+pub mod runtime;
+pub mod store;
 pub mod tracefs;
+pub mod verdict;

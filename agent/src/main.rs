@@ -1,22 +1,80 @@
-//! `imagegate-agent`: the node agent. Runs as root (eBPF).
+//! `imagegate-agent`: the node agent. Runs as root (eBPF, containerd's
+//! socket, killing processes in enforce mode).
 
 use std::{
     io::{self, IsTerminal, Write},
-    path::PathBuf,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
-use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
-use imagegate_agent::{exec_event::Exec, exec_probe::ExecProbe, kernel_offsets::VMLINUX_BTF};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{debug, info, warn};
+use anyhow::{Context as _, Result, bail};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use imagegate_agent::{
+    approvals_file,
+    cgroups::Layout,
+    engine::{self, Engine, Mode},
+    exec_event::Exec,
+    kernel_offsets::VMLINUX_BTF,
+    metrics::Metrics,
+    probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
+    runtime::Containerd,
+    store::Store,
+    verdict::Exemptions,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-/// Watches container starts on this node with eBPF.
+/// Watches container starts on this node with eBPF and flags every container
+/// whose image digest was never admitted.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Print one line per exec on standard output.
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+
+    /// Format of the agent's own log lines (on standard error).
+    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value_t = Format::Text, global = true)]
+    log_format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the stored state (the agent must be stopped: the store is
+    /// locked while it runs) as JSON lines.
+    State {
+        /// The agent's state folder.
+        #[arg(
+            long,
+            env = "IMAGEGATE_STATE_DIR",
+            default_value = "/var/lib/imagegate"
+        )]
+        state_dir: PathBuf,
+        /// What to print.
+        #[arg(value_enum, default_value_t = StateTable::Violations)]
+        table: StateTable,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StateTable {
+    Approvals,
+    Containers,
+    Violations,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Only print one line per exec on standard output (every exec on the
+    /// host, no verdicts): a look at what the kernel reports.
     #[arg(long, env = "IMAGEGATE_PRINT_EVENTS")]
     print_events: bool,
 
@@ -28,9 +86,67 @@ struct Args {
     #[arg(long, env = "IMAGEGATE_BTF", default_value = VMLINUX_BTF)]
     btf: PathBuf,
 
-    /// Format of the agent's own log lines (on standard error).
-    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
-    log_format: Format,
+    /// containerd's socket.
+    #[arg(
+        long,
+        env = "IMAGEGATE_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    containerd_socket: PathBuf,
+
+    /// Folder for the agent's state (approvals, containers, violations).
+    #[arg(
+        long,
+        env = "IMAGEGATE_STATE_DIR",
+        default_value = "/var/lib/imagegate"
+    )]
+    state_dir: PathBuf,
+
+    /// `audit` flags violations; `enforce` also kills their processes and
+    /// stops their execs.
+    #[arg(long, env = "IMAGEGATE_MODE", value_enum, default_value_t = Mode::Audit)]
+    mode: Mode,
+
+    /// How long a container may run before it is flagged when its digest is
+    /// not approved yet (approvals can arrive just after a pod is created).
+    #[arg(long, env = "IMAGEGATE_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+
+    /// Exempt pod sandbox (pause) containers.
+    #[arg(long, env = "IMAGEGATE_EXEMPT_SANDBOX", default_value_t = true, action = ArgAction::Set)]
+    exempt_sandbox: bool,
+
+    /// containerd namespaces whose containers are not checked (repeat, or
+    /// comma-separated).
+    #[arg(
+        long,
+        env = "IMAGEGATE_EXEMPT_RUNTIME_NAMESPACES",
+        value_delimiter = ','
+    )]
+    exempt_runtime_namespace: Vec<String>,
+
+    /// Kubernetes namespaces whose pods are not checked.
+    #[arg(long, env = "IMAGEGATE_EXEMPT_POD_NAMESPACES", value_delimiter = ',')]
+    exempt_pod_namespace: Vec<String>,
+
+    /// Image name globs that are not checked (`*` stays within a path
+    /// segment), e.g. `registry.k8s.io/pause:*`.
+    #[arg(long, env = "IMAGEGATE_EXEMPT_IMAGES", value_delimiter = ',')]
+    exempt_image: Vec<String>,
+
+    /// A file of approvals (digests, or JSON lines with `digest`), read at
+    /// start and whenever it changes; they are kept in the store.
+    #[arg(long, env = "IMAGEGATE_APPROVALS_FILE")]
+    approvals_file: Option<PathBuf>,
+
+    /// Where to serve Prometheus metrics (`/metrics`) and `/healthz`;
+    /// `off` to disable.
+    #[arg(
+        long,
+        env = "IMAGEGATE_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_address: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,58 +159,257 @@ enum Format {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logs(args.log_format);
+    match args.command {
+        Some(Command::State { state_dir, table }) => print_state(&state_dir, table),
+        None if args.run.print_events => print_events(&args.run).await,
+        None => run(args.run).await,
+    }
+}
 
-    let mut probe = ExecProbe::attach(&args.btf)?;
+async fn run(args: RunArgs) -> Result<()> {
+    let layout = Layout::detect()?;
+    let exemptions = Exemptions::new(
+        args.exempt_sandbox,
+        args.exempt_runtime_namespace.clone(),
+        args.exempt_pod_namespace.clone(),
+        args.exempt_image.clone(),
+    )
+    .context("--exempt-image")?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating --state-dir {}", args.state_dir.display()))?;
+    let store = Arc::new(Store::open(&args.state_dir.join("state.redb"))?);
+    let metrics = Arc::new(Metrics::new());
+    metrics.approvals.set(store.approval_count() as i64);
+
+    let probe = Probe::attach(&ProbeOptions {
+        btf: args.btf.clone(),
+        filter_key: layout.filter_key(),
+        report_all: false,
+        attach_lsm: args.mode == Mode::Enforce,
+    })?;
+    report_startup(&args, &layout, &probe, &store);
+
+    let approvals_changed = Arc::new(Notify::new());
+    if let Some(path) = &args.approvals_file {
+        load_approvals(path, &store, &approvals_changed);
+        tokio::spawn(watch_approvals(
+            path.clone(),
+            store.clone(),
+            approvals_changed.clone(),
+        ));
+    }
+    if args.metrics_address != "off" {
+        let address: SocketAddr = args
+            .metrics_address
+            .parse()
+            .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
+        serve_metrics(address, metrics.clone()).await?;
+    }
+
+    let ctx = Arc::new(engine::Context {
+        config: engine::Config {
+            mode: args.mode,
+            grace: args.grace,
+            exemptions,
+        },
+        layout,
+        store,
+        metrics,
+        runtime: Arc::new(Containerd::new(&args.containerd_socket)),
+        actions: probe.actions(),
+        approvals_changed,
+    });
+    // Tests and the demo wait for this line.
+    info!(mode = ?args.mode, "ready: watching container starts");
+    Engine::new(ctx).run(probe, shutdown_signal()).await?;
+    info!("stopping");
+    Ok(())
+}
+
+fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store) {
     let facts = probe.facts();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     info!(
-        task_real_parent_offset = facts.task_offsets.real_parent,
-        task_tgid_offset = facts.task_offsets.tgid,
-        exec_filename_loc_offset = facts.exec_filename_loc_offset,
-        tracefs = %facts.tracefs.display(),
+        kernel = release.trim(),
         btf = %args.btf.display(),
-        "kernel: offsets read from BTF and tracefs"
+        tracefs = %facts.tracefs.display(),
+        programs = "sched/sched_process_exec, cgroup/cgroup_mkdir",
+        "kernel: offsets read from BTF and tracefs, tracepoints attached"
     );
+    info!(
+        cgroups = ?layout.mode,
+        v2 = ?layout.v2_root,
+        memory_v1 = ?layout.memory_root,
+        filter_key = if layout.filter_key() == 0 { "cgroup v2 id" } else { "memory cgroup id" },
+        "kernel: cgroup layout"
+    );
+    let enforcement = match (&facts.lsm, args.mode) {
+        (_, Mode::Audit) => "none (audit mode)",
+        (LsmStatus::Attached, Mode::Enforce) => "BPF LSM denies execs; SIGKILL on exec as well",
+        (_, Mode::Enforce) => "SIGKILL from sched_process_exec (BPF LSM unavailable)",
+    };
+    match &facts.lsm {
+        LsmStatus::Unavailable(reason) => info!(
+            lsm = "unavailable",
+            reason = %reason,
+            enforcement,
+            "kernel: BPF LSM probe"
+        ),
+        other => info!(lsm = ?other, enforcement, "kernel: BPF LSM probe"),
+    }
+    info!(
+        state_dir = %args.state_dir.display(),
+        approvals = store.approval_count(),
+        containers = store.containers().map(|c| c.len()).unwrap_or(0),
+        violations = store.violations().map(|v| v.len()).unwrap_or(0),
+        "state loaded"
+    );
+}
+
+fn load_approvals(path: &Path, store: &Store, changed: &Notify) {
+    match approvals_file::read(path) {
+        Ok((approvals, bad)) => {
+            for line in bad {
+                warn!(file = %path.display(), line = line.line, reason = %line.reason, "skipped an approval line");
+            }
+            match store.add_approvals(&approvals) {
+                Ok(added) => {
+                    if added > 0 {
+                        info!(file = %path.display(), added, "approvals loaded");
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not store approvals"),
+            }
+        }
+        // A file that does not exist yet is normal at start.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(file = %path.display(), error = %e, "could not read approvals"),
+    }
+}
+
+/// Polls the file's contents (a mounted ConfigMap or Secret changes by a
+/// symlink swap, which inotify on the file itself misses).
+async fn watch_approvals(path: PathBuf, store: Arc<Store>, changed: Arc<Notify>) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let now = std::fs::read(&path).ok();
+        if now != last {
+            load_approvals(&path, &store, &changed);
+            last = now;
+        }
+    }
+}
+
+async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    use axum::{Router, routing::get};
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding --metrics-address {address}"))?;
+    info!(address = %listener.local_addr()?, "metrics: serving /metrics and /healthz");
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut sigterm = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "no SIGTERM handler; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+}
+
+fn print_state(state_dir: &Path, table: StateTable) -> Result<()> {
+    let path = state_dir.join("state.redb");
+    if !path.exists() {
+        bail!("no state at {}: check --state-dir", path.display());
+    }
+    let store = Store::open(&path)?;
+    let mut out = io::stdout().lock();
+    match table {
+        StateTable::Approvals => write_lines(&mut out, &store.approvals()?)?,
+        StateTable::Containers => write_lines(&mut out, &store.containers()?)?,
+        StateTable::Violations => write_lines(&mut out, &store.violations()?)?,
+    }
+    Ok(())
+}
+
+fn write_lines<T: serde::Serialize>(out: &mut impl Write, items: &[T]) -> Result<()> {
+    for item in items {
+        serde_json::to_writer(&mut *out, item)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `--print-events`: every exec on the host, as the kernel reports it.
+async fn print_events(args: &RunArgs) -> Result<()> {
+    let layout = Layout::detect()?;
+    let mut probe = Probe::attach(&ProbeOptions {
+        btf: args.btf.clone(),
+        filter_key: layout.filter_key(),
+        report_all: true,
+        attach_lsm: false,
+    })?;
     // Tests and the demo wait for this line before they exec anything.
     info!("ready: sched/sched_process_exec attached");
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut seen: u64 = 0;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut batch = Vec::new();
     let stdout = io::stdout();
     loop {
         tokio::select! {
             received = probe.recv(&mut batch) => {
                 received?;
-                seen += batch.len() as u64;
-                if args.print_events {
-                    if let Err(e) = print_events(&mut stdout.lock(), &batch, args.event_format) {
-                        // A closed pipe means whoever read us is gone.
-                        if e.kind() == io::ErrorKind::BrokenPipe {
-                            break;
-                        }
-                        return Err(e).context("writing events to standard output");
+                let execs: Vec<&Exec> = batch
+                    .iter()
+                    .filter_map(|e| match e {
+                        ProbeEvent::Exec(exec) => Some(exec),
+                        ProbeEvent::NewCgroup(_) => None,
+                    })
+                    .collect();
+                if let Err(e) = write_execs(&mut stdout.lock(), &execs, args.event_format) {
+                    // A closed pipe means whoever read us is gone.
+                    if e.kind() == io::ErrorKind::BrokenPipe {
+                        break;
                     }
-                } else {
-                    for exec in &batch {
-                        debug!(%exec, "exec");
-                    }
+                    return Err(e).context("writing events to standard output");
                 }
                 batch.clear();
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut shutdown => break,
         }
     }
-
-    let lost = probe.lost_events()?;
+    let (lost, _) = probe.lost_events()?;
     if lost > 0 {
         warn!(lost, "the ring buffer was full and events were dropped");
     }
-    info!(events = seen, lost, "stopping");
     Ok(())
 }
 
-fn print_events(out: &mut impl Write, events: &[Exec], format: Format) -> io::Result<()> {
+fn write_execs(out: &mut impl Write, events: &[&Exec], format: Format) -> io::Result<()> {
     for exec in events {
         match format {
             Format::Text => writeln!(out, "{exec}")?,

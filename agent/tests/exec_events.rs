@@ -169,6 +169,79 @@ impl Drop for Cgroup {
     }
 }
 
+/// A command that, between fork and exec, moves itself into `cgroup`
+/// (writing "0" to cgroup.procs moves the writer).
+fn in_cgroup(program: &Path, cgroup: &Cgroup) -> Command {
+    use std::os::unix::process::CommandExt;
+
+    let procs = std::ffi::CString::new(
+        cgroup
+            .0
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("no NUL in path");
+    let mut command = Command::new(program);
+    // SAFETY: the closure only calls open/write/close, which are
+    // async-signal-safe, on memory prepared before the fork (the child of a
+    // multi-threaded process must not allocate).
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+#[tokio::test]
+async fn the_kill_action_stops_execs_in_its_cgroup_and_nowhere_else() {
+    use std::os::unix::process::ExitStatusExt;
+
+    use imagegate_agent::{
+        cgroups::Layout,
+        kernel_offsets::VMLINUX_BTF,
+        probe::{Action, Probe, ProbeOptions},
+    };
+
+    require_root();
+    let layout = Layout::detect().expect("cgroups");
+    let probe = Probe::attach(&ProbeOptions {
+        btf: VMLINUX_BTF.into(),
+        filter_key: layout.filter_key(),
+        report_all: false,
+        attach_lsm: false,
+    })
+    .expect("attach the probe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_binary(dir.path(), "ig-kill");
+    let doomed = Cgroup::create("imagegate-kill");
+    let watched = Cgroup::create("imagegate-watch");
+    probe.actions().set(doomed.id(), Action::Kill).unwrap();
+    probe.actions().set(watched.id(), Action::Watch).unwrap();
+
+    let status = in_cgroup(&marker, &doomed).status().expect("spawn");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "exec in a KILL cgroup: {status}"
+    );
+    let status = in_cgroup(&marker, &watched).status().expect("spawn");
+    assert!(status.success(), "exec in a WATCH cgroup runs: {status}");
+    // Host processes (this test's own cgroup) run on.
+    let status = Command::new(&marker).status().expect("spawn");
+    assert!(status.success(), "host exec runs: {status}");
+}
+
 #[test]
 fn reports_an_exec_with_its_pid_parent_path_and_cgroup() {
     let agent = Agent::start();
@@ -184,6 +257,26 @@ fn reports_an_exec_with_its_pid_parent_path_and_cgroup() {
     assert_eq!(event["filename_truncated"], false, "{event}");
     assert_eq!(event["comm"], "ig-marker", "{event}");
     assert_eq!(event["cgroup_id"], own_cgroup_v2_id(), "{event}");
+    // The namespaces and memory cgroup it inherited from this process.
+    let ns_inode = |kind: &str| {
+        std::fs::metadata(format!("/proc/self/ns/{kind}"))
+            .expect("stat ns")
+            .ino()
+    };
+    assert_eq!(event["pid_ns"], ns_inode("pid"), "{event}");
+    assert_eq!(event["mnt_ns"], ns_inode("mnt"), "{event}");
+    let layout = imagegate_agent::cgroups::Layout::detect().expect("cgroups");
+    if let Some(memory) = &layout.memory_root {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+            .expect("a memory line on a host with the v1 memory controller");
+        let inode = std::fs::metadata(memory.join(path.trim_start_matches('/')))
+            .expect("stat memory cgroup")
+            .ino();
+        assert_eq!(event["memcg_id"], inode, "{event}");
+    }
 }
 
 #[test]
@@ -216,42 +309,13 @@ fn reports_the_real_parent_of_a_grandchild() {
 
 #[test]
 fn reports_the_cgroup_the_process_execs_in() {
-    use std::os::unix::process::CommandExt;
-
     let agent = Agent::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = marker_binary(dir.path(), "ig-cgroup");
     let cgroup = Cgroup::create("imagegate-test");
     assert_ne!(cgroup.id(), own_cgroup_v2_id());
 
-    // Between fork and exec, the child moves itself into the new cgroup
-    // (writing "0" to cgroup.procs moves the writer). Only raw syscalls here:
-    // the child of a multi-threaded process must not allocate.
-    let procs = std::ffi::CString::new(
-        cgroup
-            .0
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("no NUL in path");
-    let mut command = Command::new(&marker);
-    // SAFETY: the closure only calls open/write/close, which are
-    // async-signal-safe, on memory prepared before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if written != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut command = in_cgroup(&marker, &cgroup);
     let pid = run(&mut command);
 
     let event = agent.event_for(pid);

@@ -60,6 +60,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "certificates for TLS tests"),
     ("iproute2", "network namespaces for tests"),
     ("python3-venv", "a private venv for grpcurl"),
+    (
+        "protobuf-compiler",
+        "protoc for containerd-client and k8s-cri's generated code",
+    ),
 ];
 
 pub fn run(paths: &Paths) -> Result<()> {

@@ -2,6 +2,7 @@
 //! report (Markdown and JSON) under target/bench/, so runs can be compared.
 //! This machine is shared and noisy: compare ratios within one run.
 
+mod agent;
 mod procfs;
 mod report;
 mod webhook;
@@ -13,8 +14,13 @@ use crate::paths::Paths;
 pub fn run(paths: &Paths, which: Option<&str>) -> Result<()> {
     let mut report = report::Report::new();
     match which {
-        None | Some("webhook") => webhook::run(paths, &mut report)?,
-        Some(other) => bail!("no benchmark named {other:?}; known: webhook"),
+        None => {
+            webhook::run(paths, &mut report)?;
+            agent::run(paths, &mut report)?;
+        }
+        Some("webhook") => webhook::run(paths, &mut report)?,
+        Some("agent") => agent::run(paths, &mut report)?,
+        Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent"),
     }
     report.write(&paths.target.join("bench"))
 }

@@ -9,6 +9,10 @@ use serde_json::{Value, json};
 pub struct Report {
     pub rows: Vec<Value>,
     pub checks: Vec<Value>,
+    /// Figures that are not request/response rows: what, value, how.
+    pub figures: Vec<Value>,
+    /// Raw measurements by benchmark, kept whole in the JSON.
+    pub raw: serde_json::Map<String, Value>,
 }
 
 impl Report {
@@ -16,7 +20,16 @@ impl Report {
         Self {
             rows: Vec::new(),
             checks: Vec::new(),
+            figures: Vec::new(),
+            raw: serde_json::Map::new(),
         }
+    }
+
+    /// A figure with how it was obtained.
+    pub fn figure(&mut self, what: &str, value: String, how: &str) {
+        println!("figure: {what}: {value}");
+        self.figures
+            .push(json!({"what": what, "value": value, "how": how}));
     }
 
     /// A target: `figure` compared with `target` (`<=` or `>=`).
@@ -36,7 +49,13 @@ impl Report {
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let machine = machine();
-        let json = json!({"machine": machine, "scenarios": self.rows, "targets": self.checks});
+        let json = json!({
+            "machine": machine,
+            "scenarios": self.rows,
+            "figures": self.figures,
+            "raw": self.raw,
+            "targets": self.checks,
+        });
         let json_path = dir.join("report.json");
         fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
 
@@ -49,21 +68,34 @@ impl Report {
             machine["memory_mib"],
             machine["date"].as_str().unwrap_or("?"),
         );
-        md += "| scenario | server | conns | req/s | p50 ms | p99 ms | server CPU s / 10k req | peak RSS MiB | errors |\n";
-        md += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
-        for r in &self.rows {
-            md += &format!(
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {} |\n",
-                r["scenario"].as_str().unwrap_or(""),
-                r["server"].as_str().unwrap_or(""),
-                r["connections"],
-                r["requests_per_sec"].as_f64().unwrap_or(0.0),
-                r["p50_ms"].as_f64().unwrap_or(0.0),
-                r["p99_ms"].as_f64().unwrap_or(0.0),
-                r["cpu_seconds_per_10k"].as_f64().unwrap_or(0.0),
-                r["peak_rss_mib"].as_f64().unwrap_or(0.0),
-                r["errors"],
-            );
+        if !self.rows.is_empty() {
+            md += "| scenario | server | conns | req/s | p50 ms | p99 ms | server CPU s / 10k req | peak RSS MiB | errors |\n";
+            md += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+            for r in &self.rows {
+                md += &format!(
+                    "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {} |\n",
+                    r["scenario"].as_str().unwrap_or(""),
+                    r["server"].as_str().unwrap_or(""),
+                    r["connections"],
+                    r["requests_per_sec"].as_f64().unwrap_or(0.0),
+                    r["p50_ms"].as_f64().unwrap_or(0.0),
+                    r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["cpu_seconds_per_10k"].as_f64().unwrap_or(0.0),
+                    r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+                    r["errors"],
+                );
+            }
+        }
+        if !self.figures.is_empty() {
+            md += "\n| figure | value | how |\n|---|---|---|\n";
+            for f in &self.figures {
+                md += &format!(
+                    "| {} | {} | {} |\n",
+                    f["what"].as_str().unwrap_or(""),
+                    f["value"].as_str().unwrap_or(""),
+                    f["how"].as_str().unwrap_or(""),
+                );
+            }
         }
         md += "\n| target | figure | met |\n|---|---:|---|\n";
         for c in &self.checks {
@@ -76,7 +108,7 @@ impl Report {
                 if c["met"] == true { "yes" } else { "**no**" },
             );
         }
-        md += "\nHow: each scenario runs `oha` (HTTP/1.1 keep-alive over TLS) against a server started \
+        md += "\nHow: each webhook scenario runs `oha` (HTTP/1.1 keep-alive over TLS) against a server started \
                by the benchmark on 127.0.0.1; the load generator shares the machine's cores with the \
                server. CPU and peak RSS are read from /proc for the server's process tree.\n";
         let md_path = dir.join("report.md");

@@ -17,7 +17,7 @@ use oci_client::{
 };
 use serde_json::json;
 
-use super::Ca;
+use crate::ca::Ca;
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
@@ -135,6 +135,9 @@ impl Registry {
 
     /// A client that can push to this registry.
     fn client(&self) -> (Client, RegistryAuth) {
+        // oci-client brings no TLS provider of its own (as in the webhook):
+        // ring, once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = ClientConfig::default();
         match &self.ca_file {
             None => config.protocol = ClientProtocol::Http,
@@ -154,7 +157,7 @@ impl Registry {
     /// every image gets its own digest) as `repo:tag`; returns the
     /// manifest's digest.
     pub async fn push_image(&self, repo: &str, tag: &str, label: &str) -> String {
-        let (manifest, _) = self.push_manifest(repo, label, "amd64").await;
+        let (manifest, _) = self.push_manifest(repo, label, "amd64", false).await;
         self.put_manifest(
             repo,
             tag,
@@ -167,11 +170,45 @@ impl Registry {
     /// Pushes an index of two platform manifests as `repo:tag`; returns the
     /// index digest and the platform digests.
     pub async fn push_index(&self, repo: &str, tag: &str, label: &str) -> (String, Vec<String>) {
+        self.push_index_of(repo, tag, label, false).await
+    }
+
+    /// Like [`Self::push_image`], but the image runs: its layer holds
+    /// Debian's static busybox, and it sleeps for an hour by default.
+    pub async fn push_runnable_image(&self, repo: &str, tag: &str, label: &str) -> String {
+        let (manifest, _) = self.push_manifest(repo, label, "amd64", true).await;
+        self.put_manifest(
+            repo,
+            tag,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+    }
+
+    /// Like [`Self::push_index`], with runnable platform images (the arm64
+    /// one carries the same x86-64 busybox: only its digest matters).
+    pub async fn push_runnable_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        label: &str,
+    ) -> (String, Vec<String>) {
+        self.push_index_of(repo, tag, label, true).await
+    }
+
+    async fn push_index_of(
+        &self,
+        repo: &str,
+        tag: &str,
+        label: &str,
+        runnable: bool,
+    ) -> (String, Vec<String>) {
         let mut entries = Vec::new();
         let mut digests = Vec::new();
         for arch in ["amd64", "arm64"] {
             let (manifest, digest) = self
-                .push_manifest(repo, &format!("{label}-{arch}"), arch)
+                .push_manifest(repo, &format!("{label}-{arch}"), arch, runnable)
                 .await;
             self.put_manifest(
                 repo,
@@ -202,16 +239,36 @@ impl Registry {
 
     /// Pushes the blobs of an image and returns its manifest (not pushed)
     /// and the manifest's digest.
-    async fn push_manifest(&self, repo: &str, label: &str, arch: &str) -> (Vec<u8>, String) {
+    async fn push_manifest(
+        &self,
+        repo: &str,
+        label: &str,
+        arch: &str,
+        runnable: bool,
+    ) -> (Vec<u8>, String) {
         let (client, auth) = self.client();
         let reference: Reference = format!("{}/{repo}:unused", self.host).parse().unwrap();
         client.store_auth_if_needed(&self.host, &auth).await;
-        let layer = format!("imagegate test layer {label}").into_bytes();
+        let (layer, run) = if runnable {
+            (
+                crate::image::busybox_layer().to_vec(),
+                json!({
+                    "Entrypoint": ["/bin/busybox"],
+                    "Cmd": ["sleep", "3600"],
+                    "Labels": {"imagegate.test": label}
+                }),
+            )
+        } else {
+            (
+                format!("imagegate test layer {label}").into_bytes(),
+                json!({"Labels": {"imagegate.test": label}}),
+            )
+        };
         let layer_digest = sha256(&layer);
         let config = serde_json::to_vec(&json!({
             "architecture": arch,
             "os": "linux",
-            "config": {"Labels": {"imagegate.test": label}},
+            "config": run,
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
         }))
         .unwrap();

@@ -1,0 +1,105 @@
+//! Approvals from a local file, for tests, the demo and nodes without a
+//! webhook connection: one approval per line, either a bare digest or a
+//! JSON object `{"digest": ..., "reference": ..., "namespace": ...}`.
+//! Blank lines and `#` comments are skipped; a bad line is reported with
+//! its number and skipped, never taken as an approval.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{
+    digest::Digest,
+    store::{Approval, now_ms},
+};
+
+#[derive(Deserialize)]
+struct Line {
+    digest: String,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// A line that is not an approval.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses the file's text; returns the approvals and the bad lines.
+pub fn parse(text: &str, source: &str) -> (Vec<Approval>, Vec<BadLine>) {
+    let mut approvals = Vec::new();
+    let mut bad = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = if line.starts_with('{') {
+            serde_json::from_str::<Line>(line).map_err(|e| e.to_string())
+        } else {
+            Ok(Line {
+                digest: line.to_string(),
+                reference: None,
+                namespace: None,
+            })
+        };
+        match parsed.and_then(|l| {
+            let digest = Digest::parse(&l.digest).map_err(|e| e.to_string())?;
+            Ok(Approval {
+                digest,
+                reference: l.reference,
+                namespace: l.namespace,
+                source: source.to_string(),
+                received_at_ms: now_ms(),
+            })
+        }) {
+            Ok(approval) => approvals.push(approval),
+            Err(reason) => bad.push(BadLine {
+                line: index + 1,
+                reason,
+            }),
+        }
+    }
+    (approvals, bad)
+}
+
+/// Reads and parses `path`.
+pub fn read(path: &Path) -> std::io::Result<(Vec<Approval>, Vec<BadLine>)> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(parse(&text, &format!("file:{}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn reads_bare_digests_and_json_lines() {
+        let text =
+            format!("# approvals\n{D1}\n\n{{\"digest\":\"{D2}\",\"reference\":\"r.test/a:1\"}}\n");
+        let (approvals, bad) = parse(&text, "file:x");
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(approvals.len(), 2);
+        assert_eq!(approvals[1].reference.as_deref(), Some("r.test/a:1"));
+        assert_eq!(approvals[0].source, "file:x");
+    }
+
+    #[test]
+    fn bad_lines_are_reported_by_number_and_skipped() {
+        let text = format!(
+            "{D1}\nsha256:abc\n{{\"digest\": 5}}\n{}\n",
+            D2.to_uppercase()
+        );
+        let (approvals, bad) = parse(&text, "f");
+        assert_eq!(approvals.len(), 1);
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [2, 3, 4]);
+        assert!(bad[0].reason.contains("64"), "{}", bad[0].reason);
+    }
+}

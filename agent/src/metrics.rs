@@ -1,0 +1,106 @@
+//! Prometheus metrics of the agent, served on `/metrics` of
+//! `--metrics-address`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Events read from the ring buffers, by kind (`exec`, `cgroup`).
+    pub events: Family<EventLabels, Counter>,
+    /// Events the kernel dropped because a ring buffer was full, by kind.
+    pub lost_events: Family<EventLabels, Gauge>,
+    /// Verdicts reached, by verdict.
+    pub verdicts: Family<VerdictLabels, Counter>,
+    /// From the first event of a container to its identity.
+    pub identification_seconds: Histogram,
+    /// Processes killed in violating containers (enforce mode).
+    pub kills: Counter,
+    /// Execs the kernel stopped with SIGKILL (enforce mode).
+    pub kernel_kills: Counter,
+    pub approvals: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("imagegate_agent");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events read from the eBPF ring buffers",
+            events.clone(),
+        );
+        let lost_events = Family::<EventLabels, Gauge>::default();
+        registry.register(
+            "lost_events",
+            "Events the kernel dropped because a ring buffer was full",
+            lost_events.clone(),
+        );
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Verdicts reached on containers",
+            verdicts.clone(),
+        );
+        // 100 us to ~1.6 s, doubling.
+        let identification_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15),
+        );
+        registry.register(
+            "identification_seconds",
+            "Time from a container's first event to knowing its image digest",
+            identification_seconds.clone(),
+        );
+        let kills = Counter::default();
+        registry.register(
+            "enforcement_kills",
+            "Processes killed in violating containers",
+            kills.clone(),
+        );
+        let kernel_kills = Counter::default();
+        registry.register(
+            "kernel_kills",
+            "Execs stopped with SIGKILL by the exec program",
+            kernel_kills.clone(),
+        );
+        let approvals = Gauge::default();
+        registry.register("approvals", "Approved digests held", approvals.clone());
+        Self {
+            registry,
+            events,
+            lost_events,
+            verdicts,
+            identification_seconds,
+            kills,
+            kernel_kills,
+            approvals,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,449 @@
+//! containerd's native API: which container a cgroup belongs to, which image
+//! it runs and that image's digest, across every containerd namespace
+//! (`k8s.io` for CRI, `default` for `ctr`, `moby` for Docker, ...).
+//!
+//! CRI lists only `k8s.io`; a container someone started on the node by hand
+//! lives elsewhere, which is exactly what the agent must see.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, ListNamespacesRequest, ListTasksRequest,
+    ReadContentRequest, containers_client::ContainersClient, content_client::ContentClient,
+    images_client::ImagesClient, namespaces_client::NamespacesClient, tasks_client::TasksClient,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::{Code, Request, transport::Channel};
+
+/// Every RPC gets this long; containerd answers in milliseconds.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// An index bigger than this is not read (real ones are a few KiB).
+const MAX_INDEX_BYTES: usize = 4 << 20;
+
+/// CRI's container labels.
+pub mod labels {
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    /// `sandbox` for a pod's pause container, `container` otherwise.
+    pub const CRI_KIND: &str = "io.cri-containerd.kind";
+}
+
+/// A container as containerd describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerIdentity {
+    /// The containerd namespace it lives in.
+    pub namespace: String,
+    pub id: String,
+    /// The image name the container was created from.
+    pub image: String,
+    /// The image's target digest (a manifest, or an index for a
+    /// multi-platform image); `None` if the image record is gone.
+    pub digest: Option<String>,
+    /// When `digest` is an index: the digest of this node's platform
+    /// manifest in it.
+    pub platform_digest: Option<String>,
+    /// Kubernetes pod, for containers created through CRI.
+    pub pod: Option<PodRef>,
+    /// A pod sandbox (pause) container.
+    pub sandbox: bool,
+}
+
+/// The Kubernetes names CRI puts on a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub container: Option<String>,
+}
+
+/// A running container's init process, from the start-up scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningTask {
+    pub namespace: String,
+    pub container_id: String,
+    pub pid: u32,
+}
+
+/// What a lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Box<ContainerIdentity>),
+    /// containerd has no such container in any namespace.
+    NotFound,
+}
+
+/// containerd could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot reach containerd at {socket}: {reason}; check --containerd-socket and that \
+         the socket is mounted into the agent"
+    )]
+    Connect { socket: PathBuf, reason: String },
+    #[error("containerd {call}: {status}")]
+    Rpc {
+        call: &'static str,
+        status: Box<tonic::Status>,
+    },
+    #[error("containerd {call} took longer than {RPC_TIMEOUT:?}")]
+    Timeout { call: &'static str },
+}
+
+/// A client of one containerd socket. Connects on first use and again
+/// after a failure, so the agent can start before containerd does.
+pub struct Containerd {
+    socket: PathBuf,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Containerd {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            channel: Mutex::new(None),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn channel(&self) -> Result<Channel, RuntimeError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref() {
+            return Ok(channel.clone());
+        }
+        let connect = containerd_client::connect(&self.socket);
+        let channel = tokio::time::timeout(RPC_TIMEOUT, connect)
+            .await
+            .map_err(|_| RuntimeError::Connect {
+                socket: self.socket.clone(),
+                reason: format!("no answer within {RPC_TIMEOUT:?}"),
+            })?
+            .map_err(|e| RuntimeError::Connect {
+                socket: self.socket.clone(),
+                reason: error_chain(&e),
+            })?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel after a transport failure.
+    async fn reset(&self) {
+        *self.channel.lock().await = None;
+    }
+
+    async fn call<T, F>(&self, call: &'static str, f: F) -> Result<T, RuntimeError>
+    where
+        F: AsyncFnOnce(Channel) -> Result<T, tonic::Status>,
+    {
+        let channel = self.channel().await?;
+        match tokio::time::timeout(RPC_TIMEOUT, f(channel)).await {
+            Err(_) => Err(RuntimeError::Timeout { call }),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(status)) => {
+                if status.code() == Code::Unavailable || status.code() == Code::Unknown {
+                    self.reset().await;
+                }
+                Err(RuntimeError::Rpc {
+                    call,
+                    status: Box::new(status),
+                })
+            }
+        }
+    }
+
+    /// containerd's namespaces.
+    pub async fn namespaces(&self) -> Result<Vec<String>, RuntimeError> {
+        self.call("Namespaces.List", async |channel| {
+            let reply = NamespacesClient::new(channel)
+                .list(ListNamespacesRequest::default())
+                .await?;
+            Ok(reply
+                .into_inner()
+                .namespaces
+                .into_iter()
+                .map(|n| n.name)
+                .collect())
+        })
+        .await
+    }
+
+    /// Finds container `id`, trying `first` (a namespace hint) before the
+    /// others.
+    pub async fn find(&self, id: &str, first: Option<&str>) -> Result<Lookup, RuntimeError> {
+        let mut namespaces = self.namespaces().await?;
+        if let Some(first) = first {
+            match namespaces.iter().position(|n| n == first) {
+                Some(at) => namespaces.swap(0, at),
+                // The hint names no namespace: a `/<ns>/<id>` look-alike.
+                None => return Ok(Lookup::NotFound),
+            }
+        }
+        for namespace in namespaces {
+            if let Some(identity) = self.get(&namespace, id).await? {
+                return Ok(Lookup::Found(Box::new(identity)));
+            }
+        }
+        Ok(Lookup::NotFound)
+    }
+
+    /// Container `id` in `namespace`, with its image's digest.
+    pub async fn get(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Option<ContainerIdentity>, RuntimeError> {
+        let request = GetContainerRequest { id: id.to_string() };
+        let found = self
+            .call(
+                "Containers.Get",
+                async |channel| match ContainersClient::new(channel)
+                    .get(in_namespace(request, namespace))
+                    .await
+                {
+                    Ok(reply) => Ok(reply.into_inner().container),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                },
+            )
+            .await?;
+        let Some(container) = found else {
+            return Ok(None);
+        };
+        let (digest, platform_digest) = self.image_digests(namespace, &container.image).await?;
+        let label = |name: &str| container.labels.get(name).cloned();
+        let pod = match (label(labels::POD_NAMESPACE), label(labels::POD_NAME)) {
+            (Some(namespace), Some(name)) => Some(PodRef {
+                namespace,
+                name,
+                uid: label(labels::POD_UID),
+                container: label(labels::CONTAINER_NAME),
+            }),
+            _ => None,
+        };
+        Ok(Some(ContainerIdentity {
+            namespace: namespace.to_string(),
+            id: container.id,
+            image: container.image,
+            digest,
+            platform_digest,
+            pod,
+            sandbox: label(labels::CRI_KIND).as_deref() == Some("sandbox"),
+        }))
+    }
+
+    /// The image's target digest and, for an index, this platform's
+    /// manifest digest. `(None, None)` when the image record is gone.
+    async fn image_digests(
+        &self,
+        namespace: &str,
+        image: &str,
+    ) -> Result<(Option<String>, Option<String>), RuntimeError> {
+        if image.is_empty() {
+            return Ok((None, None));
+        }
+        let request = GetImageRequest {
+            name: image.to_string(),
+        };
+        let found = self
+            .call("Images.Get", async |channel| {
+                match ImagesClient::new(channel)
+                    .get(in_namespace(request, namespace))
+                    .await
+                {
+                    Ok(reply) => Ok(reply.into_inner().image.and_then(|i| i.target)),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                }
+            })
+            .await?;
+        let Some(target) = found else {
+            return Ok((None, None));
+        };
+        let platform = if is_index(&target.media_type) {
+            self.platform_manifest(namespace, &target.digest).await?
+        } else {
+            None
+        };
+        Ok((Some(target.digest), platform))
+    }
+
+    /// Reads an index from the content store and picks this node's
+    /// platform manifest.
+    async fn platform_manifest(
+        &self,
+        namespace: &str,
+        index_digest: &str,
+    ) -> Result<Option<String>, RuntimeError> {
+        let request = ReadContentRequest {
+            digest: index_digest.to_string(),
+            offset: 0,
+            size: 0,
+        };
+        let bytes = self
+            .call("Content.Read", async |channel| {
+                let mut stream = ContentClient::new(channel)
+                    .read(in_namespace(request, namespace))
+                    .await?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    bytes.extend_from_slice(&chunk.data);
+                    if bytes.len() > MAX_INDEX_BYTES {
+                        return Err(tonic::Status::resource_exhausted("index too large"));
+                    }
+                }
+                Ok(bytes)
+            })
+            .await;
+        // Content may be garbage-collected or never fetched for an index
+        // pulled by digest: then only the index digest is known.
+        let Ok(bytes) = bytes else {
+            return Ok(None);
+        };
+        Ok(pick_platform(&bytes, node_architecture()))
+    }
+
+    /// The init process of every running container, in every namespace.
+    pub async fn running_tasks(&self) -> Result<Vec<RunningTask>, RuntimeError> {
+        let mut running = Vec::new();
+        for namespace in self.namespaces().await? {
+            let tasks = self
+                .call("Tasks.List", async |channel| {
+                    let reply = TasksClient::new(channel)
+                        .list(in_namespace(ListTasksRequest::default(), &namespace))
+                        .await?;
+                    Ok(reply.into_inner().tasks)
+                })
+                .await?;
+            // Status 2 is RUNNING (and 4 PAUSED): both have live processes.
+            for task in tasks
+                .into_iter()
+                .filter(|t| t.pid != 0 && matches!(t.status, 2 | 4))
+            {
+                // containerd 1.6 leaves `container_id` empty in Tasks.List
+                // and puts the container's id in `id` (an init process's id
+                // is its container's).
+                let container_id = if task.container_id.is_empty() {
+                    task.id
+                } else {
+                    task.container_id
+                };
+                running.push(RunningTask {
+                    namespace: namespace.clone(),
+                    container_id,
+                    pid: task.pid,
+                });
+            }
+        }
+        Ok(running)
+    }
+}
+
+fn in_namespace<T>(message: T, namespace: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    // A namespace name is ASCII by containerd's own rules; one that is not
+    // is sent as no namespace, and containerd refuses the call.
+    if let Ok(value) = namespace.parse() {
+        request.metadata_mut().insert("containerd-namespace", value);
+    }
+    request
+}
+
+fn is_index(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/vnd.oci.image.index.v1+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json"
+    )
+}
+
+/// GOARCH names, which image indexes use.
+fn node_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+/// The linux/`arch` manifest's digest in an index document.
+pub fn pick_platform(index: &[u8], arch: &str) -> Option<String> {
+    let index: Index = serde_json::from_slice(index).ok()?;
+    index
+        .manifests
+        .into_iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .map(|m| m.digest)
+}
+
+/// A container's identity keyed for maps and the store: `namespace/id`.
+pub fn container_key(namespace: &str, id: &str) -> String {
+    format!("{namespace}/{id}")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_this_platform_from_an_index() {
+        let index = br#"{"schemaVersion":2,"manifests":[
+            {"digest":"sha256:aa","platform":{"architecture":"arm64","os":"linux"}},
+            {"digest":"sha256:bb","platform":{"architecture":"amd64","os":"linux"}},
+            {"digest":"sha256:cc","platform":{"architecture":"amd64","os":"windows"}}]}"#;
+        assert_eq!(pick_platform(index, "amd64").as_deref(), Some("sha256:bb"));
+        assert_eq!(pick_platform(index, "arm64").as_deref(), Some("sha256:aa"));
+        assert_eq!(pick_platform(index, "s390x"), None);
+        assert_eq!(pick_platform(b"not json", "amd64"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_a_clear_error() {
+        let containerd = Containerd::new("/nonexistent/containerd.sock");
+        let err = containerd.namespaces().await.unwrap_err();
+        assert!(err.to_string().contains("--containerd-socket"), "{err}");
+    }
+}

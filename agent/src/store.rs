@@ -1,0 +1,344 @@
+//! The agent's persistent state (redb: transactional, crash-safe, pure
+//! Rust): approvals, the containers it has seen with their verdicts, and
+//! the violations, so a restart keeps history and keeps enforcing.
+//!
+//! Approved digests are also held in memory for the exec path's lookups;
+//! everything else is read from disk when asked for.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::RwLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{digest::Digest, runtime::PodRef, verdict::VerdictKind};
+
+/// Digest -> [`Approval`] (JSON).
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+/// `namespace/id` -> [`ContainerRecord`] (JSON).
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Sequence number -> [`Violation`] (JSON).
+const VIOLATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("violations");
+/// Counters and sequence numbers.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const VIOLATION_SEQ: &str = "violation_seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state store at {path} cannot be opened: {reason}; is another agent running with \
+         the same --state-dir?"
+    )]
+    Open { path: String, reason: String },
+    #[error("the state store failed: {0}")]
+    Store(String),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+fn store_err<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Store(e.to_string())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One approved digest, with where the approval came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub digest: Digest,
+    /// The reference admission approved, e.g. `registry.example/app:1.2`.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// The Kubernetes namespace of the admitted object.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Who sent it: a webhook's identity, or `file:PATH`.
+    #[serde(default)]
+    pub source: String,
+    /// When the agent stored it.
+    #[serde(default)]
+    pub received_at_ms: u64,
+}
+
+/// A container the agent has seen, with its latest verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// `containerd namespace/container id`, or `cgroup:PATH` when the
+    /// container could not be identified.
+    pub key: String,
+    pub runtime_namespace: Option<String>,
+    pub id: Option<String>,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+    pub platform_digest: Option<String>,
+    pub pod: Option<PodRef>,
+    pub cgroup: String,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub first_seen_ms: u64,
+    pub decided_at_ms: u64,
+}
+
+/// A container that ran without approval (or could not be identified).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub container: String,
+    pub pod: Option<PodRef>,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+    /// `never-admitted`, or `unknown` for a container that could not be
+    /// identified (flagged, never passed silently).
+    pub verdict: VerdictKind,
+    pub reason: String,
+    /// Enforce mode acted on it (processes killed, execs stopped).
+    pub enforced: bool,
+}
+
+pub struct Store {
+    db: Database,
+    approved: RwLock<HashSet<Digest>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and loads the approvals.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            txn.open_table(APPROVALS).map_err(store_err)?;
+            txn.open_table(CONTAINERS).map_err(store_err)?;
+            txn.open_table(VIOLATIONS).map_err(store_err)?;
+            txn.open_table(META).map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        let store = Self {
+            db,
+            approved: RwLock::new(HashSet::new()),
+        };
+        let digests = store
+            .approvals()?
+            .into_iter()
+            .map(|a| a.digest)
+            .collect::<HashSet<_>>();
+        *store.approved.write().unwrap_or_else(|e| e.into_inner()) = digests;
+        Ok(store)
+    }
+
+    /// Whether `digest` was approved (in memory; the exec path's question).
+    pub fn is_approved(&self, digest: &str) -> bool {
+        // Digest is a checked String newtype; look up by the raw string.
+        let Ok(digest) = Digest::parse(digest) else {
+            return false;
+        };
+        self.approved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&digest)
+    }
+
+    pub fn approval_count(&self) -> usize {
+        self.approved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Stores approvals; returns how many digests were new. Idempotent.
+    pub fn add_approvals(&self, approvals: &[Approval]) -> Result<usize, StoreError> {
+        let mut new = Vec::new();
+        {
+            let known = self.approved.read().unwrap_or_else(|e| e.into_inner());
+            for approval in approvals {
+                if !known.contains(&approval.digest) {
+                    new.push(approval);
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(APPROVALS).map_err(store_err)?;
+            for approval in &new {
+                let bytes = serde_json::to_vec(approval).map_err(store_err)?;
+                table
+                    .insert(approval.digest.as_str(), bytes.as_slice())
+                    .map_err(store_err)?;
+            }
+        }
+        txn.commit().map_err(store_err)?;
+        let mut known = self.approved.write().unwrap_or_else(|e| e.into_inner());
+        let mut added = 0;
+        for approval in new {
+            added += usize::from(known.insert(approval.digest.clone()));
+        }
+        Ok(added)
+    }
+
+    pub fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(APPROVALS).map_err(store_err)?;
+        let mut out = Vec::with_capacity(table.len().map_err(store_err)? as usize);
+        for row in table.iter().map_err(store_err)? {
+            let (_, value) = row.map_err(store_err)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn container(&self, key: &str) -> Result<Option<ContainerRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(CONTAINERS).map_err(store_err)?;
+        match table.get(key).map_err(store_err)? {
+            Some(value) => Ok(Some(decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(store_err)?;
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(CONTAINERS).map_err(store_err)?;
+            table
+                .insert(record.key.as_str(), bytes.as_slice())
+                .map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(CONTAINERS).map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(store_err)? {
+            let (_, value) = row.map_err(store_err)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Appends a violation, numbering it; returns it as stored.
+    pub fn add_violation(&self, mut violation: Violation) -> Result<Violation, StoreError> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(store_err)?;
+            let seq = meta
+                .get(VIOLATION_SEQ)
+                .map_err(store_err)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert(VIOLATION_SEQ, seq).map_err(store_err)?;
+            violation.seq = seq;
+            let bytes = serde_json::to_vec(&violation).map_err(store_err)?;
+            let mut table = txn.open_table(VIOLATIONS).map_err(store_err)?;
+            table.insert(seq, bytes.as_slice()).map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        Ok(violation)
+    }
+
+    pub fn violations(&self) -> Result<Vec<Violation>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(VIOLATIONS).map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(store_err)? {
+            let (_, value) = row.map_err(store_err)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
+    }
+
+    fn approval(n: u8) -> Approval {
+        Approval {
+            digest: digest(n),
+            reference: Some(format!("registry.test/app:{n}")),
+            namespace: Some("default".into()),
+            source: "test".into(),
+            received_at_ms: now_ms(),
+        }
+    }
+
+    #[test]
+    fn approvals_are_idempotent_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.add_approvals(&[approval(1), approval(2)]).unwrap(), 2);
+            assert_eq!(store.add_approvals(&[approval(2), approval(3)]).unwrap(), 1);
+            assert!(store.is_approved(digest(3).as_str()));
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.approval_count(), 3);
+        assert!(store.is_approved(digest(1).as_str()));
+        assert!(!store.is_approved(digest(4).as_str()));
+        assert!(!store.is_approved("sha256:not-a-digest"));
+    }
+
+    #[test]
+    fn violations_are_numbered_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let violation = Violation {
+            seq: 0,
+            at_ms: 1,
+            container: "default/x".into(),
+            pod: None,
+            image: Some("registry.test/x:1".into()),
+            digest: Some(digest(9).to_string()),
+            verdict: VerdictKind::NeverAdmitted,
+            reason: "never admitted".into(),
+            enforced: false,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.add_violation(violation.clone()).unwrap().seq, 1);
+            assert_eq!(store.add_violation(violation.clone()).unwrap().seq, 2);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.add_violation(violation).unwrap().seq, 3);
+        let all = store.violations().unwrap();
+        assert_eq!(all.iter().map(|v| v.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().expect("second open refused");
+        assert!(err.to_string().contains("--state-dir"), "{err}");
+    }
+}

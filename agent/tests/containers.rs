@@ -1,0 +1,590 @@
+//! Root integration tests with real components the tests start: a TLS
+//! registry with basic auth, containerd with runc (its own config and
+//! socket), the real agent binary on the real kernel's eBPF.
+//!
+//! Containers are started the two ways that matter: through CRI like the
+//! kubelet (host-network sandbox, kubelet-style cgroup parent) and with
+//! `ctr run` in a non-Kubernetes namespace, as someone with node access
+//! would. The agent's verdicts are read from its JSON log lines and, after
+//! it stops, from its store with `imagegate-agent state`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use imagegate_testkit::{ca::Ca, containerd::TestContainerd, registry::Registry};
+use serde_json::Value;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(20);
+const USER: &str = "puller";
+const PASSWORD: &str = "s3cret-pull";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests run containers and load eBPF programs: run `sudo cargo xtask test`"
+    );
+}
+
+/// A registry and containerd, with three images pushed: the pause image,
+/// an app that gets approved and one that never does, plus a multi-arch one.
+struct World {
+    registry: Registry,
+    containerd: TestContainerd,
+    _ca: Ca,
+    app: String,
+    app_digest: String,
+    rogue: String,
+    rogue_digest: String,
+    multi: String,
+    multi_index: String,
+    multi_platforms: Vec<String>,
+}
+
+impl World {
+    async fn start() -> Self {
+        require_root();
+        let ca = Ca::new("imagegate agent test CA");
+        let registry = Registry::tls_basic(&ca, USER, PASSWORD);
+        let host = registry.host.clone();
+        registry.push_runnable_image("pause", "1", "pause").await;
+        let app_digest = registry.push_runnable_image("team/app", "1.0", "app").await;
+        let rogue_digest = registry
+            .push_runnable_image("team/rogue", "1.0", "rogue")
+            .await;
+        let (multi_index, multi_platforms) = registry
+            .push_runnable_index("team/multi", "2.0", "multi")
+            .await;
+        let containerd = TestContainerd::start(&registry, &format!("{host}/pause:1"));
+        Self {
+            app: format!("{host}/team/app:1.0"),
+            rogue: format!("{host}/team/rogue:1.0"),
+            multi: format!("{host}/team/multi:2.0"),
+            registry,
+            containerd,
+            _ca: ca,
+            app_digest,
+            rogue_digest,
+            multi_index,
+            multi_platforms,
+        }
+    }
+}
+
+/// A running agent; killed and reaped on drop. Its JSON log lines are kept.
+struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    metrics: String,
+}
+
+impl Agent {
+    fn start(containerd: &TestContainerd, state: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate-agent"))
+            .arg("--containerd-socket")
+            .arg(&containerd.socket)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start imagegate-agent");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent log line is not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let mut agent = Self {
+            child,
+            lines,
+            metrics: String::new(),
+        };
+        let ready = agent.wait_for(READY_TIMEOUT, |l| {
+            l["fields"]["message"] == "ready: watching container starts"
+        });
+        assert!(
+            ready.is_some(),
+            "the agent did not get ready: {:?}",
+            agent.child.try_wait()
+        );
+        let metrics = agent
+            .find(|l| l["fields"]["message"] == "metrics: serving /metrics and /healthz")
+            .expect("metrics address logged");
+        agent.metrics = metrics["fields"]["address"].as_str().unwrap().to_string();
+        agent
+    }
+
+    fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+    }
+
+    fn all(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| pred(l))
+            .cloned()
+            .collect()
+    }
+
+    fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.find(&pred) {
+                return Some(found);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The latest verdict line for the container whose key ends with `id`.
+    fn verdict(&self, id: &str, verdict: &str) -> Value {
+        let wanted = |l: &Value| {
+            l["fields"]["message"] == "verdict"
+                && l["fields"]["container"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with(&format!("/{id}")))
+                && l["fields"]["verdict"] == verdict
+        };
+        self.wait_for(VERDICT_TIMEOUT, wanted).unwrap_or_else(|| {
+            let seen = self.all(|l| l["fields"]["message"] == "verdict");
+            panic!(
+                "no `{verdict}` verdict for {id} within {VERDICT_TIMEOUT:?}; verdicts: {seen:#?}"
+            )
+        })
+    }
+
+    fn verdicts_for(&self, id: &str) -> Vec<String> {
+        self.all(|l| {
+            l["fields"]["message"] == "verdict"
+                && l["fields"]["container"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with(&format!("/{id}")))
+        })
+        .iter()
+        .map(|l| l["fields"]["verdict"].as_str().unwrap().to_string())
+        .collect()
+    }
+
+    fn scrape(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{}/metrics", self.metrics)])
+            .output();
+        match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(_) => http_get(&self.metrics, "/metrics"),
+        }
+    }
+
+    /// SIGTERM, then wait: the store is closed cleanly.
+    fn stop(mut self) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for the agent");
+        assert!(status.success(), "the agent exited with {status}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET without extra dependencies.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn write_approvals(path: &Path, digests: &[&str]) {
+    let text: String = digests.iter().map(|d| format!("{d}\n")).collect();
+    // Written whole, then renamed: the agent never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn state(state_dir: &Path, table: &str) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate-agent"))
+        .args(["state", "--state-dir"])
+        .arg(state_dir)
+        .arg(table)
+        .output()
+        .expect("imagegate-agent state");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Unique container names: runc's state lives in /run/containerd/runc,
+/// shared by every containerd on the machine.
+fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flags_never_admitted_containers_from_cri_and_ctr_and_passes_admitted_ones() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = dir.path().join("approvals");
+    write_approvals(&approvals, &[&world.app_digest, &world.multi_index]);
+    let agent = Agent::start(
+        &world.containerd,
+        &dir.path().join("state"),
+        &[
+            "--grace",
+            "500ms",
+            "--approvals-file",
+            approvals.to_str().unwrap(),
+        ],
+    );
+
+    // Outside Kubernetes: `ctr run` in containerd's `default` namespace.
+    let c = &world.containerd;
+    let (app_id, rogue_id, multi_id) = (unique("app"), unique("rogue"), unique("multi"));
+    for (image, id) in [
+        (&world.app, &app_id),
+        (&world.rogue, &rogue_id),
+        (&world.multi, &multi_id),
+    ] {
+        c.pull("default", image);
+        c.run("default", image, id, &[]);
+    }
+    // Through CRI, like the kubelet.
+    let cri_app = c.cri_run_pod("shop", "web", &world.app).await;
+    let cri_rogue = c.cri_run_pod("shop", "miner", &world.rogue).await;
+
+    let v = agent.verdict(&app_id, "admitted");
+    assert_eq!(v["fields"]["digest"], world.app_digest.as_str());
+    assert_eq!(
+        v["fields"]["container"],
+        format!("default/{app_id}").as_str()
+    );
+
+    let v = agent.verdict(&rogue_id, "never-admitted");
+    assert_eq!(v["fields"]["digest"], world.rogue_digest.as_str());
+    assert!(
+        v["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("grace window"),
+        "{v}"
+    );
+
+    // The multi-arch tag: containerd records the index; the index was
+    // approved (a node reporting the platform manifest is covered by the
+    // verdict unit tests).
+    let v = agent.verdict(&multi_id, "admitted");
+    assert_eq!(v["fields"]["digest"], world.multi_index.as_str());
+    assert!(world.multi_platforms.len() == 2);
+
+    let v = agent.verdict(&cri_app.container_id, "admitted");
+    assert_eq!(v["fields"]["pod"], "shop/web");
+    assert_eq!(
+        v["fields"]["container"],
+        format!("k8s.io/{}", cri_app.container_id).as_str()
+    );
+    assert!(
+        v["fields"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/kubepods/besteffort/pod{}/", cri_app.uid)),
+        "{v}"
+    );
+    let v = agent.verdict(&cri_rogue.container_id, "never-admitted");
+    assert_eq!(v["fields"]["pod"], "shop/miner");
+    assert_eq!(v["fields"]["digest"], world.rogue_digest.as_str());
+    // The pod sandboxes (pause) are exempt, not violations.
+    agent.verdict(&cri_app.sandbox_id, "exempt");
+
+    // Admitted containers never get a violation; the two rogues do, once.
+    for id in [&app_id, &multi_id, &cri_app.container_id] {
+        assert_eq!(agent.verdicts_for(id), ["admitted"], "{id}");
+    }
+    let violations = agent.all(|l| l["fields"]["message"] == "violation");
+    assert_eq!(violations.len(), 2, "{violations:#?}");
+
+    let metrics = agent.scrape();
+    assert_eq!(
+        metric(
+            &metrics,
+            "imagegate_agent_verdicts_total{verdict=\"never-admitted\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "imagegate_agent_verdicts_total{verdict=\"admitted\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric(&metrics, "imagegate_agent_lost_events{kind=\"exec\"}"),
+        0.0
+    );
+    assert!(metric(&metrics, "imagegate_agent_identification_seconds_count") >= 5.0);
+    // Both rogues still run: audit mode only flags.
+    assert_eq!(
+        c.task_status("default", &rogue_id).as_deref(),
+        Some("RUNNING")
+    );
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_inside_the_grace_window_admits_and_one_after_it_does_not_erase_history() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = dir.path().join("approvals");
+    write_approvals(&approvals, &[]);
+    let agent = Agent::start(
+        &world.containerd,
+        &dir.path().join("state"),
+        &[
+            "--grace",
+            "3s",
+            "--approvals-file",
+            approvals.to_str().unwrap(),
+        ],
+    );
+    let c = &world.containerd;
+    let id = unique("late");
+    c.pull("default", &world.app);
+    c.run("default", &world.app, &id, &[]);
+    let pending = agent.verdict(&id, "pending");
+    assert_eq!(pending["fields"]["digest"], world.app_digest.as_str());
+    // The webhook's approval arrives a moment after the pod started.
+    write_approvals(&approvals, &[&world.app_digest]);
+    agent.verdict(&id, "admitted");
+    assert!(
+        agent
+            .find(|l| l["fields"]["message"] == "violation")
+            .is_none()
+    );
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_kills_the_violating_container_and_nothing_else() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = dir.path().join("approvals");
+    write_approvals(&approvals, &[&world.app_digest]);
+    let agent = Agent::start(
+        &world.containerd,
+        &dir.path().join("state"),
+        &[
+            "--mode",
+            "enforce",
+            "--grace",
+            "300ms",
+            "--approvals-file",
+            approvals.to_str().unwrap(),
+            "--exempt-runtime-namespace",
+            "ops",
+        ],
+    );
+    let c = &world.containerd;
+    // A host process that keeps exec'ing all along.
+    let host_dir = tempfile::tempdir().unwrap();
+    let counter = host_dir.path().join("count");
+    let mut host = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do /bin/busybox true && echo x >> {}; sleep 0.05; done",
+            counter.display()
+        ))
+        .spawn()
+        .unwrap();
+
+    let (app_id, rogue_id, ops_id) = (unique("app"), unique("rogue"), unique("ops"));
+    c.pull("default", &world.app);
+    c.pull("default", &world.rogue);
+    c.pull("ops", &world.rogue);
+    c.run("default", &world.app, &app_id, &[]);
+    c.run("ops", &world.rogue, &ops_id, &[]);
+    // The rogue container execs in a loop, so the kernel's kill on exec
+    // gets its chance too.
+    c.run(
+        "default",
+        &world.rogue,
+        &rogue_id,
+        &[
+            "/bin/sh",
+            "-c",
+            "while :; do /bin/true; /bin/sleep 0.02; done",
+        ],
+    );
+
+    agent.verdict(&app_id, "admitted");
+    agent.verdict(&ops_id, "exempt");
+    agent.verdict(&rogue_id, "never-admitted");
+    let enforced = agent
+        .wait_for(VERDICT_TIMEOUT, |l| {
+            l["fields"]["message"] == "enforced: killed the container's processes"
+        })
+        .expect("enforcement logged");
+    assert!(
+        enforced["fields"]["killed"].as_u64().unwrap() >= 1,
+        "{enforced}"
+    );
+
+    // The violating container's init died of SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.task_status("default", &rogue_id).as_deref() == Some("RUNNING") {
+        assert!(Instant::now() < deadline, "the rogue container still runs");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let exit = c.exit_status("default", &rogue_id).await;
+    assert_eq!(exit, Some(137), "128 + SIGKILL");
+
+    // Nothing else was touched: the admitted and the exempt containers run,
+    // an exec in the admitted one succeeds, and the host loop goes on.
+    assert_eq!(
+        c.task_status("default", &app_id).as_deref(),
+        Some("RUNNING")
+    );
+    assert_eq!(c.task_status("ops", &ops_id).as_deref(), Some("RUNNING"));
+    let exec = c.exec("default", &app_id, "probe", &["/bin/true"]);
+    assert!(
+        exec.status.success(),
+        "exec in the admitted container: {exec:?}"
+    );
+    let before = std::fs::read_to_string(&counter).unwrap().len();
+    thread::sleep(Duration::from_millis(400));
+    let after = std::fs::read_to_string(&counter).unwrap().len();
+    assert!(after > before, "the host loop stopped exec'ing");
+    assert!(host.try_wait().unwrap().is_none(), "the host loop died");
+    let _ = host.kill();
+    let _ = host.wait();
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_history_and_approvals_and_finds_running_containers() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let approvals = dir.path().join("approvals");
+    write_approvals(&approvals, &[&world.app_digest]);
+    let c = &world.containerd;
+    let (app_id, rogue_id) = (unique("app"), unique("rogue"));
+    c.pull("default", &world.app);
+    c.pull("default", &world.rogue);
+
+    let agent = Agent::start(
+        c,
+        &state_dir,
+        &[
+            "--grace",
+            "200ms",
+            "--approvals-file",
+            approvals.to_str().unwrap(),
+        ],
+    );
+    c.run("default", &world.rogue, &rogue_id, &[]);
+    agent.verdict(&rogue_id, "never-admitted");
+    agent.stop();
+
+    let violations = state(&state_dir, "violations");
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(violations[0]["digest"], world.rogue_digest.as_str());
+    assert_eq!(
+        violations[0]["container"],
+        format!("default/{rogue_id}").as_str()
+    );
+    let stored = state(&state_dir, "approvals");
+    assert_eq!(stored.len(), 1);
+
+    // Started while no agent ran: found by the start-up scan.
+    c.run("default", &world.app, &app_id, &[]);
+    // Restarted without the approvals file: the store has them.
+    let agent = Agent::start(c, &state_dir, &["--grace", "200ms"]);
+    agent.verdict(&app_id, "admitted");
+    agent.verdict(&rogue_id, "never-admitted");
+    thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    let violations = state(&state_dir, "violations");
+    assert_eq!(
+        violations.len(),
+        1,
+        "a restart must not file the violation again"
+    );
+    let containers = state(&state_dir, "containers");
+    assert!(containers.iter().any(|c| c["key"] == format!("default/{app_id}").as_str()
+        && c["verdict"] == "admitted"));
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_whose_image_is_gone_is_unknown_never_passed() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = &world.containerd;
+    let id = unique("orphan");
+    c.pull("default", &world.app);
+    c.run("default", &world.app, &id, &[]);
+    // The image record goes; the container runs on from its snapshot.
+    let out = c.ctr("default", &["images", "rm", &world.app]);
+    assert!(out.status.success(), "{out:?}");
+    let agent = Agent::start(c, &dir.path().join("state"), &["--grace", "100ms"]);
+    let v = agent.verdict(&id, "unknown");
+    assert!(
+        v["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no record"),
+        "{v}"
+    );
+    let violation = agent
+        .wait_for(VERDICT_TIMEOUT, |l| l["fields"]["message"] == "violation")
+        .expect("an unknown container is flagged");
+    assert_eq!(violation["fields"]["verdict"], "unknown");
+    drop(world.registry);
+}

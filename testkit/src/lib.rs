@@ -1,0 +1,8 @@
+//! Real components for imagegate's tests, started on loopback by the tests
+//! themselves and stopped on drop: a certificate authority, an OCI
+//! registry with TLS and auth, runnable images, and containerd with runc.
+
+pub mod ca;
+pub mod containerd;
+pub mod image;
+pub mod registry;
