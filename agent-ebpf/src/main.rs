@@ -11,7 +11,7 @@ use core::ptr::{addr_of_mut, read_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
@@ -60,8 +60,9 @@ const SIGKILL: u32 = 9;
 const EPERM: i32 = 1;
 
 /// 1 MiB: about 3,000 exec events in flight before anything is dropped.
+const EXEC_RING_BYTES: u64 = 1 << 20;
 #[map(name = "EXEC_EVENTS")]
-static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(EXEC_RING_BYTES as u32, 0);
 
 /// 256 KiB: cgroups are created far less often than processes exec.
 #[map(name = "CGROUP_EVENTS")]
@@ -92,9 +93,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let layout = layout();
     let cgroup_id = current_cgroup_id();
-    let memcg_id = read_memcg_id(&layout);
+    // Host execs are dropped after one map lookup: read nothing else first.
     let key = if layout.filter_key == filter_key::MEMORY_V1 {
-        memcg_id.unwrap_or(0)
+        read_memcg_id(&layout).unwrap_or(0)
     } else {
         cgroup_id
     };
@@ -123,6 +124,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         count_lost(lost_slot::EXEC);
         return Ok(());
     };
+    let memcg_id = read_memcg_id(&layout);
     let event = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `event` points to a reserved ring buffer slot of the right size
@@ -173,7 +175,17 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
         (*event).flags = flags;
     }
-    entry.submit(0);
+    // Execs in a container already under watch can wait for user space's
+    // next periodic read: waking it for each one costs more than the exec.
+    // A cgroup user space has not classified yet, or a kill, wakes it now.
+    // A quarter full (a burst) wakes it too, long before anything is lost.
+    let backlog = EXEC_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let wakeup = if decided == action::WATCH && backlog < EXEC_RING_BYTES / 4 {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    entry.submit(wakeup as u64);
     Ok(())
 }
 

@@ -185,7 +185,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let agent_bin = PathBuf::from(args.next().expect("usage: agent_bench AGENT [EXECS]"));
     let execs: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let rounds = 5;
+    let rounds = 8;
 
     let registry = Registry::plain();
     let pause = format!("{}/pause:1", registry.host);
@@ -203,17 +203,26 @@ async fn main() {
     let watched = watched_parent.join("0123456789abcdef".repeat(4));
     std::fs::create_dir_all(&watched).unwrap();
 
-    // 1. Exec overhead, alternating without and with the agent.
+    // 1. Exec overhead, without and with the agent, in alternating order
+    //    (ABBA) so a drift in the machine's speed does not favour one arm.
     let mut host = (Vec::new(), Vec::new());
     let mut in_watched = (Vec::new(), Vec::new());
     let mut agent_cpu = Vec::new();
     let mut events_per_round = Vec::new();
-    for _ in 0..rounds {
-        host.0.push(exec_loops(1, execs, None).as_secs_f64());
-        in_watched
-            .0
-            .push(exec_loops(1, execs, Some(&watched)).as_secs_f64());
+    for round in 0..rounds {
+        let without = |host: &mut (Vec<f64>, Vec<f64>), in_watched: &mut (Vec<f64>, Vec<f64>)| {
+            host.0.push(exec_loops(1, execs, None).as_secs_f64());
+            in_watched
+                .0
+                .push(exec_loops(1, execs, Some(&watched)).as_secs_f64());
+        };
+        if round % 2 == 0 {
+            without(&mut host, &mut in_watched);
+        }
         let agent = Agent::start(&agent_bin, &containerd.socket, &["--grace", "0s"]);
+        // Let the agent classify the watched cgroup before measuring.
+        exec_loops(1, 5, Some(&watched));
+        std::thread::sleep(Duration::from_millis(300));
         host.1.push(exec_loops(1, execs, None).as_secs_f64());
         let before_cpu = cpu_seconds(agent.pid());
         let before = agent.metric("imagegate_agent_events_total{kind=\"exec\"}");
@@ -224,6 +233,10 @@ async fn main() {
         let events = agent.metric("imagegate_agent_events_total{kind=\"exec\"}") - before;
         agent_cpu.push((cpu_seconds(agent.pid()) - before_cpu) / events.max(1.0) * 10_000.0);
         events_per_round.push(events);
+        drop(agent);
+        if round % 2 == 1 {
+            without(&mut host, &mut in_watched);
+        }
     }
     let per_exec_us = |v: &Vec<f64>| median(v.clone()) / execs as f64 * 1e6;
 

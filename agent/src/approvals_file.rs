@@ -29,11 +29,23 @@ pub struct BadLine {
     pub reason: String,
 }
 
+/// Lines parsed and stored at a time, so a large file never sits in
+/// memory as approvals all at once.
+pub const CHUNK_LINES: usize = 5_000;
+
 /// Parses the file's text; returns the approvals and the bad lines.
 pub fn parse(text: &str, source: &str) -> (Vec<Approval>, Vec<BadLine>) {
+    parse_lines(text.lines().enumerate(), source)
+}
+
+/// Parses numbered lines (0-based numbers, as `enumerate` gives them).
+pub fn parse_lines<'a>(
+    lines: impl Iterator<Item = (usize, &'a str)>,
+    source: &str,
+) -> (Vec<Approval>, Vec<BadLine>) {
     let mut approvals = Vec::new();
     let mut bad = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
+    for (index, raw) in lines {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -67,10 +79,22 @@ pub fn parse(text: &str, source: &str) -> (Vec<Approval>, Vec<BadLine>) {
     (approvals, bad)
 }
 
-/// Reads and parses `path`.
-pub fn read(path: &Path) -> std::io::Result<(Vec<Approval>, Vec<BadLine>)> {
+/// Reads `path` and hands its approvals to `sink` a chunk at a time;
+/// returns the bad lines.
+pub fn read_chunked(
+    path: &Path,
+    mut sink: impl FnMut(Vec<Approval>),
+) -> std::io::Result<Vec<BadLine>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(parse(&text, &format!("file:{}", path.display())))
+    let source = format!("file:{}", path.display());
+    let mut bad = Vec::new();
+    let mut lines = text.lines().enumerate().peekable();
+    while lines.peek().is_some() {
+        let (approvals, mut bad_here) = parse_lines(lines.by_ref().take(CHUNK_LINES), &source);
+        bad.append(&mut bad_here);
+        sink(approvals);
+    }
+    Ok(bad)
 }
 
 #[cfg(test)]

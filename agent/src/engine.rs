@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -19,6 +21,7 @@ use crate::{
     cgroups::Layout,
     container_ref::{self, RuntimeHint},
     enforce,
+    events::{self, AgentEvent, EventKind},
     exec_event::{Exec, KernelAction, NewCgroup},
     metrics::{EventLabels, Metrics, VerdictLabels},
     probe::{Action, CgroupActions, Probe, ProbeError, ProbeEvent},
@@ -63,6 +66,24 @@ pub struct Context {
     pub actions: CgroupActions,
     /// Notified when approvals were added.
     pub approvals_changed: Arc<Notify>,
+    /// Verdicts, violations and execs, for `WatchEvents`.
+    pub events: events::Sender,
+    /// Verdict counts since start, for the status.
+    pub counters: Arc<Counters>,
+}
+
+/// Counts the status reports, kept apart from the Prometheus registry so
+/// they can be read without encoding it.
+#[derive(Default)]
+pub struct Counters {
+    pub exec_events: AtomicU64,
+    pub cgroup_events: AtomicU64,
+    pub lost_exec_events: AtomicU64,
+    pub lost_cgroup_events: AtomicU64,
+    pub admitted: AtomicU64,
+    pub never_admitted: AtomicU64,
+    pub exempt: AtomicU64,
+    pub unknown: AtomicU64,
 }
 
 enum Tracked {
@@ -162,6 +183,8 @@ impl Engine {
                 _ = self.ctx.approvals_changed.notified() => self.on_approvals_changed(),
                 _ = lost_poll.tick() => {
                     let (exec, cgroup) = probe.lost_events()?;
+                    self.ctx.counters.lost_exec_events.store(exec, Ordering::Relaxed);
+                    self.ctx.counters.lost_cgroup_events.store(cgroup, Ordering::Relaxed);
                     let lost = &self.ctx.metrics.lost_events;
                     lost.get_or_create(&EventLabels { kind: "exec" }).set(exec as i64);
                     lost.get_or_create(&EventLabels { kind: "cgroup" }).set(cgroup as i64);
@@ -203,6 +226,10 @@ impl Engine {
                     .events
                     .get_or_create(&EventLabels { kind: "exec" })
                     .inc();
+                self.ctx
+                    .counters
+                    .exec_events
+                    .fetch_add(1, Ordering::Relaxed);
                 self.on_exec(exec);
             }
             ProbeEvent::NewCgroup(cgroup) => {
@@ -211,6 +238,10 @@ impl Engine {
                     .events
                     .get_or_create(&EventLabels { kind: "cgroup" })
                     .inc();
+                self.ctx
+                    .counters
+                    .cgroup_events
+                    .fetch_add(1, Ordering::Relaxed);
                 self.on_new_cgroup(cgroup);
             }
         }
@@ -228,7 +259,21 @@ impl Engine {
             Some(Tracked::Container(watched)) => {
                 // Killed execs are rare and matter; the others can be many
                 // (a shell loop) and are for debugging.
-                if exec.action == KernelAction::Killed {
+                let killed = exec.action == KernelAction::Killed;
+                if self.ctx.events.receiver_count() > 0 {
+                    let _ = self.ctx.events.send(AgentEvent {
+                        kind: if killed {
+                            EventKind::ExecKilled
+                        } else {
+                            EventKind::Exec
+                        },
+                        at_ms: now_ms(),
+                        container: watched.record.clone(),
+                        pid: Some(exec.pid),
+                        filename: exec.filename.clone(),
+                    });
+                }
+                if killed {
                     warn!(
                         container = %watched.record.key,
                         pid = exec.pid,
@@ -417,6 +462,17 @@ impl Engine {
     /// it was filed before a restart; enforcement applies again either way).
     fn conclude(&mut self, key: u64, watched: Watched, filed: Filed) {
         let record = &watched.record;
+        let counter = match record.verdict {
+            VerdictKind::Admitted => Some(&self.ctx.counters.admitted),
+            VerdictKind::NeverAdmitted => Some(&self.ctx.counters.never_admitted),
+            VerdictKind::Exempt => Some(&self.ctx.counters.exempt),
+            VerdictKind::Unknown => Some(&self.ctx.counters.unknown),
+            VerdictKind::Pending => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish(EventKind::Verdict, record);
         self.ctx
             .metrics
             .verdicts
@@ -468,6 +524,7 @@ impl Engine {
             reason: record.reason.clone(),
             enforced,
         };
+        self.publish(EventKind::Violation, record);
         match self.ctx.store.add_violation(violation) {
             Ok(stored) => warn!(
                 seq = stored.seq,
@@ -497,6 +554,18 @@ impl Engine {
                 warn!(container = %record.key, killed, "enforced: killed the container's processes");
             }
             Err(e) => warn!(container = %record.key, error = %e, "enforcement failed"),
+        }
+    }
+
+    fn publish(&self, kind: EventKind, record: &ContainerRecord) {
+        if self.ctx.events.receiver_count() > 0 {
+            let _ = self.ctx.events.send(AgentEvent {
+                kind,
+                at_ms: now_ms(),
+                container: record.clone(),
+                pid: None,
+                filename: None,
+            });
         }
     }
 

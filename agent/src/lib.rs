@@ -19,12 +19,14 @@
 //! - [`enforce`]: killing a violating container's processes;
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod api;
 pub mod approvals_file;
 pub mod cgroups;
 pub mod container_ref;
 pub mod digest;
 pub mod enforce;
 pub mod engine;
+pub mod events;
 pub mod exec_event;
 pub mod kernel_offsets;
 pub mod metrics;

@@ -12,9 +12,15 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use imagegate_agent::{
+    api::{
+        self, Listeners,
+        service::{AgentApi, StaticStatus},
+        tls::TlsFiles,
+    },
     approvals_file,
-    cgroups::Layout,
+    cgroups::{Layout, Mode as CgroupMode},
     engine::{self, Engine, Mode},
+    events,
     exec_event::Exec,
     kernel_offsets::VMLINUX_BTF,
     metrics::Metrics,
@@ -147,6 +153,41 @@ struct RunArgs {
         default_value = "127.0.0.1:9464"
     )]
     metrics_address: String,
+
+    /// The gRPC mTLS listener (the webhook pushes approvals here; every
+    /// client needs a certificate from --grpc-client-ca).
+    #[arg(long, env = "IMAGEGATE_GRPC_ADDRESS", requires_all = ["grpc_tls_cert", "grpc_tls_key", "grpc_client_ca"])]
+    grpc_address: Option<SocketAddr>,
+
+    /// The agent's serving certificate (PEM) for --grpc-address.
+    #[arg(long, env = "IMAGEGATE_GRPC_TLS_CERT")]
+    grpc_tls_cert: Option<PathBuf>,
+
+    /// Its private key (PEM).
+    #[arg(long, env = "IMAGEGATE_GRPC_TLS_KEY")]
+    grpc_tls_key: Option<PathBuf>,
+
+    /// The CA that clients' certificates must chain to (PEM).
+    #[arg(long, env = "IMAGEGATE_GRPC_CLIENT_CA")]
+    grpc_client_ca: Option<PathBuf>,
+
+    /// The DNS name a client certificate must be valid for to push
+    /// approvals.
+    #[arg(
+        long,
+        env = "IMAGEGATE_PUSH_IDENTITY",
+        default_value = "imagegate-webhook"
+    )]
+    push_identity: String,
+
+    /// A plaintext gRPC listener for queries from the node itself (grpcurl,
+    /// `kubectl port-forward`); loopback addresses only; it cannot push.
+    #[arg(long, env = "IMAGEGATE_GRPC_PLAINTEXT_ADDRESS")]
+    grpc_plaintext_address: Option<SocketAddr>,
+
+    /// This node's name, for the status (defaults to the host name).
+    #[arg(long, env = "IMAGEGATE_NODE_NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +229,7 @@ async fn run(args: RunArgs) -> Result<()> {
         attach_lsm: args.mode == Mode::Enforce,
     })?;
     report_startup(&args, &layout, &probe, &store);
+    let kernel = kernel_status(&args, &layout, &probe);
 
     let approvals_changed = Arc::new(Notify::new());
     if let Some(path) = &args.approvals_file {
@@ -218,12 +260,107 @@ async fn run(args: RunArgs) -> Result<()> {
         runtime: Arc::new(Containerd::new(&args.containerd_socket)),
         actions: probe.actions(),
         approvals_changed,
+        events: events::channel(),
+        counters: Arc::default(),
     });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tls = match (
+        args.grpc_address,
+        &args.grpc_tls_cert,
+        &args.grpc_tls_key,
+        &args.grpc_client_ca,
+    ) {
+        (Some(address), Some(cert), Some(key), Some(client_ca)) => Some((
+            address,
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            },
+        )),
+        _ => None,
+    };
+    if tls.is_none() && args.grpc_plaintext_address.is_none() {
+        warn!("no gRPC listener (--grpc-address, --grpc-plaintext-address)");
+    }
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    let api = AgentApi::new(
+        ctx.clone(),
+        StaticStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node,
+            kernel,
+        },
+        args.push_identity.clone(),
+    );
+    api::serve(
+        api,
+        Listeners {
+            tls,
+            plaintext: args.grpc_plaintext_address,
+        },
+        stop_rx,
+    )
+    .await?;
+
     // Tests and the demo wait for this line.
     info!(mode = ?args.mode, "ready: watching container starts");
     Engine::new(ctx).run(probe, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
     info!("stopping");
     Ok(())
+}
+
+fn kernel_status(args: &RunArgs, layout: &Layout, probe: &Probe) -> imagegate_proto::v1::Kernel {
+    let facts = probe.facts();
+    let (lsm, enforcement) = lsm_and_enforcement(&facts.lsm, args.mode);
+    imagegate_proto::v1::Kernel {
+        release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        btf: args.btf.display().to_string(),
+        programs: vec![
+            "tracepoint/sched/sched_process_exec".into(),
+            "tracepoint/cgroup/cgroup_mkdir".into(),
+        ],
+        lsm,
+        enforcement: enforcement.into(),
+        cgroup_mode: match layout.mode {
+            CgroupMode::Unified => "unified",
+            CgroupMode::Hybrid => "hybrid",
+            CgroupMode::Legacy => "legacy",
+        }
+        .into(),
+        filter_key: filter_key_name(layout).into(),
+    }
+}
+
+fn filter_key_name(layout: &Layout) -> &'static str {
+    if layout.filter_key() == imagegate_common::filter_key::MEMORY_V1 {
+        "memory cgroup id"
+    } else {
+        "cgroup v2 id"
+    }
+}
+
+fn lsm_and_enforcement(lsm: &LsmStatus, mode: Mode) -> (String, &'static str) {
+    let text = match lsm {
+        LsmStatus::Attached => "attached".to_string(),
+        LsmStatus::Available => "available".to_string(),
+        LsmStatus::Unavailable(reason) => format!("unavailable: {reason}"),
+    };
+    let enforcement = match (lsm, mode) {
+        (_, Mode::Audit) => "none (audit mode)",
+        (LsmStatus::Attached, Mode::Enforce) => "BPF LSM denies execs; SIGKILL on exec as well",
+        (_, Mode::Enforce) => "SIGKILL from sched_process_exec (BPF LSM unavailable)",
+    };
+    (text, enforcement)
 }
 
 fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store) {
@@ -240,14 +377,10 @@ fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store)
         cgroups = ?layout.mode,
         v2 = ?layout.v2_root,
         memory_v1 = ?layout.memory_root,
-        filter_key = if layout.filter_key() == 0 { "cgroup v2 id" } else { "memory cgroup id" },
+        filter_key = filter_key_name(layout),
         "kernel: cgroup layout"
     );
-    let enforcement = match (&facts.lsm, args.mode) {
-        (_, Mode::Audit) => "none (audit mode)",
-        (LsmStatus::Attached, Mode::Enforce) => "BPF LSM denies execs; SIGKILL on exec as well",
-        (_, Mode::Enforce) => "SIGKILL from sched_process_exec (BPF LSM unavailable)",
-    };
+    let (_, enforcement) = lsm_and_enforcement(&facts.lsm, args.mode);
     match &facts.lsm {
         LsmStatus::Unavailable(reason) => info!(
             lsm = "unavailable",
@@ -267,19 +400,19 @@ fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store)
 }
 
 fn load_approvals(path: &Path, store: &Store, changed: &Notify) {
-    match approvals_file::read(path) {
-        Ok((approvals, bad)) => {
+    let mut added = 0;
+    let result = approvals_file::read_chunked(path, |chunk| match store.add_approvals(&chunk) {
+        Ok(n) => added += n,
+        Err(e) => warn!(error = %e, "could not store approvals"),
+    });
+    match result {
+        Ok(bad) => {
             for line in bad {
                 warn!(file = %path.display(), line = line.line, reason = %line.reason, "skipped an approval line");
             }
-            match store.add_approvals(&approvals) {
-                Ok(added) => {
-                    if added > 0 {
-                        info!(file = %path.display(), added, "approvals loaded");
-                        changed.notify_one();
-                    }
-                }
-                Err(e) => warn!(error = %e, "could not store approvals"),
+            if added > 0 {
+                info!(file = %path.display(), added, "approvals loaded");
+                changed.notify_one();
             }
         }
         // A file that does not exist yet is normal at start.
@@ -288,14 +421,21 @@ fn load_approvals(path: &Path, store: &Store, changed: &Notify) {
     }
 }
 
-/// Polls the file's contents (a mounted ConfigMap or Secret changes by a
-/// symlink swap, which inotify on the file itself misses).
+/// Polls the file (a mounted ConfigMap or Secret changes by a symlink
+/// swap, which inotify on the file itself misses): its size, modification
+/// time and inode, following symlinks.
 async fn watch_approvals(path: PathBuf, store: Arc<Store>, changed: Arc<Notify>) {
-    let mut last = std::fs::read(&path).ok();
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    };
+    let mut last = stamp(&path);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let now = std::fs::read(&path).ok();
+        let now = stamp(&path);
         if now != last {
             load_approvals(&path, &store, &changed);
             last = now;

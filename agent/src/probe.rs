@@ -32,6 +32,9 @@ static EBPF_OBJECT: &[u8] =
 const EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
 const MKDIR_TRACEPOINT: (&str, &str) = ("cgroup", "cgroup_mkdir");
 const LSM_HOOK: &str = "bprm_check_security";
+/// The exec program does not wake user space for execs in containers it
+/// already watches; they are read this often.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Why the probe could not start. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +188,12 @@ impl Probe {
         loop {
             let before = out.len();
             tokio::select! {
+                _ = tokio::time::sleep(DRAIN_EVERY) => {
+                    // Events submitted without a wake-up.
+                    while let Some(item) = self.exec_events.get_mut().next() {
+                        out.push(ProbeEvent::Exec(Exec::from_bytes(&item)?));
+                    }
+                }
                 guard = self.exec_events.readable_mut() => {
                     let mut guard = guard?;
                     while let Some(item) = guard.get_inner_mut().next() {

@@ -6,7 +6,6 @@
 //! everything else is read from disk when asked for.
 
 use std::{
-    collections::HashSet,
     path::Path,
     sync::RwLock,
     time::{SystemTime, UNIX_EPOCH},
@@ -15,7 +14,11 @@ use std::{
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::{digest::Digest, runtime::PodRef, verdict::VerdictKind};
+use crate::{
+    digest::{Digest, DigestSet},
+    runtime::PodRef,
+    verdict::VerdictKind,
+};
 
 /// Digest -> [`Approval`] (JSON).
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
@@ -25,8 +28,11 @@ const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("container
 const VIOLATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("violations");
 /// Counters and sequence numbers.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `identity/ledger` of a sender -> [`SourceState`] (JSON).
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 
 const VIOLATION_SEQ: &str = "violation_seq";
+const STORE_CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,9 +112,17 @@ pub struct Violation {
     pub enforced: bool,
 }
 
+/// How far a sender of approvals has got with this agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// The sender's ledger generation the agent holds.
+    pub generation: u64,
+    pub last_sync_ms: u64,
+}
+
 pub struct Store {
     db: Database,
-    approved: RwLock<HashSet<Digest>>,
+    approved: RwLock<DigestSet>,
 }
 
 impl Store {
@@ -118,38 +132,48 @@ impl Store {
             path: path.display().to_string(),
             reason,
         };
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // redb caches pages in memory up to its cache size (1 GiB by
+        // default); the agent reads the store rarely, so a small cache
+        // keeps it far below its memory budget.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {
             txn.open_table(APPROVALS).map_err(store_err)?;
             txn.open_table(CONTAINERS).map_err(store_err)?;
             txn.open_table(VIOLATIONS).map_err(store_err)?;
             txn.open_table(META).map_err(store_err)?;
+            txn.open_table(SOURCES).map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
         let store = Self {
             db,
-            approved: RwLock::new(HashSet::new()),
+            approved: RwLock::new(DigestSet::default()),
         };
-        let digests = store
-            .approvals()?
-            .into_iter()
-            .map(|a| a.digest)
-            .collect::<HashSet<_>>();
+        // Keys only: the records stay on disk until someone asks.
+        let mut digests = DigestSet::default();
+        {
+            let txn = store.db.begin_read().map_err(store_err)?;
+            let table = txn.open_table(APPROVALS).map_err(store_err)?;
+            for row in table.iter().map_err(store_err)? {
+                let (key, _) = row.map_err(store_err)?;
+                if let Ok(digest) = Digest::parse(key.value()) {
+                    digests.insert(&digest);
+                }
+            }
+        }
         *store.approved.write().unwrap_or_else(|e| e.into_inner()) = digests;
         Ok(store)
     }
 
     /// Whether `digest` was approved (in memory; the exec path's question).
     pub fn is_approved(&self, digest: &str) -> bool {
-        // Digest is a checked String newtype; look up by the raw string.
-        let Ok(digest) = Digest::parse(digest) else {
-            return false;
-        };
         self.approved
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&digest)
+            .contains(digest)
     }
 
     pub fn approval_count(&self) -> usize {
@@ -159,13 +183,84 @@ impl Store {
             .len()
     }
 
+    /// Stores approvals from `source` and moves its generation to
+    /// `generation` (never backwards); returns the digests that were new
+    /// and the generation held. One transaction: both or neither.
+    pub fn add_approvals_from(
+        &self,
+        source: &str,
+        approvals: &[Approval],
+        generation: u64,
+    ) -> Result<(usize, u64), StoreError> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        let held;
+        let mut new = Vec::new();
+        {
+            let mut table = txn.open_table(APPROVALS).map_err(store_err)?;
+            for approval in approvals {
+                if table
+                    .get(approval.digest.as_str())
+                    .map_err(store_err)?
+                    .is_none()
+                {
+                    let bytes = serde_json::to_vec(approval).map_err(store_err)?;
+                    table
+                        .insert(approval.digest.as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                    new.push(approval.digest.clone());
+                }
+            }
+            let mut sources = txn.open_table(SOURCES).map_err(store_err)?;
+            let mut state: SourceState = match sources.get(source).map_err(store_err)? {
+                Some(value) => decode(value.value())?,
+                None => SourceState::default(),
+            };
+            state.generation = state.generation.max(generation);
+            state.last_sync_ms = now_ms();
+            held = state.generation;
+            let bytes = serde_json::to_vec(&state).map_err(store_err)?;
+            sources
+                .insert(source, bytes.as_slice())
+                .map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        let mut known = self.approved.write().unwrap_or_else(|e| e.into_inner());
+        let added = new.len();
+        for digest in &new {
+            known.insert(digest);
+        }
+        Ok((added, held))
+    }
+
+    /// The generation of `source` the agent holds (0 if none).
+    pub fn source_generation(&self, source: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(SOURCES).map_err(store_err)?;
+        match table.get(source).map_err(store_err)? {
+            Some(value) => Ok(decode::<SourceState>(value.value())?.generation),
+            None => Ok(0),
+        }
+    }
+
+    /// Every sender and how far it got.
+    pub fn sources(&self) -> Result<Vec<(String, SourceState)>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(SOURCES).map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(store_err)? {
+            let (key, value) = row.map_err(store_err)?;
+            out.push((key.value().to_string(), decode(value.value())?));
+        }
+        Ok(out)
+    }
+
     /// Stores approvals; returns how many digests were new. Idempotent.
     pub fn add_approvals(&self, approvals: &[Approval]) -> Result<usize, StoreError> {
         let mut new = Vec::new();
         {
             let known = self.approved.read().unwrap_or_else(|e| e.into_inner());
             for approval in approvals {
-                if !known.contains(&approval.digest) {
+                if !known.contains(approval.digest.as_str()) {
                     new.push(approval);
                 }
             }
@@ -187,7 +282,7 @@ impl Store {
         let mut known = self.approved.write().unwrap_or_else(|e| e.into_inner());
         let mut added = 0;
         for approval in new {
-            added += usize::from(known.insert(approval.digest.clone()));
+            added += usize::from(known.insert(&approval.digest));
         }
         Ok(added)
     }
@@ -305,6 +400,32 @@ mod tests {
         assert!(store.is_approved(digest(1).as_str()));
         assert!(!store.is_approved(digest(4).as_str()));
         assert!(!store.is_approved("sha256:not-a-digest"));
+    }
+
+    #[test]
+    fn sources_keep_the_highest_generation_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let (added, held) = store
+                .add_approvals_from("webhook/a", &[approval(1), approval(2)], 7)
+                .unwrap();
+            assert_eq!((added, held), (2, 7));
+            // Another replica's ledger counts on its own.
+            let (added, held) = store
+                .add_approvals_from("webhook/b", &[approval(2), approval(3)], 3)
+                .unwrap();
+            assert_eq!((added, held), (1, 3));
+            // An older push does not move a generation back.
+            let (_, held) = store.add_approvals_from("webhook/a", &[], 5).unwrap();
+            assert_eq!(held, 7);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.source_generation("webhook/a").unwrap(), 7);
+        assert_eq!(store.source_generation("nobody").unwrap(), 0);
+        assert_eq!(store.sources().unwrap().len(), 2);
+        assert_eq!(store.approval_count(), 3);
     }
 
     #[test]

@@ -1,4 +1,19 @@
 //! imagegate's gRPC API, package `imagegate.v1`: the `.proto` files under
-//! `proto/imagegate/v1/` and the Rust types generated from them. Wire types
-//! stay in this crate; the agent and the webhook convert to their own domain
-//! types at the boundary.
+//! `proto/imagegate/v1/` and the Rust types generated from them (at build
+//! time, by protox and tonic-prost-build; see build.rs). Wire types stay in
+//! this crate; the agent and the webhook convert to their own domain types
+//! at the boundary.
+
+/// The `imagegate.v1` package.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("imagegate.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every imagegate proto, for server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/imagegate_descriptor.bin"));
+
+/// The most approvals one push or sync may carry.
+pub const MAX_APPROVALS_PER_CALL: usize = 10_000;

@@ -37,7 +37,7 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&f)?);
 
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let how_overhead = "median of 5 alternating rounds of a /bin/sh loop of /bin/true, \
+    let how_overhead = "median of 8 rounds (ABBA order) of a /bin/sh loop of /bin/true, \
                         without and with the agent running (audit mode), same run";
     report.figure(
         "exec overhead, host cgroup (filtered in the kernel): per exec without / with",
@@ -72,7 +72,7 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     report.figure(
         "agent CPU per 10k exec events",
         format!("{:.3} s", num(&f["agent_cpu_seconds_per_10k_events"])),
-        "/proc/PID/stat utime+stime of the agent across a watched loop, median of 5",
+        "/proc/PID/stat utime+stime of the agent across a watched loop, median of 8",
     );
     let latency = &f["start_to_verdict_ms"];
     report.figure(

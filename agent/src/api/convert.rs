@@ -1,0 +1,233 @@
+//! Conversions between the wire types of `imagegate.v1` and the agent's
+//! domain types, and the checks on what arrives: a bad field is an
+//! `InvalidArgument` naming the field, never a panic or a silent skip.
+
+use imagegate_proto::v1 as pb;
+use tonic::Status;
+
+use crate::{
+    digest::Digest,
+    events::{AgentEvent, EventKind},
+    runtime::PodRef,
+    store::{Approval, ContainerRecord, Violation, now_ms},
+    verdict::VerdictKind,
+};
+
+/// Checks and converts pushed approvals; `field` names the request field.
+/// An approval's platform digests become approvals of their own, so a node
+/// reporting either digest finds it.
+pub fn approvals_in(
+    field: &str,
+    approvals: Vec<pb::Approval>,
+    source: &str,
+) -> Result<Vec<Approval>, Status> {
+    if approvals.len() > imagegate_proto::MAX_APPROVALS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {} approvals per call, got {}; send several calls",
+            imagegate_proto::MAX_APPROVALS_PER_CALL,
+            approvals.len()
+        )));
+    }
+    let received_at_ms = now_ms();
+    let mut out = Vec::with_capacity(approvals.len());
+    for (i, approval) in approvals.into_iter().enumerate() {
+        if approval.digest.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{field}[{i}].digest is required"
+            )));
+        }
+        let digest = Digest::parse(&approval.digest)
+            .map_err(|e| Status::invalid_argument(format!("{field}[{i}].digest: {e}")))?;
+        let optional = |s: String| (!s.is_empty()).then_some(s);
+        let reference = optional(approval.reference);
+        let namespace = optional(approval.namespace);
+        for (j, platform) in approval.platform_digests.iter().enumerate() {
+            let platform = Digest::parse(platform).map_err(|e| {
+                Status::invalid_argument(format!("{field}[{i}].platform_digests[{j}]: {e}"))
+            })?;
+            out.push(Approval {
+                digest: platform,
+                reference: reference.clone(),
+                namespace: namespace.clone(),
+                source: source.to_string(),
+                received_at_ms,
+            });
+        }
+        out.push(Approval {
+            digest,
+            reference,
+            namespace,
+            source: source.to_string(),
+            received_at_ms,
+        });
+    }
+    Ok(out)
+}
+
+pub fn approval_out(approval: &Approval) -> pb::Approval {
+    pb::Approval {
+        digest: approval.digest.to_string(),
+        platform_digests: Vec::new(),
+        reference: approval.reference.clone().unwrap_or_default(),
+        namespace: approval.namespace.clone().unwrap_or_default(),
+        rule: String::new(),
+        admitted_at_unix_ms: 0,
+        generation: 0,
+        source: approval.source.clone(),
+    }
+}
+
+pub fn verdict_out(kind: VerdictKind) -> pb::Verdict {
+    match kind {
+        VerdictKind::Admitted => pb::Verdict::Admitted,
+        VerdictKind::NeverAdmitted => pb::Verdict::NeverAdmitted,
+        VerdictKind::Exempt => pb::Verdict::Exempt,
+        VerdictKind::Unknown => pb::Verdict::Unknown,
+        VerdictKind::Pending => pb::Verdict::Pending,
+    }
+}
+
+/// A verdict filter: `None` for "any" (unspecified).
+pub fn verdict_in(field: &str, value: i32) -> Result<Option<VerdictKind>, Status> {
+    let verdict = pb::Verdict::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{field}: no verdict numbered {value}")))?;
+    Ok(match verdict {
+        pb::Verdict::Unspecified => None,
+        pb::Verdict::Admitted => Some(VerdictKind::Admitted),
+        pb::Verdict::NeverAdmitted => Some(VerdictKind::NeverAdmitted),
+        pb::Verdict::Exempt => Some(VerdictKind::Exempt),
+        pb::Verdict::Unknown => Some(VerdictKind::Unknown),
+        pb::Verdict::Pending => Some(VerdictKind::Pending),
+    })
+}
+
+fn pod_out(pod: &Option<PodRef>) -> Option<pb::Pod> {
+    pod.as_ref().map(|p| pb::Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone().unwrap_or_default(),
+        container: p.container.clone().unwrap_or_default(),
+    })
+}
+
+pub fn container_out(record: &ContainerRecord) -> pb::Container {
+    pb::Container {
+        key: record.key.clone(),
+        runtime_namespace: record.runtime_namespace.clone().unwrap_or_default(),
+        id: record.id.clone().unwrap_or_default(),
+        image: record.image.clone().unwrap_or_default(),
+        digest: record.digest.clone().unwrap_or_default(),
+        platform_digest: record.platform_digest.clone().unwrap_or_default(),
+        pod: pod_out(&record.pod),
+        cgroup: record.cgroup.clone(),
+        verdict: verdict_out(record.verdict) as i32,
+        reason: record.reason.clone(),
+        first_seen_unix_ms: record.first_seen_ms as i64,
+        decided_at_unix_ms: record.decided_at_ms as i64,
+    }
+}
+
+pub fn violation_out(violation: &Violation) -> pb::Violation {
+    pb::Violation {
+        seq: violation.seq,
+        at_unix_ms: violation.at_ms as i64,
+        container: violation.container.clone(),
+        pod: pod_out(&violation.pod),
+        image: violation.image.clone().unwrap_or_default(),
+        digest: violation.digest.clone().unwrap_or_default(),
+        verdict: verdict_out(violation.verdict) as i32,
+        reason: violation.reason.clone(),
+        enforced: violation.enforced,
+    }
+}
+
+pub fn event_kind_out(kind: EventKind) -> pb::event::Kind {
+    match kind {
+        EventKind::Verdict => pb::event::Kind::Verdict,
+        EventKind::Violation => pb::event::Kind::Violation,
+        EventKind::Exec => pb::event::Kind::Exec,
+        EventKind::ExecKilled => pb::event::Kind::ExecKilled,
+    }
+}
+
+pub fn event_out(event: &AgentEvent) -> pb::Event {
+    pb::Event {
+        kind: event_kind_out(event.kind) as i32,
+        at_unix_ms: event.at_ms as i64,
+        container: Some(container_out(&event.container)),
+        pid: event.pid.unwrap_or(0),
+        filename: event.filename.clone().unwrap_or_default(),
+    }
+}
+
+/// Page size: 0 means the default; more than the maximum is an error.
+pub fn page_size(value: u32) -> Result<usize, Status> {
+    const DEFAULT: u32 = 100;
+    const MAX: u32 = 1000;
+    match value {
+        0 => Ok(DEFAULT as usize),
+        v if v > MAX => Err(Status::invalid_argument(format!(
+            "page_size: at most {MAX}, got {v}"
+        ))),
+        v => Ok(v as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn approval(digest: &str) -> pb::Approval {
+        pb::Approval {
+            digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = approvals_in("approvals", vec![approval(D), approval("")], "s").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "approvals[1].digest is required");
+        let err = approvals_in("approvals", vec![approval("sha256:abc")], "s").unwrap_err();
+        assert!(
+            err.message().starts_with("approvals[0].digest: "),
+            "{}",
+            err.message()
+        );
+        let mut with_platform = approval(D);
+        with_platform.platform_digests = vec!["sha512:00".into()];
+        let err = approvals_in("approvals", vec![with_platform], "s").unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("approvals[0].platform_digests[0]: "),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn an_oversized_batch_is_refused() {
+        let many = vec![approval(D); imagegate_proto::MAX_APPROVALS_PER_CALL + 1];
+        let err = approvals_in("approvals", many, "s").unwrap_err();
+        assert!(err.message().contains("at most 10000"), "{}", err.message());
+    }
+
+    #[test]
+    fn platform_digests_become_approvals() {
+        let mut a = approval(D);
+        a.platform_digests = vec![D.replace('1', "2")];
+        let out = approvals_in("approvals", vec![a], "webhook/x").unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|a| a.source == "webhook/x"));
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0).unwrap(), 100);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert!(page_size(1001).is_err());
+    }
+}

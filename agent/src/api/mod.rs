@@ -1,0 +1,142 @@
+//! The agent's gRPC API: `imagegate.v1.AgentService`, `grpc.health.v1`
+//! and server reflection (v1 and v1alpha: grpcurl 1.8 asks for v1alpha), on
+//! an mTLS listener (the webhook pushes there; clients need a certificate
+//! from the configured CA) and, optionally, a plaintext listener that only
+//! binds loopback (for grpcurl on the node or through `kubectl
+//! port-forward`; it cannot push).
+
+pub mod convert;
+pub mod service;
+pub mod tls;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use imagegate_proto::v1::agent_service_server::AgentServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use self::{service::AgentApi, tls::ReloadingTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "--grpc-plaintext-address {0} is not a loopback address: the plaintext listener is for the node itself only"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("binding {what} {address}: {source}")]
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// Where to listen.
+pub struct Listeners {
+    /// mTLS, with the files to serve and verify with.
+    pub tls: Option<(SocketAddr, tls::TlsFiles)>,
+    /// Plaintext, loopback only.
+    pub plaintext: Option<SocketAddr>,
+}
+
+/// Binds the listeners and serves until `shutdown` resolves. Returns the
+/// bound addresses once listening (port 0 picks a free port).
+pub async fn serve(
+    api: AgentApi,
+    listeners: Listeners,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<SocketAddr>, ApiError> {
+    if let Some(address) = listeners.plaintext
+        && !address.ip().is_loopback()
+    {
+        return Err(ApiError::NotLoopback(address));
+    }
+    let api = Arc::new(api);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let descriptors = [
+        imagegate_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure();
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptors {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection_v1
+        .build_v1()
+        .map_err(|e| ApiError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection_v1alpha
+        .build_v1alpha()
+        .map_err(|e| ApiError::Reflection(e.to_string()))?;
+    let router = || {
+        Server::builder()
+            .add_service(AgentServiceServer::from_arc(api.clone()))
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+    };
+
+    let mut bound = Vec::new();
+    if let Some((address, files)) = listeners.tls {
+        let listener = bind("--grpc-address", address).await?;
+        let local = listener.local_addr().map_err(|source| ApiError::Bind {
+            what: "--grpc-address",
+            address,
+            source,
+        })?;
+        let tls = ReloadingTls::load(files)?;
+        let incoming = tls.incoming(listener);
+        let server = router();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
+                warn!(error = %e, "gRPC mTLS listener stopped");
+            }
+        });
+        info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
+        bound.push(local);
+    }
+    if let Some(address) = listeners.plaintext {
+        let listener = bind("--grpc-plaintext-address", address).await?;
+        let local = listener.local_addr().map_err(|source| ApiError::Bind {
+            what: "--grpc-plaintext-address",
+            address,
+            source,
+        })?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = router();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
+                warn!(error = %e, "gRPC plaintext listener stopped");
+            }
+        });
+        info!(address = %local, "gRPC: plaintext loopback listener (queries only)");
+        bound.push(local);
+    }
+    Ok(bound)
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ApiError::Bind {
+            what,
+            address,
+            source,
+        })
+}

@@ -1,0 +1,395 @@
+//! `imagegate.v1.AgentService`: approvals in (from the webhook, checked
+//! identity), state out (to anyone who may connect).
+
+use std::{pin::Pin, sync::Arc, sync::atomic::Ordering, time::Instant};
+
+use imagegate_proto::v1::{self as pb, agent_service_server::AgentService};
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert,
+    tls::{TlsPeer, has_identity},
+};
+use crate::{
+    digest::Digest,
+    engine::{self, Mode},
+    store::{ContainerRecord, Store},
+};
+
+/// Facts fixed at start-up, for `GetStatus`.
+#[derive(Clone, Debug)]
+pub struct StaticStatus {
+    pub version: String,
+    pub node: String,
+    pub kernel: pb::Kernel,
+}
+
+pub struct AgentApi {
+    ctx: Arc<engine::Context>,
+    status: StaticStatus,
+    /// The DNS name in the webhook's client certificate; only it may push.
+    push_identity: String,
+    started: Instant,
+}
+
+impl AgentApi {
+    pub fn new(ctx: Arc<engine::Context>, status: StaticStatus, push_identity: String) -> Self {
+        Self {
+            ctx,
+            status,
+            push_identity,
+            started: Instant::now(),
+        }
+    }
+
+    fn store(&self) -> Arc<Store> {
+        self.ctx.store.clone()
+    }
+
+    /// The sender's source key, `identity/ledger`, once its certificate
+    /// shows the push identity.
+    fn pusher<T>(&self, request: &Request<T>, ledger: &str) -> Result<String, Status> {
+        let Some(peer) = request.extensions().get::<TlsPeer>() else {
+            return Err(Status::unauthenticated(
+                "pushing approvals needs the webhook's client certificate: use the agent's mTLS \
+                 listener (--grpc-address), not the plaintext one",
+            ));
+        };
+        let Some(certificate) = &peer.certificate else {
+            return Err(Status::unauthenticated(
+                "no client certificate was presented",
+            ));
+        };
+        if !has_identity(certificate, &self.push_identity) {
+            return Err(Status::permission_denied(format!(
+                "only {} may push approvals; this client certificate is not valid for that name",
+                self.push_identity
+            )));
+        }
+        if ledger.is_empty() {
+            return Err(Status::invalid_argument("ledger is required"));
+        }
+        if ledger.len() > 128
+            || !ledger
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Status::invalid_argument(
+                "ledger: at most 128 characters from [A-Za-z0-9._-]",
+            ));
+        }
+        Ok(format!("{}/{ledger}", self.push_identity))
+    }
+
+    async fn add(
+        &self,
+        source: String,
+        approvals: Vec<pb::Approval>,
+        generation: u64,
+    ) -> Result<(u32, u64), Status> {
+        let approvals = convert::approvals_in("approvals", approvals, &source)?;
+        let store = self.store();
+        let (added, held) = tokio::task::spawn_blocking(move || {
+            store.add_approvals_from(&source, &approvals, generation)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if added > 0 {
+            self.ctx.approvals_changed.notify_one();
+        }
+        Ok((added as u32, held))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// The items after `token` (by `key`), a page of them, the next token and
+/// the total.
+fn page<T, K: PartialOrd + ToString>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> K,
+    after: Option<K>,
+    size: usize,
+) -> (Vec<T>, String, u64) {
+    let total = items.len() as u64;
+    let mut page: Vec<T> = items
+        .into_iter()
+        .filter(|item| after.as_ref().is_none_or(|a| key(item) > *a))
+        .take(size + 1)
+        .collect();
+    let next = if page.len() > size {
+        page.truncate(size);
+        page.last()
+            .map(|last| key(last).to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (page, next, total)
+}
+
+/// The repository of a reference: `host/path` without tag or digest.
+fn repository(reference: &str) -> &str {
+    let without_digest = reference.split('@').next().unwrap_or(reference);
+    match without_digest.rfind(':') {
+        Some(colon) if !without_digest[colon..].contains('/') => &without_digest[..colon],
+        _ => without_digest,
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn push_approvals(
+        &self,
+        request: Request<pb::PushApprovalsRequest>,
+    ) -> Result<Response<pb::PushApprovalsResponse>, Status> {
+        let source = self.pusher(&request, &request.get_ref().ledger)?;
+        let body = request.into_inner();
+        let (added, generation) = self.add(source, body.approvals, body.generation).await?;
+        Ok(Response::new(pb::PushApprovalsResponse {
+            added,
+            generation,
+        }))
+    }
+
+    async fn sync_approvals(
+        &self,
+        request: Request<pb::SyncApprovalsRequest>,
+    ) -> Result<Response<pb::SyncApprovalsResponse>, Status> {
+        let source = self.pusher(&request, &request.get_ref().ledger)?;
+        let body = request.into_inner();
+        let held = self.store().source_generation(&source).map_err(internal)?;
+        if body.since_generation > held {
+            return Err(Status::failed_precondition(format!(
+                "since_generation {} is after generation {held}, the last this agent holds for \
+                 {source}: sync from {held}",
+                body.since_generation
+            )));
+        }
+        let (added, generation) = self.add(source, body.approvals, body.generation).await?;
+        Ok(Response::new(pb::SyncApprovalsResponse {
+            added,
+            generation,
+        }))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let q = request.into_inner();
+        let size = convert::page_size(q.page_size)?;
+        if !q.digest.is_empty() {
+            Digest::parse(&q.digest)
+                .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
+        }
+        let after = (!q.page_token.is_empty())
+            .then(|| {
+                Digest::parse(&q.page_token)
+                    .map(|d| d.to_string())
+                    .map_err(|_| {
+                        Status::invalid_argument("page_token: not a token this agent gave")
+                    })
+            })
+            .transpose()?;
+        let mut approvals = self.store().approvals().map_err(internal)?;
+        approvals.retain(|a| {
+            (q.digest.is_empty() || a.digest.as_str() == q.digest)
+                && (q.namespace.is_empty() || a.namespace.as_deref() == Some(q.namespace.as_str()))
+                && (q.repository.is_empty()
+                    || a.reference.as_deref().map(repository) == Some(q.repository.as_str()))
+        });
+        approvals.sort_by(|a, b| a.digest.cmp(&b.digest));
+        let (page, next_page_token, total) = page(approvals, |a| a.digest.to_string(), after, size);
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: page.iter().map(convert::approval_out).collect(),
+            next_page_token,
+            total,
+        }))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        let q = request.into_inner();
+        let size = convert::page_size(q.page_size)?;
+        let verdict = convert::verdict_in("verdict", q.verdict)?;
+        let after = (!q.page_token.is_empty()).then(|| q.page_token.clone());
+        let mut containers: Vec<ContainerRecord> = self.store().containers().map_err(internal)?;
+        containers.retain(|c| {
+            verdict.is_none_or(|v| c.verdict == v)
+                && (q.pod_namespace.is_empty()
+                    || c.pod.as_ref().map(|p| p.namespace.as_str())
+                        == Some(q.pod_namespace.as_str()))
+                && c.key.starts_with(&q.key_prefix)
+        });
+        containers.sort_by(|a, b| a.key.cmp(&b.key));
+        let (page, next_page_token, total) = page(containers, |c| c.key.clone(), after, size);
+        Ok(Response::new(pb::ListContainersResponse {
+            containers: page.iter().map(convert::container_out).collect(),
+            next_page_token,
+            total,
+        }))
+    }
+
+    async fn list_violations(
+        &self,
+        request: Request<pb::ListViolationsRequest>,
+    ) -> Result<Response<pb::ListViolationsResponse>, Status> {
+        let q = request.into_inner();
+        let size = convert::page_size(q.page_size)?;
+        let after =
+            if q.page_token.is_empty() {
+                None
+            } else {
+                Some(q.page_token.parse::<u64>().map_err(|_| {
+                    Status::invalid_argument("page_token: not a token this agent gave")
+                })?)
+            };
+        let mut violations = self.store().violations().map_err(internal)?;
+        violations.retain(|v| {
+            v.seq > q.after_seq
+                && (q.container.is_empty() || v.container == q.container)
+                && (q.pod_namespace.is_empty()
+                    || v.pod.as_ref().map(|p| p.namespace.as_str())
+                        == Some(q.pod_namespace.as_str()))
+        });
+        let (page, next_page_token, total) = page(violations, |v| v.seq, after, size);
+        Ok(Response::new(pb::ListViolationsResponse {
+            violations: page.iter().map(convert::violation_out).collect(),
+            next_page_token,
+            total,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let q = request.into_inner();
+        let mut kinds = Vec::new();
+        for (i, kind) in q.kinds.iter().enumerate() {
+            match pb::event::Kind::try_from(*kind) {
+                Ok(pb::event::Kind::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "kinds[{i}]: no event kind numbered {kind}"
+                    )));
+                }
+                Ok(kind) => kinds.push(kind),
+            }
+        }
+        let mut verdicts = Vec::new();
+        for (i, verdict) in q.verdicts.iter().enumerate() {
+            match convert::verdict_in(&format!("verdicts[{i}]"), *verdict)? {
+                Some(v) => verdicts.push(v),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "verdicts[{i}]: VERDICT_UNSPECIFIED is not a verdict"
+                    )));
+                }
+            }
+        }
+        let prefix = q.key_prefix;
+        let stream = BroadcastStream::new(self.ctx.events.subscribe()).filter_map(move |item| {
+            let event = match item {
+                Ok(event) => event,
+                // A watcher that fell behind is told, then goes on.
+                Err(lagged) => {
+                    return Some(Err(Status::data_loss(format!(
+                        "this watcher fell behind: {lagged}"
+                    ))));
+                }
+            };
+            let kind = convert::event_kind_out(event.kind);
+            let wanted = (kinds.is_empty() || kinds.contains(&kind))
+                && event.container.key.starts_with(&prefix)
+                && (verdicts.is_empty() || verdicts.contains(&event.container.verdict));
+            wanted.then(|| Ok(convert::event_out(&event)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
+        let store = self.store();
+        let c = &self.ctx.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let sources = store
+            .sources()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(source, state)| pb::Source {
+                source,
+                generation: state.generation,
+                last_sync_unix_ms: state.last_sync_ms as i64,
+            })
+            .collect();
+        Ok(Response::new(pb::Status {
+            version: self.status.version.clone(),
+            mode: match self.ctx.config.mode {
+                Mode::Audit => "audit".into(),
+                Mode::Enforce => "enforce".into(),
+            },
+            node: self.status.node.clone(),
+            kernel: Some(self.status.kernel.clone()),
+            counters: Some(pb::Counters {
+                exec_events: load(&c.exec_events),
+                cgroup_events: load(&c.cgroup_events),
+                lost_exec_events: load(&c.lost_exec_events),
+                lost_cgroup_events: load(&c.lost_cgroup_events),
+                approvals: store.approval_count() as u64,
+                containers: store.containers().map_err(internal)?.len() as u64,
+                violations: store.violations().map_err(internal)?.len() as u64,
+                admitted: load(&c.admitted),
+                never_admitted: load(&c.never_admitted),
+                exempt: load(&c.exempt),
+                unknown: load(&c.unknown),
+            }),
+            sources,
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_of_a_reference() {
+        assert_eq!(
+            repository("registry.test:5000/team/app:1.0"),
+            "registry.test:5000/team/app"
+        );
+        assert_eq!(
+            repository("registry.test:5000/team/app"),
+            "registry.test:5000/team/app"
+        );
+        assert_eq!(
+            repository("registry.test/app@sha256:abcd"),
+            "registry.test/app"
+        );
+    }
+
+    #[test]
+    fn pages_walk_everything_once() {
+        let items: Vec<u64> = (1..=25).collect();
+        let (first, next, total) = page(items.clone(), |v| *v, None, 10);
+        assert_eq!((first.len(), next.as_str(), total), (10, "10", 25));
+        let (second, next, _) = page(items.clone(), |v| *v, Some(10), 10);
+        assert_eq!(second.first(), Some(&11));
+        let (last, next, _) = page(items, |v| *v, Some(next.parse().unwrap()), 10);
+        assert_eq!((last.len(), next.as_str()), (5, ""));
+    }
+}
