@@ -134,6 +134,27 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds (user + system) of this process's reaped descendants.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Like [`exec_loops`], but the CPU time the loops used (the shells and
+/// every `/bin/true`): the cost an exec pays, with less of the noise other
+/// tenants of a shared machine put into wall time.
+fn exec_loops_cpu(execs: usize, cgroup: Option<&Path>) -> f64 {
+    let before = children_cpu();
+    exec_loops(1, execs, cgroup);
+    children_cpu() - before
+}
+
 /// `loops` shells at once, each running `/bin/true` `execs` times, in
 /// `cgroup` (a cgroup v2 folder) or where this process is; wall time.
 fn exec_loops(loops: usize, execs: usize, cgroup: Option<&Path>) -> Duration {
@@ -205,30 +226,30 @@ async fn main() {
 
     // 1. Exec overhead, without and with the agent, in alternating order
     //    (ABBA) so a drift in the machine's speed does not favour one arm.
+    //    Each arm's figure is the CPU time of its loop; an A/A pair (two
+    //    runs without the agent) shows the noise floor.
     let mut host = (Vec::new(), Vec::new());
     let mut in_watched = (Vec::new(), Vec::new());
+    let mut control = Vec::new();
     let mut agent_cpu = Vec::new();
     let mut events_per_round = Vec::new();
     for round in 0..rounds {
         let without = |host: &mut (Vec<f64>, Vec<f64>), in_watched: &mut (Vec<f64>, Vec<f64>)| {
-            host.0.push(exec_loops(1, execs, None).as_secs_f64());
-            in_watched
-                .0
-                .push(exec_loops(1, execs, Some(&watched)).as_secs_f64());
+            host.0.push(exec_loops_cpu(execs, None));
+            in_watched.0.push(exec_loops_cpu(execs, Some(&watched)));
         };
         if round % 2 == 0 {
             without(&mut host, &mut in_watched);
         }
+        control.push(exec_loops_cpu(execs, None));
         let agent = Agent::start(&agent_bin, &containerd.socket, &["--grace", "0s"]);
         // Let the agent classify the watched cgroup before measuring.
         exec_loops(1, 5, Some(&watched));
         std::thread::sleep(Duration::from_millis(300));
-        host.1.push(exec_loops(1, execs, None).as_secs_f64());
+        host.1.push(exec_loops_cpu(execs, None));
         let before_cpu = cpu_seconds(agent.pid());
         let before = agent.metric("imagegate_agent_events_total{kind=\"exec\"}");
-        in_watched
-            .1
-            .push(exec_loops(1, execs, Some(&watched)).as_secs_f64());
+        in_watched.1.push(exec_loops_cpu(execs, Some(&watched)));
         std::thread::sleep(Duration::from_millis(300));
         let events = agent.metric("imagegate_agent_events_total{kind=\"exec\"}") - before;
         agent_cpu.push((cpu_seconds(agent.pid()) - before_cpu) / events.max(1.0) * 10_000.0);
@@ -313,6 +334,7 @@ async fn main() {
         "rounds": rounds,
         "host_exec_us": {"without": per_exec_us(&host.0), "with": per_exec_us(&host.1)},
         "host_overhead_ratio": median(host.1.clone()) / median(host.0.clone()),
+        "control_ratio": median(control.clone()) / median(host.0.clone()),
         "watched_exec_us": {"without": per_exec_us(&in_watched.0), "with": per_exec_us(&in_watched.1)},
         "watched_overhead_ratio": median(in_watched.1.clone()) / median(in_watched.0.clone()),
         "watched_events_per_round": events_per_round,

@@ -133,8 +133,12 @@ impl Probe {
     /// Reads kernel offsets, loads the object and attaches the programs.
     /// Needs a tokio runtime (the ring buffers are polled through it).
     pub fn attach(options: &ProbeOptions) -> Result<Self, ProbeError> {
-        let btf = kernel_offsets::read_btf(&options.btf)?;
-        let mut layout = kernel_offsets::kernel_layout(&btf)?;
+        // Parsed kernel BTF takes tens of MiB: each parse is dropped before
+        // the next, so the agent's peak memory holds one at a time.
+        let mut layout = {
+            let btf = kernel_offsets::read_btf(&options.btf)?;
+            kernel_offsets::kernel_layout(&btf)?
+        };
         let tracefs = tracefs::root()?;
         let exec_format = tracefs::read_format(&tracefs, EXEC_TRACEPOINT.0, EXEC_TRACEPOINT.1)?;
         layout.exec_filename_loc = tracefs::field_offset(&exec_format, "filename")?;
@@ -144,13 +148,19 @@ impl Probe {
         layout.report_all = u32::from(options.report_all);
 
         raise_memlock_limit();
+        // One parse of the kernel's BTF for aya: the loader (no CO-RE
+        // relocations in our object, but aya checks the kernel's features
+        // with it) and the LSM program's hook.
+        let kernel_btf = Btf::from_sys_fs();
         let mut ebpf = EbpfLoader::new()
+            .btf(kernel_btf.as_ref().ok())
             .override_global(globals::KERNEL_LAYOUT, &layout, true)
             .load(EBPF_OBJECT)?;
 
         attach_tracepoint(&mut ebpf, names::EXEC_PROGRAM, EXEC_TRACEPOINT)?;
         attach_tracepoint(&mut ebpf, names::MKDIR_PROGRAM, MKDIR_TRACEPOINT)?;
-        let lsm = probe_lsm(&mut ebpf, options.attach_lsm);
+        let lsm = probe_lsm(&mut ebpf, kernel_btf.as_ref().ok(), options.attach_lsm);
+        drop(kernel_btf);
 
         let exec_events = ring(&mut ebpf, names::EXEC_EVENTS)?;
         let cgroup_events = ring(&mut ebpf, names::CGROUP_EVENTS)?;
@@ -286,15 +296,15 @@ fn attach_tracepoint(
 
 /// Tries to load the LSM program (and attach it when asked). A refusal is
 /// an answer, not an error: the exec tracepoint's SIGKILL still enforces.
-fn probe_lsm(ebpf: &mut Ebpf, attach: bool) -> LsmStatus {
+fn probe_lsm(ebpf: &mut Ebpf, btf: Option<&Btf>, attach: bool) -> LsmStatus {
     let result = (|| -> Result<bool, String> {
-        let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        let btf = btf.ok_or("the kernel's BTF could not be read")?;
         let program: &mut Lsm = ebpf
             .program_mut(names::LSM_PROGRAM)
             .ok_or("the eBPF object has no LSM program")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        program.load(LSM_HOOK, &btf).map_err(|e| error_chain(&e))?;
+        program.load(LSM_HOOK, btf).map_err(|e| error_chain(&e))?;
         if attach {
             program.attach().map_err(|e| error_chain(&e))?;
         }

@@ -9,17 +9,16 @@
 //! it stops, from its store with `imagegate-agent state`.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use imagegate_testkit::{ca::Ca, containerd::TestContainerd, registry::Registry};
+use imagegate_testkit::{ca::Ca, containerd::TestContainerd, process::Process, registry::Registry};
 use serde_json::Value;
 
+const AGENT: &str = env!("CARGO_BIN_EXE_imagegate-agent");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(20);
 const USER: &str = "puller";
@@ -79,83 +78,42 @@ impl World {
     }
 }
 
-/// A running agent; killed and reaped on drop. Its JSON log lines are kept.
+/// A running agent (the real binary, JSON logs kept).
 struct Agent {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
+    process: Process,
     metrics: String,
 }
 
 impl Agent {
     fn start(containerd: &TestContainerd, state: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate-agent"))
-            .arg("--containerd-socket")
-            .arg(&containerd.socket)
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start imagegate-agent");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("agent log line is not JSON ({e}): {line}"));
-                sink.lock().unwrap().push(value);
-            }
-        });
-        let mut agent = Self {
-            child,
-            lines,
-            metrics: String::new(),
-        };
-        let ready = agent.wait_for(READY_TIMEOUT, |l| {
-            l["fields"]["message"] == "ready: watching container starts"
-        });
-        assert!(
-            ready.is_some(),
-            "the agent did not get ready: {:?}",
-            agent.child.try_wait()
-        );
-        let metrics = agent
+        let mut args = vec![
+            "--containerd-socket".to_string(),
+            containerd.socket.display().to_string(),
+            "--state-dir".to_string(),
+            state.display().to_string(),
+            "--metrics-address".to_string(),
+            "127.0.0.1:0".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut process = Process::start("agent", Path::new(AGENT), &args);
+        process.wait_message("ready: watching container starts", READY_TIMEOUT);
+        let metrics = process
             .find(|l| l["fields"]["message"] == "metrics: serving /metrics and /healthz")
             .expect("metrics address logged");
-        agent.metrics = metrics["fields"]["address"].as_str().unwrap().to_string();
-        agent
+        let metrics = metrics["fields"]["address"].as_str().unwrap().to_string();
+        Self { process, metrics }
     }
 
     fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+        self.process.find(pred)
     }
 
     fn all(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| pred(l))
-            .cloned()
-            .collect()
+        self.process.all(pred)
     }
 
     fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = self.find(&pred) {
-                return Some(found);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_for(timeout, pred)
     }
 
     /// The latest verdict line for the container whose key ends with `id`.
@@ -188,28 +146,12 @@ impl Agent {
     }
 
     fn scrape(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-s", &format!("http://{}/metrics", self.metrics)])
-            .output();
-        match out {
-            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-            Err(_) => http_get(&self.metrics, "/metrics"),
-        }
+        http_get(&self.metrics, "/metrics")
     }
 
     /// SIGTERM, then wait: the store is closed cleanly.
-    fn stop(mut self) {
-        // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait for the agent");
-        assert!(status.success(), "the agent exited with {status}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.process.stop();
     }
 }
 
@@ -238,7 +180,7 @@ fn write_approvals(path: &Path, digests: &[&str]) {
 }
 
 fn state(state_dir: &Path, table: &str) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imagegate-agent"))
+    let out = Command::new(AGENT)
         .args(["state", "--state-dir"])
         .arg(state_dir)
         .arg(table)

@@ -46,6 +46,43 @@ impl Ca {
         self.leaf(name, Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A certificate for `dns_name` usable both to serve and as a client
+    /// (mTLS identities: `imagegate-agent`, `imagegate-webhook`).
+    pub fn identity(&self, dns_name: &str) -> Leaf {
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, dns_name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// Writes the CA and `leaf` as `ca.pem`, `NAME.crt`, `NAME.key` in
+    /// `dir`; returns the three paths.
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        leaf: &Leaf,
+    ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let ca = dir.join("ca.pem");
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&ca, self.pem()).unwrap();
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        (ca, cert, key)
+    }
+
     fn leaf(&self, name: &str, sans: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
         let mut params = rcgen::CertificateParams::new(sans).expect("params");
         params

@@ -4,5 +4,8 @@
 
 pub mod ca;
 pub mod containerd;
+pub mod grpcurl;
+pub mod https;
 pub mod image;
+pub mod process;
 pub mod registry;

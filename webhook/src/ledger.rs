@@ -25,6 +25,9 @@ const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals"
 const BY_GENERATION: TableDefinition<u64, &str> = TableDefinition::new("by_generation");
 /// "generation" -> the last generation handed out.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// "id" -> this ledger's random id: generations count within one ledger,
+/// so agents keep them per ledger (each webhook replica has its own).
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 
 /// A digest recorded within this window is not written again: it is on
 /// disk already, and a fsync per admission of a popular image would be the
@@ -70,6 +73,9 @@ pub struct Approval {
 
 pub struct Ledger {
     db: Database,
+    id: String,
+    /// The generation after the last write, for whoever pushes to agents.
+    generation_tx: tokio::sync::watch::Sender<u64>,
     retention: Duration,
     max_entries: u64,
     recent: Mutex<HashMap<String, Instant>>,
@@ -80,6 +86,14 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// 16 random bytes as hex, from the kernel.
+fn new_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Ledger {
@@ -100,10 +114,43 @@ impl Ledger {
             txn.open_table(BY_GENERATION)
                 .map_err(|e| open_err(e.to_string()))?;
             txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            let mut identity = txn
+                .open_table(IDENTITY)
+                .map_err(|e| open_err(e.to_string()))?;
+            if identity
+                .get("id")
+                .map_err(|e| open_err(e.to_string()))?
+                .is_none()
+            {
+                let id = new_id().map_err(|e| open_err(e.to_string()))?;
+                identity
+                    .insert("id", id.as_str())
+                    .map_err(|e| open_err(e.to_string()))?;
+            }
         }
         txn.commit().map_err(|e| open_err(e.to_string()))?;
+        let (id, generation) = {
+            let txn = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            let identity = txn
+                .open_table(IDENTITY)
+                .map_err(|e| open_err(e.to_string()))?;
+            let id = identity
+                .get("id")
+                .map_err(|e| open_err(e.to_string()))?
+                .map(|v| v.value().to_string())
+                .unwrap_or_default();
+            let meta = txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            let generation = meta
+                .get("generation")
+                .map_err(|e| open_err(e.to_string()))?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            (id, generation)
+        };
         Ok(Self {
             db,
+            id,
+            generation_tx: tokio::sync::watch::Sender::new(generation),
             retention,
             max_entries: max_entries.max(1),
             recent: Mutex::new(HashMap::new()),
@@ -173,6 +220,7 @@ impl Ledger {
             generation
         };
         txn.commit().map_err(store)?;
+        self.generation_tx.send_replace(generation);
         let mut recent = self.recent.lock().map_err(store)?;
         let now = Instant::now();
         recent.retain(|_, t| t.elapsed() < REFRESH_AFTER);
@@ -180,6 +228,16 @@ impl Ledger {
             recent.insert(approval.digest.clone(), now);
         }
         Ok(generation)
+    }
+
+    /// This ledger's id (random, made when the file was created).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Follows the generation: changes after every write.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation_tx.subscribe()
     }
 
     /// The last generation handed out (0 for an empty ledger).
@@ -281,8 +339,12 @@ mod tests {
     #[test]
     fn records_in_generations_and_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let id;
         {
             let l = ledger(dir.path(), 100);
+            id = l.id().to_string();
+            assert_eq!(id.len(), 32, "{id}");
+            let mut changes = l.subscribe();
             assert_eq!(l.generation().unwrap(), 0);
             assert_eq!(
                 l.record(&[approval("sha256:a", 1), approval("sha256:b", 2)])
@@ -290,6 +352,8 @@ mod tests {
                 2
             );
             assert_eq!(l.record(&[approval("sha256:c", 3)]).unwrap(), 3);
+            assert!(changes.has_changed().unwrap());
+            assert_eq!(*changes.borrow_and_update(), 3);
             let since = l.since(1, 10).unwrap();
             assert_eq!(
                 since.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
@@ -300,6 +364,8 @@ mod tests {
         // A restart loses nothing.
         let l = ledger(dir.path(), 100);
         assert_eq!(l.generation().unwrap(), 3);
+        assert_eq!(*l.subscribe().borrow(), 3);
+        assert_eq!(l.id(), id, "the id is the file's, kept across restarts");
         let all = l.all().unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod ledger;
 pub mod policy;
+pub mod push;
 pub mod reference;
 pub mod resolve;
 pub mod review;

@@ -11,6 +11,7 @@ use imagegate_webhook::{
     check,
     ledger::Ledger,
     policy::Policy,
+    push::{self, PushConfig, Pusher},
     resolve::{self, Credentials},
     server::{self, AppState, listener, metrics::Metrics, policy_store::PolicyStore, tls},
 };
@@ -114,6 +115,32 @@ struct ServeArgs {
     /// Most approvals kept; the least recently admitted go first.
     #[arg(long, env = "IMAGEGATE_LEDGER_MAX_ENTRIES", default_value_t = 100_000)]
     ledger_max_entries: u64,
+    /// A node agent to push approvals to (`host:port`). Repeatable.
+    #[arg(long = "agent", env = "IMAGEGATE_AGENTS", value_delimiter = ',')]
+    agents: Vec<String>,
+    /// A headless Service whose A/AAAA records are the agents
+    /// (`name.namespace.svc:50051`), resolved again periodically.
+    #[arg(long, env = "IMAGEGATE_AGENT_SERVICE")]
+    agent_service: Option<String>,
+    /// How often --agent-service is resolved again.
+    #[arg(long, env = "IMAGEGATE_AGENT_RESOLVE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    agent_resolve_interval: Duration,
+    /// CA the agents' certificates chain to (PEM).
+    #[arg(long, env = "IMAGEGATE_AGENT_CA")]
+    agent_ca: Option<PathBuf>,
+    /// This webhook's client certificate for agents (PEM): its push identity.
+    #[arg(long, env = "IMAGEGATE_AGENT_CLIENT_CERT")]
+    agent_client_cert: Option<PathBuf>,
+    /// The key of --agent-client-cert (PEM).
+    #[arg(long, env = "IMAGEGATE_AGENT_CLIENT_KEY")]
+    agent_client_key: Option<PathBuf>,
+    /// The name the agents' serving certificates are issued for.
+    #[arg(
+        long,
+        env = "IMAGEGATE_AGENT_SERVER_NAME",
+        default_value = "imagegate-agent"
+    )]
+    agent_server_name: String,
     /// How long open requests may take to finish after SIGTERM.
     #[arg(long, env = "IMAGEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -261,7 +288,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
-    tokio::spawn(certs.watch(certs_seen, args.reload_interval, metrics.clone(), stop_rx));
+    tokio::spawn(certs.watch(
+        certs_seen,
+        args.reload_interval,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
 
     let ledger = match &args.ledger {
         None => {
@@ -278,6 +310,38 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     if let Some(ledger) = ledger.clone() {
         tokio::spawn(expire_ledger(ledger));
+    }
+    if !args.agents.is_empty() || args.agent_service.is_some() {
+        let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
+            ledger.clone(),
+            args.agent_ca.clone(),
+            args.agent_client_cert.clone(),
+            args.agent_client_key.clone(),
+        ) else {
+            anyhow::bail!(
+                "pushing to agents needs --ledger (what is pushed), --agent-ca, \
+                 --agent-client-cert and --agent-client-key (mTLS)"
+            );
+        };
+        let pusher = Arc::new(Pusher {
+            config: PushConfig {
+                agents: args.agents.clone(),
+                service: args.agent_service.clone(),
+                resolve_every: args.agent_resolve_interval,
+                ca,
+                cert,
+                key,
+                server_name: args.agent_server_name.clone(),
+            },
+            ledger,
+            metrics: metrics.clone(),
+        });
+        info!(
+            agents = ?args.agents,
+            service = ?args.agent_service,
+            "pushing approvals to node agents"
+        );
+        tokio::spawn(push::discover(pusher, stop_rx.clone()));
     }
     let resolving = resolver.is_some();
     let app = server::router(Arc::new(AppState {

@@ -41,6 +41,17 @@ pub struct Metrics {
     /// 1 while a valid policy is loaded.
     pub policy_loaded: Gauge,
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    /// Agents the push tasks follow.
+    pub agents: Gauge,
+    /// Push and sync calls to agents, by result (ok, error).
+    pub pushes: Family<PushLabels, Counter>,
+    /// Approvals sent to agents (each agent counts).
+    pub pushed_approvals: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -94,6 +105,24 @@ impl Metrics {
             "Serving certificate reloads by result (success, failure)",
             certificate_reloads.clone(),
         );
+        let agents = Gauge::default();
+        registry.register(
+            "agents",
+            "Node agents approvals are pushed to",
+            agents.clone(),
+        );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "agent_pushes",
+            "Push and sync calls to node agents, by result",
+            pushes.clone(),
+        );
+        let pushed_approvals = Counter::default();
+        registry.register(
+            "agent_pushed_approvals",
+            "Approvals sent to node agents, each agent counted",
+            pushed_approvals.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -102,6 +131,9 @@ impl Metrics {
             policy_reloads,
             policy_loaded,
             certificate_reloads,
+            agents,
+            pushes,
+            pushed_approvals,
         }
     }
 

@@ -37,8 +37,9 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&f)?);
 
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let how_overhead = "median of 8 rounds (ABBA order) of a /bin/sh loop of /bin/true, \
-                        without and with the agent running (audit mode), same run";
+    let how_overhead = "CPU time (user+system, getrusage of the reaped loop) per exec, median of \
+                        8 rounds in ABBA order of a /bin/sh loop of /bin/true, without and with the \
+                        agent running (audit mode), same run";
     report.figure(
         "exec overhead, host cgroup (filtered in the kernel): per exec without / with",
         format!(
@@ -47,6 +48,11 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
             num(&f["host_exec_us"]["with"])
         ),
         how_overhead,
+    );
+    report.figure(
+        "noise floor: the same loop twice without the agent (A/A), CPU ratio",
+        format!("{:.3}", num(&f["control_ratio"])),
+        "the A/A pair of each round; differences below this are noise",
     );
     report.figure(
         "exec overhead, watched container cgroup (every exec to user space): per exec without / with",

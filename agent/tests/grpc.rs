@@ -1,0 +1,393 @@
+//! The agent's gRPC API through the real grpcurl (no proto files: server
+//! reflection), on its mTLS and plaintext listeners, with a real containerd
+//! container to report on. Root: the agent loads eBPF.
+
+use std::{
+    io::Read,
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use imagegate_testkit::{
+    ca::Ca,
+    containerd::TestContainerd,
+    grpcurl::{self, Target},
+    process::Process,
+    registry::Registry,
+};
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_imagegate-agent");
+const SERVICE: &str = "imagegate.v1.AgentService";
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs: run `sudo cargo xtask test`"
+    );
+}
+
+struct Agent {
+    process: Process,
+    plain: Target,
+    tls_address: String,
+}
+
+/// The TLS files: the agent's identity, the webhook's, and an intruder's
+/// (a certificate from the same CA for another name).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("imagegate gRPC test CA");
+        for name in ["imagegate-agent", "imagegate-webhook", "someone-else"] {
+            ca.write(dir.path(), name, &ca.identity(name));
+        }
+        Self { dir, ca }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn client(&self, address: &str, name: &str) -> Target {
+        Target::Tls {
+            address: address.to_string(),
+            ca: self.dir.path().join("ca.pem"),
+            cert: self.dir.path().join(format!("{name}.crt")),
+            key: self.dir.path().join(format!("{name}.key")),
+            server_name: "imagegate-agent".into(),
+        }
+    }
+}
+
+impl Agent {
+    fn start(pki: &Pki, socket: &Path, state: &Path) -> Self {
+        let _ = &pki.ca;
+        let mut process = Process::start(
+            "agent",
+            Path::new(AGENT),
+            [
+                "--containerd-socket",
+                socket.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--metrics-address",
+                "127.0.0.1:0",
+                "--grace",
+                "200ms",
+                "--grpc-address",
+                "127.0.0.1:0",
+                "--grpc-tls-cert",
+                &pki.file("imagegate-agent.crt"),
+                "--grpc-tls-key",
+                &pki.file("imagegate-agent.key"),
+                "--grpc-client-ca",
+                &pki.file("ca.pem"),
+                "--grpc-plaintext-address",
+                "127.0.0.1:0",
+            ],
+        );
+        let timeout = Duration::from_secs(30);
+        process.wait_message("ready: watching container starts", timeout);
+        let address = |message: &str| {
+            process
+                .find(|l| l["fields"]["message"] == message)
+                .expect(message)["fields"]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let plain = Target::Plaintext(address("gRPC: plaintext loopback listener (queries only)"));
+        let tls_address = address("gRPC: mTLS listener (AgentService, health, reflection)");
+        Self {
+            process,
+            plain,
+            tls_address,
+        }
+    }
+}
+
+fn method(name: &str) -> String {
+    format!("{SERVICE}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_describes_and_calls_every_method() {
+    require_root();
+    let registry = Registry::plain();
+    registry.push_runnable_image("pause", "1", "pause").await;
+    let rogue_digest = registry
+        .push_runnable_image("team/rogue", "1", "grpc-rogue")
+        .await;
+    let rogue = format!("{}/team/rogue:1", registry.host);
+    let containerd = TestContainerd::start(&registry, &format!("{}/pause:1", registry.host));
+    containerd.pull("default", &rogue);
+    let pki = Pki::new();
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&pki, &containerd.socket, state.path());
+    let plain = agent.plain.clone();
+    let webhook = pki.client(&agent.tls_address, "imagegate-webhook");
+    let intruder = pki.client(&agent.tls_address, "someone-else");
+
+    // Reflection: list and describe, with no proto files.
+    let out = grpcurl::run(&plain, &[], &["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for service in [SERVICE, "grpc.health.v1.Health"] {
+        assert!(listed.lines().any(|l| l == service), "{listed}");
+    }
+    let out = grpcurl::run(&plain, &[], &["describe", SERVICE]);
+    let described = String::from_utf8_lossy(&out.stdout).into_owned();
+    for rpc in [
+        "PushApprovals",
+        "SyncApprovals",
+        "ListApprovals",
+        "ListContainers",
+        "ListViolations",
+        "WatchEvents",
+        "GetStatus",
+    ] {
+        assert!(
+            described.contains(&format!("rpc {rpc} ")),
+            "{rpc}: {described}"
+        );
+    }
+    let out = grpcurl::run(&plain, &[], &["describe", "imagegate.v1.Approval"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("string digest = 1;"));
+    // The mTLS listener answers reflection too.
+    let out = grpcurl::run(&webhook, &[], &["list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let health = grpcurl::call(&plain, "grpc.health.v1.Health/Check", "{}");
+    assert_eq!(health["status"], "SERVING");
+
+    // Pushes: the webhook's identity, idempotent, platform digests kept.
+    let push = format!(
+        r#"{{"ledger": "l1", "generation": 2, "approvals": [
+            {{"digest": "{}", "reference": "reg.test/team/app:1", "namespace": "shop"}},
+            {{"digest": "{}", "platformDigests": ["{}"]}}]}}"#,
+        digest(1),
+        digest(2),
+        digest(3)
+    );
+    let reply = grpcurl::call(&webhook, &method("PushApprovals"), &push);
+    assert_eq!(
+        (reply["added"].as_u64(), reply["generation"].as_str()),
+        (Some(3), Some("2"))
+    );
+    let reply = grpcurl::call(&webhook, &method("PushApprovals"), &push);
+    assert_eq!(
+        reply["added"].as_u64(),
+        Some(0),
+        "a second push adds nothing"
+    );
+
+    // Sync: from a generation the agent does not hold is refused; from
+    // the one it holds goes on.
+    let (code, message) = grpcurl::error(
+        &webhook,
+        &method("SyncApprovals"),
+        r#"{"ledger": "l1", "sinceGeneration": 5, "generation": 6}"#,
+    );
+    assert_eq!(code, "FailedPrecondition", "{message}");
+    assert!(message.contains("sync from 2"), "{message}");
+    let reply = grpcurl::call(
+        &webhook,
+        &method("SyncApprovals"),
+        &format!(
+            r#"{{"ledger": "l1", "sinceGeneration": 2, "generation": 3, "approvals": [{{"digest": "{}"}}]}}"#,
+            digest(4)
+        ),
+    );
+    assert_eq!(
+        (reply["added"].as_u64(), reply["generation"].as_str()),
+        (Some(1), Some("3"))
+    );
+
+    // Who may push, and bad input.
+    let one = format!(
+        r#"{{"ledger": "l1", "approvals": [{{"digest": "{}"}}]}}"#,
+        digest(9)
+    );
+    let (code, _) = grpcurl::error(&plain, &method("PushApprovals"), &one);
+    assert_eq!(code, "Unauthenticated");
+    let (code, message) = grpcurl::error(&intruder, &method("SyncApprovals"), &one);
+    assert_eq!(code, "PermissionDenied", "{message}");
+    for (body, field) in [
+        (
+            r#"{"ledger": "l1", "approvals": [{"digest": "sha256:abc"}]}"#.to_string(),
+            "approvals[0].digest: ",
+        ),
+        (
+            r#"{"ledger": "l1", "approvals": [{"reference": "x"}]}"#.to_string(),
+            "approvals[0].digest is required",
+        ),
+        (
+            format!(
+                r#"{{"ledger": "l1", "approvals": [{{"digest": "sha512:{}"}}]}}"#,
+                "ab".repeat(32)
+            ),
+            "a sha512 digest has 128 hex digits",
+        ),
+        (
+            format!(r#"{{"approvals": [{{"digest": "{}"}}]}}"#, digest(9)),
+            "ledger is required",
+        ),
+    ] {
+        let (code, message) = grpcurl::error(&webhook, &method("PushApprovals"), &body);
+        assert_eq!(code, "InvalidArgument", "{body}: {message}");
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let many: Vec<String> = (0..10_001)
+        .map(|_| format!(r#"{{"digest": "{}"}}"#, digest(9)))
+        .collect();
+    let oversized = format!(r#"{{"ledger": "l1", "approvals": [{}]}}"#, many.join(","));
+    let (code, message) = grpcurl::error(&webhook, &method("PushApprovals"), &oversized);
+    assert_eq!(code, "InvalidArgument", "{message}");
+    assert!(message.contains("at most 10000"), "{message}");
+
+    // Listing approvals: paging and filters.
+    let page = grpcurl::call(&plain, &method("ListApprovals"), r#"{"pageSize": 3}"#);
+    assert_eq!(page["approvals"].as_array().unwrap().len(), 3);
+    assert_eq!(page["total"], "4");
+    let token = page["nextPageToken"].as_str().unwrap().to_string();
+    let rest = grpcurl::call(
+        &plain,
+        &method("ListApprovals"),
+        &format!(r#"{{"pageSize": 3, "pageToken": "{token}"}}"#),
+    );
+    assert_eq!(rest["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["nextPageToken"], "");
+    let by_repo = grpcurl::call(
+        &plain,
+        &method("ListApprovals"),
+        r#"{"repository": "reg.test/team/app", "namespace": "shop"}"#,
+    );
+    assert_eq!(by_repo["approvals"][0]["digest"], digest(1).as_str());
+    assert_eq!(by_repo["approvals"][0]["source"], "imagegate-webhook/l1");
+    let by_digest = grpcurl::call(
+        &plain,
+        &method("ListApprovals"),
+        &format!(r#"{{"digest": "{}"}}"#, digest(3)),
+    );
+    assert_eq!(
+        by_digest["total"], "1",
+        "a platform digest is an approval of its own"
+    );
+    let (code, message) = grpcurl::error(&plain, &method("ListApprovals"), r#"{"pageSize": 5000}"#);
+    assert_eq!(code, "InvalidArgument");
+    assert!(message.contains("page_size"), "{message}");
+
+    // A stream of events, then a container that was never admitted.
+    let mut watch = grpcurl::command(
+        &plain,
+        &[
+            "-d",
+            r#"{"kinds": ["KIND_VERDICT"], "keyPrefix": "default/"}"#,
+        ],
+        &[&method("WatchEvents")],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let streamed = Arc::new(Mutex::new(String::new()));
+    let sink = streamed.clone();
+    let mut stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let id = format!("grpc-rogue-{}", std::process::id());
+    containerd.run("default", &rogue, &id, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = streamed.lock().unwrap().clone();
+        if text.contains(&format!("\"key\": \"default/{id}\""))
+            && text.contains("VERDICT_NEVER_ADMITTED")
+        {
+            assert!(text.contains("KIND_VERDICT"), "{text}");
+            assert!(!text.contains("KIND_EXEC"), "filtered by kind: {text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no streamed verdict: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let containers = grpcurl::call(
+        &plain,
+        &method("ListContainers"),
+        r#"{"verdict": "VERDICT_NEVER_ADMITTED", "keyPrefix": "default/"}"#,
+    );
+    let listed: Vec<&Value> = containers["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(listed.len(), 1, "{containers}");
+    assert_eq!(listed[0]["digest"], rogue_digest.as_str());
+    assert_eq!(listed[0]["image"], rogue.as_str());
+    let violations = grpcurl::call(&plain, &method("ListViolations"), "{}");
+    assert_eq!(violations["total"], "1", "{violations}");
+    assert_eq!(
+        violations["violations"][0]["container"],
+        format!("default/{id}").as_str()
+    );
+    assert_eq!(
+        violations["violations"][0]["verdict"],
+        "VERDICT_NEVER_ADMITTED"
+    );
+    let none = grpcurl::call(&plain, &method("ListViolations"), r#"{"afterSeq": 1}"#);
+    assert_eq!(none["total"], "0");
+
+    // Status, over mTLS this time.
+    let status = grpcurl::call(&webhook, &method("GetStatus"), "{}");
+    assert_eq!(status["mode"], "audit");
+    assert_eq!(
+        status["kernel"]["cgroupMode"]
+            .as_str()
+            .map(|m| !m.is_empty()),
+        Some(true)
+    );
+    assert_eq!(status["counters"]["approvals"], "4");
+    assert_eq!(status["counters"]["neverAdmitted"], "1");
+    assert_eq!(status["sources"][0]["source"], "imagegate-webhook/l1");
+    assert_eq!(status["sources"][0]["generation"], "3");
+
+    // A restart keeps approvals, history and the ledger's generation.
+    agent.process.stop();
+    let agent = Agent::start(&pki, &containerd.socket, state.path());
+    let plain = agent.plain.clone();
+    let page = grpcurl::call(&plain, &method("ListApprovals"), "{}");
+    assert_eq!(page["total"], "4");
+    let violations = grpcurl::call(&plain, &method("ListViolations"), "{}");
+    assert_eq!(violations["total"], "1");
+    let status = grpcurl::call(&plain, &method("GetStatus"), "{}");
+    assert_eq!(status["sources"][0]["generation"], "3");
+    drop(registry);
+}

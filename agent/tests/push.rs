@@ -1,0 +1,335 @@
+//! End to end: real webhook processes push what they admit to real agent
+//! processes over mTLS. One agent is restarted mid-way (a crash, SIGKILL),
+//! the other is down for a while then back; two webhook replicas with
+//! their own ledgers push to both. Every agent converges to the union.
+//! Root: the agents load eBPF.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use imagegate_testkit::{
+    ca::Ca,
+    grpcurl::{self, Target},
+    https,
+    process::{Process, free_port, sibling_binary},
+    registry::Registry,
+};
+use serde_json::json;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_imagegate-agent");
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs: run `sudo cargo xtask test`"
+    );
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Files {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("imagegate push test CA");
+        for name in ["imagegate-agent", "imagegate-webhook"] {
+            ca.write(dir.path(), name, &ca.identity(name));
+        }
+        let serving = ca.server("webhook");
+        std::fs::write(dir.path().join("webhook-tls.crt"), &serving.cert_pem).unwrap();
+        std::fs::write(dir.path().join("webhook-tls.key"), &serving.key_pem).unwrap();
+        Self { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// An agent on fixed ports, so a restart comes back where the webhooks
+/// look for it.
+struct AgentSlot {
+    name: &'static str,
+    tls_port: u16,
+    plain_port: u16,
+    state: tempfile::TempDir,
+}
+
+impl AgentSlot {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            tls_port: free_port(),
+            plain_port: free_port(),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn start(&self, files: &Files) -> Process {
+        let mut process = Process::start(
+            self.name,
+            Path::new(AGENT),
+            [
+                "--containerd-socket",
+                "/nonexistent/containerd.sock",
+                "--state-dir",
+                self.state.path().to_str().unwrap(),
+                "--metrics-address",
+                "off",
+                "--grpc-address",
+                &format!("127.0.0.1:{}", self.tls_port),
+                "--grpc-tls-cert",
+                &files.path("imagegate-agent.crt"),
+                "--grpc-tls-key",
+                &files.path("imagegate-agent.key"),
+                "--grpc-client-ca",
+                &files.path("ca.pem"),
+                "--grpc-plaintext-address",
+                &format!("127.0.0.1:{}", self.plain_port),
+            ],
+        );
+        process.wait_message("ready: watching container starts", Duration::from_secs(30));
+        process
+    }
+
+    fn plain(&self) -> Target {
+        Target::Plaintext(format!("127.0.0.1:{}", self.plain_port))
+    }
+
+    fn digests(&self) -> BTreeSet<String> {
+        let page = grpcurl::call(
+            &self.plain(),
+            "imagegate.v1.AgentService/ListApprovals",
+            r#"{"pageSize": 1000}"#,
+        );
+        page["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits until the agent holds exactly `expected`.
+    fn converges_to(&self, expected: &BTreeSet<String>) {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let held = self.digests();
+            if &held == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} holds {held:?}, expected {expected:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+struct Webhook {
+    // Kept for its drop: the webhook stops with the test.
+    _process: Process,
+    port: u16,
+}
+
+impl Webhook {
+    fn start(files: &Files, registry: &Registry, ledger: &Path, agents: &[&AgentSlot]) -> Self {
+        let webhook = sibling_binary(AGENT, "imagegate-webhook");
+        let policy = files.dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    registries: ['{}']\n",
+                registry.host
+            ),
+        )
+        .unwrap();
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &files.path("webhook-tls.crt"),
+            "--key",
+            &files.path("webhook-tls.key"),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--plain-http-registry",
+            &registry.host,
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--agent-ca",
+            &files.path("ca.pem"),
+            "--agent-client-cert",
+            &files.path("imagegate-webhook.crt"),
+            "--agent-client-key",
+            &files.path("imagegate-webhook.key"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for agent in agents {
+            args.push("--agent".into());
+            args.push(format!("127.0.0.1:{}", agent.tls_port));
+        }
+        let mut process = Process::start("webhook", &webhook, &args);
+        let serving = process.wait_message(
+            "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
+            Duration::from_secs(20),
+        );
+        let port = serving["fields"]["listen"]
+            .as_str()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("the webhook logs its port");
+        Self {
+            _process: process,
+            port,
+        }
+    }
+
+    /// Admits a pod running `image`, as the apiserver would ask.
+    async fn admit(&self, files: &Files, image: &str) {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "e2e", "operation": "CREATE", "namespace": "shop",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "userInfo": {"username": "e2e"},
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "app", "namespace": "shop"},
+                    "spec": {"containers": [{"name": "app", "image": image}]}}
+            }
+        });
+        let (status, body) = https::post(
+            self.port,
+            "/validate",
+            &files.ca.pem(),
+            &serde_json::to_vec(&review).unwrap(),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"allowed\":true"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_converge_through_a_crash_and_an_outage() {
+    require_root();
+    let registry = Registry::plain();
+    let mut digests = Vec::new();
+    for n in 0..6 {
+        digests.push(
+            registry
+                .push_image("team/app", &format!("v{n}"), &format!("push-{n}"))
+                .await,
+        );
+    }
+    let image = |n: usize| format!("{}/team/app:v{n}", registry.host);
+    let files = Files::new();
+    let (a, b) = (AgentSlot::new("agent-a"), AgentSlot::new("agent-b"));
+    let mut agent_a = a.start(&files);
+    let agent_b = b.start(&files);
+    let ledgers = tempfile::tempdir().unwrap();
+    let webhook = Webhook::start(
+        &files,
+        &registry,
+        &ledgers.path().join("one.redb"),
+        &[&a, &b],
+    );
+
+    let expected = |n: usize| digests[..n].iter().cloned().collect::<BTreeSet<_>>();
+    webhook.admit(&files, &image(0)).await;
+    a.converges_to(&expected(1));
+    b.converges_to(&expected(1));
+
+    // B goes down; admissions go on.
+    agent_b.stop();
+    webhook.admit(&files, &image(1)).await;
+    webhook.admit(&files, &image(2)).await;
+    a.converges_to(&expected(3));
+
+    // A crashes, misses an admission, comes back with its store.
+    let _ = agent_a.child.kill();
+    let _ = agent_a.child.wait();
+    drop(agent_a);
+    webhook.admit(&files, &image(3)).await;
+    let _agent_a = a.start(&files);
+    a.converges_to(&expected(4));
+
+    // B comes back and catches up; a new admission reaches both.
+    let _agent_b = b.start(&files);
+    webhook.admit(&files, &image(4)).await;
+    a.converges_to(&expected(5));
+    b.converges_to(&expected(5));
+
+    // A second replica with its own ledger: the agents keep the union.
+    let second = Webhook::start(
+        &files,
+        &registry,
+        &ledgers.path().join("two.redb"),
+        &[&a, &b],
+    );
+    second.admit(&files, &image(5)).await;
+    second.admit(&files, &image(0)).await;
+    a.converges_to(&expected(6));
+    b.converges_to(&expected(6));
+    let status = grpcurl::call(&b.plain(), "imagegate.v1.AgentService/GetStatus", "{}");
+    let sources = status["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2, "one generation per ledger: {status}");
+    assert!(
+        sources.iter().all(|s| s["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("imagegate-webhook/")),
+        "{status}"
+    );
+
+    // Nobody else may push: not over plaintext, not with a certificate
+    // from another CA (the handshake fails).
+    let push = format!(
+        r#"{{"ledger": "x", "approvals": [{{"digest": "sha256:{}"}}]}}"#,
+        "ee".repeat(32)
+    );
+    let (code, _) = grpcurl::error(&a.plain(), "imagegate.v1.AgentService/PushApprovals", &push);
+    assert_eq!(code, "Unauthenticated");
+    let stranger = Ca::new("another CA");
+    let strange_dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = stranger.write(
+        strange_dir.path(),
+        "imagegate-webhook",
+        &stranger.identity("imagegate-webhook"),
+    );
+    let out = grpcurl::run_data(
+        &Target::Tls {
+            address: format!("127.0.0.1:{}", a.tls_port),
+            ca: files.dir.path().join("ca.pem"),
+            cert,
+            key,
+            server_name: "imagegate-agent".into(),
+        },
+        &[],
+        "imagegate.v1.AgentService/PushApprovals",
+        &push,
+    );
+    assert!(
+        !out.status.success(),
+        "a stranger's certificate was accepted"
+    );
+    a.converges_to(&expected(6));
+    drop(webhook);
+    drop(second);
+}

@@ -1,0 +1,134 @@
+//! imagegate's own binaries as tests run them: started with JSON logs on
+//! standard error, every line kept, killed on drop.
+
+use std::{
+    ffi::OsStr,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// A running imagegate process (agent or webhook).
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and `--log-format json`; lines that are
+    /// not JSON are kept as `{"raw": line}`.
+    pub fn start<I, S>(name: &str, binary: &Path, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        assert!(binary.exists(), "{} is not built", binary.display());
+        let mut child = Command::new(binary)
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        let prefix = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{prefix}: {line}");
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Self {
+            child,
+            name: name.to_string(),
+            lines,
+        }
+    }
+
+    /// The first line whose `fields.message` is `message`, waiting up to
+    /// `timeout`; panics with the exit status if the process died.
+    pub fn wait_message(&mut self, message: &str, timeout: Duration) -> Value {
+        let found = self.wait_for(timeout, |l| l["fields"]["message"] == message);
+        match found {
+            Some(line) => line,
+            None => panic!(
+                "{} did not log {message:?} within {timeout:?} (exit status: {:?})",
+                self.name,
+                self.child.try_wait()
+            ),
+        }
+    }
+
+    pub fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+    }
+
+    pub fn all(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| pred(l))
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.find(&pred) {
+                return Some(found);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace next to `sibling` (another binary of the
+/// same build, e.g. `env!("CARGO_BIN_EXE_imagegate-agent")`).
+pub fn sibling_binary(sibling: &str, name: &str) -> PathBuf {
+    let path = Path::new(sibling).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests through `cargo xtask test` (it builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

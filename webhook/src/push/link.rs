@@ -1,0 +1,231 @@
+//! One agent: connect over mTLS, learn what it holds, sync, then push
+//! every new ledger write; on any failure reconnect with backoff and sync
+//! again from what the agent reports.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use imagegate_proto::{
+    MAX_APPROVALS_PER_CALL,
+    v1::{self as pb, agent_service_client::AgentServiceClient},
+};
+use tokio::sync::watch;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use tracing::{debug, info, warn};
+
+use super::Pusher;
+use crate::{ledger::Approval, server::metrics::PushLabels};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Even without writes, look at the ledger this often (a missed wake-up
+/// costs at most this much).
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("reading the agent TLS files: {0}")]
+    Files(String),
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("{call}: {status}")]
+    Rpc {
+        call: &'static str,
+        status: Box<tonic::Status>,
+    },
+    #[error("the ledger failed: {0}")]
+    Ledger(String),
+}
+
+/// Follows one agent until `stop` turns true (or the task is aborted).
+pub async fn follow(address: SocketAddr, pusher: Arc<Pusher>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = session(address, &pusher, &mut backoff);
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    pusher.metrics.pushes.get_or_create(&PushLabels { result: "error" }).inc();
+                    warn!(agent = %address, error = %e, retry_in = ?backoff, "push to agent failed");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's life: returns only on failure.
+async fn session(
+    address: SocketAddr,
+    pusher: &Pusher,
+    backoff: &mut Duration,
+) -> Result<(), LinkError> {
+    let channel = connect(address, pusher).await?;
+    let mut client = AgentServiceClient::new(channel);
+    let ledger_id = pusher.ledger.id().to_string();
+    let mut changes = pusher.ledger.subscribe();
+    let mut held = held_generation(&mut client, &ledger_id).await?;
+    info!(agent = %address, held, "connected to agent");
+    let mut syncing = true;
+    loop {
+        let ledger = pusher.ledger.clone();
+        let since = held;
+        let batch =
+            tokio::task::spawn_blocking(move || ledger.since(since, MAX_APPROVALS_PER_CALL))
+                .await
+                .map_err(|e| LinkError::Ledger(e.to_string()))?
+                .map_err(|e| LinkError::Ledger(e.to_string()))?;
+        let Some(last) = batch.last().map(|a| a.generation) else {
+            // Up to date: wait for the next write.
+            changes.borrow_and_update();
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+            }
+            continue;
+        };
+        let approvals: Vec<pb::Approval> = batch.iter().map(approval_out).collect();
+        let count = approvals.len() as u64;
+        let reply = if syncing {
+            client
+                .sync_approvals(pb::SyncApprovalsRequest {
+                    approvals,
+                    since_generation: held,
+                    generation: last,
+                    ledger: ledger_id.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().generation)
+        } else {
+            client
+                .push_approvals(pb::PushApprovalsRequest {
+                    approvals,
+                    generation: last,
+                    ledger: ledger_id.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().generation)
+        };
+        let call = if syncing {
+            "SyncApprovals"
+        } else {
+            "PushApprovals"
+        };
+        match reply {
+            Ok(agent_holds) if agent_holds >= last => {
+                pusher
+                    .metrics
+                    .pushes
+                    .get_or_create(&PushLabels { result: "ok" })
+                    .inc();
+                pusher.metrics.pushed_approvals.inc_by(count);
+                debug!(agent = %address, call, count, generation = last, "approvals sent");
+                held = agent_holds;
+                syncing = false;
+                *backoff = Duration::from_millis(100);
+            }
+            Ok(agent_holds) => {
+                // The agent holds less than we sent: it lost state. Sync
+                // again from what it has.
+                warn!(agent = %address, agent_holds, sent = last, "agent reports an older generation; resyncing");
+                held = agent_holds;
+                syncing = true;
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                // Sync from a generation the agent does not hold: ask again.
+                held = held_generation(&mut client, &ledger_id).await?;
+                syncing = true;
+            }
+            Err(status) => {
+                return Err(LinkError::Rpc {
+                    call,
+                    status: Box::new(status),
+                });
+            }
+        }
+    }
+}
+
+/// The generation of this ledger the agent holds, from its status.
+async fn held_generation(
+    client: &mut AgentServiceClient<Channel>,
+    ledger_id: &str,
+) -> Result<u64, LinkError> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(|status| LinkError::Rpc {
+            call: "GetStatus",
+            status: Box::new(status),
+        })?
+        .into_inner();
+    let suffix = format!("/{ledger_id}");
+    Ok(status
+        .sources
+        .iter()
+        .find(|s| s.source.ends_with(&suffix))
+        .map_or(0, |s| s.generation))
+}
+
+/// A channel to the agent, with this webhook's client certificate. The
+/// files are read on every connection, so renewed certificates are used
+/// from the next one on.
+async fn connect(address: SocketAddr, pusher: &Pusher) -> Result<Channel, LinkError> {
+    let config = &pusher.config;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| LinkError::Files(format!("{}: {e}", path.display())))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&config.ca)?))
+        .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?))
+        .domain_name(config.server_name.clone());
+    let endpoint = Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| LinkError::Connect(error_chain(&e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The ledger's record as the wire carries it: the first digest is the
+/// one the reference resolved to, the rest its platform manifests.
+fn approval_out(approval: &Approval) -> pb::Approval {
+    pb::Approval {
+        digest: approval.digest.clone(),
+        platform_digests: approval
+            .digests
+            .iter()
+            .filter(|d| **d != approval.digest)
+            .cloned()
+            .collect(),
+        reference: approval.reference.clone(),
+        namespace: approval.namespace.clone(),
+        rule: approval.rule.clone(),
+        admitted_at_unix_ms: approval.admitted_at_ms as i64,
+        generation: approval.generation,
+        source: String::new(),
+    }
+}
