@@ -320,6 +320,41 @@ async fn flags_never_admitted_containers_from_cri_and_ctr_and_passes_admitted_on
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn imported_images_are_judged_by_their_manifest_digest() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = dir.path().join("approvals");
+    write_approvals(&approvals, &[&world.app_digest]);
+    let agent = Agent::start(
+        &world.containerd,
+        &dir.path().join("state"),
+        &[
+            "--grace",
+            "200ms",
+            "--approvals-file",
+            approvals.to_str().unwrap(),
+        ],
+    );
+    let c = &world.containerd;
+    let (app_id, rogue_id) = (unique("imported-app"), unique("imported-rogue"));
+    for (image, id) in [(&world.app, &app_id), (&world.rogue, &rogue_id)] {
+        c.pull("default", image);
+        // Into a namespace of its own from a tar file, never from a registry.
+        c.copy_by_file("default", "offline", image);
+        c.run("offline", image, id, &[]);
+    }
+    let v = agent.verdict(&app_id, "admitted");
+    assert_eq!(
+        v["fields"]["container"],
+        format!("offline/{app_id}").as_str()
+    );
+    assert_eq!(v["fields"]["digest"], world.app_digest.as_str());
+    let v = agent.verdict(&rogue_id, "never-admitted");
+    assert_eq!(v["fields"]["digest"], world.rogue_digest.as_str());
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_approval_inside_the_grace_window_admits_and_one_after_it_does_not_erase_history() {
     let world = World::start().await;
     let dir = tempfile::tempdir().unwrap();

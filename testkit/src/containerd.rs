@@ -176,6 +176,15 @@ state = "{root}/state"
         self.ctr_ok(namespace, &args);
     }
 
+    /// `ctr images export` then `ctr images import` into `to`: an image
+    /// that reached the node as a file, not from a registry.
+    pub fn copy_by_file(&self, from: &str, to: &str, reference: &str) {
+        let archive = self.dir.path().join(format!("{to}-export.tar"));
+        let archive = archive.to_str().unwrap();
+        self.ctr_ok(from, &["images", "export", archive, reference]);
+        self.ctr_ok(to, &["images", "import", archive]);
+    }
+
     /// `ctr run -d`: a container outside Kubernetes, running the image's
     /// default command (or `command`).
     pub fn run(&self, namespace: &str, reference: &str, id: &str, command: &[&str]) {

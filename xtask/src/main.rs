@@ -42,7 +42,7 @@ enum Task {
     Demo,
     /// Run benchmarks and write a report under target/bench/.
     Bench {
-        /// One benchmark (webhook, agent); all when omitted.
+        /// One benchmark (webhook, agent, push); all when omitted.
         name: Option<String>,
     },
     /// Fuzz the webhook's decoders, reference parser and policy loader.

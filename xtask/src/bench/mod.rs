@@ -4,6 +4,7 @@
 
 mod agent;
 mod procfs;
+mod push;
 mod report;
 mod webhook;
 
@@ -17,10 +18,12 @@ pub fn run(paths: &Paths, which: Option<&str>) -> Result<()> {
         None => {
             webhook::run(paths, &mut report)?;
             agent::run(paths, &mut report)?;
+            push::run(paths, &mut report)?;
         }
         Some("webhook") => webhook::run(paths, &mut report)?,
         Some("agent") => agent::run(paths, &mut report)?,
-        Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent"),
+        Some("push") => push::run(paths, &mut report)?,
+        Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent, push"),
     }
     report.write(&paths.target.join("bench"))
 }
