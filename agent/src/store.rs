@@ -298,6 +298,48 @@ impl Store {
         Ok(out)
     }
 
+    /// One approval by digest (a point lookup).
+    pub fn approval(&self, digest: &str) -> Result<Option<Approval>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(APPROVALS).map_err(store_err)?;
+        match table.get(digest).map_err(store_err)? {
+            Some(value) => Ok(Some(decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Approvals in digest order after `after`, those `keep` accepts, at
+    /// most `limit`; and whether more follow. Reads only as far as needed.
+    pub fn approvals_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Approval) -> bool,
+    ) -> Result<(Vec<Approval>, bool), StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(APPROVALS).map_err(store_err)?;
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for row in table
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(store_err)?
+        {
+            let (_, value) = row.map_err(store_err)?;
+            let approval: Approval = decode(value.value())?;
+            if keep(&approval) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(approval);
+            }
+        }
+        Ok((out, false))
+    }
+
     pub fn container(&self, key: &str) -> Result<Option<ContainerRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(CONTAINERS).map_err(store_err)?;

@@ -5,6 +5,7 @@
 //! (containerd's own client, in a non-Kubernetes namespace) and through CRI
 //! like the kubelet (host-network sandbox, kubelet-style cgroup parent).
 
+use std::os::unix::process::CommandExt;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -104,6 +105,9 @@ state = "{root}/state"
         std::fs::write(root.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(root.join("containerd.log")).unwrap();
         let child = Command::new(CONTAINERD_BIN)
+            // Its own process group: a Ctrl-C reaches the demo, which then
+            // stops the containers before containerd.
+            .process_group(0)
             .arg("--config")
             .arg(root.join("config.toml"))
             .stdout(Stdio::null())

@@ -1,6 +1,7 @@
 //! imagegate's own binaries as tests run them: started with JSON logs on
 //! standard error, every line kept, killed on drop.
 
+use std::os::unix::process::CommandExt;
 use std::{
     ffi::OsStr,
     io::{BufRead, BufReader},
@@ -29,6 +30,9 @@ impl Process {
     {
         assert!(binary.exists(), "{} is not built", binary.display());
         let mut child = Command::new(binary)
+            // A process group of its own: a Ctrl-C at the terminal reaches
+            // only the test or demo, which stops everything in order.
+            .process_group(0)
             .args(args)
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")

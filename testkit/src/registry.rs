@@ -2,6 +2,7 @@
 //! 2.8) on loopback, plain HTTP or TLS with htpasswd Basic auth, filled with
 //! hand-made images whose digests the test computes itself.
 
+use std::os::unix::process::CommandExt;
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -110,6 +111,7 @@ impl Registry {
         }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = Command::new(REGISTRY_BIN)
+            .process_group(0)
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(Stdio::null())

@@ -50,7 +50,8 @@ fn synthetic(n: usize) -> Approval {
         user: None,
         rule: "bench".into(),
         api: "AdmissionReview".into(),
-        admitted_at_ms: 0,
+        // Now: the webhook drops approvals older than its retention.
+        admitted_at_ms: imagegate_webhook::ledger::now_ms(),
         generation: 0,
     }
 }

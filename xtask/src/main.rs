@@ -38,8 +38,12 @@ enum Task {
     },
     /// Run setup, then every check and test; ends with a summary line.
     Test,
-    /// Run setup and build, then show the agent reporting real exec events.
-    Demo,
+    /// Run setup and build, then the whole product on this machine, told as it happens.
+    Demo {
+        /// Run the agent in enforce mode (the violating container is killed).
+        #[arg(long)]
+        enforce: bool,
+    },
     /// Run benchmarks and write a report under target/bench/.
     Bench {
         /// One benchmark (webhook, agent, push); all when omitted.
@@ -65,7 +69,7 @@ fn main() -> Result<()> {
             build::all(&paths, release).map(drop)
         }
         Task::Test => test::run(&paths),
-        Task::Demo => demo::run(&paths),
+        Task::Demo { enforce } => demo::run(&paths, enforce),
         Task::Bench { name } => bench::run(&paths, name.as_deref()),
         Task::Fuzz { seconds, targets } => fuzz::run(&paths, seconds, &targets),
     }

@@ -198,15 +198,46 @@ impl AgentService for AgentApi {
                     })
             })
             .transpose()?;
-        let mut approvals = self.store().approvals().map_err(internal)?;
-        approvals.retain(|a| {
-            (q.digest.is_empty() || a.digest.as_str() == q.digest)
-                && (q.namespace.is_empty() || a.namespace.as_deref() == Some(q.namespace.as_str()))
+        let store = self.store();
+        let keep = |a: &crate::store::Approval| {
+            (q.namespace.is_empty() || a.namespace.as_deref() == Some(q.namespace.as_str()))
                 && (q.repository.is_empty()
                     || a.reference.as_deref().map(repository) == Some(q.repository.as_str()))
-        });
-        approvals.sort_by(|a, b| a.digest.cmp(&b.digest));
-        let (page, next_page_token, total) = page(approvals, |a| a.digest.to_string(), after, size);
+        };
+        // A digest is a point lookup; everything else walks the table in
+        // digest order from the page token, as far as the page needs.
+        let (page, more, total) = if !q.digest.is_empty() {
+            let found: Vec<_> = store
+                .approval(&q.digest)
+                .map_err(internal)?
+                .filter(|a| keep(a) && after.as_deref().is_none_or(|t| a.digest.as_str() > t))
+                .into_iter()
+                .collect();
+            let total = found.len() as u64;
+            (found, false, total)
+        } else {
+            let (page, more) = store
+                .approvals_after(after.as_deref(), size, keep)
+                .map_err(internal)?;
+            let total = if q.namespace.is_empty() && q.repository.is_empty() {
+                store.approval_count() as u64
+            } else {
+                // Filtered totals count every match: a full walk.
+                store
+                    .approvals_after(None, usize::MAX, keep)
+                    .map_err(internal)?
+                    .0
+                    .len() as u64
+            };
+            (page, more, total)
+        };
+        let next_page_token = if more {
+            page.last()
+                .map(|a| a.digest.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals: page.iter().map(convert::approval_out).collect(),
             next_page_token,
