@@ -185,6 +185,11 @@ struct RunArgs {
     #[arg(long, env = "IMAGEGATE_GRPC_PLAINTEXT_ADDRESS")]
     grpc_plaintext_address: Option<SocketAddr>,
 
+    /// A plaintext listener that serves only `grpc.health.v1`, on any
+    /// address: for the kubelet's gRPC liveness and readiness probes.
+    #[arg(long, env = "IMAGEGATE_GRPC_HEALTH_ADDRESS")]
+    grpc_health_address: Option<SocketAddr>,
+
     /// This node's name, for the status (defaults to the host name).
     #[arg(long, env = "IMAGEGATE_NODE_NAME")]
     node_name: Option<String>,
@@ -303,6 +308,7 @@ async fn run(args: RunArgs) -> Result<()> {
         Listeners {
             tls,
             plaintext: args.grpc_plaintext_address,
+            health: args.grpc_health_address,
         },
         stop_rx,
     )

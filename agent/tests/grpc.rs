@@ -391,3 +391,130 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
     assert_eq!(status["sources"][0]["generation"], "3");
     drop(registry);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_loopback() {
+    require_root();
+    let pki = Pki::new();
+    let state = tempfile::tempdir().unwrap();
+    let mut process = Process::start(
+        "agent",
+        Path::new(AGENT),
+        [
+            "--containerd-socket",
+            "/nonexistent/containerd.sock",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--metrics-address",
+            "off",
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--grpc-tls-cert",
+            &pki.file("imagegate-agent.crt"),
+            "--grpc-tls-key",
+            &pki.file("imagegate-agent.key"),
+            "--grpc-client-ca",
+            &pki.file("ca.pem"),
+            "--grpc-health-address",
+            "127.0.0.1:0",
+        ],
+    );
+    process.wait_message("ready: watching container starts", Duration::from_secs(30));
+    let address = |message: &str| {
+        process
+            .find(|l| l["fields"]["message"] == message)
+            .expect(message)["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let tls = address("gRPC: mTLS listener (AgentService, health, reflection)");
+    let health = Target::Plaintext(address("gRPC: health listener (grpc.health.v1 only)"));
+
+    // The health listener answers health, and nothing else.
+    assert_eq!(
+        grpcurl::call(&health, "grpc.health.v1.Health/Check", "{}")["status"],
+        "SERVING"
+    );
+    let out = grpcurl::run(&health, &[], &["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+    assert!(
+        !listed.contains(SERVICE),
+        "no AgentService on the health listener: {listed}"
+    );
+
+    // A new serving certificate, from another CA, replaces the files: new
+    // handshakes get it within the reload period.
+    let status = grpcurl::run(&pki.client(&tls, "imagegate-webhook"), &[], &["list"]);
+    assert!(status.status.success());
+    let other = Ca::new("the next CA");
+    let next = other.identity("imagegate-agent");
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = other.write(other_dir.path(), "unused", &next);
+    std::fs::write(
+        pki.dir.path().join("imagegate-agent.crt.new"),
+        &next.cert_pem,
+    )
+    .unwrap();
+    std::fs::write(
+        pki.dir.path().join("imagegate-agent.key.new"),
+        &next.key_pem,
+    )
+    .unwrap();
+    // Key first, then certificate, each by rename: a reader sees old or new.
+    std::fs::rename(
+        pki.dir.path().join("imagegate-agent.key.new"),
+        pki.dir.path().join("imagegate-agent.key"),
+    )
+    .unwrap();
+    std::fs::rename(
+        pki.dir.path().join("imagegate-agent.crt.new"),
+        pki.dir.path().join("imagegate-agent.crt"),
+    )
+    .unwrap();
+    let trusting_next = Target::Tls {
+        address: tls.clone(),
+        ca: other_ca,
+        cert: pki.dir.path().join("imagegate-webhook.crt"),
+        key: pki.dir.path().join("imagegate-webhook.key"),
+        server_name: "imagegate-agent".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if grpcurl::run(&trusting_next, &[], &["list"])
+            .status
+            .success()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        process
+            .find(|l| l["fields"]["message"] == "gRPC TLS: certificates reloaded")
+            .is_some()
+    );
+    drop(process);
+
+    // The plaintext listener refuses any address but loopback.
+    let out = std::process::Command::new(AGENT)
+        .args([
+            "--containerd-socket",
+            "/nonexistent",
+            "--metrics-address",
+            "off",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--grpc-plaintext-address", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
+}

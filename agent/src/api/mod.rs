@@ -43,6 +43,9 @@ pub struct Listeners {
     pub tls: Option<(SocketAddr, tls::TlsFiles)>,
     /// Plaintext, loopback only.
     pub plaintext: Option<SocketAddr>,
+    /// Plaintext, `grpc.health.v1` only, any address: for the kubelet's
+    /// gRPC probes, which speak neither TLS nor client certificates.
+    pub health: Option<SocketAddr>,
 }
 
 /// Binds the listeners and serves until `shutdown` resolves. Returns the
@@ -105,6 +108,34 @@ pub async fn serve(
             }
         });
         info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
+        bound.push(local);
+    }
+    if let Some(address) = listeners.health {
+        let listener = bind("--grpc-health-address", address).await?;
+        let local = listener.local_addr().map_err(|source| ApiError::Bind {
+            what: "--grpc-health-address",
+            address,
+            source,
+        })?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Reflection of the health service alone, so grpcurl can ask too.
+        let health_reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ApiError::Reflection(e.to_string()))?;
+        let server = Server::builder()
+            .add_service(health_service.clone())
+            .add_service(health_reflection);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
+                warn!(error = %e, "gRPC health listener stopped");
+            }
+        });
+        info!(address = %local, "gRPC: health listener (grpc.health.v1 only)");
         bound.push(local);
     }
     if let Some(address) = listeners.plaintext {

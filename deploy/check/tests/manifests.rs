@@ -342,6 +342,19 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         .collect();
     assert_eq!(host_mounts, needed);
 
+    // Probes through gRPC health, on the listener that serves only it.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = container[probe]["grpc"]["port"]
+            .as_u64()
+            .expect("a gRPC probe");
+        let args = container["args"].as_array().unwrap();
+        assert!(
+            args.iter()
+                .any(|a| a == &format!("--grpc-health-address=0.0.0.0:{port}")),
+            "{probe} port {port} is the health listener"
+        );
+    }
+
     // The webhook finds every agent through the headless Service.
     let service = find(&objects, "Service", "imagegate-agent");
     assert_eq!(service["spec"]["clusterIP"], "None");
