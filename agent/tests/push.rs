@@ -144,6 +144,21 @@ struct Webhook {
 
 impl Webhook {
     fn start(files: &Files, registry: &Registry, ledger: &Path, agents: &[&AgentSlot]) -> Self {
+        let mut args = Vec::new();
+        for agent in agents {
+            args.push("--agent".to_string());
+            args.push(format!("127.0.0.1:{}", agent.tls_port));
+        }
+        Self::start_with(files, registry, ledger, args)
+    }
+
+    /// With these agent discovery flags.
+    fn start_with(
+        files: &Files,
+        registry: &Registry,
+        ledger: &Path,
+        discovery: Vec<String>,
+    ) -> Self {
         let webhook = sibling_binary(AGENT, "imagegate-webhook");
         let policy = files.dir.path().join("policy.yaml");
         std::fs::write(
@@ -178,10 +193,7 @@ impl Webhook {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for agent in agents {
-            args.push("--agent".into());
-            args.push(format!("127.0.0.1:{}", agent.tls_port));
-        }
+        args.extend(discovery);
         let mut process = Process::start("webhook", &webhook, &args);
         let serving = process.wait_message(
             "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
@@ -231,7 +243,7 @@ async fn two_agents_converge_through_a_crash_and_an_outage() {
     require_root();
     let registry = Registry::plain();
     let mut digests = Vec::new();
-    for n in 0..6 {
+    for n in 0..7 {
         digests.push(
             registry
                 .push_image("team/app", &format!("v{n}"), &format!("push-{n}"))
@@ -330,6 +342,24 @@ async fn two_agents_converge_through_a_crash_and_an_outage() {
         "a stranger's certificate was accepted"
     );
     a.converges_to(&expected(6));
+
+    // Discovery by DNS, as through a headless Service: `localhost` has
+    // A and AAAA records; each record is an agent (the ::1 one is refused
+    // and retried, the 127.0.0.1 one gets the approval).
+    let third = Webhook::start_with(
+        &files,
+        &registry,
+        &ledgers.path().join("three.redb"),
+        vec![
+            "--agent-service".into(),
+            format!("localhost:{}", a.tls_port),
+            "--agent-resolve-interval".into(),
+            "1s".into(),
+        ],
+    );
+    third.admit(&files, &image(6)).await;
+    a.converges_to(&expected(7));
     drop(webhook);
     drop(second);
+    drop(third);
 }

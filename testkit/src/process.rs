@@ -128,11 +128,28 @@ pub fn sibling_binary(sibling: &str, name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port below the kernel's ephemeral range, for a server
+/// that must come back on the same port after a restart: a port from the
+/// ephemeral range could meanwhile be taken by some outgoing connection
+/// (the webhook retrying that very agent, say).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = u32::from(low.saturating_sub(10_000)).max(1);
+    // A cheap spread over the range: pid and time, no RNG dependency.
+    let mut seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = 10_000 + (seed % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
 }
