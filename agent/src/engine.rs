@@ -472,6 +472,18 @@ impl Engine {
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        // Stored first, told after: whoever sees the verdict (log, stream)
+        // finds the record and the violation already there.
+        self.persist(record);
+        if matches!(
+            record.verdict,
+            VerdictKind::NeverAdmitted | VerdictKind::Unknown
+        ) {
+            match filed {
+                Filed::New => self.file_violation(key, record),
+                Filed::Already => self.apply_violation_action(key, record),
+            }
+        }
         self.publish(EventKind::Verdict, record);
         self.ctx
             .metrics
@@ -496,16 +508,6 @@ impl Engine {
             latency_ms = watched.first_event.elapsed().as_secs_f64() * 1000.0,
             "verdict"
         );
-        self.persist(record);
-        if matches!(
-            record.verdict,
-            VerdictKind::NeverAdmitted | VerdictKind::Unknown
-        ) {
-            match filed {
-                Filed::New => self.file_violation(key, record),
-                Filed::Already => self.apply_violation_action(key, record),
-            }
-        }
         self.tracked
             .insert(key, Tracked::Container(Box::new(watched)));
     }
