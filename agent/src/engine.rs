@@ -219,31 +219,19 @@ impl Engine {
     }
 
     fn on_event(&mut self, event: ProbeEvent) {
+        let (kind, counter) = match &event {
+            ProbeEvent::Exec(_) => ("exec", &self.ctx.counters.exec_events),
+            ProbeEvent::NewCgroup(_) => ("cgroup", &self.ctx.counters.cgroup_events),
+        };
+        self.ctx
+            .metrics
+            .events
+            .get_or_create(&EventLabels { kind })
+            .inc();
+        counter.fetch_add(1, Ordering::Relaxed);
         match event {
-            ProbeEvent::Exec(exec) => {
-                self.ctx
-                    .metrics
-                    .events
-                    .get_or_create(&EventLabels { kind: "exec" })
-                    .inc();
-                self.ctx
-                    .counters
-                    .exec_events
-                    .fetch_add(1, Ordering::Relaxed);
-                self.on_exec(exec);
-            }
-            ProbeEvent::NewCgroup(cgroup) => {
-                self.ctx
-                    .metrics
-                    .events
-                    .get_or_create(&EventLabels { kind: "cgroup" })
-                    .inc();
-                self.ctx
-                    .counters
-                    .cgroup_events
-                    .fetch_add(1, Ordering::Relaxed);
-                self.on_new_cgroup(cgroup);
-            }
+            ProbeEvent::Exec(exec) => self.on_exec(exec),
+            ProbeEvent::NewCgroup(cgroup) => self.on_new_cgroup(cgroup),
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     exec_event::{Exec, NewCgroup, SizeMismatch},
     kernel_offsets::{self, OffsetError},
+    runtime::error_chain,
     tracefs::{self, FormatError},
 };
 
@@ -315,17 +316,6 @@ fn probe_lsm(ebpf: &mut Ebpf, btf: Option<&Btf>, attach: bool) -> LsmStatus {
         Ok(false) => LsmStatus::Available,
         Err(reason) => LsmStatus::Unavailable(reason),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn ring(ebpf: &mut Ebpf, name: &'static str) -> Result<AsyncFd<RingBuf<MapData>>, ProbeError> {

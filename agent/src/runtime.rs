@@ -413,7 +413,8 @@ pub fn container_key(namespace: &str, id: &str) -> String {
     format!("{namespace}/{id}")
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

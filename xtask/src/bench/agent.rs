@@ -8,21 +8,20 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::report::Report;
-use crate::{build, cmd, paths::Paths, setup};
+use crate::{cmd, paths::Paths};
 
 pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
-    setup::check_toolchain(paths)?;
-    let object = build::ebpf(paths)?;
-    cmd::run(build::host_cargo(&object).current_dir(&paths.root).args([
-        "build",
-        "--release",
-        "--package",
-        "imagegate-agent",
-        "--bin",
-        "imagegate-agent",
-        "--example",
-        "agent_bench",
-    ]))?;
+    super::build_release(
+        paths,
+        &[
+            "--package",
+            "imagegate-agent",
+            "--bin",
+            "imagegate-agent",
+            "--example",
+            "agent_bench",
+        ],
+    )?;
     let release = paths.target.join("release");
     let execs = std::env::var("IMAGEGATE_BENCH_EXECS").unwrap_or_else(|_| "2000".into());
     println!(

@@ -10,7 +10,20 @@ mod webhook;
 
 use anyhow::{Result, bail};
 
-use crate::paths::Paths;
+use crate::{build, cmd, paths::Paths, setup};
+
+/// Builds the eBPF object, then `cargo build --release` with `args`
+/// (packages, binaries, examples) as the benchmarks run them.
+fn build_release(paths: &Paths, args: &[&str]) -> Result<()> {
+    setup::check_toolchain(paths)?;
+    let object = build::ebpf(paths)?;
+    cmd::run(
+        build::host_cargo(&object)
+            .current_dir(&paths.root)
+            .args(["build", "--release"])
+            .args(args),
+    )
+}
 
 pub fn run(paths: &Paths, which: Option<&str>) -> Result<()> {
     let mut report = report::Report::new();

@@ -8,25 +8,24 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::report::Report;
-use crate::{build, cmd, paths::Paths, setup};
+use crate::{cmd, paths::Paths};
 
 pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
-    setup::check_toolchain(paths)?;
-    let object = build::ebpf(paths)?;
-    cmd::run(build::host_cargo(&object).current_dir(&paths.root).args([
-        "build",
-        "--release",
-        "--package",
-        "imagegate-agent",
-        "--bin",
-        "imagegate-agent",
-        "--package",
-        "imagegate-webhook",
-        "--bin",
-        "imagegate-webhook",
-        "--example",
-        "push_bench",
-    ]))?;
+    super::build_release(
+        paths,
+        &[
+            "--package",
+            "imagegate-agent",
+            "--bin",
+            "imagegate-agent",
+            "--package",
+            "imagegate-webhook",
+            "--bin",
+            "imagegate-webhook",
+            "--example",
+            "push_bench",
+        ],
+    )?;
     let release = paths.target.join("release");
     println!("\n==> push: webhook -> 1 and 10 agents (mTLS, loopback)");
     let out = cmd::output(
