@@ -13,6 +13,14 @@ use std::{
 
 use serde_json::Value;
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stop echoing the processes' log lines on standard error (the demo tells
+/// its own story; tests keep the echo, which is what a failure shows).
+pub fn quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A running imagegate process (agent or webhook).
 pub struct Process {
     pub child: Child,
@@ -46,7 +54,9 @@ impl Process {
         let prefix = name.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{prefix}: {line}");
+                if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("{prefix}: {line}");
+                }
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
                 sink.lock().unwrap().push(value);

@@ -30,6 +30,11 @@ fn indent(text: &str) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let enforce = std::env::args().any(|a| a == "--enforce");
+    // The story goes to standard output; the processes' own logs are kept,
+    // not echoed (`--logs` echoes them on standard error).
+    if !std::env::args().any(|a| a == "--logs") {
+        imagegate_testkit::process::quiet();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
