@@ -54,6 +54,10 @@ pub struct Config {
     /// approvals can arrive just after a pod is created.
     pub grace: Duration,
     pub exemptions: Exemptions,
+    /// How often cgroups that are gone are forgotten: containers come and
+    /// go for the agent's whole life, and what it tracks must not grow
+    /// with them.
+    pub forget_every: Duration,
 }
 
 /// What the engine shares with the rest of the agent.
@@ -89,8 +93,8 @@ pub struct Counters {
 enum Tracked {
     /// A lookup is in flight.
     Identifying,
-    /// Not a container.
-    Host,
+    /// Not a container; its cgroup path.
+    Host(String),
     Container(Box<Watched>),
 }
 
@@ -166,6 +170,7 @@ impl Engine {
         tokio::pin!(shutdown);
         let mut batch = Vec::new();
         let mut lost_poll = tokio::time::interval(LOST_POLL);
+        let mut sweep = tokio::time::interval(self.ctx.config.forget_every);
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -189,6 +194,7 @@ impl Engine {
                     lost.get_or_create(&EventLabels { kind: "exec" }).set(exec as i64);
                     lost.get_or_create(&EventLabels { kind: "cgroup" }).set(cgroup as i64);
                 }
+                _ = sweep.tick() => self.forget_gone(),
                 _ = &mut shutdown => break,
             }
         }
@@ -213,7 +219,7 @@ impl Engine {
         for path in host {
             if let Ok(key) = self.ctx.layout.key_of_path(&path) {
                 self.set_action(key, Action::Ignore);
-                self.tracked.insert(key, Tracked::Host);
+                self.tracked.insert(key, Tracked::Host(path));
             }
         }
     }
@@ -278,7 +284,7 @@ impl Engine {
                     );
                 }
             }
-            Some(Tracked::Identifying | Tracked::Host) => {}
+            Some(Tracked::Identifying | Tracked::Host(_)) => {}
             None => {
                 self.tracked.insert(key, Tracked::Identifying);
                 self.spawn_identify(key, Some(exec.tgid), None, Instant::now());
@@ -319,7 +325,7 @@ impl Engine {
         let tx = self.tx.clone();
         let first_event = Instant::now();
         tokio::spawn(async move {
-            let outcome = match lookup(&ctx.runtime, &id, Some(&namespace), false).await {
+            let outcome = match lookup(&ctx.runtime, &id, Some(&namespace)).await {
                 Outcome::Host => Outcome::Unknown(format!(
                     "containerd listed task {namespace}/{id} but then had no such container"
                 )),
@@ -359,7 +365,7 @@ impl Engine {
             Outcome::Host => {
                 debug!(key, path, "host cgroup");
                 self.set_action(key, Action::Ignore);
-                self.tracked.insert(key, Tracked::Host);
+                self.tracked.insert(key, Tracked::Host(path));
             }
             Outcome::Unknown(reason) => {
                 self.observe_identification(first_event);
@@ -568,6 +574,41 @@ impl Engine {
         )
     }
 
+    /// Drops what the agent tracks for cgroups that no longer exist, here
+    /// and in the kernel map. Containers still waiting for their grace
+    /// window are kept: one that exits early is still judged.
+    fn forget_gone(&mut self) {
+        let root = self.ctx.layout.key_root().to_path_buf();
+        let exists = |path: &str| root.join(path.trim_start_matches('/')).exists();
+        let gone: Vec<u64> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, tracked)| {
+                let alive = match tracked {
+                    Tracked::Identifying => true,
+                    Tracked::Host(path) => exists(path),
+                    Tracked::Container(w) => w.deadline.is_some() || exists(&w.record.cgroup),
+                };
+                (!alive).then_some(*key)
+            })
+            .collect();
+        for key in &gone {
+            self.tracked.remove(key);
+            self.ctx.actions.remove(*key);
+        }
+        if !gone.is_empty() {
+            debug!(
+                forgotten = gone.len(),
+                tracked = self.tracked.len(),
+                "cgroups gone"
+            );
+        }
+        self.ctx
+            .metrics
+            .tracked_cgroups
+            .set(self.tracked.len() as i64);
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         self.tracked
             .values()
@@ -742,9 +783,12 @@ async fn identify(
     let outcome = match container_ref::parse(&path) {
         None => Outcome::Host,
         Some(found) => {
-            let weak = found.namespace.is_some();
-            match lookup(&ctx.runtime, &found.id, found.namespace.as_deref(), weak).await {
-                Outcome::Host if !weak => {
+            // A `/<namespace>/<name>` path is only a candidate: containerd
+            // not knowing it makes it a host cgroup. A runtime's id that
+            // containerd does not know is a container it cannot tell.
+            let candidate = found.namespace.is_some();
+            match lookup(&ctx.runtime, &found.id, found.namespace.as_deref()).await {
+                Outcome::Host if !candidate => {
                     Outcome::Unknown(not_found_reason(&found.id, found.runtime, &ctx.runtime))
                 }
                 other => other,
@@ -774,7 +818,7 @@ fn not_found_reason(id: &str, runtime: RuntimeHint, containerd: &Containerd) -> 
 
 /// Asks containerd, retrying transient failures. `NotFound` becomes
 /// `Host`; the caller decides whether that is right.
-async fn lookup(runtime: &Containerd, id: &str, namespace: Option<&str>, weak: bool) -> Outcome {
+async fn lookup(runtime: &Containerd, id: &str, namespace: Option<&str>) -> Outcome {
     let mut last_error = String::new();
     for attempt in 0..LOOKUP_ATTEMPTS {
         if attempt > 0 {
@@ -785,11 +829,6 @@ async fn lookup(runtime: &Containerd, id: &str, namespace: Option<&str>, weak: b
             Ok(Lookup::NotFound) => return Outcome::Host,
             Err(e) => last_error = e.to_string(),
         }
-    }
-    if weak {
-        // A `/<word>/<word>` cgroup that containerd cannot be asked about
-        // is more likely a host group than a container; say so in the logs.
-        debug!(id, error = %last_error, "could not ask containerd about a candidate cgroup");
     }
     Outcome::Unknown(last_error)
 }

@@ -118,6 +118,10 @@ struct RunArgs {
     #[arg(long, env = "IMAGEGATE_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
 
+    /// How often the agent forgets cgroups that no longer exist.
+    #[arg(long, env = "IMAGEGATE_FORGET_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    forget_interval: Duration,
+
     /// Exempt pod sandbox (pause) containers.
     #[arg(long, env = "IMAGEGATE_EXEMPT_SANDBOX", default_value_t = true, action = ArgAction::Set)]
     exempt_sandbox: bool,
@@ -258,6 +262,7 @@ async fn run(args: RunArgs) -> Result<()> {
             mode: args.mode,
             grace: args.grace,
             exemptions,
+            forget_every: args.forget_interval,
         },
         layout,
         store,
@@ -403,11 +408,12 @@ fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store)
         ),
         other => info!(lsm = ?other, enforcement, "kernel: BPF LSM probe"),
     }
+    let (containers, violations) = store.counts().unwrap_or_default();
     info!(
         state_dir = %args.state_dir.display(),
         approvals = store.approval_count(),
-        containers = store.containers().map(|c| c.len()).unwrap_or(0),
-        violations = store.violations().map(|v| v.len()).unwrap_or(0),
+        containers,
+        violations,
         "state loaded"
     );
 }

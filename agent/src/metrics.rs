@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Execs the kernel stopped with SIGKILL (enforce mode).
     pub kernel_kills: Counter,
     pub approvals: Gauge,
+    /// cgroups the agent keeps state for (hosts and containers), as of the
+    /// last sweep of the gone ones.
+    pub tracked_cgroups: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +87,12 @@ impl Metrics {
         );
         let approvals = Gauge::default();
         registry.register("approvals", "Approved digests held", approvals.clone());
+        let tracked_cgroups = Gauge::default();
+        registry.register(
+            "tracked_cgroups",
+            "cgroups the agent keeps state for, as of the last sweep of gone ones",
+            tracked_cgroups.clone(),
+        );
         Self {
             registry,
             events,
@@ -93,6 +102,7 @@ impl Metrics {
             kills,
             kernel_kills,
             approvals,
+            tracked_cgroups,
         }
     }
 

@@ -268,10 +268,11 @@ impl CgroupActions {
             .map_err(map_err(names::CGROUP_ACTIONS))
     }
 
-    /// The stored value for `key`, if any (for tests and the status report).
-    pub fn get(&self, key: u64) -> Option<u32> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key, 0).ok()
+    /// Forgets `key` (its cgroup is gone).
+    pub fn remove(&self, key: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Already evicted by the LRU is as good as removed.
+        let _ = map.remove(&key);
     }
 }
 

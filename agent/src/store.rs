@@ -361,6 +361,18 @@ impl Store {
         txn.commit().map_err(store_err)
     }
 
+    /// How many containers and violations are stored (the tables' own
+    /// counts: nothing is decoded).
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let containers = txn.open_table(CONTAINERS).map_err(store_err)?;
+        let violations = txn.open_table(VIOLATIONS).map_err(store_err)?;
+        Ok((
+            containers.len().map_err(store_err)?,
+            violations.len().map_err(store_err)?,
+        ))
+    }
+
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(CONTAINERS).map_err(store_err)?;

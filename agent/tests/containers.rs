@@ -25,12 +25,7 @@ const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pull";
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests run containers and load eBPF programs: run `sudo cargo xtask test`"
-    );
+    imagegate_testkit::require_root("these tests run containers and load eBPF programs");
 }
 
 /// A registry and containerd, with three images pushed: the pause image,
@@ -179,6 +174,24 @@ fn write_approvals(path: &Path, digests: &[&str]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The agent with an approvals file holding `approved` (its path is
+/// returned, to change it later) and `args`; state under `dir`.
+fn agent_with_approvals(
+    world: &World,
+    dir: &Path,
+    approved: &[&str],
+    args: &[&str],
+) -> (Agent, std::path::PathBuf) {
+    let approvals = dir.join("approvals");
+    write_approvals(&approvals, approved);
+    let mut all = vec!["--approvals-file", approvals.to_str().unwrap()];
+    all.extend(args);
+    (
+        Agent::start(&world.containerd, &dir.join("state"), &all),
+        approvals,
+    )
+}
+
 fn state(state_dir: &Path, table: &str) -> Vec<Value> {
     let out = Command::new(AGENT)
         .args(["state", "--state-dir"])
@@ -213,17 +226,11 @@ fn unique(name: &str) -> String {
 async fn flags_never_admitted_containers_from_cri_and_ctr_and_passes_admitted_ones() {
     let world = World::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let approvals = dir.path().join("approvals");
-    write_approvals(&approvals, &[&world.app_digest, &world.multi_index]);
-    let agent = Agent::start(
-        &world.containerd,
-        &dir.path().join("state"),
-        &[
-            "--grace",
-            "500ms",
-            "--approvals-file",
-            approvals.to_str().unwrap(),
-        ],
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[&world.app_digest, &world.multi_index],
+        &["--grace", "500ms"],
     );
 
     // Outside Kubernetes: `ctr run` in containerd's `default` namespace.
@@ -323,17 +330,11 @@ async fn flags_never_admitted_containers_from_cri_and_ctr_and_passes_admitted_on
 async fn imported_images_are_judged_by_their_manifest_digest() {
     let world = World::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let approvals = dir.path().join("approvals");
-    write_approvals(&approvals, &[&world.app_digest]);
-    let agent = Agent::start(
-        &world.containerd,
-        &dir.path().join("state"),
-        &[
-            "--grace",
-            "200ms",
-            "--approvals-file",
-            approvals.to_str().unwrap(),
-        ],
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[&world.app_digest],
+        &["--grace", "200ms"],
     );
     let c = &world.containerd;
     let (app_id, rogue_id) = (unique("imported-app"), unique("imported-rogue"));
@@ -358,18 +359,7 @@ async fn imported_images_are_judged_by_their_manifest_digest() {
 async fn an_approval_inside_the_grace_window_admits_and_one_after_it_does_not_erase_history() {
     let world = World::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let approvals = dir.path().join("approvals");
-    write_approvals(&approvals, &[]);
-    let agent = Agent::start(
-        &world.containerd,
-        &dir.path().join("state"),
-        &[
-            "--grace",
-            "3s",
-            "--approvals-file",
-            approvals.to_str().unwrap(),
-        ],
-    );
+    let (agent, approvals) = agent_with_approvals(&world, dir.path(), &[], &["--grace", "3s"]);
     let c = &world.containerd;
     let id = unique("late");
     c.pull("default", &world.app);
@@ -391,18 +381,15 @@ async fn an_approval_inside_the_grace_window_admits_and_one_after_it_does_not_er
 async fn enforce_kills_the_violating_container_and_nothing_else() {
     let world = World::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let approvals = dir.path().join("approvals");
-    write_approvals(&approvals, &[&world.app_digest]);
-    let agent = Agent::start(
-        &world.containerd,
-        &dir.path().join("state"),
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[&world.app_digest],
         &[
             "--mode",
             "enforce",
             "--grace",
             "300ms",
-            "--approvals-file",
-            approvals.to_str().unwrap(),
             "--exempt-runtime-namespace",
             "ops",
         ],
@@ -536,6 +523,49 @@ async fn a_restart_keeps_history_and_approvals_and_finds_running_containers() {
     let containers = state(&state_dir, "containers");
     assert!(containers.iter().any(|c| c["key"] == format!("default/{app_id}").as_str()
         && c["verdict"] == "admitted"));
+    drop(world.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_forgets_containers_that_are_gone() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[&world.app_digest],
+        &["--forget-interval", "300ms"],
+    );
+    let c = &world.containerd;
+    let ids = [unique("brief"), unique("brief")];
+    c.pull("default", &world.app);
+    for id in &ids {
+        c.run("default", &world.app, id, &[]);
+        agent.verdict(id, "admitted");
+    }
+    let tracked = || metric(&agent.scrape(), "imagegate_agent_tracked_cgroups");
+    let wait_until = |what: &str, done: &dyn Fn(f64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = tracked();
+            if done(now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{what}: tracked cgroups {now}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let with_both = wait_until("both containers tracked", &|n| n >= 2.0);
+    // The containers go, and with them their cgroups.
+    for id in &ids {
+        c.ctr("default", &["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+    thread::sleep(Duration::from_millis(300));
+    for id in &ids {
+        c.ctr("default", &["tasks", "delete", "-f", id]);
+        c.ctr("default", &["containers", "delete", id]);
+    }
+    wait_until("the gone containers forgotten", &|n| n <= with_both - 2.0);
     drop(world.registry);
 }
 

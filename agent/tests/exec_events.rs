@@ -92,12 +92,7 @@ impl Drop for Agent {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests load eBPF programs and need root: run `sudo cargo xtask test`"
-    );
+    imagegate_testkit::require_root("these tests load eBPF programs");
 }
 
 /// A copy of `true` under a name and path of our choosing, so that its exec

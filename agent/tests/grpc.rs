@@ -27,12 +27,7 @@ fn digest(n: u8) -> String {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests load eBPF programs: run `sudo cargo xtask test`"
-    );
+    imagegate_testkit::require_root("these tests load eBPF programs");
 }
 
 struct Agent {

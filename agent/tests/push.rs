@@ -23,12 +23,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_imagegate-agent");
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests load eBPF programs: run `sudo cargo xtask test`"
-    );
+    imagegate_testkit::require_root("these tests load eBPF programs");
 }
 
 struct Files {

@@ -7,12 +7,7 @@ use std::time::Duration;
 use imagegate_e2e::{Stack, patched_image, unique};
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the end-to-end test loads eBPF and runs containerd: run `sudo cargo xtask test`"
-    );
+    imagegate_testkit::require_root("the end-to-end test loads eBPF and runs containerd");
 }
 
 #[tokio::test(flavor = "multi_thread")]

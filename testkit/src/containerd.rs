@@ -201,15 +201,6 @@ state = "{root}/state"
             .push((namespace.to_string(), id.to_string()));
     }
 
-    /// The pid of a `ctr` container's init process.
-    pub fn task_pid(&self, namespace: &str, id: &str) -> Option<u32> {
-        let out = self.ctr_ok(namespace, &["tasks", "ls"]);
-        out.lines()
-            .skip(1)
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    }
-
     /// A task's status as `ctr tasks ls` shows it (`RUNNING`, `STOPPED`).
     pub fn task_status(&self, namespace: &str, id: &str) -> Option<String> {
         let out = self.ctr_ok(namespace, &["tasks", "ls"]);

@@ -13,7 +13,11 @@ use std::{net::SocketAddr, sync::Arc};
 
 use imagegate_proto::v1::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{
+    Server,
+    server::{Connected, Router},
+};
 use tracing::{info, warn};
 
 use self::{service::AgentApi, tls::ReloadingTls};
@@ -89,35 +93,14 @@ pub async fn serve(
 
     let mut bound = Vec::new();
     if let Some((address, files)) = listeners.tls {
-        let listener = bind("--grpc-address", address).await?;
-        let local = listener.local_addr().map_err(|source| ApiError::Bind {
-            what: "--grpc-address",
-            address,
-            source,
-        })?;
-        let tls = ReloadingTls::load(files)?;
-        let incoming = tls.incoming(listener);
-        let server = router();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let done = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
-                warn!(error = %e, "gRPC mTLS listener stopped");
-            }
-        });
+        let (listener, local) = bind("--grpc-address", address).await?;
+        let incoming = ReloadingTls::load(files)?.incoming(listener);
+        spawn_server(router(), incoming, shutdown.clone(), "mTLS");
         info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
         bound.push(local);
     }
     if let Some(address) = listeners.health {
-        let listener = bind("--grpc-health-address", address).await?;
-        let local = listener.local_addr().map_err(|source| ApiError::Bind {
-            what: "--grpc-health-address",
-            address,
-            source,
-        })?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (listener, local) = bind("--grpc-health-address", address).await?;
         // Reflection of the health service alone, so grpcurl can ask too.
         let health_reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -126,48 +109,62 @@ pub async fn serve(
         let server = Server::builder()
             .add_service(health_service.clone())
             .add_service(health_reflection);
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let done = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
-                warn!(error = %e, "gRPC health listener stopped");
-            }
-        });
+        spawn_server(
+            server,
+            TcpListenerStream::new(listener),
+            shutdown.clone(),
+            "health",
+        );
         info!(address = %local, "gRPC: health listener (grpc.health.v1 only)");
         bound.push(local);
     }
     if let Some(address) = listeners.plaintext {
-        let listener = bind("--grpc-plaintext-address", address).await?;
-        let local = listener.local_addr().map_err(|source| ApiError::Bind {
-            what: "--grpc-plaintext-address",
-            address,
-            source,
-        })?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = router();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let done = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, done).await {
-                warn!(error = %e, "gRPC plaintext listener stopped");
-            }
-        });
+        let (listener, local) = bind("--grpc-plaintext-address", address).await?;
+        spawn_server(
+            router(),
+            TcpListenerStream::new(listener),
+            shutdown.clone(),
+            "plaintext",
+        );
         info!(address = %local, "gRPC: plaintext loopback listener (queries only)");
         bound.push(local);
     }
     Ok(bound)
 }
 
-async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ApiError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| ApiError::Bind {
-            what,
-            address,
-            source,
-        })
+/// Serves `router` on `incoming` until `stop` turns true.
+fn spawn_server<I, IO, IE>(
+    router: Router,
+    incoming: I,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    listener: &'static str,
+) where
+    I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let done = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, done).await {
+            warn!(error = %e, listener, "gRPC listener stopped");
+        }
+    });
+}
+
+/// Binds `address`; returns the listener and the address it got.
+async fn bind(
+    what: &'static str,
+    address: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ApiError> {
+    let bind_err = |source| ApiError::Bind {
+        what,
+        address,
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
 }

@@ -354,6 +354,7 @@ impl AgentService for AgentApi {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::Status>, Status> {
         let store = self.store();
+        let (containers, violations) = store.counts().map_err(internal)?;
         let c = &self.ctx.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let sources = store
@@ -380,8 +381,8 @@ impl AgentService for AgentApi {
                 lost_exec_events: load(&c.lost_exec_events),
                 lost_cgroup_events: load(&c.lost_cgroup_events),
                 approvals: store.approval_count() as u64,
-                containers: store.containers().map_err(internal)?.len() as u64,
-                violations: store.violations().map_err(internal)?.len() as u64,
+                containers,
+                violations,
                 admitted: load(&c.admitted),
                 never_admitted: load(&c.never_admitted),
                 exempt: load(&c.exempt),
