@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     digest::Digest,
-    store::{Approval, now_ms},
+    store::{Approval, Origin, now_ms},
 };
 
 #[derive(Deserialize)]
@@ -67,6 +67,9 @@ pub fn parse_lines<'a>(
                 namespace: l.namespace,
                 source: source.to_string(),
                 received_at_ms: now_ms(),
+                rule: None,
+                admitted_at_ms: 0,
+                origin: Origin::Unspecified,
             })
         }) {
             Ok(approval) => approvals.push(approval),

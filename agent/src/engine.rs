@@ -26,6 +26,7 @@ use crate::{
     metrics::{EventLabels, Metrics, VerdictLabels},
     probe::{Action, CgroupActions, Probe, ProbeError, ProbeEvent},
     runtime::{ContainerIdentity, Containerd, Lookup, container_key},
+    settle::Gate,
     store::{ContainerRecord, Store, Violation, now_ms},
     verdict::{self, Exemptions, Verdict, VerdictKind},
 };
@@ -74,6 +75,8 @@ pub struct Context {
     pub events: events::Sender,
     /// Verdict counts since start, for the status.
     pub counters: Arc<Counters>,
+    /// Whether enforce mode kills yet (see `settle`).
+    pub settle: Arc<Gate>,
 }
 
 /// Counts the status reports, kept apart from the Prometheus registry so
@@ -143,6 +146,10 @@ enum Message {
 
 pub struct Engine {
     ctx: Arc<Context>,
+    /// The agent's own cgroup key: never given a kill action, whatever its
+    /// verdict (a misconfigured exemption must not make the agent kill
+    /// itself).
+    own_key: Option<u64>,
     tracked: HashMap<u64, Tracked>,
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Message>,
@@ -151,8 +158,14 @@ pub struct Engine {
 impl Engine {
     pub fn new(ctx: Arc<Context>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let own_key = ctx
+            .layout
+            .path_of_process(std::process::id())
+            .ok()
+            .and_then(|path| ctx.layout.key_of_path(&path).ok());
         Self {
             ctx,
+            own_key,
             tracked: HashMap::new(),
             tx,
             rx,
@@ -171,8 +184,10 @@ impl Engine {
         let mut batch = Vec::new();
         let mut lost_poll = tokio::time::interval(LOST_POLL);
         let mut sweep = tokio::time::interval(self.ctx.config.forget_every);
+        let settle = self.ctx.settle.clone();
         loop {
             let deadline = self.next_deadline();
+            let settle_deadline = settle.deadline();
             tokio::select! {
                 received = probe.recv(&mut batch) => {
                     received?;
@@ -186,6 +201,12 @@ impl Engine {
                 },
                 _ = sleep_until(deadline) => self.on_deadlines(),
                 _ = self.ctx.approvals_changed.notified() => self.on_approvals_changed(),
+                _ = settle.settled.notified() => self.on_settled(),
+                _ = sleep_until(settle_deadline) => {
+                    if settle.settle_by_window() {
+                        info!("settled: the settle window passed without a cluster set from a webhook");
+                    }
+                }
                 _ = lost_poll.tick() => {
                     let (exec, cgroup) = probe.lost_events()?;
                     self.ctx.counters.lost_exec_events.store(exec, Ordering::Relaxed);
@@ -507,8 +528,9 @@ impl Engine {
     }
 
     fn file_violation(&mut self, key: u64, record: &ContainerRecord) {
-        let enforced =
-            record.verdict == VerdictKind::NeverAdmitted && self.ctx.config.mode == Mode::Enforce;
+        let enforced = record.verdict == VerdictKind::NeverAdmitted
+            && self.ctx.config.mode == Mode::Enforce
+            && self.ctx.settle.kills();
         let violation = Violation {
             seq: 0,
             at_ms: now_ms(),
@@ -537,10 +559,18 @@ impl Engine {
         self.apply_violation_action(key, record);
     }
 
-    /// Enforce mode: stop the container's execs in the kernel, then kill
-    /// what already runs in it.
+    /// Enforce mode, once settled: stop the container's execs in the
+    /// kernel, then kill what already runs in it.
     fn apply_violation_action(&mut self, key: u64, record: &ContainerRecord) {
         if record.verdict != VerdictKind::NeverAdmitted || self.ctx.config.mode != Mode::Enforce {
+            return;
+        }
+        if Some(key) == self.own_key {
+            warn!(container = %record.key, "not enforced: this is the agent's own container (exempt its namespace)");
+            return;
+        }
+        if !self.ctx.settle.kills() {
+            info!(container = %record.key, "flagged, not stopped: enforce mode is settling (GetStatus says until when)");
             return;
         }
         self.set_action(key, Action::Kill);
@@ -631,6 +661,29 @@ impl Engine {
             .collect();
         for key in due {
             self.redecide(key, true);
+        }
+    }
+
+    /// The agent settled: containers approved meanwhile pass, the
+    /// never-admitted ones flagged while settling are stopped now.
+    fn on_settled(&mut self) {
+        self.on_approvals_changed();
+        let flagged: Vec<(u64, ContainerRecord)> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, t)| match t {
+                Tracked::Container(w) if w.record.verdict == VerdictKind::NeverAdmitted => {
+                    Some((*key, w.record.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        info!(
+            flagged = flagged.len(),
+            "settled: enforce mode stops violations from now on"
+        );
+        for (key, record) in flagged {
+            self.apply_violation_action(key, &record);
         }
     }
 

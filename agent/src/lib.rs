@@ -16,6 +16,7 @@
 //! - [`store`]: approvals, containers and violations on disk;
 //! - [`approvals_file`]: approvals from a local file;
 //! - [`engine`]: the loop from events to verdicts to actions;
+//! - [`settle`]: when enforce mode may start killing;
 //! - [`enforce`]: killing a violating container's processes;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`requirements`]: the host paths and capabilities the agent needs.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod probe;
 pub mod requirements;
 pub mod runtime;
+pub mod settle;
 pub mod store;
 pub mod tracefs;
 pub mod verdict;

@@ -25,7 +25,9 @@ use imagegate_agent::{
     kernel_offsets::VMLINUX_BTF,
     metrics::Metrics,
     probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
+    requirements::{self, Environment, KernelVersion},
     runtime::Containerd,
+    settle::{Enforcement, Gate},
     store::Store,
     verdict::Exemptions,
 };
@@ -117,6 +119,13 @@ struct RunArgs {
     /// not approved yet (approvals can arrive just after a pod is created).
     #[arg(long, env = "IMAGEGATE_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
+
+    /// Enforce mode kills nothing until the agent holds the admitted set a
+    /// webhook rebuilt from the cluster (what already ran before the
+    /// install), or until this long after the agent's first start on this
+    /// node; until then it flags, as audit mode does.
+    #[arg(long, env = "IMAGEGATE_SETTLE", default_value = "10m", value_parser = humantime::parse_duration)]
+    settle: Duration,
 
     /// How often the agent forgets cgroups that no longer exist.
     #[arg(long, env = "IMAGEGATE_FORGET_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -217,6 +226,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    check_requirements(&args)?;
     let layout = Layout::detect()?;
     let exemptions = Exemptions::new(
         args.exempt_sandbox,
@@ -225,9 +235,21 @@ async fn run(args: RunArgs) -> Result<()> {
         args.exempt_image.clone(),
     )
     .context("--exempt-image")?;
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating --state-dir {}", args.state_dir.display()))?;
     let store = Arc::new(Store::open(&args.state_dir.join("state.redb"))?);
+    let settle = Arc::new(Gate::open(args.mode, args.settle, store.clone())?);
+    match settle.now() {
+        Enforcement::Audit => {}
+        Enforcement::Settling { deadline_ms } => info!(
+            until = %humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(deadline_ms)
+            ),
+            "enforce mode is settling: violations are flagged, not stopped, until the cluster's \
+             admitted set arrives from a webhook or the settle window ends"
+        ),
+        Enforcement::Enforcing { by, .. } => {
+            info!(since = %by, "enforce mode: violations are stopped")
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.approvals.set(store.approval_count() as i64);
 
@@ -272,6 +294,7 @@ async fn run(args: RunArgs) -> Result<()> {
         approvals_changed,
         events: events::channel(),
         counters: Arc::default(),
+        settle,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -374,14 +397,41 @@ fn lsm_and_enforcement(lsm: &LsmStatus, mode: Mode) -> (String, &'static str) {
     (text, enforcement)
 }
 
-fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store) {
-    for missing in imagegate_agent::requirements::missing_paths() {
-        warn!(
-            path = missing.path,
-            needed_for = missing.why,
-            "host path missing"
-        );
+/// Everything the agent needs from its host, checked before anything is
+/// loaded: a pod missing a capability or a mount stops here with a list of
+/// what to add, instead of failing somewhere inside the kernel or runtime.
+fn check_requirements(args: &RunArgs) -> Result<()> {
+    let key_root_inode = Layout::detect().ok().and_then(|layout| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(layout.key_root()).ok().map(|m| m.ino())
+    });
+    let report = requirements::check(&Environment {
+        mode: args.mode,
+        btf: &args.btf,
+        kernel: KernelVersion::running(),
+        effective: requirements::effective_capabilities().ok(),
+        tracefs: imagegate_agent::tracefs::root().is_ok(),
+        cgroup_root_inode: key_root_inode,
+        containerd_socket: &args.containerd_socket,
+        state_dir: &args.state_dir,
+    });
+    for warning in &report.warnings {
+        warn!("{warning}");
     }
+    let problems = report.problems;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        tracing::error!("{problem}");
+    }
+    bail!(
+        "the agent cannot run here; what is missing:\n  - {}",
+        problems.join("\n  - ")
+    )
+}
+
+fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store) {
     let facts = probe.facts();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     info!(

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     digest::{Digest, DigestSet},
     runtime::PodRef,
+    settle::SettleRecord,
     verdict::VerdictKind,
 };
 
@@ -30,6 +31,9 @@ const VIOLATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("violations
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `identity/ledger` of a sender -> [`SourceState`] (JSON).
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// `state` -> [`SettleRecord`] (JSON): when enforce mode may kill.
+const SETTLE: TableDefinition<&str, &[u8]> = TableDefinition::new("settle");
+const SETTLE_KEY: &str = "state";
 
 const VIOLATION_SEQ: &str = "violation_seq";
 const STORE_CACHE_BYTES: usize = 4 << 20;
@@ -74,6 +78,28 @@ pub struct Approval {
     /// When the agent stored it.
     #[serde(default)]
     pub received_at_ms: u64,
+    /// The policy rule that allowed it (from a webhook).
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// When admission approved it (from a webhook; 0 if unknown).
+    #[serde(default)]
+    pub admitted_at_ms: u64,
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// How an approval came about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Not said (older senders, approvals files).
+    #[default]
+    Unspecified,
+    /// A review the apiserver sent.
+    Admission,
+    /// A pod that already ran when a webhook rebuilt the admitted set from
+    /// the cluster.
+    Adopted,
 }
 
 /// A container the agent has seen, with its latest verdict.
@@ -118,6 +144,29 @@ pub struct SourceState {
     /// The sender's ledger generation the agent holds.
     pub generation: u64,
     pub last_sync_ms: u64,
+    /// The generation at which the sender's ledger held the admitted set
+    /// rebuilt from the cluster, once it said so.
+    #[serde(default)]
+    pub cluster_set_generation: Option<u64>,
+}
+
+impl SourceState {
+    /// Whether the agent holds the sender's cluster set.
+    pub fn holds_cluster_set(&self) -> bool {
+        self.cluster_set_generation
+            .is_some_and(|g| self.generation >= g)
+    }
+}
+
+/// What storing a sender's approvals did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Digests new to the agent.
+    pub added: usize,
+    /// The sender's generation the agent now holds.
+    pub generation: u64,
+    /// Whether the agent now holds the sender's cluster set.
+    pub holds_cluster_set: bool,
 }
 
 pub struct Store {
@@ -146,6 +195,7 @@ impl Store {
             txn.open_table(VIOLATIONS).map_err(store_err)?;
             txn.open_table(META).map_err(store_err)?;
             txn.open_table(SOURCES).map_err(store_err)?;
+            txn.open_table(SETTLE).map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
         let store = Self {
@@ -184,16 +234,18 @@ impl Store {
     }
 
     /// Stores approvals from `source` and moves its generation to
-    /// `generation` (never backwards); returns the digests that were new
-    /// and the generation held. One transaction: both or neither.
+    /// `generation` (never backwards), and its cluster set generation when
+    /// given. One transaction: all or nothing.
     pub fn add_approvals_from(
         &self,
         source: &str,
         approvals: &[Approval],
         generation: u64,
-    ) -> Result<(usize, u64), StoreError> {
+        cluster_set_generation: Option<u64>,
+    ) -> Result<Received, StoreError> {
         let txn = self.db.begin_write().map_err(store_err)?;
         let held;
+        let holds_cluster_set;
         let mut new = Vec::new();
         {
             let mut table = txn.open_table(APPROVALS).map_err(store_err)?;
@@ -217,7 +269,11 @@ impl Store {
             };
             state.generation = state.generation.max(generation);
             state.last_sync_ms = now_ms();
+            if cluster_set_generation.is_some() {
+                state.cluster_set_generation = cluster_set_generation;
+            }
             held = state.generation;
+            holds_cluster_set = state.holds_cluster_set();
             let bytes = serde_json::to_vec(&state).map_err(store_err)?;
             sources
                 .insert(source, bytes.as_slice())
@@ -229,7 +285,34 @@ impl Store {
         for digest in &new {
             known.insert(digest);
         }
-        Ok((added, held))
+        Ok(Received {
+            added,
+            generation: held,
+            holds_cluster_set,
+        })
+    }
+
+    /// When enforce mode may kill (see `settle`); `None` before the first
+    /// start wrote it.
+    pub fn settle_record(&self) -> Result<Option<SettleRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(SETTLE).map_err(store_err)?;
+        match table.get(SETTLE_KEY).map_err(store_err)? {
+            Some(value) => Ok(Some(decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_settle_record(&self, record: &SettleRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(store_err)?;
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(SETTLE).map_err(store_err)?;
+            table
+                .insert(SETTLE_KEY, bytes.as_slice())
+                .map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)
     }
 
     /// The generation of `source` the agent holds (0 if none).
@@ -436,6 +519,9 @@ mod tests {
             namespace: Some("default".into()),
             source: "test".into(),
             received_at_ms: now_ms(),
+            rule: None,
+            admitted_at_ms: 0,
+            origin: Origin::Admission,
         }
     }
 
@@ -462,18 +548,25 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let store = Store::open(&path).unwrap();
-            let (added, held) = store
-                .add_approvals_from("webhook/a", &[approval(1), approval(2)], 7)
+            let r = store
+                .add_approvals_from("webhook/a", &[approval(1), approval(2)], 7, None)
                 .unwrap();
-            assert_eq!((added, held), (2, 7));
+            assert_eq!((r.added, r.generation), (2, 7));
+            assert!(!r.holds_cluster_set);
             // Another replica's ledger counts on its own.
-            let (added, held) = store
-                .add_approvals_from("webhook/b", &[approval(2), approval(3)], 3)
+            let r = store
+                .add_approvals_from("webhook/b", &[approval(2), approval(3)], 3, Some(9))
                 .unwrap();
-            assert_eq!((added, held), (1, 3));
+            assert_eq!((r.added, r.generation), (1, 3));
+            assert!(
+                !r.holds_cluster_set,
+                "told of its cluster set at 9, holds 3"
+            );
             // An older push does not move a generation back.
-            let (_, held) = store.add_approvals_from("webhook/a", &[], 5).unwrap();
-            assert_eq!(held, 7);
+            let r = store.add_approvals_from("webhook/a", &[], 5, None).unwrap();
+            assert_eq!(r.generation, 7);
+            let r = store.add_approvals_from("webhook/b", &[], 9, None).unwrap();
+            assert!(r.holds_cluster_set, "reaches the generation it was told of");
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.source_generation("webhook/a").unwrap(), 7);

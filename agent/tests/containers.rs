@@ -388,6 +388,9 @@ async fn enforce_kills_the_violating_container_and_nothing_else() {
         &[
             "--mode",
             "enforce",
+            // Nothing ran before this test's containers: no settling.
+            "--settle",
+            "0s",
             "--grace",
             "300ms",
             "--exempt-runtime-namespace",
@@ -555,6 +558,9 @@ async fn the_agent_forgets_containers_that_are_gone() {
             thread::sleep(Duration::from_millis(100));
         }
     };
+    // The gauge is written by the sweep: let two sweeps pass after the
+    // second verdict, so it counts both containers.
+    thread::sleep(Duration::from_millis(700));
     let with_both = wait_until("both containers tracked", &|n| n >= 2.0);
     // The containers go, and with them their cgroups.
     for id in &ids {

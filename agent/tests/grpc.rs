@@ -397,7 +397,8 @@ async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_
         Path::new(AGENT),
         [
             "--containerd-socket",
-            "/nonexistent/containerd.sock",
+            // containerd not running: its folder is there, the socket is not.
+            "/tmp/imagegate-no-containerd.sock",
             "--state-dir",
             state.path().to_str().unwrap(),
             "--metrics-address",
@@ -500,7 +501,7 @@ async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_
     let out = std::process::Command::new(AGENT)
         .args([
             "--containerd-socket",
-            "/nonexistent",
+            "/tmp/imagegate-no-containerd.sock",
             "--metrics-address",
             "off",
         ])

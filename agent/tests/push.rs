@@ -74,7 +74,8 @@ impl AgentSlot {
             Path::new(AGENT),
             [
                 "--containerd-socket",
-                "/nonexistent/containerd.sock",
+                // containerd not running: its folder is there, the socket is not.
+                "/tmp/imagegate-no-containerd.sock",
                 "--state-dir",
                 self.state.path().to_str().unwrap(),
                 "--metrics-address",

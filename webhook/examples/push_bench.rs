@@ -51,6 +51,7 @@ fn synthetic(n: usize) -> Approval {
         rule: "bench".into(),
         api: "AdmissionReview".into(),
         // Now: the webhook drops approvals older than its retention.
+        origin: imagegate_webhook::ledger::Origin::Admission,
         admitted_at_ms: imagegate_webhook::ledger::now_ms(),
         generation: 0,
     }

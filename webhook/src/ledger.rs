@@ -23,8 +23,11 @@ use serde::{Deserialize, Serialize};
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 /// Generation -> digest: the order in which records were (re)written.
 const BY_GENERATION: TableDefinition<u64, &str> = TableDefinition::new("by_generation");
-/// "generation" -> the last generation handed out.
+/// "generation" -> the last generation handed out; "cluster_set" -> the
+/// generation at which the ledger held the admitted set rebuilt from the
+/// cluster (absent until this start's rebuild finished).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CLUSTER_SET: &str = "cluster_set";
 /// "id" -> this ledger's random id: generations count within one ledger,
 /// so agents keep them per ledger (each webhook replica has its own).
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
@@ -64,11 +67,27 @@ pub struct Approval {
     pub rule: String,
     /// `ImageReview` or `AdmissionReview`.
     pub api: String,
+    /// A review, or a pod found running when the admitted set was rebuilt
+    /// from the cluster.
+    #[serde(default)]
+    pub origin: Origin,
     /// When it was (last) admitted, milliseconds since the Unix epoch.
     pub admitted_at_ms: u64,
     /// Set by the ledger: the generation of the write that stored it.
     #[serde(default)]
     pub generation: u64,
+}
+
+/// How an approval came about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A review the apiserver sent.
+    #[default]
+    Admission,
+    /// A pod that already ran when the webhook rebuilt the admitted set
+    /// from the cluster.
+    Adopted,
 }
 
 pub struct Ledger {
@@ -113,7 +132,12 @@ impl Ledger {
                 .map_err(|e| open_err(e.to_string()))?;
             txn.open_table(BY_GENERATION)
                 .map_err(|e| open_err(e.to_string()))?;
-            txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            // A cluster set from an earlier run says nothing about pods
+            // started while this webhook was away: it is rebuilt each start.
+            txn.open_table(META)
+                .map_err(|e| open_err(e.to_string()))?
+                .remove(CLUSTER_SET)
+                .map_err(|e| open_err(e.to_string()))?;
             let mut identity = txn
                 .open_table(IDENTITY)
                 .map_err(|e| open_err(e.to_string()))?;
@@ -230,6 +254,33 @@ impl Ledger {
         Ok(generation)
     }
 
+    /// Records that the ledger now holds the admitted set rebuilt from the
+    /// cluster; returns the generation it does at, and wakes the push.
+    pub fn mark_cluster_set(&self) -> Result<u64, LedgerError> {
+        let txn = self.db.begin_write().map_err(store)?;
+        let generation = {
+            let mut meta = txn.open_table(META).map_err(store)?;
+            let generation = meta
+                .get("generation")
+                .map_err(store)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            meta.insert(CLUSTER_SET, generation).map_err(store)?;
+            generation
+        };
+        txn.commit().map_err(store)?;
+        self.generation_tx.send_modify(|_| {});
+        Ok(generation)
+    }
+
+    /// The generation at which the ledger held the cluster set, once this
+    /// start's rebuild finished.
+    pub fn cluster_set(&self) -> Result<Option<u64>, LedgerError> {
+        let txn = self.db.begin_read().map_err(store)?;
+        let meta = txn.open_table(META).map_err(store)?;
+        Ok(meta.get(CLUSTER_SET).map_err(store)?.map(|g| g.value()))
+    }
+
     /// This ledger's id (random, made when the file was created).
     pub fn id(&self) -> &str {
         &self.id
@@ -327,6 +378,7 @@ mod tests {
             user: Some("alice".into()),
             rule: "local".into(),
             api: "AdmissionReview".into(),
+            origin: Origin::Admission,
             admitted_at_ms: at,
             generation: 0,
         }
@@ -431,6 +483,23 @@ mod tests {
             ["sha256:new"]
         );
         assert_eq!(l.expire(1_000 + hour + 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_cluster_set_mark_lasts_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = ledger(dir.path(), 100);
+            assert_eq!(l.cluster_set().unwrap(), None);
+            let mut changes = l.subscribe();
+            changes.borrow_and_update();
+            l.record(&[approval("sha256:a", 1)]).unwrap();
+            assert_eq!(l.mark_cluster_set().unwrap(), 1);
+            assert!(changes.has_changed().unwrap(), "the push is woken");
+            assert_eq!(l.cluster_set().unwrap(), Some(1));
+        }
+        // A restart rebuilds it: pods may have started meanwhile.
+        assert_eq!(ledger(dir.path(), 100).cluster_set().unwrap(), None);
     }
 
     #[test]

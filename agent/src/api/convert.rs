@@ -9,7 +9,8 @@ use crate::{
     digest::Digest,
     events::{AgentEvent, EventKind},
     runtime::PodRef,
-    store::{Approval, ContainerRecord, Violation, now_ms},
+    settle::Enforcement,
+    store::{Approval, ContainerRecord, Origin, Violation, now_ms},
     verdict::VerdictKind,
 };
 
@@ -39,29 +40,48 @@ pub fn approvals_in(
         let digest = Digest::parse(&approval.digest)
             .map_err(|e| Status::invalid_argument(format!("{field}[{i}].digest: {e}")))?;
         let optional = |s: String| (!s.is_empty()).then_some(s);
-        let reference = optional(approval.reference);
-        let namespace = optional(approval.namespace);
+        let origin = origin_in(&format!("{field}[{i}].origin"), approval.origin)?;
+        let record = Approval {
+            digest,
+            reference: optional(approval.reference),
+            namespace: optional(approval.namespace),
+            source: source.to_string(),
+            received_at_ms,
+            rule: optional(approval.rule),
+            admitted_at_ms: u64::try_from(approval.admitted_at_unix_ms).unwrap_or(0),
+            origin,
+        };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
             let platform = Digest::parse(platform).map_err(|e| {
                 Status::invalid_argument(format!("{field}[{i}].platform_digests[{j}]: {e}"))
             })?;
             out.push(Approval {
                 digest: platform,
-                reference: reference.clone(),
-                namespace: namespace.clone(),
-                source: source.to_string(),
-                received_at_ms,
+                ..record.clone()
             });
         }
-        out.push(Approval {
-            digest,
-            reference,
-            namespace,
-            source: source.to_string(),
-            received_at_ms,
-        });
+        out.push(record);
     }
     Ok(out)
+}
+
+fn origin_in(field: &str, value: i32) -> Result<Origin, Status> {
+    match pb::Origin::try_from(value) {
+        Ok(pb::Origin::Unspecified) => Ok(Origin::Unspecified),
+        Ok(pb::Origin::Admission) => Ok(Origin::Admission),
+        Ok(pb::Origin::Adopted) => Ok(Origin::Adopted),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: no origin numbered {value}"
+        ))),
+    }
+}
+
+pub fn origin_out(origin: Origin) -> pb::Origin {
+    match origin {
+        Origin::Unspecified => pb::Origin::Unspecified,
+        Origin::Admission => pb::Origin::Admission,
+        Origin::Adopted => pb::Origin::Adopted,
+    }
 }
 
 pub fn approval_out(approval: &Approval) -> pb::Approval {
@@ -70,10 +90,13 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
         platform_digests: Vec::new(),
         reference: approval.reference.clone().unwrap_or_default(),
         namespace: approval.namespace.clone().unwrap_or_default(),
-        rule: String::new(),
-        admitted_at_unix_ms: 0,
+        rule: approval.rule.clone().unwrap_or_default(),
+        admitted_at_unix_ms: approval.admitted_at_ms as i64,
+        // Generations count in the sender's ledger; the agent keeps the
+        // approval, not where it stood there.
         generation: 0,
         source: approval.source.clone(),
+        origin: origin_out(approval.origin) as i32,
     }
 }
 
@@ -157,6 +180,35 @@ pub fn event_out(event: &AgentEvent) -> pb::Event {
         container: Some(container_out(&event.container)),
         pid: event.pid.unwrap_or(0),
         filename: event.filename.clone().unwrap_or_default(),
+    }
+}
+
+pub fn enforcement_out(enforcement: &Enforcement) -> pb::Enforcement {
+    use pb::enforcement::State;
+    match enforcement {
+        Enforcement::Audit => pb::Enforcement {
+            state: State::Audit as i32,
+            reason: "audit mode: violations are flagged, never stopped".into(),
+            ..Default::default()
+        },
+        Enforcement::Settling { deadline_ms } => pb::Enforcement {
+            state: State::Settling as i32,
+            reason: format!(
+                "enforce mode, settling: violations are flagged but not stopped until the \
+                 cluster's admitted set arrives from a webhook, or until {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(*deadline_ms)
+                )
+            ),
+            settle_deadline_unix_ms: *deadline_ms as i64,
+            since_unix_ms: 0,
+        },
+        Enforcement::Enforcing { since_ms, by } => pb::Enforcement {
+            state: State::Enforcing as i32,
+            reason: format!("enforce mode: violations are stopped ({by})"),
+            settle_deadline_unix_ms: 0,
+            since_unix_ms: *since_ms as i64,
+        },
     }
 }
 

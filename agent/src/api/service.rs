@@ -87,19 +87,29 @@ impl AgentApi {
         source: String,
         approvals: Vec<pb::Approval>,
         generation: u64,
+        cluster_set_generation: Option<u64>,
     ) -> Result<(u32, u64), Status> {
         let approvals = convert::approvals_in("approvals", approvals, &source)?;
         let store = self.store();
-        let (added, held) = tokio::task::spawn_blocking(move || {
-            store.add_approvals_from(&source, &approvals, generation)
+        let from = source.clone();
+        let received = tokio::task::spawn_blocking(move || {
+            store.add_approvals_from(&from, &approvals, generation, cluster_set_generation)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(e.to_string()))?;
-        if added > 0 {
+        if received.added > 0 {
             self.ctx.approvals_changed.notify_one();
         }
-        Ok((added as u32, held))
+        if received.holds_cluster_set
+            && self
+                .ctx
+                .settle
+                .settle(format!("the cluster's admitted set arrived from {source}"))
+        {
+            tracing::info!(%source, "settled: the cluster's admitted set arrived; enforce mode now stops violations");
+        }
+        Ok((received.added as u32, received.generation))
     }
 }
 
@@ -151,7 +161,14 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::PushApprovalsResponse>, Status> {
         let source = self.pusher(&request, &request.get_ref().ledger)?;
         let body = request.into_inner();
-        let (added, generation) = self.add(source, body.approvals, body.generation).await?;
+        let (added, generation) = self
+            .add(
+                source,
+                body.approvals,
+                body.generation,
+                body.cluster_set_generation,
+            )
+            .await?;
         Ok(Response::new(pb::PushApprovalsResponse {
             added,
             generation,
@@ -172,7 +189,14 @@ impl AgentService for AgentApi {
                 body.since_generation
             )));
         }
-        let (added, generation) = self.add(source, body.approvals, body.generation).await?;
+        let (added, generation) = self
+            .add(
+                source,
+                body.approvals,
+                body.generation,
+                body.cluster_set_generation,
+            )
+            .await?;
         Ok(Response::new(pb::SyncApprovalsResponse {
             added,
             generation,
@@ -365,6 +389,7 @@ impl AgentService for AgentApi {
                 source,
                 generation: state.generation,
                 last_sync_unix_ms: state.last_sync_ms as i64,
+                cluster_set_generation: state.cluster_set_generation,
             })
             .collect();
         Ok(Response::new(pb::Status {
@@ -390,6 +415,7 @@ impl AgentService for AgentApi {
             }),
             sources,
             uptime_seconds: self.started.elapsed().as_secs(),
+            enforcement: Some(convert::enforcement_out(&self.ctx.settle.now())),
         }))
     }
 }

@@ -16,7 +16,10 @@ use tonic::{
 use tracing::{debug, info, warn};
 
 use super::Pusher;
-use crate::{ledger::Approval, server::metrics::PushLabels};
+use crate::{
+    ledger::{Approval, Origin},
+    server::metrics::PushLabels,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,15 +78,40 @@ async fn session(
     let mut held = held_generation(&mut client, &ledger_id).await?;
     info!(agent = %address, held, "connected to agent");
     let mut syncing = true;
+    // The cluster set mark this agent was last told of.
+    let mut told_cluster_set = None;
     loop {
         let ledger = pusher.ledger.clone();
         let since = held;
-        let batch =
-            tokio::task::spawn_blocking(move || ledger.since(since, MAX_APPROVALS_PER_CALL))
-                .await
-                .map_err(|e| LinkError::Ledger(e.to_string()))?
-                .map_err(|e| LinkError::Ledger(e.to_string()))?;
+        let (batch, cluster_set) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::ledger::LedgerError>((
+                ledger.since(since, MAX_APPROVALS_PER_CALL)?,
+                ledger.cluster_set()?,
+            ))
+        })
+        .await
+        .map_err(|e| LinkError::Ledger(e.to_string()))?
+        .map_err(|e| LinkError::Ledger(e.to_string()))?;
         let Some(last) = batch.last().map(|a| a.generation) else {
+            if cluster_set.is_some() && cluster_set != told_cluster_set {
+                // Nothing new to send, but the agent has yet to learn
+                // that what it holds is the whole cluster set.
+                client
+                    .push_approvals(pb::PushApprovalsRequest {
+                        approvals: Vec::new(),
+                        generation: held,
+                        ledger: ledger_id.clone(),
+                        cluster_set_generation: cluster_set,
+                    })
+                    .await
+                    .map_err(|status| LinkError::Rpc {
+                        call: "PushApprovals",
+                        status: Box::new(status),
+                    })?;
+                info!(agent = %address, cluster_set = ?cluster_set, "agent told of the cluster set");
+                told_cluster_set = cluster_set;
+                continue;
+            }
             // Up to date: wait for the next write.
             changes.borrow_and_update();
             tokio::select! {
@@ -101,6 +129,7 @@ async fn session(
                     since_generation: held,
                     generation: last,
                     ledger: ledger_id.clone(),
+                    cluster_set_generation: cluster_set,
                 })
                 .await
                 .map(|r| r.into_inner().generation)
@@ -110,6 +139,7 @@ async fn session(
                     approvals,
                     generation: last,
                     ledger: ledger_id.clone(),
+                    cluster_set_generation: cluster_set,
                 })
                 .await
                 .map(|r| r.into_inner().generation)
@@ -130,6 +160,7 @@ async fn session(
                 debug!(agent = %address, call, count, generation = last, "approvals sent");
                 held = agent_holds;
                 syncing = false;
+                told_cluster_set = cluster_set;
                 *backoff = Duration::from_millis(100);
             }
             Ok(agent_holds) => {
@@ -227,5 +258,9 @@ fn approval_out(approval: &Approval) -> pb::Approval {
         admitted_at_unix_ms: approval.admitted_at_ms as i64,
         generation: approval.generation,
         source: String::new(),
+        origin: match approval.origin {
+            Origin::Admission => pb::Origin::Admission,
+            Origin::Adopted => pb::Origin::Adopted,
+        } as i32,
     }
 }
