@@ -4,8 +4,13 @@
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
 //! - [`server`]: the HTTPS server, its routes, metrics and reloads;
-//! - [`check`]: the same decisions offline, for CI pipelines.
+//! - [`check`]: the same decisions offline, for CI pipelines;
+//! - [`adopt`]: the admitted set rebuilt from the pods the cluster runs;
+//! - [`ledger`], [`push`]: admitted digests recorded, and pushed to agents;
+//! - [`resolve`]: tags to digests against the registries;
+//! - [`install`]: certificates and the apiserver's configuration files.
 
+pub mod adopt;
 pub mod check;
 pub mod install;
 pub mod ledger;

@@ -8,12 +8,20 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imagegate_webhook::{
+    adopt::{self, cluster::Apiserver},
     check,
     ledger::Ledger,
     policy::Policy,
     push::{self, PushConfig, Pusher},
     resolve::{self, Credentials},
-    server::{self, AppState, listener, metrics::Metrics, policy_store::PolicyStore, tls},
+    server::{
+        self, AppState,
+        client_auth::{self, Required},
+        listener,
+        metrics::Metrics,
+        policy_store::PolicyStore,
+        tls,
+    },
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -115,10 +123,42 @@ struct ServeArgs {
     /// Private key of the serving certificate (PEM); reloaded with it.
     #[arg(long, env = "IMAGEGATE_TLS_KEY")]
     key: PathBuf,
-    /// CA bundle (PEM) whose client certificates are required; without it,
-    /// no client certificate is asked for.
+    /// CA bundle (PEM) that client certificates must chain to. Required on
+    /// every path, unless --client-cert-required-path names some; without
+    /// it, no client certificate is asked for.
     #[arg(long, env = "IMAGEGATE_CLIENT_CA")]
     client_ca: Option<PathBuf>,
+    /// A path that requires a client certificate (from --client-ca), e.g.
+    /// /image_policy, which the kube-apiserver calls with one; other paths
+    /// then serve clients without one (the ValidatingWebhook path and the
+    /// kubelet's probes present none). Repeatable.
+    #[arg(
+        long = "client-cert-required-path",
+        env = "IMAGEGATE_CLIENT_CERT_REQUIRED_PATHS",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    client_cert_required_paths: Vec<String>,
+    /// A namespace never checked, whatever the policy says: the
+    /// installation's own (imagegate's namespace, kube-system), the same
+    /// list the webhook configurations leave out and the agents exempt.
+    /// Repeatable.
+    #[arg(
+        long = "exempt-namespace",
+        env = "IMAGEGATE_EXEMPT_NAMESPACES",
+        value_delimiter = ','
+    )]
+    exempt_namespaces: Vec<String>,
+    /// At start, rebuild the admitted set from the cluster: list the pods
+    /// the apiserver holds (in-cluster service account, or --kubeconfig),
+    /// decide their images as admission would, and record the digests they
+    /// run, so agents in enforce mode do not kill workloads that ran before
+    /// imagegate.
+    #[arg(long, env = "IMAGEGATE_ADOPT_RUNNING_PODS", value_enum, default_value_t = OnOff::On)]
+    adopt_running_pods: OnOff,
+    /// A kubeconfig to reach the apiserver with, outside a cluster.
+    #[arg(long, env = "IMAGEGATE_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Policy file (YAML); reloaded when it changes.
     #[arg(long, env = "IMAGEGATE_POLICY")]
     policy: PathBuf,
@@ -219,6 +259,13 @@ struct CheckArgs {
     /// Policy file (YAML).
     #[arg(long, env = "IMAGEGATE_POLICY")]
     policy: PathBuf,
+    /// A namespace exempt whatever the policy says, as `serve` takes it.
+    #[arg(
+        long = "exempt-namespace",
+        env = "IMAGEGATE_EXEMPT_NAMESPACES",
+        value_delimiter = ','
+    )]
+    exempt_namespaces: Vec<String>,
     /// Namespace the images would run in.
     #[arg(long, default_value = "default")]
     namespace: String,
@@ -254,8 +301,9 @@ fn main() -> ExitCode {
 fn run_check(args: CheckArgs) -> u8 {
     let policy = match std::fs::read_to_string(&args.policy)
         .with_context(|| format!("cannot read {}", args.policy.display()))
-        .and_then(|text| Policy::from_yaml(&text).map_err(anyhow::Error::from))
-    {
+        .and_then(|text| {
+            Policy::from_yaml_exempting(&text, &args.exempt_namespaces).map_err(anyhow::Error::from)
+        }) {
         Ok(policy) => policy,
         Err(e) => {
             eprintln!("error: {}: {e:#}", args.policy.display());
@@ -330,13 +378,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let metrics = Arc::new(metrics);
-    let (policy, policy_seen) = PolicyStore::load(args.policy.clone(), &metrics).await;
+    let (policy, policy_seen) = PolicyStore::load(
+        args.policy.clone(),
+        args.exempt_namespaces.clone(),
+        &metrics,
+    )
+    .await;
     let (certs, certs_seen) =
         tls::CertStore::load(args.cert.clone(), args.key.clone(), provider.clone())
             .await
             .context("loading the serving certificate")?;
-    let tls_config = tls::server_config(certs.clone(), args.client_ca.as_deref(), provider)
-        .context("configuring TLS")?;
+    let client_certs = Required::from_paths(args.client_cert_required_paths.clone());
+    let tls_config = tls::server_config(
+        certs.clone(),
+        args.client_ca.as_deref(),
+        client_certs.in_handshake(),
+        provider,
+    )
+    .context("configuring TLS")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(policy.clone().watch(
@@ -400,13 +459,42 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
         tokio::spawn(push::discover(pusher, stop_rx.clone()));
     }
+    match (&ledger, args.adopt_running_pods) {
+        (Some(ledger), OnOff::On) => match Apiserver::connect(args.kubeconfig.as_deref()).await {
+            Ok(apiserver) => {
+                info!("rebuilding the admitted set from the pods the cluster runs");
+                tokio::spawn(adopt::run(
+                    apiserver,
+                    policy.clone(),
+                    resolver.clone(),
+                    ledger.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "not rebuilding the admitted set from the cluster: agents in enforce mode \
+                 kill nothing until their settle window has passed"
+            ),
+        },
+        (None, OnOff::On) => tracing::warn!(
+            "no --ledger: the admitted set is not rebuilt from the cluster (nothing to record it in)"
+        ),
+        (_, OnOff::Off) => {}
+    }
     let resolving = resolver.is_some();
-    let app = server::router(Arc::new(AppState {
+    let mut app = server::router(Arc::new(AppState {
         policy,
         metrics,
         resolver,
         ledger,
     }));
+    if args.client_ca.is_some() && !client_certs.in_handshake() {
+        info!(paths = ?args.client_cert_required_paths, "client certificates required on these paths only");
+        let required = client_certs.clone();
+        app = app.layer(axum::middleware::from_fn(move |request, next| {
+            client_auth::enforce(required.clone(), request, next)
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

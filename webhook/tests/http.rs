@@ -556,7 +556,7 @@ async fn bodies_over_the_apiserver_limit_are_refused() {
 async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
     let metrics = Arc::new(Metrics::new());
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = PolicyStore::load(dir.path().join("missing.yaml"), &metrics).await;
+    let (store, _) = PolicyStore::load(dir.path().join("missing.yaml"), Vec::new(), &metrics).await;
     let app = router(Arc::new(AppState {
         policy: store,
         metrics,

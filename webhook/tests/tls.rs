@@ -286,6 +286,70 @@ async fn serves_both_apis_and_requires_the_right_client_certificate() {
         .expect_err("unknown server CA");
 }
 
+/// Found on a real cluster: the kube-apiserver presents a client
+/// certificate on the ImagePolicyWebhook path but not on the
+/// ValidatingWebhook path, so with `--client-ca` alone every AdmissionReview
+/// failed the handshake. Required per path, both paths work.
+#[tokio::test]
+async fn client_certificates_can_be_required_on_one_path_only() {
+    let ca = Ca::new("imagegate test CA");
+    let clients = Ca::new("apiserver client CA");
+    let strangers = Ca::new("someone else");
+    let (dir, _) = setup(&ca, "webhook");
+    std::fs::write(dir.path().join("client-ca.pem"), clients.pem()).unwrap();
+    let ca_flag = dir.path().join("client-ca.pem");
+    let webhook = Webhook::start(
+        dir.path(),
+        &[
+            "--client-ca",
+            ca_flag.to_str().unwrap(),
+            "--client-cert-required-path",
+            "/image_policy",
+        ],
+    );
+    let apiserver = https_client(&ca, Some(&clients.client("kube-apiserver")));
+    let anonymous = https_client(&ca, None);
+
+    // The ImageReview path: with the apiserver's certificate, answered.
+    let answer = review(&apiserver, &webhook, "imagereview-2.json")
+        .await
+        .expect("answered");
+    assert_eq!(answer["status"]["allowed"], true);
+    // Without one: refused with what to do, never an allow.
+    let (path, body) = fixture("imagereview-2.json");
+    assert!(path.starts_with("/imagepolicy"), "{path}");
+    let (status, bytes) = request(
+        &anonymous,
+        "POST",
+        &webhook.url("/image_policy"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+    .expect("an HTTP answer");
+    assert_eq!(status, 403);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("requires a client certificate"), "{text}");
+
+    // The ValidatingWebhook path and the probes: no certificate needed.
+    let answer = review(&anonymous, &webhook, "admissionreview-1.json")
+        .await
+        .expect("answered without a client certificate");
+    assert_eq!(
+        answer["response"]["uid"],
+        "1b197fa5-a451-476e-b5d5-1301d7e602f2"
+    );
+    let (status, _) = request(&anonymous, "GET", &webhook.url("/readyz"), Vec::new())
+        .await
+        .expect("probe");
+    assert_eq!(status, 200);
+
+    // A certificate that is presented is still checked, on every path.
+    let stranger = https_client(&ca, Some(&strangers.client("intruder")));
+    review(&stranger, &webhook, "admissionreview-1.json")
+        .await
+        .expect_err("a client certificate from another CA fails the handshake");
+}
+
 #[tokio::test]
 async fn reloads_the_certificate_under_load_without_dropping_connections() {
     let ca = Ca::new("imagegate test CA");

@@ -84,6 +84,13 @@ impl Policy {
 
     /// Parses and validates a policy document.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        Self::from_yaml_exempting(text, &[])
+    }
+
+    /// As [`Policy::from_yaml`], with `exempt` (the installation's own
+    /// namespaces, from `--exempt-namespace`) added to the file's
+    /// `exemptNamespaces`: the deployment decides those, not the policy.
+    pub fn from_yaml_exempting(text: &str, exempt: &[String]) -> Result<Self, PolicyError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let file: PolicyFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -97,6 +104,8 @@ impl Policy {
                 problems: vec![format!("{at}{inner}")],
             }
         })?;
+        let mut file = file;
+        file.exempt_namespaces.extend(exempt.iter().cloned());
         compile(file)
     }
 }

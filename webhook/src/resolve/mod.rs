@@ -443,7 +443,7 @@ fn classify(
 
 /// An error with its causes: the top-level message of an HTTP error is often
 /// only "error sending request"; what happened (refused, DNS, TLS) is below.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

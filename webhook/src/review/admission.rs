@@ -309,6 +309,32 @@ fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
     }))
 }
 
+/// A Pod as the apiserver lists it, as the review admission would have
+/// made of its CREATE: the same images, namespace, labels and annotations,
+/// decided by the same code. `None` when the item cannot be read as a Pod.
+pub fn pod_review(item: &serde_json::Value) -> Result<Review, String> {
+    let object: Object =
+        serde_json::from_value(item.clone()).map_err(|e| format!("the pod cannot be read: {e}"))?;
+    let metadata = object.metadata.as_ref();
+    let request = Request {
+        uid: String::new(),
+        kind: GroupVersionKind {
+            group: String::new(),
+            kind: "Pod".into(),
+        },
+        namespace: item["metadata"]["namespace"].as_str().map(str::to_string),
+        name: metadata.and_then(|m| m.name.clone()),
+        operation: "CREATE".into(),
+        user_info: None,
+        object: Some(object),
+        dry_run: None,
+    };
+    match to_review(request)? {
+        Ok(review) => Ok(review),
+        Err(why) => Err(why.to_string()),
+    }
+}
+
 /// The answer to one AdmissionReview.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -209,6 +209,7 @@ async fn record(
             user: review.user.clone(),
             rule: d.rule.clone(),
             api: review.api.as_str().to_string(),
+            origin: crate::ledger::Origin::Admission,
             admitted_at_ms: now,
             generation: 0,
         })

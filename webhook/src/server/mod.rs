@@ -1,5 +1,6 @@
 //! The HTTPS server: routes, handlers, metrics, TLS, reloads.
 
+pub mod client_auth;
 mod handlers;
 pub mod listener;
 pub mod metrics;

@@ -12,6 +12,8 @@ use crate::policy::Policy;
 
 pub struct PolicyStore {
     path: PathBuf,
+    /// Namespaces exempt whatever the file says (`--exempt-namespace`).
+    exempt: Vec<String>,
     current: ArcSwapOption<Policy>,
 }
 
@@ -19,9 +21,14 @@ impl PolicyStore {
     /// Loads the file once. A missing or invalid file is logged and leaves
     /// the store empty: the webhook then denies everything and is not ready
     /// until a valid file appears.
-    pub async fn load(path: PathBuf, metrics: &Metrics) -> (Arc<Self>, files::Contents) {
+    pub async fn load(
+        path: PathBuf,
+        exempt: Vec<String>,
+        metrics: &Metrics,
+    ) -> (Arc<Self>, files::Contents) {
         let store = Arc::new(Self {
             path,
+            exempt,
             current: ArcSwapOption::empty(),
         });
         let contents = files::read_all(std::slice::from_ref(&store.path)).await;
@@ -34,6 +41,7 @@ impl PolicyStore {
     pub fn fixed(policy: Policy) -> Arc<Self> {
         Arc::new(Self {
             path: PathBuf::new(),
+            exempt: Vec::new(),
             current: ArcSwapOption::from_pointee(policy),
         })
     }
@@ -61,7 +69,9 @@ impl PolicyStore {
         let path = self.path.display();
         let parsed = match contents {
             Some(Ok(bytes)) => match String::from_utf8(bytes) {
-                Ok(text) => Policy::from_yaml(&text).map_err(|e| e.to_string()),
+                Ok(text) => {
+                    Policy::from_yaml_exempting(&text, &self.exempt).map_err(|e| e.to_string())
+                }
                 Err(_) => Err("the file is not UTF-8".to_string()),
             },
             Some(Err(e)) => Err(format!("cannot read it: {e}")),

@@ -180,11 +180,14 @@ fn certified_key(
     Ok(certified)
 }
 
-/// The server's TLS configuration: certificates from `certs`, client
-/// certificates required (and checked against `client_ca`) when given.
+/// The server's TLS configuration: certificates from `certs`; with
+/// `client_ca`, presented client certificates are checked against it, and
+/// required in the handshake when `require_in_handshake` (otherwise
+/// [`super::client_auth`] requires them per path).
 pub fn server_config(
     certs: Arc<CertStore>,
     client_ca: Option<&Path>,
+    require_in_handshake: bool,
     provider: Arc<CryptoProvider>,
 ) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -216,12 +219,16 @@ pub fn server_config(
                     path: path.to_path_buf(),
                 });
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if require_in_handshake {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| TlsError::Invalid {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
