@@ -93,7 +93,7 @@ pub fn validate(object: &Value) -> Result<()> {
     let object = &go_base64(object);
     use k8s_openapi::api::{
         admissionregistration::v1 as admission, apps::v1 as apps, core::v1 as core,
-        policy::v1 as policy,
+        policy::v1 as policy, rbac::v1 as rbac,
     };
     let api_version = object["apiVersion"].as_str().unwrap_or("");
     let kind = object["kind"].as_str().unwrap_or("");
@@ -107,6 +107,10 @@ pub fn validate(object: &Value) -> Result<()> {
         ("apps/v1", "Deployment") => strict::<apps::Deployment>(object),
         ("apps/v1", "DaemonSet") => strict::<apps::DaemonSet>(object),
         ("policy/v1", "PodDisruptionBudget") => strict::<policy::PodDisruptionBudget>(object),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => strict::<rbac::ClusterRole>(object),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            strict::<rbac::ClusterRoleBinding>(object)
+        }
         ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
             strict::<admission::ValidatingWebhookConfiguration>(object)
         }

@@ -29,6 +29,9 @@ fn every_rendered_object_validates_in_every_variant() {
         &[
             "agent.mode=enforce",
             "agent.sysAdmin=true",
+            "agent.sysResource=true",
+            "registries.ca.registry\\.local=not-a-pem-but-a-string",
+            "webhook.clientCertRequiredPaths=null",
             "registries.credentialsSecret=pull",
             "registries.plainHttp={registry.local:5000}",
             "agent.exemptImages={registry.k8s.io/pause:*}",
@@ -138,7 +141,12 @@ fn the_kustomize_overlay_fills_in_the_certificates() {
 fn is_cluster_scoped(object: &Value) -> bool {
     matches!(
         object["kind"].as_str(),
-        Some("ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration")
+        Some(
+            "ValidatingWebhookConfiguration"
+                | "MutatingWebhookConfiguration"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+        )
     )
 }
 
@@ -271,9 +279,111 @@ async fn the_webhook_configurations_send_what_the_server_checks_where_it_serves(
     assert_eq!(pdb["spec"]["minAvailable"], 1);
 }
 
+/// The capabilities the rendered DaemonSet adds.
+fn granted(objects: &[Value]) -> BTreeSet<String> {
+    let daemonset = find(objects, "DaemonSet", "imagegate-agent");
+    daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_agent_gets_exactly_the_capabilities_its_mode_and_kernel_need() {
+    use imagegate_agent::{
+        engine::Mode,
+        requirements::{KernelVersion, capabilities_needed},
+    };
+    let needed = |mode, kernel| -> BTreeSet<String> {
+        capabilities_needed(mode, kernel)
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect()
+    };
+    let current = KernelVersion(6, 1);
+    // Found on a real cluster: SYS_RESOURCE outside the host's bounding set
+    // keeps the pod from starting, and no kernel since 5.11 needs it.
+    assert_eq!(granted(&render(&[])), needed(Mode::Audit, current));
+    assert!(!granted(&render(&[])).contains("SYS_RESOURCE"));
+    assert_eq!(
+        granted(&render(&["agent.mode=enforce"])),
+        needed(Mode::Enforce, current)
+    );
+    assert_eq!(
+        granted(&render(&["agent.sysResource=true"])),
+        needed(Mode::Audit, KernelVersion(5, 10))
+    );
+    assert!(granted(&render(&["agent.sysAdmin=true"])).contains("SYS_ADMIN"));
+}
+
+/// Found on a real cluster: the webhook registration left the release
+/// namespace out but the agents did not, and in enforce mode they killed
+/// the webhook. One list drives all three.
+#[test]
+fn one_exemption_list_drives_the_registration_the_webhook_and_the_agents() {
+    for sets in [&[][..], &["exemptNamespaces={kube-system,monitoring}"][..]] {
+        let objects = render(sets);
+        let args = |kind: &str, name: &str, flag: &str| -> Vec<String> {
+            find(&objects, kind, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|a| a.as_str()?.strip_prefix(flag).map(str::to_string))
+                .collect()
+        };
+        let agent = args("DaemonSet", "imagegate-agent", "--exempt-pod-namespace=");
+        let webhook = args("Deployment", "imagegate-webhook", "--exempt-namespace=");
+        let registration: Vec<String> = find(
+            &objects,
+            "ValidatingWebhookConfiguration",
+            "imagegate",
+        )["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(agent, registration, "{sets:?}");
+        assert_eq!(webhook, registration, "{sets:?}");
+        assert_eq!(
+            registration[0], "imagegate",
+            "the release's own namespace, always"
+        );
+        assert!(registration.contains(&"kube-system".to_string()));
+    }
+}
+
+#[test]
+fn the_webhook_may_list_pods_and_nothing_else() {
+    let objects = render(&[]);
+    let role = find(&objects, "ClusterRole", "imagegate-webhook");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+    );
+    let binding = find(&objects, "ClusterRoleBinding", "imagegate-webhook");
+    assert_eq!(binding["subjects"][0]["name"], "imagegate-webhook");
+    assert_eq!(binding["subjects"][0]["namespace"], "imagegate");
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        true
+    );
+    // Without the rebuild: no token, no role.
+    let objects = render(&["webhook.adoptRunningPods=false"]);
+    assert!(!objects.iter().any(|o| o["kind"] == "ClusterRole"));
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+}
+
 #[test]
 fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
-    use imagegate_agent::requirements::{CAPABILITIES, HOST_PATHS};
+    use imagegate_agent::requirements::HOST_PATHS;
     let objects = render(&[]);
     let daemonset = find(&objects, "DaemonSet", "imagegate-agent");
     let pod = &daemonset["spec"]["template"]["spec"];
@@ -287,23 +397,6 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
     let security = &container["securityContext"];
     assert_eq!(security["privileged"], false);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let granted: BTreeSet<&str> = security["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    let needed: BTreeSet<&str> = CAPABILITIES.iter().map(|(c, _)| *c).collect();
-    assert_eq!(granted, needed, "SYS_ADMIN only with agent.sysAdmin");
-    let with_admin = render(&["agent.sysAdmin=true"]);
-    let admin = find(&with_admin, "DaemonSet", "imagegate-agent");
-    assert!(
-        admin["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-            ["add"]
-            .as_array()
-            .unwrap()
-            .contains(&"SYS_ADMIN".into())
-    );
 
     // Mounts: every host path the agent uses, from the host path, with
     // write access only where it writes; plus the certificates and the
@@ -327,8 +420,9 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         };
         let path = mount["mountPath"].as_str().unwrap();
         let read_only = mount["readOnly"] == true;
-        if path == "/run/containerd/containerd.sock" {
-            assert!(read_only, "the containerd socket is read-only");
+        if path == "/run/containerd" {
+            assert!(read_only, "the containerd socket's folder is read-only");
+            assert_eq!(host, path);
             continue;
         }
         host_mounts.insert((path.to_string(), read_only));

@@ -74,14 +74,28 @@ annotations:
   scope: Namespaced
 {{- end -}}
 
+{{/*
+The namespaces imagegate never checks, derived here once: the release's own
+namespace first, then exemptNamespaces. The webhook configurations leave them
+out, the webhook exempts them (--exempt-namespace) and every agent exempts
+their pods (--exempt-pod-namespace), so no half can flag what the other
+leaves alone. A list, one name per line.
+*/}}
+{{- define "imagegate.exemptNamespaces" -}}
+{{- $all := list .Release.Namespace -}}
+{{- range .Values.exemptNamespaces -}}
+{{- if not (has . $all) -}}{{- $all = append $all . -}}{{- end -}}
+{{- end -}}
+{{- join "\n" $all -}}
+{{- end -}}
+
 {{- define "imagegate.namespaceSelector" -}}
 namespaceSelector:
   matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values:
-        - {{ .Release.Namespace }}
-{{- range .Values.webhook.excludeNamespaces }}
+{{- range splitList "\n" (include "imagegate.exemptNamespaces" .) }}
         - {{ . }}
 {{- end }}
 {{- end -}}
