@@ -5,6 +5,7 @@
 //! - `cargo xtask test`: setup, then format, lints, unit and root integration tests.
 //! - `cargo xtask demo`: setup, build, and show the product working.
 //! - `cargo xtask bench [NAME]`: benchmarks, with a report under target/bench/.
+//! - `cargo xtask images [--push PREFIX]`: the two container images, built here.
 //! - `cargo xtask fuzz`: the webhook's fuzz targets (nightly).
 
 mod bench;
@@ -12,6 +13,7 @@ mod build;
 mod cmd;
 mod demo;
 mod fuzz;
+mod images;
 mod paths;
 mod setup;
 mod test;
@@ -49,6 +51,26 @@ enum Task {
         /// One benchmark (webhook, agent, push); all when omitted.
         name: Option<String>,
     },
+    /// Build the webhook and agent container images as OCI layouts under
+    /// target/images/, from nothing pulled; optionally push them.
+    Images {
+        /// From the debug build instead of a release build.
+        #[arg(long)]
+        debug: bool,
+        /// Push to `<PREFIX>/webhook:<version>` and `<PREFIX>/agent:<version>`,
+        /// e.g. registry.example:5000/imagegate.
+        #[arg(long, value_name = "PREFIX")]
+        push: Option<String>,
+        /// The registry speaks plain HTTP or has a certificate not to verify.
+        #[arg(long, requires = "push")]
+        insecure: bool,
+        /// Registry credentials, `user:password`.
+        #[arg(long, requires = "push", env = "IMAGEGATE_PUSH_CREDS")]
+        creds: Option<String>,
+        /// A folder holding the registry's CA certificate (`*.crt`).
+        #[arg(long, requires = "push")]
+        cert_dir: Option<std::path::PathBuf>,
+    },
     /// Fuzz the webhook's decoders, reference parser and policy loader.
     Fuzz {
         /// Seconds per target.
@@ -72,5 +94,20 @@ fn main() -> Result<()> {
         Task::Demo { enforce } => demo::run(&paths, enforce),
         Task::Bench { name } => bench::run(&paths, name.as_deref()),
         Task::Fuzz { seconds, targets } => fuzz::run(&paths, seconds, &targets),
+        Task::Images {
+            debug,
+            push,
+            insecure,
+            creds,
+            cert_dir,
+        } => {
+            let push = push.map(|prefix| images::Push {
+                prefix,
+                insecure,
+                creds,
+                cert_dir,
+            });
+            images::run(&paths, debug, push.as_ref())
+        }
     }
 }

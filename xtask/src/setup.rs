@@ -58,6 +58,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("apache2-utils", "htpasswd, for the registry's basic auth"),
     ("openssl", "certificates for TLS tests"),
+    (
+        "binutils",
+        "objcopy, which strips the binaries that go into the images",
+    ),
+    ("ca-certificates", "the CA bundle the images carry"),
     ("iproute2", "network namespaces for tests"),
     ("python3-venv", "a private venv for grpcurl"),
     (
