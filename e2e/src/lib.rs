@@ -170,6 +170,11 @@ impl Stack {
                 mode,
                 "--grace",
                 "1s",
+                // One machine, no cluster: nothing ran before the demo's
+                // containers, so enforce mode needs no settling (the
+                // pod-shaped tests show it with a cluster's pods).
+                "--settle",
+                "0s",
                 "--containerd-socket",
                 &self.containerd.socket.display().to_string(),
                 "--state-dir",

@@ -41,6 +41,16 @@ impl Ca {
         )
     }
 
+    /// A serving certificate named `name` for `sans` (DNS names or IP
+    /// addresses).
+    pub fn server_for(&self, name: &str, sans: &[String]) -> Leaf {
+        self.leaf(
+            name,
+            sans.to_vec(),
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A client certificate named `name`.
     pub fn client(&self, name: &str) -> Leaf {
         self.leaf(name, Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth)

@@ -21,7 +21,7 @@ use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient,
 };
 
-use crate::registry::Registry;
+use crate::{network::PodNetwork, registry::Registry};
 
 pub const CONTAINERD_BIN: &str = "/usr/bin/containerd";
 pub const CTR_BIN: &str = "/usr/bin/ctr";
@@ -50,6 +50,16 @@ impl TestContainerd {
     /// Starts containerd configured to pull from `registry` (its CA and
     /// credentials), with `sandbox_image` as the CRI pause image.
     pub fn start(registry: &Registry, sandbox_image: &str) -> Self {
+        Self::start_with(registry, sandbox_image, None)
+    }
+
+    /// Like [`Self::start`], with CRI pod sandboxes on `network` (CNI
+    /// bridge), so each pod gets an address of its own.
+    pub fn start_on(registry: &Registry, sandbox_image: &str, network: &PodNetwork) -> Self {
+        Self::start_with(registry, sandbox_image, Some(network))
+    }
+
+    fn start_with(registry: &Registry, sandbox_image: &str, network: Option<&PodNetwork>) -> Self {
         for bin in [CONTAINERD_BIN, CTR_BIN, "/usr/sbin/runc"] {
             assert!(
                 Path::new(bin).exists(),
@@ -66,6 +76,9 @@ impl TestContainerd {
         let host_dir = hosts_dir.join(&registry.host);
         std::fs::create_dir_all(&host_dir).unwrap();
         std::fs::create_dir_all(root.join("cni")).unwrap();
+        if let Some(network) = network {
+            network.write_cni_config(&root.join("cni"));
+        }
         let scheme = if registry.ca_file.is_some() {
             "https"
         } else {
@@ -239,6 +252,33 @@ state = "{root}/state"
         containerd_client::connect(&self.socket)
             .await
             .expect("connect to containerd's socket")
+    }
+
+    /// A channel to the CRI services on containerd's socket.
+    pub async fn cri_channel(&self) -> tonic::transport::Channel {
+        self.channel().await
+    }
+
+    /// A sandbox someone else started through CRI, removed on drop.
+    pub fn track_sandbox(&self, id: &str) {
+        self.sandboxes.lock().unwrap().push(id.to_string());
+    }
+
+    /// The host pid of a running task's init process.
+    pub async fn task_pid(&self, namespace: &str, id: &str) -> Option<u32> {
+        use containerd_client::services::v1::{GetRequest, tasks_client::TasksClient};
+        let mut request = tonic::Request::new(GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        });
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", namespace.parse().ok()?);
+        let reply = TasksClient::new(self.channel().await)
+            .get(request)
+            .await
+            .ok()?;
+        reply.into_inner().process.map(|p| p.pid)
     }
 
     /// Pulls `reference` through CRI (as the kubelet does, with the

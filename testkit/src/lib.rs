@@ -1,12 +1,19 @@
 //! Real components for imagegate's tests, started on loopback by the tests
 //! themselves and stopped on drop: a certificate authority, an OCI
-//! registry with TLS and auth, runnable images, and containerd with runc.
+//! registry with TLS and auth, runnable images, and containerd with runc;
+//! and, for pod-shaped tests, a CNI pod network, a kubelet stand-in that
+//! runs pod specs through CRI, and stand-ins for cluster DNS and the
+//! apiserver's pod list.
 
+pub mod apiserver;
 pub mod ca;
 pub mod containerd;
+pub mod dns;
 pub mod grpcurl;
 pub mod https;
 pub mod image;
+pub mod kubelet;
+pub mod network;
 pub mod process;
 pub mod registry;
 

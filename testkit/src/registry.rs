@@ -4,7 +4,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::{
-    net::TcpListener,
+    net::{IpAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -22,13 +22,15 @@ use crate::ca::Ca;
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// A running registry; killed on drop.
 pub struct Registry {
     child: Child,
     pub host: String,
     pub ca_file: Option<PathBuf>,
     pub credentials: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -37,8 +39,8 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -48,21 +50,28 @@ fn free_port() -> u16 {
 impl Registry {
     /// Plain HTTP, anonymous.
     pub fn plain() -> Self {
-        Self::start(None, None, None)
+        Self::start(LOOPBACK, None, None, None)
     }
 
     /// HTTPS with a certificate from `ca`, and htpasswd Basic auth.
     pub fn tls_basic(ca: &Ca, user: &str, password: &str) -> Self {
-        Self::start(Some(ca), Some((user, password)), None)
+        Self::start(LOOPBACK, Some(ca), Some((user, password)), None)
+    }
+
+    /// Like [`Self::tls_basic`], listening on `ip` (a pod network's gateway,
+    /// so pods reach it as a registry outside the cluster).
+    pub fn tls_basic_on(ip: IpAddr, ca: &Ca, user: &str, password: &str) -> Self {
+        Self::start(ip, Some(ca), Some((user, password)), None)
     }
 
     /// HTTPS with a certificate from `ca`, and Bearer tokens from `issuer`
     /// (who knows `user`/`password`).
     pub fn tls_token(ca: &Ca, issuer: &TokenIssuer, user: &str, password: &str) -> Self {
-        Self::start(Some(ca), Some((user, password)), Some(issuer))
+        Self::start(LOOPBACK, Some(ca), Some((user, password)), Some(issuer))
     }
 
     fn start(
+        ip: IpAddr,
         ca: Option<&Ca>,
         credentials: Option<(&str, &str)>,
         issuer: Option<&TokenIssuer>,
@@ -72,14 +81,17 @@ impl Registry {
             "{REGISTRY_BIN} is missing: run `cargo xtask setup` (Debian package docker-registry)"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = free_port(ip);
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n",
             dir.path().join("data").display()
         );
         let mut ca_file = None;
         if let Some(ca) = ca {
-            let leaf = ca.server("registry");
+            let leaf = ca.server_for(
+                "registry",
+                &["localhost".into(), "127.0.0.1".into(), ip.to_string()],
+            );
             std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
             std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
             std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
@@ -119,7 +131,7 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the registry did not listen on {port}"
@@ -128,10 +140,10 @@ impl Registry {
         }
         Self {
             child,
-            host: format!("127.0.0.1:{port}"),
+            host: format!("{ip}:{port}"),
             ca_file,
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -173,6 +185,45 @@ impl Registry {
     /// index digest and the platform digests.
     pub async fn push_index(&self, repo: &str, tag: &str, label: &str) -> (String, Vec<String>) {
         self.push_index_of(repo, tag, label, false).await
+    }
+
+    /// Copies the OCI image layout at `layout` (tag `tag`, as `cargo xtask
+    /// images` writes it) to `repo:tag` with skopeo, as a user pushes a
+    /// built image; returns the manifest's digest.
+    pub fn push_layout(&self, layout: &Path, tag: &str, repo: &str) -> String {
+        let certs = self.dir.path().join("skopeo-certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args(["copy", "--quiet"]);
+        match &self.ca_file {
+            Some(ca) => {
+                std::fs::copy(ca, certs.join("ca.crt")).unwrap();
+                skopeo.arg("--dest-cert-dir").arg(&certs);
+            }
+            None => {
+                skopeo.arg("--dest-tls-verify=false");
+            }
+        }
+        if let Some((u, p)) = &self.credentials {
+            skopeo.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        let out = skopeo
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host))
+            .output()
+            .expect("skopeo (Debian skopeo)");
+        assert!(
+            out.status.success(),
+            "skopeo copy {} -> {repo}:{tag}: {}",
+            layout.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        index["manifests"][0]["digest"]
+            .as_str()
+            .expect("the layout's manifest digest")
+            .to_string()
     }
 
     /// Like [`Self::push_image`], but the image runs: its layer holds
