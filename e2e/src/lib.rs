@@ -5,6 +5,11 @@
 //!
 //! Everything is started by this process, in process groups of their own,
 //! and stopped by it (on drop: also when a Ctrl-C ends the demo).
+//!
+//! [`cluster`] runs the rendered Helm chart's pods on one node through CRI,
+//! for the pod-shaped tests.
+
+pub mod cluster;
 
 use std::{
     path::{Path, PathBuf},

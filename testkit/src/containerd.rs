@@ -259,6 +259,11 @@ state = "{root}/state"
         self.channel().await
     }
 
+    /// The CRI pause image.
+    pub fn sandbox_image(&self) -> &str {
+        &self.sandbox_image
+    }
+
     /// A sandbox someone else started through CRI, removed on drop.
     pub fn track_sandbox(&self, id: &str) {
         self.sandboxes.lock().unwrap().push(id.to_string());

@@ -26,6 +26,13 @@ pub fn binary() -> PathBuf {
 #[derive(Clone, Debug)]
 pub enum Target {
     Plaintext(String),
+    /// A plaintext address inside the network namespace of process `pid`
+    /// (a pod's loopback listener, reached as `kubectl port-forward` does:
+    /// from within the pod's network namespace).
+    PodLoopback {
+        pid: u32,
+        address: String,
+    },
     /// Address, CA file, client certificate and key files, server name.
     Tls {
         address: String,
@@ -92,9 +99,18 @@ pub fn run_data(target: &Target, args: &[&str], method: &str, data: &str) -> Out
 
 /// The command `run` would run, to start it in the background (streams).
 pub fn command(target: &Target, args: &[&str], rest: &[&str]) -> Command {
-    let mut command = Command::new(binary());
+    let mut command = match target {
+        Target::PodLoopback { pid, .. } => {
+            let mut nsenter = Command::new("nsenter");
+            nsenter
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .arg(binary());
+            nsenter
+        }
+        _ => Command::new(binary()),
+    };
     let address = match target {
-        Target::Plaintext(address) => {
+        Target::Plaintext(address) | Target::PodLoopback { address, .. } => {
             command.arg("-plaintext");
             address
         }

@@ -12,6 +12,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// POSTs `body` (JSON) to `https://localhost:PORT/PATH`; returns the status
 /// code and the body.
 pub async fn post(port: u16, path: &str, ca_pem: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    post_to(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        path,
+        ca_pem,
+        body,
+    )
+    .await
+}
+
+/// POSTs `body` (JSON) to `address`, verifying the server's certificate
+/// for `server_name` (a Service's DNS name when `address` is a pod's).
+pub async fn post_to(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    path: &str,
+    ca_pem: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -21,15 +40,15 @@ pub async fn post(port: u16, path: &str, ca_pem: &str, body: &[u8]) -> (u16, Vec
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let tcp = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect to the webhook");
     let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
         .await
         .expect("TLS handshake with the webhook");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {server_name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes()).await.unwrap();

@@ -240,6 +240,11 @@ impl<'a> Kubelet<'a> {
             }),
             ..Default::default()
         };
+        // The kubelet pulls the pause image itself, with the node's
+        // credentials; containerd alone would pull it anonymously.
+        self.containerd
+            .cri_pull(self.containerd.sandbox_image())
+            .await;
         let mut runtime = self.runtime().await;
         let sandbox_id = runtime
             .run_pod_sandbox(RunPodSandboxRequest {

@@ -211,6 +211,10 @@ fn certs_and_apiserver_config_write_what_the_cluster_needs() {
     ] {
         assert!(certs.join(name).exists(), "{name}");
     }
+    // The CA's key is kept below the folder: `kubectl create secret
+    // generic --from-file=certs` takes only the files directly in it.
+    assert!(!certs.join("ca.key").exists());
+    assert!(certs.join("private/ca.key").is_file());
     // A second run refuses to overwrite them.
     let again = Command::new(env!("CARGO_BIN_EXE_imagegate-webhook"))
         .args(["certs", "--out"])

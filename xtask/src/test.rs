@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build, cmd, paths::Paths, setup};
+use crate::{build, cmd, images, paths::Paths, setup};
+
+/// Where the integration tests find the images (e2e/src/cluster.rs).
+const IMAGES_ENV: &str = "IMAGEGATE_IMAGES_DIR";
 
 pub fn run(paths: &Paths) -> Result<()> {
     setup::run(paths)?;
@@ -30,8 +33,20 @@ pub fn run(paths: &Paths) -> Result<()> {
     let mut totals = Totals::default();
     step("unit tests");
     totals.add(run_tests(cargo().args(["test", "--lib", "--bins"]))?);
-    step("integration tests (root: eBPF, real components)");
-    totals.add(run_tests(cargo().args(["test", "--test", "*"]))?);
+    // The pod-shaped tests run imagegate's real images, built from this
+    // build's binaries as `cargo xtask images --debug` builds them.
+    step("container images (cargo xtask images --debug)");
+    cmd::run(cargo().args(["build", "--bins"]))?;
+    let images = images::build_all(paths, "debug")?;
+    for image in &images {
+        println!("image {} {}", image.spec.name, image.manifest_digest);
+    }
+    step("integration tests (root: eBPF, real components, the chart's pods)");
+    totals.add(run_tests(
+        cargo()
+            .env(IMAGES_ENV, images::out_dir(paths, "debug"))
+            .args(["test", "--test", "*"]),
+    )?);
 
     // The one line CI reads.
     println!(

@@ -3,7 +3,8 @@
 //!
 //! | file | for |
 //! |---|---|
-//! | `ca.crt`, `ca.key` | signs the others; the webhook configurations' `caBundle` |
+//! | `ca.crt` | signs the others; the webhook configurations' `caBundle` |
+//! | `private/ca.key` | the CA's key: kept out of the folder's top level, so `kubectl create secret generic --from-file=DIR` (which takes only the files directly in DIR) never puts it in the cluster, where it would let anyone who reads the Secret mint a push identity |
 //! | `webhook.crt`, `webhook.key` | the webhook's serving certificate, for its Service's DNS names |
 //! | `webhook-client.crt`, `webhook-client.key` | the webhook's identity towards agents (`imagegate-webhook`) |
 //! | `agent.crt`, `agent.key` | the agents' gRPC serving certificate (`imagegate-agent`) |
@@ -100,7 +101,12 @@ pub fn write_all(out: &Path, spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsErro
         Ok(())
     };
     write("ca.crt", &ca.pem(), false)?;
-    write("ca.key", &ca_key_pem, true)?;
+    let private = out.join("private");
+    fs::create_dir_all(&private).map_err(|source| CertsError::Write {
+        path: private.clone(),
+        source,
+    })?;
+    write("private/ca.key", &ca_key_pem, true)?;
 
     let leaves: [(&str, &str, Vec<String>, Vec<ExtendedKeyUsagePurpose>); 4] = [
         (

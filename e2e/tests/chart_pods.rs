@@ -1,0 +1,441 @@
+//! The rendered Helm chart's pods, run as a kubelet runs them (the kubelet
+//! stand-in over CRI, on the real containerd, with the images `cargo xtask
+//! images` built): what was found on a real cluster, tested here as close
+//! as this machine allows. See e2e/src/cluster.rs for what only a real
+//! cluster could show.
+
+use std::time::{Duration, Instant};
+
+use imagegate_e2e::cluster::{AGENT_SERVICE, Node, Rendered, bpf_ids};
+use imagegate_testkit::{
+    grpcurl::{self, Target},
+    kubelet::{Kubelet, RunningPod},
+};
+use serde_json::Value;
+
+const SERVICE: &str = "imagegate.v1.AgentService";
+const READY: Duration = Duration::from_secs(60);
+const VERDICT: Duration = Duration::from_secs(30);
+
+fn require_root() {
+    imagegate_testkit::require_root("these tests run pods through containerd and load eBPF");
+}
+
+fn call(api: &Target, method: &str, data: &str) -> Value {
+    grpcurl::call(api, &format!("{SERVICE}/{method}"), data)
+}
+
+/// Polls `ListContainers` until the container with CRI id `id` has
+/// `verdict`; returns it.
+async fn wait_verdict(api: &Target, id: &str, verdict: &str) -> Value {
+    let deadline = Instant::now() + VERDICT;
+    let filter = format!(r#"{{"keyPrefix": "k8s.io/{id}"}}"#);
+    loop {
+        let found = call(api, "ListContainers", &filter)["containers"]
+            .as_array()
+            .and_then(|c| c.first().cloned());
+        if let Some(container) = &found
+            && container["verdict"] == verdict
+        {
+            return container.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id}: no verdict {verdict} within {VERDICT:?}; last seen: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_enforcement(api: &Target, state: &str) -> Value {
+    let deadline = Instant::now() + VERDICT;
+    loop {
+        let status = call(api, "GetStatus", "{}");
+        if status["enforcement"]["state"] == state {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enforcement never {state}: {}",
+            status["enforcement"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_ready(
+    kubelet: &Kubelet<'_>,
+    pod: &imagegate_testkit::kubelet::PodObject,
+    node: &Node,
+    rendered: &Rendered,
+    container: &str,
+) -> RunningPod {
+    let objects = node.objects(rendered).unwrap();
+    let running = kubelet
+        .run(pod, &objects)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", pod.name));
+    if let Err(e) = kubelet.wait_ready(&running, container, READY).await {
+        panic!(
+            "{}: {e}\n--- its log:\n{}",
+            pod.name,
+            kubelet.logs(&running, running.container(container))
+        );
+    }
+    running
+}
+
+/// Found on a real cluster: enforce mode killed imagegate's own webhook and
+/// would have killed what ran before the install; the agent's pod could not
+/// start (SYS_RESOURCE). Here: the chart's defaults plus enforce, installed
+/// on a node that already runs a workload.
+#[tokio::test(flavor = "multi_thread")]
+async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
+    require_root();
+    let node = Node::start().await.unwrap();
+    let kubelet = node.kubelet();
+
+    // A workload that ran before imagegate was installed.
+    let legacy = kubelet
+        .run(
+            &node.workload("shop", "legacy", &node.images.legacy),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+
+    // The install: the chart's defaults, enforce mode.
+    let rendered = node.render(&["agent.mode=enforce"]).unwrap();
+    let mut agent = run_ready(&kubelet, &rendered.agent_pod(), &node, &rendered, "agent").await;
+    kubelet.live(&agent, "agent").await.expect("agent liveness");
+    node.dns.set(AGENT_SERVICE, vec![agent.ip]);
+    let api = node.agent_api(&agent).await.unwrap();
+
+    // No webhook yet: enforce mode settles, flagging but killing nothing.
+    let status = call(&api, "GetStatus", "{}");
+    assert_eq!(status["mode"], "enforce");
+    assert_eq!(
+        status["enforcement"]["state"], "STATE_SETTLING",
+        "{}",
+        status["enforcement"]
+    );
+    let legacy_id = &legacy.container("main").id;
+    wait_verdict(&api, legacy_id, "VERDICT_NEVER_ADMITTED").await;
+    assert_eq!(
+        kubelet.state(legacy_id).await.state,
+        1,
+        "flagged, not killed"
+    );
+
+    // The webhook replicas start; the apiserver lists what runs.
+    node.apiserver.set_pods(vec![
+        kubelet.pod_json(&legacy).await,
+        kubelet.pod_json(&agent).await,
+    ]);
+    let mut webhooks = Vec::new();
+    for i in 0..rendered.webhook_replicas() {
+        webhooks.push(
+            run_ready(
+                &kubelet,
+                &rendered.webhook_pod(i),
+                &node,
+                &rendered,
+                "webhook",
+            )
+            .await,
+        );
+    }
+    assert!(webhooks.len() >= 2, "the chart runs two replicas");
+    assert!(node.apiserver.lists() >= 2, "each replica listed the pods");
+
+    // The rebuilt set arrives over the headless Service name: settled.
+    let status = wait_enforcement(&api, "STATE_ENFORCING").await;
+    assert!(
+        status["enforcement"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the cluster's admitted set arrived"),
+        "{}",
+        status["enforcement"]
+    );
+    let sources = status["sources"].as_array().unwrap();
+    assert!(
+        sources.iter().any(|s| !s["clusterSetGeneration"].is_null()),
+        "{sources:?}"
+    );
+
+    // What ran before is adopted, admitted and alive.
+    let approvals = call(
+        &api,
+        "ListApprovals",
+        &format!(r#"{{"digest": "{}"}}"#, node.images.legacy.digest),
+    );
+    assert_eq!(
+        approvals["approvals"][0]["origin"], "ORIGIN_ADOPTED",
+        "{approvals}"
+    );
+    assert_eq!(approvals["approvals"][0]["rule"], "node-registry");
+    wait_verdict(&api, legacy_id, "VERDICT_ADMITTED").await;
+
+    // imagegate's own pods are exempt, never flagged, all running.
+    for pod in webhooks.iter().chain([&agent]) {
+        for container in &pod.containers {
+            let seen = wait_verdict(&api, &container.id, "VERDICT_EXEMPT").await;
+            assert!(
+                seen["reason"].as_str().unwrap().contains("imagegate"),
+                "{seen}"
+            );
+            assert_eq!(kubelet.state(&container.id).await.state, 1);
+        }
+    }
+    let violations = call(&api, "ListViolations", r#"{"podNamespace": "imagegate"}"#);
+    assert_eq!(violations["total"], "0", "{violations}");
+
+    // A new pod admitted through a webhook replica runs admitted.
+    let answer = node
+        .admit(&webhooks[1], "app", &node.images.app.reference)
+        .await
+        .unwrap();
+    assert_eq!(answer["allowed"], true, "{answer}");
+    let app = kubelet
+        .run(
+            &node.workload("shop", "app", &node.images.app),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    wait_verdict(&api, &app.container("main").id, "VERDICT_ADMITTED").await;
+
+    // Someone on the node bypasses admission: flagged and killed.
+    node.containerd
+        .pull("default", &node.images.miner.reference);
+    node.containerd
+        .run("default", &node.images.miner.reference, "miner", &[]);
+    let deadline = Instant::now() + VERDICT;
+    let exit = loop {
+        // Stopped first, then its status: a running task reports 0.
+        if node.containerd.task_status("default", "miner").as_deref() == Some("STOPPED")
+            && let Some(code) = node.containerd.exit_status("default", "miner").await
+        {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "the miner was not stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        exit,
+        137,
+        "SIGKILL; the agent saw: {}\n--- its log:\n{}",
+        call(&api, "ListContainers", r#"{"keyPrefix": "default/"}"#),
+        kubelet.logs(&agent, agent.container("agent"))
+    );
+    for id in [legacy_id, &app.container("main").id]
+        .into_iter()
+        .chain(webhooks.iter().map(|w| &w.container("webhook").id))
+    {
+        assert_eq!(kubelet.state(id).await.state, 1, "{id} still runs");
+    }
+    let violations = call(&api, "ListViolations", "{}");
+    let filed = violations["total"].clone();
+    assert!(
+        violations["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["container"] == "default/miner" && v["enforced"] == true),
+        "{violations}"
+    );
+
+    // The agent's container restarts (a rolling update): its state stays,
+    // nothing is filed twice, it stays settled.
+    let old = agent.container("agent").id.clone();
+    kubelet.remove_container(&old).await;
+    kubelet.start_container(&mut agent, "agent").await.unwrap();
+    kubelet.wait_ready(&agent, "agent", READY).await.unwrap();
+    let api = node.agent_api(&agent).await.unwrap();
+    let status = call(&api, "GetStatus", "{}");
+    assert_eq!(status["enforcement"]["state"], "STATE_ENFORCING");
+    wait_verdict(&api, legacy_id, "VERDICT_ADMITTED").await;
+    assert_eq!(call(&api, "ListViolations", "{}")["total"], filed);
+
+    // Removing the agent's container leaves nothing in the kernel: its
+    // programs and maps (the kill actions among them) go with it.
+    let pid = node
+        .containerd
+        .task_pid("k8s.io", &agent.container("agent").id)
+        .await
+        .unwrap();
+    let (maps, programs) = bpf_ids(pid);
+    assert!(
+        !maps.is_empty() && !programs.is_empty(),
+        "the running agent holds its maps and programs"
+    );
+    kubelet.remove_container(&agent.container("agent").id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live_maps: Vec<u32> = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .map(|m| m.id())
+            .filter(|id| maps.contains(id))
+            .collect();
+        let live_programs: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| programs.contains(id))
+            .collect();
+        if live_maps.is_empty() && live_programs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left in the kernel: maps {live_maps:?}, programs {live_programs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And with no agent, the node runs whatever starts.
+    node.containerd
+        .run("default", &node.images.miner.reference, "miner-2", &[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node.containerd.task_status("default", "miner-2").as_deref(),
+        Some("RUNNING")
+    );
+}
+
+/// The capabilities the rendered agent container is granted.
+fn granted(pod: &imagegate_testkit::kubelet::PodObject) -> Vec<String> {
+    pod.spec.containers[0]
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap_or_default()
+}
+
+/// Runs `pod` and expects its agent container to stop on its own with
+/// `expected` in its log: a clear message, not a crash loop.
+async fn fails_clearly(
+    kubelet: &Kubelet<'_>,
+    node: &Node,
+    rendered: &Rendered,
+    pod: &imagegate_testkit::kubelet::PodObject,
+    what: &str,
+    expected: &[&str],
+) {
+    let running = kubelet
+        .run(pod, &node.objects(rendered).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("without {what}: the container did not even start: {e}"));
+    let container = running.container("agent");
+    let code = kubelet
+        .wait_exit(&container.id, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("without {what}: the agent kept running"));
+    let log = kubelet.logs(&running, container);
+    assert_ne!(code, 0, "without {what}: exit status 0\n{log}");
+    assert!(
+        expected.iter().any(|e| log.contains(e)),
+        "without {what}: the log does not say {expected:?}:\n{log}"
+    );
+    kubelet.remove_pod(&running).await;
+}
+
+/// Found on a real cluster: `runc create failed: unable to apply caps:
+/// operation not permitted` (the chart always added SYS_RESOURCE). The
+/// chart's capabilities, mounts and seccomp profile are exactly enough:
+/// the agent starts with them, and without any one of them stops with a
+/// message naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_pod_gets_exactly_what_it_needs() {
+    require_root();
+    let node = Node::start().await.unwrap();
+    let kubelet = node.kubelet();
+    for mode in ["audit", "enforce"] {
+        let rendered = node.render(&[&format!("agent.mode={mode}")]).unwrap();
+        let pod = rendered.agent_pod();
+        let security = pod.spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(
+            security.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".to_string()),
+            "the pod runs under the runtime's default seccomp profile"
+        );
+        let running = run_ready(&kubelet, &pod, &node, &rendered, "agent").await;
+        kubelet.remove_pod(&running).await;
+        let caps = granted(&pod);
+        assert_eq!(
+            caps.contains(&"KILL".to_string()),
+            mode == "enforce",
+            "{caps:?}"
+        );
+        for cap in &caps {
+            let mut without = pod.clone();
+            let add = without.spec.containers[0]
+                .security_context
+                .as_mut()
+                .and_then(|s| s.capabilities.as_mut())
+                .and_then(|c| c.add.as_mut())
+                .unwrap();
+            add.retain(|c| c != cap);
+            fails_clearly(
+                &kubelet,
+                &node,
+                &rendered,
+                &without,
+                &format!("CAP_{cap} ({mode} mode)"),
+                &[&format!("CAP_{cap} is missing")],
+            )
+            .await;
+        }
+        if mode == "enforce" {
+            continue;
+        }
+        for (mount, expected) in [
+            ("tracefs", &["tracefs is not mounted"][..]),
+            (
+                "cgroup",
+                &["not the host's tree", "no cgroup hierarchy"][..],
+            ),
+            ("containerd", &["containerd's socket folder"][..]),
+            ("state", &["state folder"][..]),
+        ] {
+            let mut without = pod.clone();
+            without.spec.containers[0]
+                .volume_mounts
+                .as_mut()
+                .unwrap()
+                .retain(|m| m.name != mount);
+            fails_clearly(
+                &kubelet,
+                &node,
+                &rendered,
+                &without,
+                &format!("the {mount} mount"),
+                expected,
+            )
+            .await;
+        }
+    }
+
+    // What the chart used to add: on hosts whose bounding set lacks
+    // CAP_SYS_RESOURCE (this VM's does), runc refuses the container.
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap();
+    let rendered = node.render(&["agent.sysResource=true"]).unwrap();
+    assert!(granted(&rendered.agent_pod()).contains(&"SYS_RESOURCE".to_string()));
+    if bounding & (1 << 24) == 0 {
+        let err = kubelet
+            .run(&rendered.agent_pod(), &node.objects(&rendered).unwrap())
+            .await
+            .expect_err("runc refuses a capability outside the bounding set");
+        assert!(err.contains("caps"), "{err}");
+    } else {
+        eprintln!(
+            "this host's bounding set has CAP_SYS_RESOURCE: the refusal seen on the real \
+             cluster cannot be shown here"
+        );
+    }
+}
