@@ -1,114 +1,8 @@
-//! Content digests as approvals carry them: `algorithm:hex`, checked
-//! strictly, because a digest that is almost right must never match.
+//! The approved digests the exec path asks about, held compactly. The
+//! digest type itself is shared with the webhook
+//! ([`imagegate_proto::digest`]): both halves check digests the same way.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-/// A checked digest: `sha256:` + 64 or `sha512:` + 128 lower-case hex digits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digest(String);
-
-/// Why a string is not a digest.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DigestError {
-    #[error("`{0}` is not a digest: expected `sha256:` followed by 64 lower-case hex digits")]
-    Shape(String),
-    #[error("`{value}`: a {algorithm} digest has {expected} hex digits, this one has {got}")]
-    Length {
-        value: String,
-        algorithm: &'static str,
-        expected: usize,
-        got: usize,
-    },
-    #[error("`{0}`: the hex part must be lower-case 0-9a-f")]
-    Hex(String),
-}
-
-impl Digest {
-    pub fn parse(value: &str) -> Result<Self, DigestError> {
-        let Some((algorithm, hex)) = value.split_once(':') else {
-            return Err(DigestError::Shape(value.to_string()));
-        };
-        let (algorithm, expected) = match algorithm {
-            "sha256" => ("sha256", 64),
-            "sha512" => ("sha512", 128),
-            _ => return Err(DigestError::Shape(value.to_string())),
-        };
-        if hex.len() != expected {
-            return Err(DigestError::Length {
-                value: value.to_string(),
-                algorithm,
-                expected,
-                got: hex.len(),
-            });
-        }
-        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(DigestError::Hex(value.to_string()));
-        }
-        Ok(Self(value.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = DigestError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<Digest> for String {
-    fn from(digest: Digest) -> Self {
-        digest.0
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HEX64: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn accepts_sha256_and_sha512() {
-        assert!(Digest::parse(&format!("sha256:{HEX64}")).is_ok());
-        assert!(Digest::parse(&format!("sha512:{HEX64}{HEX64}")).is_ok());
-    }
-
-    #[test]
-    fn refuses_near_misses_with_the_reason() {
-        assert!(matches!(
-            Digest::parse(&format!("sha256:{}", &HEX64[1..])),
-            Err(DigestError::Length { got: 63, .. })
-        ));
-        // A sha256-length hex under sha512 is wrong for its algorithm.
-        assert!(matches!(
-            Digest::parse(&format!("sha512:{HEX64}")),
-            Err(DigestError::Length { expected: 128, .. })
-        ));
-        assert!(matches!(
-            Digest::parse(&format!("sha256:{}", HEX64.to_uppercase())),
-            Err(DigestError::Hex(_))
-        ));
-        assert!(matches!(
-            Digest::parse("md5:abc"),
-            Err(DigestError::Shape(_))
-        ));
-        assert!(matches!(Digest::parse(HEX64), Err(DigestError::Shape(_))));
-        assert!(serde_json::from_str::<Digest>("\"sha256:zz\"").is_err());
-    }
-}
+pub use imagegate_proto::digest::{Digest, DigestError};
 
 /// A set of digests held compactly: sha256 digests (nearly all of them) as
 /// their 32 raw bytes, others as text. 100,000 approvals take about 4 MiB.
@@ -118,23 +12,10 @@ pub struct DigestSet {
     other: std::collections::HashSet<Box<str>>,
 }
 
-fn sha256_bytes(digest: &str) -> Option<[u8; 32]> {
-    let hex = digest.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl DigestSet {
     /// Adds a checked digest; true if it was new.
     pub fn insert(&mut self, digest: &Digest) -> bool {
-        match sha256_bytes(digest.as_str()) {
+        match digest.sha256_bytes() {
             Some(bytes) => self.sha256.insert(bytes),
             None => self.other.insert(digest.as_str().into()),
         }
@@ -143,12 +24,12 @@ impl DigestSet {
     /// Whether `digest` (any text) is in the set. Only exact lower-case
     /// digests match, as only checked digests were inserted.
     pub fn contains(&self, digest: &str) -> bool {
-        if Digest::parse(digest).is_err() {
+        let Ok(digest) = Digest::parse(digest) else {
             return false;
-        }
-        match sha256_bytes(digest) {
+        };
+        match digest.sha256_bytes() {
             Some(bytes) => self.sha256.contains(&bytes),
-            None => self.other.contains(digest),
+            None => self.other.contains(digest.as_str()),
         }
     }
 

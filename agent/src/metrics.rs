@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Execs the kernel stopped with SIGKILL (enforce mode).
     pub kernel_kills: Counter,
     pub approvals: Gauge,
+    /// Pushed approvals refused (a digest the agent does not accept).
+    pub approvals_rejected: Counter,
     /// cgroups the agent keeps state for (hosts and containers), as of the
     /// last sweep of the gone ones.
     pub tracked_cgroups: Gauge,
@@ -87,6 +89,12 @@ impl Metrics {
         );
         let approvals = Gauge::default();
         registry.register("approvals", "Approved digests held", approvals.clone());
+        let approvals_rejected = Counter::default();
+        registry.register(
+            "approvals_rejected",
+            "Pushed approvals refused because a field was not acceptable",
+            approvals_rejected.clone(),
+        );
         let tracked_cgroups = Gauge::default();
         registry.register(
             "tracked_cgroups",
@@ -102,6 +110,7 @@ impl Metrics {
             kills,
             kernel_kills,
             approvals,
+            approvals_rejected,
             tracked_cgroups,
         }
     }

@@ -3,6 +3,11 @@
 //! time, by protox and tonic-prost-build; see build.rs). Wire types stay in
 //! this crate; the agent and the webhook convert to their own domain types
 //! at the boundary.
+//!
+//! Also the contract both sides must agree on beyond the messages: the
+//! [`digest::Digest`] type, and the batch limits.
+
+pub mod digest;
 
 /// The `imagegate.v1` package.
 pub mod v1 {

@@ -36,10 +36,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn synthetic(n: usize) -> Approval {
-    let digest = format!(
+    let digest = imagegate_proto::digest::Digest::parse(&format!(
         "sha256:{:064x}",
         (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    );
+    ))
+    .expect("a digest");
     Approval {
         digest: digest.clone(),
         digests: vec![digest],

@@ -55,7 +55,7 @@ impl From<&ImageDecision> for ImageReport {
                     domain: r.domain.clone(),
                     path: r.path.clone(),
                     tag: r.effective_tag().map(str::to_string),
-                    digest: r.digest.clone(),
+                    digest: r.digest.as_ref().map(ToString::to_string),
                 }),
                 None,
             ),

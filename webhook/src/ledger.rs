@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use imagegate_proto::digest::Digest;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -53,10 +54,10 @@ fn store<E: std::fmt::Display>(e: E) -> LedgerError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// The digest the reference resolved to (an index or a manifest).
-    pub digest: String,
+    pub digest: Digest,
     /// Every digest a node may report for it: `digest`, then an index's
-    /// platform manifests.
-    pub digests: Vec<String>,
+    /// platform manifests. Checked digests only: what the agent accepts.
+    pub digests: Vec<Digest>,
     /// Normalised reference, e.g. `docker.io/library/nginx:1.25`.
     pub reference: String,
     pub namespace: String,
@@ -97,7 +98,7 @@ pub struct Ledger {
     generation_tx: tokio::sync::watch::Sender<u64>,
     retention: Duration,
     max_entries: u64,
-    recent: Mutex<HashMap<String, Instant>>,
+    recent: Mutex<HashMap<Digest, Instant>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -312,9 +313,20 @@ impl Ledger {
             if out.len() >= limit {
                 break;
             }
-            let (_, digest) = entry.map_err(store)?;
-            if let Some(bytes) = records.get(digest.value()).map_err(store)? {
-                out.push(serde_json::from_slice(bytes.value()).map_err(store)?);
+            let (at, digest) = entry.map_err(store)?;
+            let Some(bytes) = records.get(digest.value()).map_err(store)? else {
+                continue;
+            };
+            // A record this version cannot read (written by an older one,
+            // with a digest the agent refuses) is skipped, not fatal: one
+            // bad record must never stall every record after it.
+            match serde_json::from_slice::<Approval>(bytes.value()) {
+                Ok(approval) => out.push(approval),
+                Err(e) => tracing::error!(
+                    generation = at.value(),
+                    key = digest.value(),
+                    "ledger record unreadable, skipped: {e}"
+                ),
             }
         }
         Ok(out)
@@ -367,10 +379,23 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    /// A digest for tests: `sha256:` and a 64-digit hex made from `name`.
+    fn d(name: &str) -> Digest {
+        let hex: String = name
+            .bytes()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .chain(std::iter::repeat(b'0'))
+            .take(64)
+            .map(char::from)
+            .collect();
+        Digest::parse(&format!("sha256:{hex}")).unwrap()
+    }
+
     fn approval(digest: &str, at: u64) -> Approval {
+        let digest = d(digest);
         Approval {
-            digest: digest.into(),
-            digests: vec![digest.into()],
+            digest: digest.clone(),
+            digests: vec![digest.clone()],
             reference: format!("registry.local/app@{digest}"),
             namespace: "default".into(),
             kind: Some("Pod".into()),
@@ -408,8 +433,8 @@ mod tests {
             assert_eq!(*changes.borrow_and_update(), 3);
             let since = l.since(1, 10).unwrap();
             assert_eq!(
-                since.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
-                ["sha256:b", "sha256:c"]
+                since.iter().map(|a| a.digest.clone()).collect::<Vec<_>>(),
+                [d("sha256:b"), d("sha256:c")]
             );
             assert_eq!(since[1].generation, 3);
         }
@@ -443,8 +468,8 @@ mod tests {
         assert_eq!(l.record(&[approval("sha256:a", 5)]).unwrap(), 3);
         let all = l.all().unwrap();
         assert_eq!(
-            all.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
-            ["sha256:b", "sha256:a"]
+            all.iter().map(|a| a.digest.clone()).collect::<Vec<_>>(),
+            [d("sha256:b"), d("sha256:a")]
         );
         assert_eq!(all[1].admitted_at_ms, 5);
     }
@@ -458,8 +483,8 @@ mod tests {
         }
         let all = l.all().unwrap();
         assert_eq!(
-            all.iter().map(|a| a.digest.as_str()).collect::<Vec<_>>(),
-            ["sha256:2", "sha256:3", "sha256:4"]
+            all.iter().map(|a| a.digest.clone()).collect::<Vec<_>>(),
+            [d("sha256:2"), d("sha256:3"), d("sha256:4")]
         );
     }
 
@@ -478,11 +503,45 @@ mod tests {
             l.all()
                 .unwrap()
                 .iter()
-                .map(|a| a.digest.as_str())
+                .map(|a| a.digest.clone())
                 .collect::<Vec<_>>(),
-            ["sha256:new"]
+            [d("sha256:new")]
         );
         assert_eq!(l.expire(1_000 + hour + 10).unwrap(), 0);
+    }
+
+    /// Found as a poisoned ledger: an older version recorded a digest the
+    /// agent refuses, and every later push stalled. A record this version
+    /// cannot read is skipped; the ones after it go on.
+    #[test]
+    fn an_unreadable_record_does_not_block_the_ones_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 100);
+        l.record(&[approval("a", 1)]).unwrap();
+        {
+            // What an older webhook wrote: not a digest this version takes.
+            let txn = l.db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(APPROVALS).unwrap();
+                let mut order = txn.open_table(BY_GENERATION).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                let bad = serde_json::json!({
+                    "digest": "md5:0123", "digests": ["md5:0123"], "reference": "x",
+                    "namespace": "n", "kind": null, "name": null, "user": null,
+                    "rule": "r", "api": "AdmissionReview", "admitted_at_ms": 2, "generation": 2
+                });
+                records
+                    .insert("md5:0123", serde_json::to_vec(&bad).unwrap().as_slice())
+                    .unwrap();
+                order.insert(2, "md5:0123").unwrap();
+                meta.insert("generation", 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        l.record(&[approval("c", 3)]).unwrap();
+        let all: Vec<Digest> = l.all().unwrap().into_iter().map(|a| a.digest).collect();
+        assert_eq!(all, [d("a"), d("c")]);
+        assert_eq!(l.since(1, 10).unwrap()[0].digest, d("c"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 use std::{fmt, sync::LazyLock};
 
+use imagegate_proto::digest::{Digest, DigestError};
 use oci_spec::distribution::{ParseError as OciParseError, Reference as OciReference};
 use serde::Serialize;
 
@@ -45,6 +46,8 @@ pub enum ParseError {
     NameTooLong,
     #[error("invalid reference format: repository name must be lowercase")]
     Uppercase,
+    #[error("invalid reference format: {0}")]
+    Digest(DigestError),
     #[error("{0}")]
     Grammar(String),
 }
@@ -59,8 +62,9 @@ pub struct Reference {
     pub path: String,
     /// The tag as written; `None` when the reference has none.
     pub tag: Option<String>,
-    /// `algorithm:hex` as written; when present it decides over the tag.
-    pub digest: Option<String>,
+    /// `algorithm:hex` as written (checked: the digest type the agent uses);
+    /// when present it decides over the tag.
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
@@ -119,11 +123,16 @@ impl Reference {
         if domain.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ParseError::NameTooLong);
         }
+        let digest = parsed
+            .digest()
+            .map(Digest::parse)
+            .transpose()
+            .map_err(ParseError::Digest)?;
         Ok(Self {
             domain,
             path,
             tag,
-            digest: parsed.digest().map(str::to_string),
+            digest,
         })
     }
 

@@ -680,7 +680,7 @@ async fn the_ledger_survives_a_restart_of_the_webhook() {
     let ledger = Ledger::open(&ledger_path, std::time::Duration::from_secs(3600), 100).unwrap();
     let all = ledger.all().unwrap();
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0].digest, digest);
+    assert_eq!(all[0].digest.as_str(), digest);
     assert_eq!(all[0].reference, image);
 }
 

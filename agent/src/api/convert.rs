@@ -14,14 +14,23 @@ use crate::{
     verdict::VerdictKind,
 };
 
+/// Pushed approvals, checked: those kept, and those refused with why.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub approvals: Vec<Approval>,
+    pub rejected: Vec<pb::Rejected>,
+}
+
 /// Checks and converts pushed approvals; `field` names the request field.
 /// An approval's platform digests become approvals of their own, so a node
-/// reporting either digest finds it.
+/// reporting either digest finds it. An approval with a bad field is
+/// refused alone (whole, platform digests included), never the request:
+/// one bad record must not block every record after it.
 pub fn approvals_in(
     field: &str,
     approvals: Vec<pb::Approval>,
     source: &str,
-) -> Result<Vec<Approval>, Status> {
+) -> Result<Checked, Status> {
     if approvals.len() > imagegate_proto::MAX_APPROVALS_PER_CALL {
         return Err(Status::invalid_argument(format!(
             "{field}: at most {} approvals per call, got {}; send several calls",
@@ -30,17 +39,34 @@ pub fn approvals_in(
         )));
     }
     let received_at_ms = now_ms();
-    let mut out = Vec::with_capacity(approvals.len());
+    let mut out = Checked::default();
     for (i, approval) in approvals.into_iter().enumerate() {
-        if approval.digest.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "{field}[{i}].digest is required"
-            )));
+        match approval_in(&format!("{field}[{i}]"), approval, source, received_at_ms) {
+            Ok(records) => out.approvals.extend(records),
+            Err(reason) => out.rejected.push(pb::Rejected {
+                index: i as u32,
+                reason,
+            }),
         }
-        let digest = Digest::parse(&approval.digest)
-            .map_err(|e| Status::invalid_argument(format!("{field}[{i}].digest: {e}")))?;
-        let optional = |s: String| (!s.is_empty()).then_some(s);
-        let origin = origin_in(&format!("{field}[{i}].origin"), approval.origin)?;
+    }
+    Ok(out)
+}
+
+/// One approval, and its platform digests as approvals of their own.
+fn approval_in(
+    at: &str,
+    approval: pb::Approval,
+    source: &str,
+    received_at_ms: u64,
+) -> Result<Vec<Approval>, String> {
+    if approval.digest.is_empty() {
+        return Err(format!("{at}.digest is required"));
+    }
+    let digest = Digest::parse(&approval.digest).map_err(|e| format!("{at}.digest: {e}"))?;
+    let optional = |s: String| (!s.is_empty()).then_some(s);
+    let origin = origin_in(&format!("{at}.origin"), approval.origin)?;
+    let mut out = Vec::with_capacity(1 + approval.platform_digests.len());
+    {
         let record = Approval {
             digest,
             reference: optional(approval.reference),
@@ -52,9 +78,8 @@ pub fn approvals_in(
             origin,
         };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
-            let platform = Digest::parse(platform).map_err(|e| {
-                Status::invalid_argument(format!("{field}[{i}].platform_digests[{j}]: {e}"))
-            })?;
+            let platform =
+                Digest::parse(platform).map_err(|e| format!("{at}.platform_digests[{j}]: {e}"))?;
             out.push(Approval {
                 digest: platform,
                 ..record.clone()
@@ -65,14 +90,12 @@ pub fn approvals_in(
     Ok(out)
 }
 
-fn origin_in(field: &str, value: i32) -> Result<Origin, Status> {
+fn origin_in(field: &str, value: i32) -> Result<Origin, String> {
     match pb::Origin::try_from(value) {
         Ok(pb::Origin::Unspecified) => Ok(Origin::Unspecified),
         Ok(pb::Origin::Admission) => Ok(Origin::Admission),
         Ok(pb::Origin::Adopted) => Ok(Origin::Adopted),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "{field}: no origin numbered {value}"
-        ))),
+        Err(_) => Err(format!("{field}: no origin numbered {value}")),
     }
 }
 
@@ -238,25 +261,43 @@ mod tests {
         }
     }
 
+    /// Found with a poisoned ledger: one approval the agent refused failed
+    /// the whole call, and the push stalled for good. Now it is refused
+    /// alone, named, and the rest are kept.
     #[test]
-    fn errors_name_the_field() {
-        let err = approvals_in("approvals", vec![approval(D), approval("")], "s").unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert_eq!(err.message(), "approvals[1].digest is required");
-        let err = approvals_in("approvals", vec![approval("sha256:abc")], "s").unwrap_err();
-        assert!(
-            err.message().starts_with("approvals[0].digest: "),
-            "{}",
-            err.message()
-        );
+    fn a_bad_approval_is_refused_alone_and_named() {
         let mut with_platform = approval(D);
         with_platform.platform_digests = vec!["sha512:00".into()];
-        let err = approvals_in("approvals", vec![with_platform], "s").unwrap_err();
+        let checked = approvals_in(
+            "approvals",
+            vec![
+                approval(D),
+                approval(""),
+                approval("sha256:abc"),
+                with_platform,
+                approval(&D.replace('1', "2")),
+            ],
+            "s",
+        )
+        .unwrap();
+        assert_eq!(checked.approvals.len(), 2, "the good ones are kept");
+        let reasons: Vec<(u32, &str)> = checked
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons[0], (1, "approvals[1].digest is required"));
+        assert_eq!(reasons[1].0, 2);
         assert!(
-            err.message()
-                .starts_with("approvals[0].platform_digests[0]: "),
-            "{}",
-            err.message()
+            reasons[1].1.starts_with("approvals[2].digest: "),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[2].0, 3);
+        assert!(
+            reasons[2]
+                .1
+                .starts_with("approvals[3].platform_digests[0]: "),
+            "{reasons:?}"
         );
     }
 
@@ -271,7 +312,9 @@ mod tests {
     fn platform_digests_become_approvals() {
         let mut a = approval(D);
         a.platform_digests = vec![D.replace('1', "2")];
-        let out = approvals_in("approvals", vec![a], "webhook/x").unwrap();
+        let out = approvals_in("approvals", vec![a], "webhook/x")
+            .unwrap()
+            .approvals;
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|a| a.source == "webhook/x"));
     }

@@ -88,8 +88,21 @@ impl AgentApi {
         approvals: Vec<pb::Approval>,
         generation: u64,
         cluster_set_generation: Option<u64>,
-    ) -> Result<(u32, u64), Status> {
-        let approvals = convert::approvals_in("approvals", approvals, &source)?;
+    ) -> Result<(u32, u64, Vec<pb::Rejected>), Status> {
+        let checked = convert::approvals_in("approvals", approvals, &source)?;
+        if !checked.rejected.is_empty() {
+            self.ctx
+                .metrics
+                .approvals_rejected
+                .inc_by(checked.rejected.len() as u64);
+            tracing::warn!(
+                %source,
+                rejected = checked.rejected.len(),
+                first = %checked.rejected[0].reason,
+                "approvals refused; the others are kept"
+            );
+        }
+        let approvals = checked.approvals;
         let store = self.store();
         let from = source.clone();
         let received = tokio::task::spawn_blocking(move || {
@@ -109,7 +122,7 @@ impl AgentApi {
         {
             tracing::info!(%source, "settled: the cluster's admitted set arrived; enforce mode now stops violations");
         }
-        Ok((received.added as u32, received.generation))
+        Ok((received.added as u32, received.generation, checked.rejected))
     }
 }
 
@@ -161,7 +174,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::PushApprovalsResponse>, Status> {
         let source = self.pusher(&request, &request.get_ref().ledger)?;
         let body = request.into_inner();
-        let (added, generation) = self
+        let (added, generation, rejected) = self
             .add(
                 source,
                 body.approvals,
@@ -172,6 +185,7 @@ impl AgentService for AgentApi {
         Ok(Response::new(pb::PushApprovalsResponse {
             added,
             generation,
+            rejected,
         }))
     }
 
@@ -189,7 +203,7 @@ impl AgentService for AgentApi {
                 body.since_generation
             )));
         }
-        let (added, generation) = self
+        let (added, generation, rejected) = self
             .add(
                 source,
                 body.approvals,
@@ -200,6 +214,7 @@ impl AgentService for AgentApi {
         Ok(Response::new(pb::SyncApprovalsResponse {
             added,
             generation,
+            rejected,
         }))
     }
 

@@ -24,6 +24,8 @@ use futures_util::{StreamExt, stream};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use imagegate_proto::digest::Digest;
+
 use self::cluster::PodSource;
 use crate::{
     ledger::{Approval, Ledger, Origin, now_ms},
@@ -151,7 +153,7 @@ fn running_images(pod: &Value) -> HashMap<&str, &str> {
 
 /// The registry digest in an imageID (`repo@sha256:...`, as CRI reports a
 /// pulled image; `docker-pullable://` from dockershim days).
-fn running_digest(image_id: &str) -> Result<String, String> {
+fn running_digest(image_id: &str) -> Result<Digest, String> {
     let id = image_id
         .strip_prefix("docker-pullable://")
         .unwrap_or(image_id);
@@ -346,8 +348,8 @@ mod tests {
         assert_eq!(report.pods, 4);
         assert_eq!(report.approvals.len(), 1, "{report:?}");
         let a = &report.approvals[0];
-        assert_eq!(a.digest, D1);
-        assert_eq!(a.digests, vec![D1.to_string()]);
+        assert_eq!(a.digest.as_str(), D1);
+        assert_eq!(a.digests, vec![a.digest.clone()]);
         assert_eq!(a.reference, "registry.shop/web:1");
         assert_eq!(a.rule, "shop");
         assert_eq!(a.origin, Origin::Adopted);
@@ -398,11 +400,15 @@ mod tests {
     #[test]
     fn image_ids_as_runtimes_report_them() {
         assert_eq!(
-            running_digest(&format!("docker.io/library/nginx@{D1}")).unwrap(),
+            running_digest(&format!("docker.io/library/nginx@{D1}"))
+                .unwrap()
+                .as_str(),
             D1
         );
         assert_eq!(
-            running_digest(&format!("docker-pullable://nginx@{D1}")).unwrap(),
+            running_digest(&format!("docker-pullable://nginx@{D1}"))
+                .unwrap()
+                .as_str(),
             D1
         );
         assert!(running_digest(D1).unwrap_err().contains("local image id"));

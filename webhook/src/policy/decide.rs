@@ -63,7 +63,7 @@ pub struct ImageDecision {
     pub reason: String,
     /// The digests the image resolved to (an index's first, then its
     /// platform manifests'); empty when not resolved.
-    pub digests: Vec<String>,
+    pub digests: Vec<imagegate_proto::digest::Digest>,
 }
 
 /// The decision on a whole review.

@@ -132,7 +132,10 @@ async fn session(
                     cluster_set_generation: cluster_set,
                 })
                 .await
-                .map(|r| r.into_inner().generation)
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.generation, r.rejected)
+                })
         } else {
             client
                 .push_approvals(pb::PushApprovalsRequest {
@@ -142,7 +145,10 @@ async fn session(
                     cluster_set_generation: cluster_set,
                 })
                 .await
-                .map(|r| r.into_inner().generation)
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.generation, r.rejected)
+                })
         };
         let call = if syncing {
             "SyncApprovals"
@@ -150,7 +156,15 @@ async fn session(
             "PushApprovals"
         };
         match reply {
-            Ok(agent_holds) if agent_holds >= last => {
+            Ok((agent_holds, rejected)) if agent_holds >= last => {
+                if !rejected.is_empty() {
+                    // The agent kept the rest and moved on; these records
+                    // can never reach it. Said loudly, counted, not retried.
+                    pusher.metrics.pushes_rejected.inc_by(rejected.len() as u64);
+                    for r in rejected.iter().take(5) {
+                        tracing::error!(agent = %address, call, reason = %r.reason, "the agent refused an approval");
+                    }
+                }
                 pusher
                     .metrics
                     .pushes
@@ -163,7 +177,7 @@ async fn session(
                 told_cluster_set = cluster_set;
                 *backoff = Duration::from_millis(100);
             }
-            Ok(agent_holds) => {
+            Ok((agent_holds, _)) => {
                 // The agent holds less than we sent: it lost state. Sync
                 // again from what it has.
                 warn!(agent = %address, agent_holds, sent = last, "agent reports an older generation; resyncing");
@@ -245,12 +259,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// one the reference resolved to, the rest its platform manifests.
 fn approval_out(approval: &Approval) -> pb::Approval {
     pb::Approval {
-        digest: approval.digest.clone(),
+        digest: approval.digest.to_string(),
         platform_digests: approval
             .digests
             .iter()
             .filter(|d| **d != approval.digest)
-            .cloned()
+            .map(ToString::to_string)
             .collect(),
         reference: approval.reference.clone(),
         namespace: approval.namespace.clone(),

@@ -33,6 +33,8 @@ use quick_cache::sync::Cache;
 
 pub use credentials::Credentials;
 
+use imagegate_proto::digest::Digest;
+
 use crate::reference::Reference;
 
 const INDEX_MEDIA_TYPES: [&str; 2] = [
@@ -83,15 +85,15 @@ impl Default for Settings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     /// The digest the tag (or reference) names: a manifest or an index.
-    pub digest: String,
+    pub digest: Digest,
     /// For an index, the digests of the manifests it lists (a node may
     /// report any of them); empty otherwise.
-    pub platform_digests: Vec<String>,
+    pub platform_digests: Vec<Digest>,
 }
 
 impl Resolved {
     /// Every digest a node may report for this image.
-    pub fn all_digests(&self) -> Vec<String> {
+    pub fn all_digests(&self) -> Vec<Digest> {
         std::iter::once(self.digest.clone())
             .chain(self.platform_digests.iter().cloned())
             .collect()
@@ -114,6 +116,8 @@ pub enum ResolveError {
         "the registry answered a different digest than asked: expected {expected}, got {actual}"
     )]
     Mismatch { expected: String, actual: String },
+    #[error("the registry answered {0:?} as the digest, which is not a digest")]
+    InvalidDigest(String),
     #[error("{0}")]
     Registry(String),
 }
@@ -129,6 +133,7 @@ pub struct ResolverMetrics {
     lookups: Family<OutcomeLabels, Counter>,
     cache_hits: Counter,
     seconds: Histogram,
+    invalid_children: Counter,
 }
 
 impl ResolverMetrics {
@@ -153,10 +158,17 @@ impl ResolverMetrics {
             "Time of registry lookups that went to a registry",
             seconds.clone(),
         );
+        let invalid_children = Counter::default();
+        registry.register(
+            "index_children_invalid",
+            "Children of indexes whose digest is not a digest, left out of approvals",
+            invalid_children.clone(),
+        );
         Self {
             lookups,
             cache_hits,
             seconds,
+            invalid_children,
         }
     }
 }
@@ -172,7 +184,7 @@ pub struct Resolver {
     cache: Cache<String, (Outcome, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
     /// stale; only bounded.
-    index_children: Cache<String, Vec<String>>,
+    index_children: Cache<Digest, Vec<Digest>>,
     metrics: ResolverMetrics,
 }
 
@@ -295,6 +307,7 @@ impl Resolver {
             Err(ResolveError::Unauthorized(_)) => "unauthorized",
             Err(ResolveError::NotFound(_)) => "not_found",
             Err(ResolveError::Mismatch { .. }) => "mismatch",
+            Err(ResolveError::InvalidDigest(_)) => "invalid_digest",
             Err(ResolveError::Registry(_)) => "error",
         };
         self.metrics
@@ -316,14 +329,15 @@ impl Resolver {
         let oci = to_oci(reference);
         // HEAD for the digest (oci-client falls back to GET when the HEAD
         // carries none, and checks a requested digest against the answer).
-        let digest = client
+        let answered = client
             .fetch_manifest_digest(&oci, &auth)
             .await
             .map_err(|e| classify(e, reference))?;
+        let digest = Digest::parse(&answered).map_err(|_| ResolveError::InvalidDigest(answered))?;
         if let Some(expected) = reference.digest.as_ref().filter(|d| **d != digest) {
             return Err(ResolveError::Mismatch {
-                expected: expected.clone(),
-                actual: digest,
+                expected: expected.to_string(),
+                actual: digest.to_string(),
             });
         }
         let platform_digests = self
@@ -342,9 +356,9 @@ impl Resolver {
         client: &Client,
         oci: &OciReference,
         auth: &RegistryAuth,
-        digest: &str,
+        digest: &Digest,
         reference: &Reference,
-    ) -> Result<Vec<String>, ResolveError> {
+    ) -> Result<Vec<Digest>, ResolveError> {
         if let Some(children) = self.index_children.get(digest) {
             return Ok(children);
         }
@@ -353,7 +367,7 @@ impl Resolver {
             .pull_manifest_raw(&by_digest, auth, &MANIFEST_MEDIA_TYPES)
             .await
             .map_err(|e| classify(e, reference))?;
-        if got != digest {
+        if got != digest.as_str() {
             return Err(ResolveError::Mismatch {
                 expected: digest.to_string(),
                 actual: got,
@@ -370,14 +384,19 @@ impl Resolver {
         let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
             ResolveError::Registry(format!("the manifest {digest} is not JSON: {e}"))
         })?;
-        let children: Vec<String> = manifest
-            .manifests
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| d.digest)
-            .collect();
-        self.index_children
-            .insert(digest.to_string(), children.clone());
+        // A child that is not a digest is nothing a runtime can pull: it is
+        // left out (and said), never recorded for agents to refuse.
+        let mut children = Vec::new();
+        for child in manifest.manifests.unwrap_or_default() {
+            match Digest::parse(&child.digest) {
+                Ok(child) => children.push(child),
+                Err(e) => {
+                    self.metrics.invalid_children.inc();
+                    tracing::warn!(index = %digest, "an index lists a child that is not a digest, left out: {e}");
+                }
+            }
+        }
+        self.index_children.insert(digest.clone(), children.clone());
         Ok(children)
     }
 }
@@ -388,12 +407,12 @@ fn to_oci(reference: &Reference) -> OciReference {
             reference.domain.clone(),
             reference.path.clone(),
             tag.clone(),
-            digest.clone(),
+            digest.to_string(),
         ),
         (None, Some(digest)) => OciReference::with_digest(
             reference.domain.clone(),
             reference.path.clone(),
-            digest.clone(),
+            digest.to_string(),
         ),
         _ => OciReference::with_tag(
             reference.domain.clone(),
@@ -430,7 +449,11 @@ fn classify(
             }
         }
         E::DigestError(_) => ResolveError::Mismatch {
-            expected: reference.digest.clone().unwrap_or_default(),
+            expected: reference
+                .digest
+                .as_ref()
+                .map(Digest::to_string)
+                .unwrap_or_default(),
             actual: text,
         },
         E::ServerError {

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub pushes: Family<PushLabels, Counter>,
     /// Approvals sent to agents (each agent counts).
     pub pushed_approvals: Counter,
+    /// Approvals an agent refused (each agent counts).
+    pub pushes_rejected: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +125,12 @@ impl Metrics {
             "Approvals sent to node agents, each agent counted",
             pushed_approvals.clone(),
         );
+        let pushes_rejected = Counter::default();
+        registry.register(
+            "agent_rejected_approvals",
+            "Approvals a node agent refused, each agent counted: alert on any",
+            pushes_rejected.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -134,6 +142,7 @@ impl Metrics {
             agents,
             pushes,
             pushed_approvals,
+            pushes_rejected,
         }
     }
 
