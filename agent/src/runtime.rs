@@ -15,6 +15,7 @@ use containerd_client::services::v1::{
     ReadContentRequest, containers_client::ContainersClient, content_client::ContentClient,
     images_client::ImagesClient, namespaces_client::NamespacesClient, tasks_client::TasksClient,
 };
+use imagegate_proto::platform::{Platform, node_architecture};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::{Code, Request, transport::Channel};
@@ -366,16 +367,6 @@ fn is_index(media_type: &str) -> bool {
     )
 }
 
-/// GOARCH names, which image indexes use.
-fn node_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
 #[derive(Deserialize)]
 struct Index {
     #[serde(default)]
@@ -388,23 +379,13 @@ struct IndexEntry {
     platform: Option<Platform>,
 }
 
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
 /// The linux/`arch` manifest's digest in an index document.
 pub fn pick_platform(index: &[u8], arch: &str) -> Option<String> {
     let index: Index = serde_json::from_slice(index).ok()?;
     index
         .manifests
         .into_iter()
-        .find(|m| {
-            m.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.runs_on(arch)))
         .map(|m| m.digest)
 }
 

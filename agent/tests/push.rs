@@ -359,3 +359,113 @@ async fn two_agents_converge_through_a_crash_and_an_outage() {
     drop(second);
     drop(third);
 }
+
+/// Found with 3,500 admissions of 16-platform indexes: a new agent failed
+/// every sync (`decoded message length too large`), forever. A fresh agent
+/// joins a ledger of 100,000 such admissions: it syncs all of it, keeping
+/// of each index only what its node can run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
+    use imagegate_proto::{
+        digest::Digest,
+        platform::{Child, Platform, node_architecture},
+    };
+    use imagegate_webhook::ledger::{Approval, Ledger, Origin};
+    require_root();
+    const ADMISSIONS: u64 = 100_000;
+    const ARCHITECTURES: [&str; 16] = [
+        "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le", "mips64",
+        "mipsle", "mips", "loong64", "wasm", "sparc64", "arm64be", "armbe",
+    ];
+    let digest = |n: u64| Digest::parse(&format!("sha256:{n:064x}")).unwrap();
+    let ledgers = tempfile::tempdir().unwrap();
+    let path = ledgers.path().join("big.redb");
+    let started_fill = Instant::now();
+    {
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400), ADMISSIONS).unwrap();
+        let mut chunk = Vec::new();
+        for n in 0..ADMISSIONS {
+            chunk.push(Approval {
+                digest: digest(n * 100),
+                children: ARCHITECTURES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, arch)| Child {
+                        digest: digest(n * 100 + 1 + i as u64),
+                        platform: Some(Platform {
+                            os: "linux".into(),
+                            architecture: arch.to_string(),
+                            variant: String::new(),
+                        }),
+                    })
+                    .collect(),
+                reference: format!("registry.example/team/app-{n}:1.0"),
+                namespace: "shop".into(),
+                kind: Some("Deployment".into()),
+                name: Some(format!("app-{n}")),
+                user: Some("ci".into()),
+                rule: "team".into(),
+                api: "AdmissionReview".into(),
+                origin: Origin::Admission,
+                admitted_at_ms: imagegate_webhook::ledger::now_ms(),
+                generation: 0,
+            });
+            if chunk.len() == 5_000 {
+                ledger.record(&chunk).unwrap();
+                chunk.clear();
+            }
+        }
+        assert_eq!(ledger.generation().unwrap(), ADMISSIONS);
+    }
+    eprintln!(
+        "ledger of {ADMISSIONS} written in {:.1?}",
+        started_fill.elapsed()
+    );
+    let registry = Registry::plain();
+    let files = Files::new();
+    let slot = AgentSlot::new("agent");
+    let _agent = slot.start(&files);
+    let started = Instant::now();
+    let _webhook = Webhook::start(&files, &registry, &path, &[&slot]);
+    let deadline = started + Duration::from_secs(300);
+    let status = loop {
+        let status = grpcurl::call(&slot.plain(), "imagegate.v1.AgentService/GetStatus", "{}");
+        let held = status["sources"][0]["generation"]
+            .as_str()
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or(0);
+        if held == ADMISSIONS {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {:?} the agent holds generation {held} of {ADMISSIONS}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "a fresh agent synced {ADMISSIONS} 16-platform admissions in {:.1?}",
+        started.elapsed()
+    );
+    // The index and this node's platform manifest of each: 2 of 17 digests.
+    let approvals: u64 = status["counters"]["approvals"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let own = ARCHITECTURES
+        .iter()
+        .position(|a| *a == node_architecture())
+        .expect("this node's architecture is among them") as u64;
+    assert_eq!(approvals, 2 * ADMISSIONS, "{status}");
+    let last = ADMISSIONS - 1;
+    for wanted in [digest(last * 100), digest(last * 100 + 1 + own)] {
+        let found = grpcurl::call(
+            &slot.plain(),
+            "imagegate.v1.AgentService/ListApprovals",
+            &format!(r#"{{"digest": "{wanted}"}}"#),
+        );
+        assert_eq!(found["total"], "1", "{wanted}: {found}");
+    }
+}

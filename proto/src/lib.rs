@@ -8,6 +8,7 @@
 //! [`digest::Digest`] type, and the batch limits.
 
 pub mod digest;
+pub mod platform;
 
 /// The `imagegate.v1` package.
 pub mod v1 {
@@ -22,3 +23,17 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The most approvals one push or sync may carry.
 pub const MAX_APPROVALS_PER_CALL: usize = 10_000;
+
+/// The most bytes of approvals (protobuf-encoded) the webhook puts in one
+/// push or sync, whatever their count: a batch of multi-arch approvals
+/// must never outgrow what the agent decodes.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The largest message the agent decodes: the batch bound with room to
+/// spare (tonic's default, 4 MiB, is what batches once outgrew).
+pub const MAX_MESSAGE_BYTES: usize = 4 * MAX_BATCH_BYTES;
+
+/// The most manifests of one index the webhook follows and records: an
+/// index listing more is refused at admission, so one approval stays small
+/// (1,024 children encode to about 100 KiB).
+pub const MAX_INDEX_CHILDREN: usize = 1024;

@@ -43,7 +43,7 @@ fn synthetic(n: usize) -> Approval {
     .expect("a digest");
     Approval {
         digest: digest.clone(),
-        digests: vec![digest],
+        children: Vec::new(),
         reference: format!("registry.bench/app:{n}"),
         namespace: "bench".into(),
         kind: Some("Pod".into()),

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use imagegate_proto::digest::Digest;
+use imagegate_proto::{digest::Digest, platform::Child};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -54,10 +54,12 @@ fn store<E: std::fmt::Display>(e: E) -> LedgerError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// The digest the reference resolved to (an index or a manifest).
+    /// Checked: what the agent accepts.
     pub digest: Digest,
-    /// Every digest a node may report for it: `digest`, then an index's
-    /// platform manifests. Checked digests only: what the agent accepts.
-    pub digests: Vec<Digest>,
+    /// For an index, the manifests it lists, with their platforms (a node
+    /// may report its own platform's).
+    #[serde(default)]
+    pub children: Vec<Child>,
     /// Normalised reference, e.g. `docker.io/library/nginx:1.25`.
     pub reference: String,
     pub namespace: String,
@@ -395,7 +397,7 @@ mod tests {
         let digest = d(digest);
         Approval {
             digest: digest.clone(),
-            digests: vec![digest.clone()],
+            children: Vec::new(),
             reference: format!("registry.local/app@{digest}"),
             namespace: "default".into(),
             kind: Some("Pod".into()),
@@ -526,7 +528,7 @@ mod tests {
                 let mut order = txn.open_table(BY_GENERATION).unwrap();
                 let mut meta = txn.open_table(META).unwrap();
                 let bad = serde_json::json!({
-                    "digest": "md5:0123", "digests": ["md5:0123"], "reference": "x",
+                    "digest": "md5:0123", "children": [], "reference": "x",
                     "namespace": "n", "kind": null, "name": null, "user": null,
                     "rule": "r", "api": "AdmissionReview", "admitted_at_ms": 2, "generation": 2
                 });

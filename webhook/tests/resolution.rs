@@ -100,7 +100,7 @@ async fn resolves_a_tag_over_plain_http() {
         .await
         .unwrap();
     assert_eq!(resolved.digest, digest);
-    assert!(resolved.platform_digests.is_empty());
+    assert!(resolved.children.is_empty());
     // The second ask is answered from the cache.
     resolver
         .resolve(
@@ -197,7 +197,19 @@ async fn a_multi_arch_tag_admits_the_index_and_every_platform() {
         .await
         .unwrap();
     assert_eq!(resolved.digest, index);
-    assert_eq!(resolved.platform_digests, platforms);
+    let children: Vec<String> = resolved
+        .children
+        .iter()
+        .map(|c| c.digest.to_string())
+        .collect();
+    assert_eq!(children, platforms);
+    // Each with the platform the index names, so agents keep their own.
+    let architectures: Vec<&str> = resolved
+        .children
+        .iter()
+        .map(|c| c.platform.as_ref().unwrap().architecture.as_str())
+        .collect();
+    assert_eq!(architectures, ["amd64", "arm64"]);
     assert_eq!(resolved.all_digests().len(), 3);
     // The index named by digest: its platforms are known without a lookup.
     let by_digest = resolver
@@ -207,7 +219,7 @@ async fn a_multi_arch_tag_admits_the_index_and_every_platform() {
         )
         .await
         .unwrap();
-    assert_eq!(by_digest.platform_digests, platforms);
+    assert_eq!(by_digest.children, resolved.children);
 }
 
 #[tokio::test]
@@ -610,7 +622,12 @@ async fn the_ledger_records_what_was_admitted_and_nothing_else() {
     assert_eq!(all.len(), 1);
     let approval = &all[0];
     assert_eq!(approval.digest, index);
-    assert_eq!(approval.digests, [vec![index.clone()], platforms].concat());
+    let children: Vec<String> = approval
+        .children
+        .iter()
+        .map(|c| c.digest.to_string())
+        .collect();
+    assert_eq!(children, platforms);
     assert_eq!(approval.reference, image);
     assert_eq!(approval.namespace, "default");
     assert_eq!(approval.kind.as_deref(), Some("Pod"));

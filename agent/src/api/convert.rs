@@ -2,7 +2,10 @@
 //! domain types, and the checks on what arrives: a bad field is an
 //! `InvalidArgument` naming the field, never a panic or a silent skip.
 
-use imagegate_proto::v1 as pb;
+use imagegate_proto::{
+    platform::{Platform, node_architecture},
+    v1 as pb,
+};
 use tonic::Status;
 
 use crate::{
@@ -31,6 +34,16 @@ pub fn approvals_in(
     approvals: Vec<pb::Approval>,
     source: &str,
 ) -> Result<Checked, Status> {
+    approvals_in_for(field, approvals, source, node_architecture())
+}
+
+/// [`approvals_in`] for a node of architecture `arch` (GOARCH).
+pub fn approvals_in_for(
+    field: &str,
+    approvals: Vec<pb::Approval>,
+    source: &str,
+    arch: &str,
+) -> Result<Checked, Status> {
     if approvals.len() > imagegate_proto::MAX_APPROVALS_PER_CALL {
         return Err(Status::invalid_argument(format!(
             "{field}: at most {} approvals per call, got {}; send several calls",
@@ -41,7 +54,13 @@ pub fn approvals_in(
     let received_at_ms = now_ms();
     let mut out = Checked::default();
     for (i, approval) in approvals.into_iter().enumerate() {
-        match approval_in(&format!("{field}[{i}]"), approval, source, received_at_ms) {
+        match approval_in(
+            &format!("{field}[{i}]"),
+            approval,
+            source,
+            received_at_ms,
+            arch,
+        ) {
             Ok(records) => out.approvals.extend(records),
             Err(reason) => out.rejected.push(pb::Rejected {
                 index: i as u32,
@@ -58,6 +77,7 @@ fn approval_in(
     approval: pb::Approval,
     source: &str,
     received_at_ms: u64,
+    node_architecture: &str,
 ) -> Result<Vec<Approval>, String> {
     if approval.digest.is_empty() {
         return Err(format!("{at}.digest is required"));
@@ -85,6 +105,24 @@ fn approval_in(
                 ..record.clone()
             });
         }
+        // Only the manifests this node can run: its runtime never reports
+        // another platform's, and holding them all would multiply memory
+        // by the index's width.
+        for (j, manifest) in approval.platform_manifests.iter().enumerate() {
+            let digest = Digest::parse(&manifest.digest)
+                .map_err(|e| format!("{at}.platform_manifests[{j}].digest: {e}"))?;
+            let platform = Platform {
+                os: manifest.os.clone(),
+                architecture: manifest.architecture.clone(),
+                variant: manifest.variant.clone(),
+            };
+            if platform.runs_on(node_architecture) {
+                out.push(Approval {
+                    digest,
+                    ..record.clone()
+                });
+            }
+        }
         out.push(record);
     }
     Ok(out)
@@ -111,6 +149,7 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
     pb::Approval {
         digest: approval.digest.to_string(),
         platform_digests: Vec::new(),
+        platform_manifests: Vec::new(),
         reference: approval.reference.clone().unwrap_or_default(),
         namespace: approval.namespace.clone().unwrap_or_default(),
         rule: approval.rule.clone().unwrap_or_default(),
@@ -317,6 +356,34 @@ mod tests {
             .approvals;
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|a| a.source == "webhook/x"));
+    }
+
+    #[test]
+    fn a_node_keeps_the_manifests_it_can_run() {
+        let manifest = |n: char, os: &str, arch: &str| pb::PlatformManifest {
+            digest: D.replace('1', &n.to_string()),
+            os: os.into(),
+            architecture: arch.into(),
+            variant: String::new(),
+        };
+        let mut a = approval(D);
+        a.platform_manifests = vec![
+            manifest('2', "linux", "amd64"),
+            manifest('3', "linux", "arm64"),
+            manifest('4', "unknown", "unknown"),
+            manifest('5', "windows", "amd64"),
+        ];
+        let kept: Vec<String> = approvals_in_for("approvals", vec![a.clone()], "s", "amd64")
+            .unwrap()
+            .approvals
+            .iter()
+            .map(|a| a.digest.to_string())
+            .collect();
+        assert_eq!(kept, [D.replace('1', "2"), D.to_string()]);
+        let kept = approvals_in_for("approvals", vec![a], "s", "arm64")
+            .unwrap()
+            .approvals;
+        assert_eq!(kept[0].digest.as_str(), D.replace('1', "3"));
     }
 
     #[test]

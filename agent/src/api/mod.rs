@@ -85,7 +85,12 @@ pub async fn serve(
         .map_err(|e| ApiError::Reflection(e.to_string()))?;
     let router = || {
         Server::builder()
-            .add_service(AgentServiceServer::from_arc(api.clone()))
+            .add_service(
+                // What the webhook's batches are bounded by, with room to
+                // spare: tonic's 4 MiB default is what they once outgrew.
+                AgentServiceServer::from_arc(api.clone())
+                    .max_decoding_message_size(imagegate_proto::MAX_MESSAGE_BYTES),
+            )
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())

@@ -107,8 +107,8 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 }
             };
             report.approvals.push(Approval {
-                digest: digest.clone(),
-                digests: vec![digest],
+                digest,
+                children: Vec::new(),
                 reference: decision
                     .reference
                     .as_ref()
@@ -127,7 +127,7 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
         }
     }
     if let Some(resolver) = resolver {
-        add_platform_digests(resolver, &mut report.approvals).await;
+        add_children(resolver, &mut report.approvals).await;
     }
     report
 }
@@ -171,7 +171,7 @@ fn running_digest(image_id: &str) -> Result<Digest, String> {
 
 /// Adds each index's platform manifests, asked of the registry by digest
 /// (best effort: what cannot be asked keeps the digest the node reports).
-async fn add_platform_digests(resolver: &Arc<Resolver>, approvals: &mut [Approval]) {
+async fn add_children(resolver: &Arc<Resolver>, approvals: &mut [Approval]) {
     // Each lookup owns what it needs: the futures run on as a stream.
     let lookups: Vec<_> = approvals
         .iter()
@@ -196,7 +196,7 @@ async fn add_platform_digests(resolver: &Arc<Resolver>, approvals: &mut [Approva
         .await;
     for (approval, resolved) in approvals.iter_mut().zip(found) {
         if let Some(resolved) = resolved.filter(|r| r.digest == approval.digest) {
-            approval.digests = resolved.all_digests();
+            approval.children = resolved.children;
         }
     }
 }
@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(report.approvals.len(), 1, "{report:?}");
         let a = &report.approvals[0];
         assert_eq!(a.digest.as_str(), D1);
-        assert_eq!(a.digests, vec![a.digest.clone()]);
+        assert!(a.children.is_empty(), "no resolver: the digest alone");
         assert_eq!(a.reference, "registry.shop/web:1");
         assert_eq!(a.rule, "shop");
         assert_eq!(a.origin, Origin::Adopted);

@@ -61,9 +61,9 @@ pub struct ImageDecision {
     pub rule: String,
     /// One line a user can act on.
     pub reason: String,
-    /// The digests the image resolved to (an index's first, then its
-    /// platform manifests'); empty when not resolved.
-    pub digests: Vec<imagegate_proto::digest::Digest>,
+    /// What the image resolved to (its digest, an index's manifests);
+    /// `None` when not resolved.
+    pub resolved: Option<crate::resolve::Resolved>,
 }
 
 /// The decision on a whole review.
@@ -151,7 +151,7 @@ impl Policy {
                 return self.rule_denial(rule, image, reference, &problem);
             }
             return ImageDecision {
-                digests: Vec::new(),
+                resolved: None,
                 image: image.to_string(),
                 reason: format!(
                     "{} allowed by rule {:?}",
@@ -165,7 +165,7 @@ impl Policy {
         }
         match self.default_verdict {
             file::Verdict::Allow => ImageDecision {
-                digests: Vec::new(),
+                resolved: None,
                 image: image.to_string(),
                 reason: format!(
                     "{}: no rule matched; the policy's default verdict is allow",
@@ -217,7 +217,7 @@ impl Policy {
         mode: Mode,
     ) -> ImageDecision {
         ImageDecision {
-            digests: Vec::new(),
+            resolved: None,
             image: image.to_string(),
             reference,
             verdict: match mode {
@@ -240,7 +240,7 @@ impl Policy {
             .images
             .iter()
             .map(|u| ImageDecision {
-                digests: Vec::new(),
+                resolved: None,
                 image: u.image.clone(),
                 reference: Reference::parse_cached(&u.image),
                 verdict,

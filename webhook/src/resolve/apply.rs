@@ -29,8 +29,8 @@ pub async fn resolve_decisions(
         match outcome {
             None => {}
             Some(Ok(r)) => {
-                decision.digests = r.all_digests();
                 resolved.push(format!("{}={}", decision.image, r.digest));
+                decision.resolved = Some(r);
             }
             Some(Err(e)) => {
                 let what = match &decision.reference {

@@ -33,7 +33,11 @@ use quick_cache::sync::Cache;
 
 pub use credentials::Credentials;
 
-use imagegate_proto::digest::Digest;
+use imagegate_proto::{
+    MAX_INDEX_CHILDREN,
+    digest::Digest,
+    platform::{Child, Platform},
+};
 
 use crate::reference::Reference;
 
@@ -86,16 +90,16 @@ impl Default for Settings {
 pub struct Resolved {
     /// The digest the tag (or reference) names: a manifest or an index.
     pub digest: Digest,
-    /// For an index, the digests of the manifests it lists (a node may
-    /// report any of them); empty otherwise.
-    pub platform_digests: Vec<Digest>,
+    /// For an index, the manifests it lists with their platforms (a node
+    /// may report its own platform's); empty otherwise.
+    pub children: Vec<Child>,
 }
 
 impl Resolved {
     /// Every digest a node may report for this image.
     pub fn all_digests(&self) -> Vec<Digest> {
         std::iter::once(self.digest.clone())
-            .chain(self.platform_digests.iter().cloned())
+            .chain(self.children.iter().map(|c| c.digest.clone()))
             .collect()
     }
 }
@@ -118,6 +122,11 @@ pub enum ResolveError {
     Mismatch { expected: String, actual: String },
     #[error("the registry answered {0:?} as the digest, which is not a digest")]
     InvalidDigest(String),
+    #[error(
+        "the index {digest} lists {count} manifests, more than the {MAX_INDEX_CHILDREN} \
+         imagegate follows; pin the image to one platform's manifest digest"
+    )]
+    TooManyChildren { digest: String, count: usize },
     #[error("{0}")]
     Registry(String),
 }
@@ -184,7 +193,7 @@ pub struct Resolver {
     cache: Cache<String, (Outcome, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
     /// stale; only bounded.
-    index_children: Cache<Digest, Vec<Digest>>,
+    index_children: Cache<Digest, Vec<Child>>,
     metrics: ResolverMetrics,
 }
 
@@ -247,7 +256,7 @@ impl Resolver {
         if let (Some(digest), false) = (&reference.digest, verify) {
             return Ok(Resolved {
                 digest: digest.clone(),
-                platform_digests: self.index_children.get(digest).unwrap_or_default(),
+                children: self.index_children.get(digest).unwrap_or_default(),
             });
         }
         let key = reference.to_string();
@@ -308,6 +317,7 @@ impl Resolver {
             Err(ResolveError::NotFound(_)) => "not_found",
             Err(ResolveError::Mismatch { .. }) => "mismatch",
             Err(ResolveError::InvalidDigest(_)) => "invalid_digest",
+            Err(ResolveError::TooManyChildren { .. }) => "too_many_children",
             Err(ResolveError::Registry(_)) => "error",
         };
         self.metrics
@@ -340,25 +350,22 @@ impl Resolver {
                 actual: digest.to_string(),
             });
         }
-        let platform_digests = self
-            .platform_digests(client, &oci, &auth, &digest, reference)
+        let children = self
+            .children(client, &oci, &auth, &digest, reference)
             .await?;
-        Ok(Resolved {
-            digest,
-            platform_digests,
-        })
+        Ok(Resolved { digest, children })
     }
 
     /// The manifests an index lists (empty for a plain manifest), read once
     /// per digest.
-    async fn platform_digests(
+    async fn children(
         &self,
         client: &Client,
         oci: &OciReference,
         auth: &RegistryAuth,
         digest: &Digest,
         reference: &Reference,
-    ) -> Result<Vec<Digest>, ResolveError> {
+    ) -> Result<Vec<Child>, ResolveError> {
         if let Some(children) = self.index_children.get(digest) {
             return Ok(children);
         }
@@ -380,16 +387,27 @@ impl Resolver {
         #[derive(serde::Deserialize)]
         struct Descriptor {
             digest: String,
+            platform: Option<Platform>,
         }
         let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
             ResolveError::Registry(format!("the manifest {digest} is not JSON: {e}"))
         })?;
         // A child that is not a digest is nothing a runtime can pull: it is
         // left out (and said), never recorded for agents to refuse.
+        let listed = manifest.manifests.unwrap_or_default();
+        if listed.len() > MAX_INDEX_CHILDREN {
+            return Err(ResolveError::TooManyChildren {
+                digest: digest.to_string(),
+                count: listed.len(),
+            });
+        }
         let mut children = Vec::new();
-        for child in manifest.manifests.unwrap_or_default() {
+        for child in listed {
             match Digest::parse(&child.digest) {
-                Ok(child) => children.push(child),
+                Ok(digest) => children.push(Child {
+                    digest,
+                    platform: child.platform,
+                }),
                 Err(e) => {
                     self.metrics.invalid_children.inc();
                     tracing::warn!(index = %digest, "an index lists a child that is not a digest, left out: {e}");

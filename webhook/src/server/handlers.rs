@@ -194,10 +194,11 @@ async fn record(
     let approvals: Vec<Approval> = decision
         .images
         .iter()
-        .filter(|d| d.verdict.allows() && !d.digests.is_empty())
-        .map(|d| Approval {
-            digest: d.digests[0].clone(),
-            digests: d.digests.clone(),
+        .filter(|d| d.verdict.allows())
+        .filter_map(|d| Some((d, d.resolved.as_ref()?)))
+        .map(|(d, resolved)| Approval {
+            digest: resolved.digest.clone(),
+            children: resolved.children.clone(),
             reference: d
                 .reference
                 .as_ref()
@@ -338,7 +339,7 @@ async fn pin_patch(state: &AppState, review: &Review) -> Result<(String, Option<
         let (Some(pointer), Ok(reference), Some(digest)) = (
             &image.pointer,
             &decision.reference,
-            decision.digests.first(),
+            decision.resolved.as_ref().map(|r| &r.digest),
         ) else {
             continue;
         };
