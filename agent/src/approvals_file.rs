@@ -70,6 +70,7 @@ pub fn parse_lines<'a>(
                 rule: None,
                 admitted_at_ms: 0,
                 origin: Origin::Unspecified,
+                unverified: false,
             })
         }) {
             Ok(approval) => approvals.push(approval),

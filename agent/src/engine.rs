@@ -597,11 +597,7 @@ impl Engine {
 
     fn decide(&self, identity: &ContainerIdentity) -> Verdict {
         let store = &self.ctx.store;
-        verdict::decide(
-            identity,
-            |d| store.is_approved(d),
-            &self.ctx.config.exemptions,
-        )
+        verdict::decide(identity, |d| store.approved(d), &self.ctx.config.exemptions)
     }
 
     /// Drops what the agent tracks for cgroups that no longer exist, here

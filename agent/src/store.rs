@@ -31,6 +31,8 @@ const VIOLATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("violations
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `identity/ledger` of a sender -> [`SourceState`] (JSON).
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// Digest -> [`Caveats`] (JSON), for the approvals that have any.
+const CAVEATS: TableDefinition<&str, &[u8]> = TableDefinition::new("caveats");
 /// `state` -> [`SettleRecord`] (JSON): when enforce mode may kill.
 const SETTLE: TableDefinition<&str, &[u8]> = TableDefinition::new("settle");
 const SETTLE_KEY: &str = "state";
@@ -86,6 +88,30 @@ pub struct Approval {
     pub admitted_at_ms: u64,
     #[serde(default)]
     pub origin: Origin,
+    /// The webhook took the digest as written, unconfirmed by the registry.
+    #[serde(default)]
+    pub unverified: bool,
+}
+
+/// What sets an approval apart, for verdicts to say: kept in memory only
+/// for the few approvals that have any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caveats {
+    /// The digest was not confirmed by the registry.
+    #[serde(default)]
+    pub unverified: bool,
+}
+
+impl Caveats {
+    fn of(approval: &Approval) -> Self {
+        Self {
+            unverified: approval.unverified,
+        }
+    }
+
+    fn any(&self) -> bool {
+        *self != Self::default()
+    }
 }
 
 /// How an approval came about.
@@ -172,6 +198,7 @@ pub struct Received {
 pub struct Store {
     db: Database,
     approved: RwLock<DigestSet>,
+    caveats: RwLock<std::collections::HashMap<Digest, Caveats>>,
 }
 
 impl Store {
@@ -196,11 +223,13 @@ impl Store {
             txn.open_table(META).map_err(store_err)?;
             txn.open_table(SOURCES).map_err(store_err)?;
             txn.open_table(SETTLE).map_err(store_err)?;
+            txn.open_table(CAVEATS).map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
         let store = Self {
             db,
             approved: RwLock::new(DigestSet::default()),
+            caveats: RwLock::default(),
         };
         // Keys only: the records stay on disk until someone asks.
         let mut digests = DigestSet::default();
@@ -215,6 +244,18 @@ impl Store {
             }
         }
         *store.approved.write().unwrap_or_else(|e| e.into_inner()) = digests;
+        let mut caveats = std::collections::HashMap::new();
+        {
+            let txn = store.db.begin_read().map_err(store_err)?;
+            let table = txn.open_table(CAVEATS).map_err(store_err)?;
+            for row in table.iter().map_err(store_err)? {
+                let (key, value) = row.map_err(store_err)?;
+                if let Ok(digest) = Digest::parse(key.value()) {
+                    caveats.insert(digest, decode(value.value())?);
+                }
+            }
+        }
+        *store.caveats.write().unwrap_or_else(|e| e.into_inner()) = caveats;
         Ok(store)
     }
 
@@ -224,6 +265,22 @@ impl Store {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains(digest)
+    }
+
+    /// `Some` with what sets it apart when `digest` was approved.
+    pub fn approved(&self, digest: &str) -> Option<Caveats> {
+        if !self.is_approved(digest) {
+            return None;
+        }
+        let digest = Digest::parse(digest).ok()?;
+        Some(
+            self.caveats
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&digest)
+                .copied()
+                .unwrap_or_default(),
+        )
     }
 
     pub fn approval_count(&self) -> usize {
@@ -247,19 +304,47 @@ impl Store {
         let held;
         let holds_cluster_set;
         let mut new = Vec::new();
+        let mut caveat_changes = Vec::new();
         {
             let mut table = txn.open_table(APPROVALS).map_err(store_err)?;
+            let mut caveats = txn.open_table(CAVEATS).map_err(store_err)?;
+            let known = self.caveats.read().unwrap_or_else(|e| e.into_inner());
             for approval in approvals {
-                if table
+                let fresh = table
                     .get(approval.digest.as_str())
                     .map_err(store_err)?
-                    .is_none()
-                {
+                    .is_none();
+                if fresh {
                     let bytes = serde_json::to_vec(approval).map_err(store_err)?;
                     table
                         .insert(approval.digest.as_str(), bytes.as_slice())
                         .map_err(store_err)?;
                     new.push(approval.digest.clone());
+                }
+                // A caveat holds until an approval without it arrives: one
+                // verified approval of a digest is enough.
+                let now = Caveats::of(approval);
+                let had = known.get(&approval.digest).copied();
+                let next = match (fresh, had) {
+                    (true, _) => now.any().then_some(now),
+                    (false, Some(_)) if !now.any() => None,
+                    (false, had) => had,
+                };
+                if next != had {
+                    match next {
+                        Some(c) => {
+                            let bytes = serde_json::to_vec(&c).map_err(store_err)?;
+                            caveats
+                                .insert(approval.digest.as_str(), bytes.as_slice())
+                                .map_err(store_err)?;
+                        }
+                        None => {
+                            caveats
+                                .remove(approval.digest.as_str())
+                                .map_err(store_err)?;
+                        }
+                    }
+                    caveat_changes.push((approval.digest.clone(), next));
                 }
             }
             let mut sources = txn.open_table(SOURCES).map_err(store_err)?;
@@ -280,6 +365,15 @@ impl Store {
                 .map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
+        {
+            let mut caveats = self.caveats.write().unwrap_or_else(|e| e.into_inner());
+            for (digest, change) in caveat_changes {
+                match change {
+                    Some(c) => caveats.insert(digest, c),
+                    None => caveats.remove(&digest),
+                };
+            }
+        }
         let mut known = self.approved.write().unwrap_or_else(|e| e.into_inner());
         let added = new.len();
         for digest in &new {
@@ -522,6 +616,7 @@ mod tests {
             rule: None,
             admitted_at_ms: 0,
             origin: Origin::Admission,
+            unverified: false,
         }
     }
 
@@ -573,6 +668,36 @@ mod tests {
         assert_eq!(store.source_generation("nobody").unwrap(), 0);
         assert_eq!(store.sources().unwrap().len(), 2);
         assert_eq!(store.approval_count(), 3);
+    }
+
+    #[test]
+    fn an_unverified_approval_says_so_until_a_verified_one_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let unverified = Approval {
+            unverified: true,
+            ..approval(1)
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .add_approvals_from("w/a", &[unverified.clone(), approval(2)], 2, None)
+                .unwrap();
+            assert!(store.approved(digest(1).as_str()).unwrap().unverified);
+            assert!(!store.approved(digest(2).as_str()).unwrap().unverified);
+            assert_eq!(store.approved(digest(3).as_str()), None);
+        }
+        // Kept across a restart...
+        let store = Store::open(&path).unwrap();
+        assert!(store.approved(digest(1).as_str()).unwrap().unverified);
+        // ...until the registry confirms it in another approval.
+        store
+            .add_approvals_from("w/b", &[approval(1)], 1, None)
+            .unwrap();
+        assert!(!store.approved(digest(1).as_str()).unwrap().unverified);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(!store.approved(digest(1).as_str()).unwrap().unverified);
     }
 
     #[test]

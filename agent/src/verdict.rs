@@ -5,7 +5,7 @@
 use globset::{GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::ContainerIdentity;
+use crate::{runtime::ContainerIdentity, store::Caveats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -113,7 +113,7 @@ impl Exemptions {
 /// window ends.
 pub fn decide(
     container: &ContainerIdentity,
-    is_approved: impl Fn(&str) -> bool,
+    approved: impl Fn(&str) -> Option<Caveats>,
     exemptions: &Exemptions,
 ) -> Verdict {
     if let Some(reason) = exemptions.reason(container) {
@@ -132,18 +132,21 @@ pub fn decide(
             ),
         };
     };
-    if is_approved(digest) {
+    if let Some(caveats) = approved(digest) {
         return Verdict {
             kind: VerdictKind::Admitted,
-            reason: format!("digest {digest} was admitted"),
+            reason: format!("digest {digest} was admitted{}", caveats_said(caveats)),
         };
     }
     if let Some(platform) = &container.platform_digest
-        && is_approved(platform)
+        && let Some(caveats) = approved(platform)
     {
         return Verdict {
             kind: VerdictKind::Admitted,
-            reason: format!("platform manifest {platform} (of index {digest}) was admitted"),
+            reason: format!(
+                "platform manifest {platform} (of index {digest}) was admitted{}",
+                caveats_said(caveats)
+            ),
         };
     }
     let platform = container
@@ -157,6 +160,16 @@ pub fn decide(
             "image {} at digest {digest}{platform} was never admitted",
             container.image
         ),
+    }
+}
+
+/// What a verdict adds about the approval it rests on.
+fn caveats_said(caveats: Caveats) -> &'static str {
+    if caveats.unverified {
+        ", unverified: the webhook took the digest as written in the pod spec, without the \
+         registry confirming it (resolution.verifyDigest: false)"
+    } else {
+        ""
     }
 }
 
@@ -182,8 +195,8 @@ mod tests {
         }
     }
 
-    fn approved(list: &'static [&'static str]) -> impl Fn(&str) -> bool {
-        move |d| list.contains(&d)
+    fn approved(list: &'static [&'static str]) -> impl Fn(&str) -> Option<Caveats> {
+        move |d| list.contains(&d).then(Caveats::default)
     }
 
     #[test]
@@ -219,6 +232,17 @@ mod tests {
         assert_eq!(v.kind, VerdictKind::Admitted);
         let v = decide(&c, approved(&[]), &Exemptions::none());
         assert!(v.reason.contains("sha256:amd64"), "{}", v.reason);
+    }
+
+    #[test]
+    fn an_unverified_approval_is_said() {
+        let v = decide(
+            &container(Some("sha256:a")),
+            |d| (d == "sha256:a").then_some(Caveats { unverified: true }),
+            &Exemptions::none(),
+        );
+        assert_eq!(v.kind, VerdictKind::Admitted);
+        assert!(v.reason.contains("unverified"), "{}", v.reason);
     }
 
     #[test]

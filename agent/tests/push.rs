@@ -387,6 +387,7 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
         for n in 0..ADMISSIONS {
             chunk.push(Approval {
                 digest: digest(n * 100),
+                verified: true,
                 children: ARCHITECTURES
                     .iter()
                     .enumerate()

@@ -206,6 +206,40 @@ impl Stack {
         Ok(())
     }
 
+    /// Replaces the webhook's policy file and waits until it has loaded it
+    /// (the `n`-th "policy loaded" of this webhook).
+    pub fn set_policy(&self, yaml: &str, n: usize) -> Result<()> {
+        let tmp = self.dir.path().join("policy.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        // Replaced by a rename: the webhook never reads half a file.
+        std::fs::rename(&tmp, self.dir.path().join("policy.yaml"))?;
+        let webhook = self
+            .webhook
+            .as_ref()
+            .context("the webhook is not running")?;
+        let deadline = std::time::Instant::now() + READY;
+        while webhook
+            .process
+            .all(|l| l["fields"]["message"] == "policy loaded")
+            .len()
+            < n
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("the webhook did not load the new policy");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The policy the stack starts with, for the registry's images.
+    pub fn policy(&self, extra: &str) -> String {
+        format!(
+            "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmode: enforce\nrules:\n  - name: shop-registry\n    registries: ['{}']\n    denyLatest: true\n{extra}",
+            self.registry.host
+        )
+    }
+
     pub fn agent_address(&self) -> String {
         format!("127.0.0.1:{}", self.agent_plain_port)
     }

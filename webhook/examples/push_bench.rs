@@ -44,6 +44,7 @@ fn synthetic(n: usize) -> Approval {
     Approval {
         digest: digest.clone(),
         children: Vec::new(),
+        verified: true,
         reference: format!("registry.bench/app:{n}"),
         namespace: "bench".into(),
         kind: Some("Pod".into()),

@@ -60,6 +60,10 @@ pub struct Approval {
     /// may report its own platform's).
     #[serde(default)]
     pub children: Vec<Child>,
+    /// The registry confirmed the repository serves `digest`; false when a
+    /// policy took a written digest as given (`verifyDigest: false`).
+    #[serde(default = "verified_by_default")]
+    pub verified: bool,
     /// Normalised reference, e.g. `docker.io/library/nginx:1.25`.
     pub reference: String,
     pub namespace: String,
@@ -79,6 +83,10 @@ pub struct Approval {
     /// Set by the ledger: the generation of the write that stored it.
     #[serde(default)]
     pub generation: u64,
+}
+
+fn verified_by_default() -> bool {
+    true
 }
 
 /// How an approval came about.
@@ -398,6 +406,7 @@ mod tests {
         Approval {
             digest: digest.clone(),
             children: Vec::new(),
+            verified: true,
             reference: format!("registry.local/app@{digest}"),
             namespace: "default".into(),
             kind: Some("Pod".into()),

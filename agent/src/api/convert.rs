@@ -96,6 +96,7 @@ fn approval_in(
             rule: optional(approval.rule),
             admitted_at_ms: u64::try_from(approval.admitted_at_unix_ms).unwrap_or(0),
             origin,
+            unverified: approval.digest_unverified,
         };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
             let platform =
@@ -159,6 +160,7 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
         generation: 0,
         source: approval.source.clone(),
         origin: origin_out(approval.origin) as i32,
+        digest_unverified: approval.unverified,
     }
 }
 

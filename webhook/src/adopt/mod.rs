@@ -109,6 +109,9 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
             report.approvals.push(Approval {
                 digest,
                 children: Vec::new(),
+                // What the node runs, as its kubelet reports it; the
+                // registry is asked below when a resolver is at hand.
+                verified: false,
                 reference: decision
                     .reference
                     .as_ref()
@@ -197,6 +200,7 @@ async fn add_children(resolver: &Arc<Resolver>, approvals: &mut [Approval]) {
     for (approval, resolved) in approvals.iter_mut().zip(found) {
         if let Some(resolved) = resolved.filter(|r| r.digest == approval.digest) {
             approval.children = resolved.children;
+            approval.verified = resolved.verified;
         }
     }
 }

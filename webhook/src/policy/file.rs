@@ -38,16 +38,28 @@ pub struct PolicyFile {
     pub resolution: ResolutionFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResolutionFile {
     /// An allowed image that cannot be resolved to a digest: `deny` it
     /// (default), or `allow` it with an audit annotation.
     #[serde(default)]
     pub on_failure: Verdict,
-    /// Also ask the registry for images that already name a digest.
-    #[serde(default)]
+    /// Ask the registry whether the repository serves a digest that a
+    /// reference names (default true). Off, a pod author's digest is taken
+    /// as written: the approval says it is unverified, since it may name
+    /// any image on the node.
+    #[serde(default = "yes")]
     pub verify_digest: bool,
+}
+
+impl Default for ResolutionFile {
+    fn default() -> Self {
+        Self {
+            on_failure: Verdict::default(),
+            verify_digest: true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -283,6 +283,7 @@ fn approval_out(approval: &Approval) -> pb::Approval {
         admitted_at_unix_ms: approval.admitted_at_ms as i64,
         generation: approval.generation,
         source: String::new(),
+        digest_unverified: !approval.verified,
         origin: match approval.origin {
             Origin::Admission => pb::Origin::Admission,
             Origin::Adopted => pb::Origin::Adopted,
@@ -329,6 +330,7 @@ mod tests {
     fn sixteen_platform_index(n: usize) -> Approval {
         Approval {
             digest: digest(n * 100),
+            verified: true,
             children: (1..=16)
                 .map(|i| Child {
                     digest: digest(n * 100 + i),

@@ -24,12 +24,21 @@ pub async fn resolve_decisions(
     });
     let outcomes = join_all(lookups).await;
     let mut resolved = Vec::new();
+    let mut unverified = Vec::new();
     let mut unresolved = Vec::new();
     for (decision, outcome) in images.iter_mut().zip(outcomes) {
         match outcome {
             None => {}
             Some(Ok(r)) => {
                 resolved.push(format!("{}={}", decision.image, r.digest));
+                if !r.verified {
+                    unverified.push(decision.image.clone());
+                    decision.reason = format!(
+                        "{}; its digest is taken as written, not verified with the registry \
+                         (resolution.verifyDigest: false)",
+                        decision.reason
+                    );
+                }
                 decision.resolved = Some(r);
             }
             Some(Err(e)) => {
@@ -56,6 +65,9 @@ pub async fn resolve_decisions(
     }
     if !resolved.is_empty() {
         annotations.insert("resolved-digests".into(), resolved.join(", "));
+    }
+    if !unverified.is_empty() {
+        annotations.insert("unverified-digests".into(), unverified.join(", "));
     }
     if !unresolved.is_empty() {
         annotations.insert("unresolved-images".into(), unresolved.join("; "));

@@ -93,6 +93,9 @@ pub struct Resolved {
     /// For an index, the manifests it lists with their platforms (a node
     /// may report its own platform's); empty otherwise.
     pub children: Vec<Child>,
+    /// The registry confirmed that this repository serves `digest`. False
+    /// only for a digest taken as written (`verifyDigest: false`).
+    pub verified: bool,
 }
 
 impl Resolved {
@@ -257,6 +260,7 @@ impl Resolver {
             return Ok(Resolved {
                 digest: digest.clone(),
                 children: self.index_children.get(digest).unwrap_or_default(),
+                verified: false,
             });
         }
         let key = reference.to_string();
@@ -353,7 +357,11 @@ impl Resolver {
         let children = self
             .children(client, &oci, &auth, &digest, reference)
             .await?;
-        Ok(Resolved { digest, children })
+        Ok(Resolved {
+            digest,
+            children,
+            verified: true,
+        })
     }
 
     /// The manifests an index lists (empty for a plain manifest), read once

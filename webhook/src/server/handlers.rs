@@ -199,6 +199,7 @@ async fn record(
         .map(|(d, resolved)| Approval {
             digest: resolved.digest.clone(),
             children: resolved.children.clone(),
+            verified: resolved.verified,
             reference: d
                 .reference
                 .as_ref()
