@@ -12,6 +12,15 @@
 //!   255 bytes, the port only the path;
 //! - Go refuses an upper-case path after Docker Hub normalisation
 //!   (`Foo/bar`), the port does not.
+//!
+//! The host is kept as written: Go applies Docker Hub's normalisation only
+//! to exactly `docker.io` and `index.docker.io`, so to containerd and the
+//! kubelet `Docker.io/nginx` is host `Docker.io`, path `nginx`, not
+//! `docker.io/library/nginx`. Policies then compare hosts
+//! case-insensitively, as DNS and TLS do. And what the runtime reads as an
+//! image ID (64 hex digits, or `sha256:<hex>`, which `ParseAnyReference`
+//! takes as a digest and CRI looks up among local images whatever their
+//! name) is refused: it names no repository a policy could judge.
 
 use std::{fmt, sync::LazyLock};
 
@@ -48,6 +57,17 @@ pub enum ParseError {
     Uppercase,
     #[error("invalid reference format: {0}")]
     Digest(DigestError),
+    #[error(
+        "invalid reference format: {0:?} looks like a registry host but is not a valid one; \
+         the runtime would read it as a path on no registry, which cannot be pulled"
+    )]
+    NotAHost(String),
+    #[error(
+        "{0:?} is an image ID, not a reference: the runtime would run whatever local image has \
+         that ID, whatever its name; name the image by repository and digest, e.g. \
+         registry.example/team/app@sha256:<digest>"
+    )]
+    ImageId(String),
     #[error("{0}")]
     Grammar(String),
 }
@@ -55,8 +75,9 @@ pub enum ParseError {
 /// A parsed, normalised image reference.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Reference {
-    /// Registry host, with its port if any, lower-cased (hosts are
-    /// case-insensitive): `docker.io`, `registry.local:5000`.
+    /// Registry host, with its port if any, as written (and as the runtime
+    /// keeps it): `docker.io`, `registry.local:5000`. Compared
+    /// case-insensitively by policies.
     pub domain: String,
     /// Repository path inside the registry: `library/nginx`.
     pub path: String,
@@ -89,6 +110,18 @@ impl Reference {
         }
         if !input.is_ascii() {
             return Err(ParseError::NonAscii);
+        }
+        if is_image_id(input) {
+            return Err(ParseError::ImageId(input.to_string()));
+        }
+        // Go's grammar reads a first component with `.` or `:` that is not
+        // a valid host as part of a path with no registry at all
+        // (`ho_st.com/x`): nothing could pull it, nothing to judge.
+        if let Some((first, _)) = input.split('@').next().unwrap_or(input).split_once('/')
+            && (first.contains(['.', ':']) || first == "localhost")
+            && !is_host(first)
+        {
+            return Err(ParseError::NotAHost(first.to_string()));
         }
         let (name, digest) = match input.split_once('@') {
             Some((name, digest)) => (name, Some(digest)),
@@ -137,9 +170,9 @@ impl Reference {
     }
 
     /// `domain/path`: the repository, what registry and repository rules
-    /// match against.
+    /// match against, the host lower-cased (hosts are case-insensitive).
     pub fn repository(&self) -> String {
-        format!("{}/{}", self.domain, self.path)
+        format!("{}/{}", self.domain.to_ascii_lowercase(), self.path)
     }
 
     /// The tag a runtime pulls: the written one, or `latest` when there is
@@ -180,13 +213,12 @@ impl fmt::Display for Reference {
     }
 }
 
-/// Lower-cases the host, then applies Docker Hub's normalisation to it.
-/// The parser normalises only the exact spellings `docker.io` and
-/// `index.docker.io`; hosts are case-insensitive, so `Index.Docker.IO/x/y` is
-/// Docker Hub too and must get the same name, or a normalised name would
-/// parse differently from the reference it came from.
+/// Docker Hub's normalisation, exactly as distribution/reference applies
+/// it: only to the spellings `docker.io` and `index.docker.io`. Any other
+/// host, `Docker.io` included, stays as written: the runtime contacts that
+/// host, not Docker Hub.
 fn docker_hub_normalised(registry: &str, repository: &str) -> (String, String) {
-    let mut domain = registry.to_ascii_lowercase();
+    let mut domain = registry.to_string();
     if domain == "index.docker.io" {
         domain = "docker.io".into();
     }
@@ -196,6 +228,33 @@ fn docker_hub_normalised(registry: &str, repository: &str) -> (String, String) {
         repository.to_string()
     };
     (domain, path)
+}
+
+/// distribution/reference's domain grammar: dot-separated labels of ASCII
+/// letters, digits and inner hyphens, and an optional numeric port.
+fn is_host(host: &str) -> bool {
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.split('.').all(label)
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What the runtime reads as an image ID rather than a reference: 64
+/// lower-case hex digits, or a whole digest (`sha256:<hex>`).
+fn is_image_id(input: &str) -> bool {
+    (input.len() == 64
+        && input
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        || Digest::parse(input).is_ok()
 }
 
 /// The name as written, without its tag (`registry:5000/x:1` -> `registry:5000/x`).

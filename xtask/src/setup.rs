@@ -66,6 +66,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces for tests"),
     ("python3-venv", "a private venv for grpcurl"),
     (
+        "golang-go",
+        "Go, to build distribution/reference for the reference parity test",
+    ),
+    (
         "protobuf-compiler",
         "protoc for containerd-client and k8s-cri's generated code",
     ),
@@ -92,6 +96,7 @@ pub fn run(paths: &Paths) -> Result<()> {
     install_bpf_linker(paths)?;
     install_grpcurl(paths)?;
     install_helm(paths)?;
+    install_go_reference(paths)?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
         Path::new(m).join("events").is_dir()
     })?;
@@ -297,6 +302,51 @@ fn grpcurl_version(grpcurl: &Path) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with('v'))
         .map(str::to_string)
+}
+
+/// The Go sources of distribution/reference v2.8.2 and go-digest, from
+/// Debian's -dev packages, unpacked into `.tools/go-reference` (not
+/// installed: their dependencies would pull in some seventy packages the
+/// reference package does not use). The parity test builds a parser from
+/// them and compares imagegate's answers with it.
+fn install_go_reference(paths: &Paths) -> Result<()> {
+    const PACKAGES: [&str; 2] = [
+        "golang-github-docker-distribution-dev",
+        "golang-github-opencontainers-go-digest-dev",
+    ];
+    let dest = paths.tools.join("go-reference");
+    let marker =
+        dest.join("usr/share/gocode/src/github.com/docker/distribution/reference/normalize.go");
+    let digest = dest.join("usr/share/gocode/src/github.com/opencontainers/go-digest/digest.go");
+    if marker.is_file() && digest.is_file() {
+        println!("setup: distribution/reference sources present");
+        return Ok(());
+    }
+    println!(
+        "setup: unpacking distribution/reference's Go sources into {}",
+        dest.display()
+    );
+    let work = paths.tools.join("debs");
+    std::fs::create_dir_all(&work)?;
+    cmd::run(
+        Command::new("apt-get")
+            .current_dir(&work)
+            .arg("download")
+            .args(PACKAGES),
+    )
+    .context("apt-get download (needs Debian's mirrors)")?;
+    for entry in std::fs::read_dir(&work)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            cmd::run(Command::new("dpkg-deb").arg("-x").arg(&path).arg(&dest))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    ensure!(
+        marker.is_file() && digest.is_file(),
+        "the unpacked packages lack distribution/reference or go-digest"
+    );
+    Ok(())
 }
 
 /// Tools only the benchmarks need: oha (the load generator) and Flask with

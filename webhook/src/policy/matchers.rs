@@ -72,8 +72,11 @@ impl RegistryPattern {
         })
     }
 
+    /// Whether `reference` is on this registry (the host compared
+    /// case-insensitively, as DNS and TLS compare it) under the path
+    /// prefix, if any.
     pub fn matches(&self, reference: &Reference) -> bool {
-        if reference.domain != self.host {
+        if !reference.domain.eq_ignore_ascii_case(&self.host) {
             return false;
         }
         match &self.path_prefix {

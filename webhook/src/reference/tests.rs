@@ -67,19 +67,31 @@ fn a_host_is_the_whole_first_component() {
 }
 
 #[test]
-fn hosts_are_case_insensitive_paths_are_not() {
-    // Trick 3.
+fn hosts_are_kept_as_written_and_hub_is_only_its_exact_spellings() {
+    // Trick 3, as distribution/reference (and so containerd and the
+    // kubelet) parse it: the host as written, Docker Hub's normalisation
+    // only for exactly `docker.io` and `index.docker.io`.
     let r = parse("Registry.Example.COM/team/app:1");
-    assert_eq!(r.domain, "registry.example.com");
-    // Docker Hub in any case is Docker Hub, normalised the same way (found
-    // by the reference fuzz target: `indeX.docker.io/x/y:z`).
-    assert_eq!(parse("indeX.docker.io/x/y:z").repository(), "docker.io/x/y");
+    assert_eq!(r.domain, "Registry.Example.COM");
+    // Policies compare hosts case-insensitively.
+    assert_eq!(r.repository(), "registry.example.com/team/app");
+    // `Docker.io/nginx` is host Docker.io, path nginx: to the runtime it
+    // is not docker.io/library/nginx.
     assert_eq!(
-        parse("DOCKER.IO/nginx:1").repository(),
-        "docker.io/library/nginx"
+        parts(&parse("Docker.io/nginx")),
+        ("Docker.io", "nginx", None, None)
     );
+    assert_eq!(parse("DOCKER.IO/nginx:1").repository(), "docker.io/nginx");
     assert_eq!(
         parse("Index.Docker.IO/nginx").to_string(),
+        "Index.Docker.IO/nginx:latest"
+    );
+    // A normalised form parses back to itself (found by the reference fuzz
+    // target: `indeX.docker.io/x/y:z`).
+    let odd = parse("indeX.docker.io/x/y:z");
+    assert_eq!(parse(&odd.to_string()), odd);
+    assert_eq!(
+        parse("index.docker.io/nginx").to_string(),
         "docker.io/library/nginx:latest"
     );
     assert_eq!(
@@ -94,6 +106,24 @@ fn hosts_are_case_insensitive_paths_are_not() {
     assert_eq!(parse("localhost/foo").domain, "localhost");
     // Tags may have upper case.
     assert_eq!(parse("nginx:Stable").tag.as_deref(), Some("Stable"));
+}
+
+#[test]
+fn what_the_runtime_reads_as_an_image_id_is_refused() {
+    // `ParseAnyReference` takes these as a digest, and CRI finds a local
+    // image by that id whatever its name.
+    for id in [
+        HEX64.to_string(),
+        format!("sha256:{HEX64}"),
+        format!("sha512:{HEX64}{HEX64}"),
+    ] {
+        assert_eq!(Reference::parse(&id), Err(ParseError::ImageId(id.clone())));
+    }
+    // Named, it is a repository: sha256 on Docker Hub with a tag.
+    assert_eq!(
+        parts(&parse(&format!("library/sha256:{HEX64}"))),
+        ("docker.io", "library/sha256", Some(HEX64), None)
+    );
 }
 
 #[test]

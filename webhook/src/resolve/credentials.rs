@@ -80,8 +80,10 @@ impl Credentials {
     }
 
     /// The username and password for `host`, if any.
+    /// The credentials for `host`, compared case-insensitively (the keys
+    /// are lower-cased when read).
     pub fn for_host(&self, host: &str) -> Option<&(String, String)> {
-        self.by_host.get(host)
+        self.by_host.get(&host.to_ascii_lowercase())
     }
 
     pub fn hosts(&self) -> impl Iterator<Item = &str> {

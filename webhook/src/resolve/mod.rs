@@ -332,9 +332,10 @@ impl Resolver {
     }
 
     async fn ask_registry(&self, reference: &Reference) -> Outcome {
+        // Hosts with their own settings were lower-cased when read.
         let client = self
             .clients
-            .get(&reference.domain)
+            .get(&reference.domain.to_ascii_lowercase())
             .unwrap_or(&self.default_client);
         let auth = match self.settings.credentials.for_host(&reference.domain) {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
