@@ -91,6 +91,7 @@ pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageR
                 container: None,
                 kind: ContainerKind::Container,
                 pointer: None,
+                changed: true,
             })
             .collect(),
         kind: None,

@@ -657,3 +657,262 @@ async fn resolves_against_a_bearer_token_registry() {
     let err = bad.resolve(&image, false).await.unwrap_err();
     assert!(matches!(err, ResolveError::Unauthorized(_)), "{err:?}");
 }
+
+/// An UPDATE of `object` from `old`.
+fn update(group: &str, kind: &str, old: Value, object: Value) -> Value {
+    let mut body = admission_review(group, kind, "UPDATE", object);
+    body["request"]["oldObject"] = old;
+    body
+}
+
+/// Found with the registry down: a ReplicaSet scaled 3 -> 0 (what a
+/// rollout needs), a finalizer removed, a label changed, were all denied
+/// ("could not resolve ..."). A cluster must always be able to scale down
+/// and clean up: on UPDATE only the images the old object lacked are
+/// decided.
+#[tokio::test]
+async fn updates_that_add_no_image_never_wait_on_a_registry() {
+    install_crypto();
+    // A registry that is down: the port is closed.
+    let host = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let mut settings = Settings::default();
+    settings.plain_http.push(host.clone());
+    let policy = format!(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    registries: ['{host}']\n"
+    );
+    let (app, metrics) = webhook(settings, &policy, None);
+    let image = format!("{host}/team/app:1.0");
+    let replicaset = |replicas: u32, labels: Value| {
+        serde_json::json!({
+            "metadata": {"name": "app-1", "labels": labels},
+            "spec": {"replicas": replicas, "template": {"spec": {
+                "containers": [{"name": "app", "image": image}]}}}
+        })
+    };
+    let scaled = post(
+        &app,
+        "/validate",
+        &update(
+            "apps",
+            "ReplicaSet",
+            replicaset(3, serde_json::json!({})),
+            replicaset(0, serde_json::json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(scaled["allowed"], true, "{scaled}");
+    let relabelled = post(
+        &app,
+        "/validate",
+        &update(
+            "apps",
+            "ReplicaSet",
+            replicaset(3, serde_json::json!({})),
+            replicaset(3, serde_json::json!({"tier": "web"})),
+        ),
+    )
+    .await;
+    assert_eq!(relabelled["allowed"], true, "{relabelled}");
+    let pod = |finalizers: Value| {
+        serde_json::json!({
+            "metadata": {"name": "p", "finalizers": finalizers},
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        })
+    };
+    let cleaned = post(
+        &app,
+        "/validate",
+        &update(
+            "",
+            "Pod",
+            pod(serde_json::json!(["example.com/hold"])),
+            pod(serde_json::json!([])),
+        ),
+    )
+    .await;
+    assert_eq!(cleaned["allowed"], true, "{cleaned}");
+    assert_eq!(
+        metric(&metrics, "imagegate_webhook_registry_lookups_total"),
+        0.0,
+        "no registry was asked"
+    );
+    // An UPDATE that brings a new image is decided as a CREATE would be.
+    let mut changed = replicaset(3, serde_json::json!({}));
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] =
+        format!("{host}/team/app:2.0").into();
+    let r = post(
+        &app,
+        "/validate",
+        &update(
+            "apps",
+            "ReplicaSet",
+            replicaset(3, serde_json::json!({})),
+            changed,
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not resolve"),
+        "{r}"
+    );
+}
+
+/// Found: /mutate patched images on metadata-only UPDATEs (a changed image
+/// restarts the container) and patched spec.containers on a
+/// pods/ephemeralcontainers UPDATE. Only what is being admitted is pinned,
+/// at its own path.
+#[tokio::test]
+async fn mutation_pins_only_what_an_update_adds() {
+    install_crypto();
+    let registry = Registry::plain();
+    let host = &registry.host;
+    let app_digest = registry.push_image("team/app", "1.0", "upd-app").await;
+    let debug_digest = registry.push_image("team/debug", "1.0", "upd-debug").await;
+    let policy = format!(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    registries: ['{host}']\n"
+    );
+    let (app, _) = webhook(settings_for(&registry), &policy, None);
+    let pod = |labels: Value, ephemeral: Option<&str>| {
+        let mut pod = serde_json::json!({
+            "metadata": {"name": "p", "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": format!("{host}/team/app:1.0")}]}
+        });
+        if let Some(image) = ephemeral {
+            pod["spec"]["ephemeralContainers"] =
+                serde_json::json!([{"name": "debug", "image": image}]);
+        }
+        pod
+    };
+    // A label change: nothing to pin.
+    let r = post(
+        &app,
+        "/mutate",
+        &update(
+            "",
+            "Pod",
+            pod(serde_json::json!({}), None),
+            pod(serde_json::json!({"x": "y"}), None),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r.get("patch").is_none(), "no patch on a label change: {r}");
+    // `kubectl debug`: only the new ephemeral container is pinned.
+    let debug = format!("{host}/team/debug:1.0");
+    let mut body = update(
+        "",
+        "Pod",
+        pod(serde_json::json!({}), None),
+        pod(serde_json::json!({}), Some(&debug)),
+    );
+    body["request"]["subResource"] = "ephemeralcontainers".into();
+    let r = post(&app, "/mutate", &body).await;
+    let mut object = pod(serde_json::json!({}), Some(&debug));
+    let operations = apply_patch(&mut object, r["patch"].as_str().expect("a patch"));
+    assert_eq!(operations.len(), 1, "{operations:?}");
+    assert_eq!(operations[0]["path"], "/spec/ephemeralContainers/0/image");
+    assert_eq!(
+        object["spec"]["ephemeralContainers"][0]["image"],
+        format!("{debug}@{debug_digest}")
+    );
+    assert_eq!(
+        object["spec"]["containers"][0]["image"],
+        format!("{host}/team/app:1.0"),
+        "the running container is left alone"
+    );
+    let _ = app_digest;
+}
+
+/// Found: a pod mounting `evil.example.com/miner:1` as an image volume was
+/// allowed. Image volumes are checked, resolved, recorded and pinned like
+/// container images.
+#[tokio::test]
+async fn image_volumes_are_checked_resolved_and_pinned() {
+    install_crypto();
+    let registry = Registry::plain();
+    let host = &registry.host;
+    let data_digest = registry.push_image("team/data", "1.0", "volume").await;
+    let policy = format!(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    registries: ['{host}']\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        imagegate_webhook::ledger::Ledger::open(
+            &dir.path().join("l.redb"),
+            Duration::from_secs(3600),
+            100,
+        )
+        .unwrap(),
+    );
+    let (app, _) = webhook(settings_for(&registry), &policy, Some(ledger.clone()));
+    let pod = |volume: &str| {
+        serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "app", "image": format!("{host}/team/data:1.0")}],
+                "volumes": [
+                    {"name": "config", "configMap": {"name": "c"}},
+                    {"name": "data", "image": {"reference": volume, "pullPolicy": "IfNotPresent"}}
+                ]
+            }
+        })
+    };
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("", "Pod", "CREATE", pod("evil.example.com/miner:1")),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example.com/miner:1"),
+        "{r}"
+    );
+    // In a pod template too.
+    let template = serde_json::json!({"spec": {"template": pod("evil.example.com/miner:1")}});
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("apps", "Deployment", "CREATE", template),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    // Allowed, the volume's image is resolved and recorded, and pinned.
+    let volume = format!("{host}/team/data:1.0");
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("", "Pod", "CREATE", pod(&volume)),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        ledger
+            .all()
+            .unwrap()
+            .iter()
+            .any(|a| a.digest == data_digest)
+    );
+    let r = post(
+        &app,
+        "/mutate",
+        &admission_review("", "Pod", "CREATE", pod(&volume)),
+    )
+    .await;
+    let mut object = pod(&volume);
+    apply_patch(&mut object, r["patch"].as_str().expect("a patch"));
+    assert_eq!(
+        object["spec"]["volumes"][1]["image"]["reference"],
+        format!("{volume}@{data_digest}")
+    );
+}

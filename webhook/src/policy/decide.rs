@@ -17,6 +17,7 @@ pub const RULE_DEFAULT: &str = "default";
 pub const RULE_EXEMPT: &str = "exempt-namespace";
 pub const RULE_BREAK_GLASS: &str = "break-glass";
 pub const RULE_RESOLUTION: &str = "digest-resolution";
+pub const RULE_UNCHANGED: &str = "unchanged";
 
 /// The suffix of the break-glass annotation on ImageReview.
 const IMAGE_REVIEW_BREAK_GLASS_SUFFIX: &str = ".image-policy.k8s.io/break-glass";
@@ -32,6 +33,8 @@ pub enum Verdict {
     BreakGlass,
     /// Allowed because the namespace is exempt.
     Exempt,
+    /// On an UPDATE, an image the object already had: admitted with it.
+    Unchanged,
 }
 
 impl Verdict {
@@ -42,6 +45,7 @@ impl Verdict {
             Verdict::AuditDenied => "audit-denied",
             Verdict::BreakGlass => "break-glass",
             Verdict::Exempt => "exempt",
+            Verdict::Unchanged => "unchanged",
         }
     }
 
@@ -107,7 +111,24 @@ impl Policy {
             review
                 .images
                 .iter()
-                .map(|u| self.decide_image(subject, &u.image))
+                .map(|u| {
+                    if u.changed {
+                        self.decide_image(subject, &u.image)
+                    } else {
+                        ImageDecision {
+                            image: u.image.clone(),
+                            reference: Reference::parse_cached(&u.image),
+                            verdict: Verdict::Unchanged,
+                            rule: RULE_UNCHANGED.into(),
+                            reason: format!(
+                                "image {:?} is unchanged by this UPDATE: it was admitted with the \
+                                 object",
+                                u.image
+                            ),
+                            resolved: None,
+                        }
+                    }
+                })
                 .collect()
         };
         (images, annotations)

@@ -40,6 +40,7 @@ fn review(api: Api, namespace: &str, images: &[&str], annotations: &[(&str, &str
                 container: None,
                 kind: ContainerKind::Container,
                 pointer: None,
+                changed: true,
             })
             .collect(),
         kind: Some("Pod".into()),

@@ -16,8 +16,13 @@ pub async fn resolve_decisions(
     images: &mut [ImageDecision],
     annotations: &mut BTreeMap<String, String>,
 ) {
+    // Unchanged images of an UPDATE were resolved when admitted: nothing
+    // to ask, so an UPDATE that adds no image never waits on a registry.
     let lookups = images.iter().map(|d| async move {
-        match (&d.reference, d.verdict.allows()) {
+        match (
+            &d.reference,
+            d.verdict.allows() && d.verdict != Verdict::Unchanged,
+        ) {
             (Ok(reference), true) => Some(resolver.resolve(reference, policy.verify_digest).await),
             _ => None,
         }

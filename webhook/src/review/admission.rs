@@ -79,6 +79,9 @@ struct Request {
     user_info: Option<UserInfo>,
     #[serde(default)]
     object: Option<Object>,
+    /// The object before an UPDATE.
+    #[serde(default)]
+    old_object: Option<Object>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
@@ -220,11 +223,57 @@ fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
     let object = request
         .object
         .ok_or_else(|| format!("the {kind} {} has no object to check", request.operation))?;
-    let missing = |path: &str| format!("the {kind} has no {path} to check");
+    let (mut images, mut annotations) = object_images(&at, kind, &object)?;
+    // On UPDATE, only the images the old object did not have are new: the
+    // others were admitted with it (a scale-down, a finalizer removed, a
+    // label changed must never wait on a registry). An old object that
+    // cannot be read leaves every image to be checked.
+    if request.operation == "UPDATE"
+        && let Some(old) = &request.old_object
+        && let Ok((old_images, _)) = object_images(&at, kind, old)
+    {
+        let before: std::collections::HashSet<&str> =
+            old_images.iter().map(|u| u.image.as_str()).collect();
+        for image in &mut images {
+            image.changed = !before.contains(image.image.as_str());
+        }
+    }
+    let metadata = object.metadata.unwrap_or_default();
+    // The object's own annotations win over its template's.
+    if let Some(a) = metadata.annotations {
+        annotations.extend(a);
+    }
+    let name = request
+        .name
+        .filter(|n| !n.is_empty())
+        .or(metadata.name)
+        .or(metadata.generate_name);
+    Ok(Ok(Review {
+        api: Api::AdmissionReview,
+        subject: Subject {
+            namespace: request.namespace.unwrap_or_default(),
+            labels: Some(metadata.labels.unwrap_or_default()),
+            annotations,
+        },
+        images,
+        kind: Some(request.kind.kind),
+        name,
+        user: request.user_info.and_then(|u| u.username),
+        dry_run: request.dry_run.unwrap_or(false),
+    }))
+}
 
+/// Every image `object` (of `kind`, its spec at `at`) would run or mount, in
+/// spec order, and its pod template's annotations.
+#[allow(clippy::type_complexity)]
+fn object_images(
+    at: &SpecAt,
+    kind: &str,
+    object: &Object,
+) -> Result<(Vec<super::ImageUse>, BTreeMap<String, String>), String> {
+    let missing = |path: &str| format!("the {kind} has no {path} to check");
     let mut images = Vec::new();
     let mut annotations = BTreeMap::new();
-    let metadata = object.metadata.unwrap_or_default();
     let mut add_template_annotations = |template_meta: Option<&pod_spec::Metadata>| {
         if let Some(a) = template_meta.and_then(|m| m.annotations.as_ref()) {
             annotations.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -285,28 +334,7 @@ fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
             pod_spec::pod_spec_images(spec, "/spec/jobTemplate/spec/template/spec", &mut images);
         }
     }
-    // The object's own annotations win over its template's.
-    if let Some(a) = metadata.annotations {
-        annotations.extend(a);
-    }
-    let name = request
-        .name
-        .filter(|n| !n.is_empty())
-        .or(metadata.name)
-        .or(metadata.generate_name);
-    Ok(Ok(Review {
-        api: Api::AdmissionReview,
-        subject: Subject {
-            namespace: request.namespace.unwrap_or_default(),
-            labels: Some(metadata.labels.unwrap_or_default()),
-            annotations,
-        },
-        images,
-        kind: Some(request.kind.kind),
-        name,
-        user: request.user_info.and_then(|u| u.username),
-        dry_run: request.dry_run.unwrap_or(false),
-    }))
+    Ok((images, annotations))
 }
 
 /// A Pod as the apiserver lists it, as the review admission would have
@@ -327,6 +355,7 @@ pub fn pod_review(item: &serde_json::Value) -> Result<Review, String> {
         operation: "CREATE".into(),
         user_info: None,
         object: Some(object),
+        old_object: None,
         dry_run: None,
     };
     match to_review(request)? {

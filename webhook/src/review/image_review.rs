@@ -94,6 +94,7 @@ fn to_review(spec: Spec) -> Review {
             // saying which is which.
             kind: ContainerKind::Container,
             pointer: None,
+            changed: true,
         })
         .collect();
     Review {

@@ -36,6 +36,9 @@ pub enum ContainerKind {
     Container,
     InitContainer,
     EphemeralContainer,
+    /// An image volume (`spec.volumes[].image.reference`): mounted, not
+    /// run, but pulled from the same registries.
+    ImageVolume,
 }
 
 /// One image to check.
@@ -49,6 +52,10 @@ pub struct ImageUse {
     /// JSON pointer to the `image` field inside the object, when the request
     /// carries the object (for digest pinning).
     pub pointer: Option<String>,
+    /// False on an UPDATE whose old object already had this image: it was
+    /// admitted then, and a scale-down or a label change must never wait
+    /// on a registry.
+    pub changed: bool,
 }
 
 /// What the policy needs to know about a request besides its images.

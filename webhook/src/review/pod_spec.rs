@@ -23,6 +23,19 @@ pub struct Container {
     pub image: Option<String>,
 }
 
+/// A pod volume; only image volumes matter here.
+#[derive(Debug, Deserialize)]
+pub struct Volume {
+    pub name: Option<String>,
+    pub image: Option<ImageVolume>,
+}
+
+/// `volumes[].image` (Kubernetes 1.31+, the ImageVolume feature gate).
+#[derive(Debug, Deserialize)]
+pub struct ImageVolume {
+    pub reference: Option<String>,
+}
+
 /// A PodSpec, a workload spec (with `template`) or a JobSpec (also with
 /// `template`), or a CronJobSpec (with `jobTemplate`): their fields do not
 /// collide, so one struct reads them all.
@@ -32,6 +45,7 @@ pub struct Spec {
     pub containers: Option<Vec<Container>>,
     pub init_containers: Option<Vec<Container>>,
     pub ephemeral_containers: Option<Vec<Container>>,
+    pub volumes: Option<Vec<Volume>>,
     pub template: Option<Box<Template>>,
     pub job_template: Option<Box<Template>>,
 }
@@ -73,6 +87,24 @@ pub fn pod_spec_images(spec: &Spec, at: &str, out: &mut Vec<ImageUse>) {
     for (list, field, kind) in lists {
         container_images(list.as_deref(), &format!("{at}/{field}"), kind, out);
     }
+    for (i, volume) in spec
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if let Some(image) = &volume.image {
+            out.push(ImageUse {
+                // A missing reference is checked as the empty one, and denied.
+                image: image.reference.clone().unwrap_or_default(),
+                container: volume.name.clone(),
+                kind: ContainerKind::ImageVolume,
+                pointer: Some(format!("{at}/volumes/{i}/image/reference")),
+                changed: true,
+            });
+        }
+    }
 }
 
 /// Appends the images of a container list found at JSON pointer `at`.
@@ -89,6 +121,7 @@ pub fn container_images(
             container: c.name.clone(),
             kind,
             pointer: Some(format!("{at}/{i}/image")),
+            changed: true,
         });
     }
 }
