@@ -71,6 +71,8 @@ pub fn parse_lines<'a>(
                 admitted_at_ms: 0,
                 origin: Origin::Unspecified,
                 unverified: false,
+                break_glass: false,
+                expires_at_ms: None,
             })
         }) {
             Ok(approval) => approvals.push(approval),

@@ -59,6 +59,24 @@ pub struct Config {
     /// go for the agent's whole life, and what it tracks must not grow
     /// with them.
     pub forget_every: Duration,
+    /// Enforce mode also stops containers containerd knows but whose image
+    /// it cannot name.
+    pub enforce_unknown: bool,
+}
+
+impl Config {
+    /// Whether enforce mode stops a container with this record (once the
+    /// agent has settled): never admitted, or (when asked) known to
+    /// containerd with no image to judge. A container the agent could not
+    /// identify is never stopped.
+    pub fn stops(&self, record: &ContainerRecord) -> bool {
+        self.mode == Mode::Enforce
+            && match record.verdict {
+                VerdictKind::NeverAdmitted => true,
+                VerdictKind::Unknown => self.enforce_unknown && record.runtime_namespace.is_some(),
+                _ => false,
+            }
+    }
 }
 
 /// What the engine shares with the rest of the agent.
@@ -528,9 +546,8 @@ impl Engine {
     }
 
     fn file_violation(&mut self, key: u64, record: &ContainerRecord) {
-        let enforced = record.verdict == VerdictKind::NeverAdmitted
-            && self.ctx.config.mode == Mode::Enforce
-            && self.ctx.settle.kills();
+        let enforced =
+            self.ctx.config.stops(record) && self.ctx.settle.kills() && Some(key) != self.own_key;
         let violation = Violation {
             seq: 0,
             at_ms: now_ms(),
@@ -562,7 +579,7 @@ impl Engine {
     /// Enforce mode, once settled: stop the container's execs in the
     /// kernel, then kill what already runs in it.
     fn apply_violation_action(&mut self, key: u64, record: &ContainerRecord) {
-        if record.verdict != VerdictKind::NeverAdmitted || self.ctx.config.mode != Mode::Enforce {
+        if !self.ctx.config.stops(record) {
             return;
         }
         if Some(key) == self.own_key {
@@ -668,7 +685,7 @@ impl Engine {
             .tracked
             .iter()
             .filter_map(|(key, t)| match t {
-                Tracked::Container(w) if w.record.verdict == VerdictKind::NeverAdmitted => {
+                Tracked::Container(w) if self.ctx.config.stops(&w.record) => {
                     Some((*key, w.record.clone()))
                 }
                 _ => None,

@@ -148,10 +148,18 @@ struct RunArgs {
     #[arg(long, env = "IMAGEGATE_EXEMPT_POD_NAMESPACES", value_delimiter = ',')]
     exempt_pod_namespace: Vec<String>,
 
-    /// Image name globs that are not checked (`*` stays within a path
-    /// segment), e.g. `registry.k8s.io/pause:*`.
+    /// Images that are not checked, by digest: `name@sha256:<digest>` (the
+    /// name is for humans; names and tags are claims anyone with
+    /// containerd's socket can make by re-tagging).
     #[arg(long, env = "IMAGEGATE_EXEMPT_IMAGES", value_delimiter = ',')]
     exempt_image: Vec<String>,
+
+    /// In enforce mode, also stop containers containerd knows but whose
+    /// image it cannot name (started from a root filesystem, or whose image
+    /// record was deleted). Containers the agent could not identify at all
+    /// are never stopped: that would be a guess.
+    #[arg(long, env = "IMAGEGATE_ENFORCE_UNKNOWN")]
+    enforce_unknown: bool,
 
     /// A file of approvals (digests, or JSON lines with `digest`), read at
     /// start and whenever it changes; they are kept in the store.
@@ -233,8 +241,7 @@ async fn run(args: RunArgs) -> Result<()> {
         args.exempt_runtime_namespace.clone(),
         args.exempt_pod_namespace.clone(),
         args.exempt_image.clone(),
-    )
-    .context("--exempt-image")?;
+    )?;
     let store = Arc::new(Store::open(&args.state_dir.join("state.redb"))?);
     let settle = Arc::new(Gate::open(args.mode, args.settle, store.clone())?);
     match settle.now() {
@@ -285,6 +292,7 @@ async fn run(args: RunArgs) -> Result<()> {
             grace: args.grace,
             exemptions,
             forget_every: args.forget_interval,
+            enforce_unknown: args.enforce_unknown,
         },
         layout,
         store,

@@ -4,10 +4,22 @@
 //!
 //! CRI lists only `k8s.io`; a container someone started on the node by hand
 //! lives elsewhere, which is exactly what the agent must see.
+//!
+//! Labels are claims: anyone with containerd's socket can start a container
+//! labelled `io.cri-containerd.kind=sandbox` or
+//! `io.kubernetes.pod.namespace=kube-system`. What a container is to
+//! Kubernetes is asked of CRI itself (on the same socket), which knows only
+//! the sandboxes and containers it created: a sandbox is one CRI has a
+//! record of, and a container's pod is the sandbox CRI created it in.
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
+};
+
+use k8s_cri::v1::{
+    ContainerFilter, ListContainersRequest, PodSandboxStatusRequest,
+    runtime_service_client::RuntimeServiceClient,
 };
 
 use containerd_client::services::v1::{
@@ -25,15 +37,13 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// An index bigger than this is not read (real ones are a few KiB).
 const MAX_INDEX_BYTES: usize = 4 << 20;
 
-/// CRI's container labels.
-pub mod labels {
-    pub const POD_NAME: &str = "io.kubernetes.pod.name";
-    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-    pub const POD_UID: &str = "io.kubernetes.pod.uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
-    /// `sandbox` for a pod's pause container, `container` otherwise.
-    pub const CRI_KIND: &str = "io.cri-containerd.kind";
-}
+/// The containerd namespace CRI keeps its sandboxes and containers in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The label CRI puts on what it creates (`sandbox` or `container`): only
+/// a hint of when to wait for CRI's own record, never trusted itself.
+const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
+/// How long a container labelled as CRI's may take to appear in CRI's store.
+const CRI_RECORD_WAIT: Duration = Duration::from_secs(3);
 
 /// A container as containerd describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,9 +59,10 @@ pub struct ContainerIdentity {
     /// When `digest` is an index: the digest of this node's platform
     /// manifest in it.
     pub platform_digest: Option<String>,
-    /// Kubernetes pod, for containers created through CRI.
+    /// Kubernetes pod, for containers CRI created (as CRI records it, not
+    /// as labels claim).
     pub pod: Option<PodRef>,
-    /// A pod sandbox (pause) container.
+    /// A pod sandbox (pause) container that CRI created.
     pub sandbox: bool,
 }
 
@@ -220,15 +231,22 @@ impl Containerd {
             return Ok(None);
         };
         let (digest, platform_digest) = self.image_digests(namespace, &container.image).await?;
-        let label = |name: &str| container.labels.get(name).cloned();
-        let pod = match (label(labels::POD_NAMESPACE), label(labels::POD_NAME)) {
-            (Some(namespace), Some(name)) => Some(PodRef {
-                namespace,
-                name,
-                uid: label(labels::POD_UID),
-                container: label(labels::CONTAINER_NAME),
-            }),
-            _ => None,
+        // Only CRI's own records say what a container is to Kubernetes, and
+        // CRI keeps its containers in `k8s.io`.
+        let (pod, sandbox) = if namespace == CRI_NAMESPACE {
+            // CRI files a sandbox in its store only once its pause process
+            // runs, so the agent may ask first: a container that says it
+            // is CRI's gets a few moments to be found there.
+            let claims_cri = container.labels.contains_key(CRI_KIND_LABEL);
+            let mut found = self.cri_identity(&container.id).await?;
+            let deadline = tokio::time::Instant::now() + CRI_RECORD_WAIT;
+            while claims_cri && found.0.is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                found = self.cri_identity(&container.id).await?;
+            }
+            found
+        } else {
+            (None, false)
         };
         Ok(Some(ContainerIdentity {
             namespace: namespace.to_string(),
@@ -237,7 +255,63 @@ impl Containerd {
             digest,
             platform_digest,
             pod,
-            sandbox: label(labels::CRI_KIND).as_deref() == Some("sandbox"),
+            sandbox,
+        }))
+    }
+
+    /// What CRI says of container `id`: a sandbox it created (with its
+    /// pod), a container it created in a sandbox (with that pod), or
+    /// nothing (`(None, false)`): then its labels are no more than claims.
+    async fn cri_identity(&self, id: &str) -> Result<(Option<PodRef>, bool), RuntimeError> {
+        if let Some(pod) = self.cri_sandbox(id).await? {
+            return Ok((Some(pod), true));
+        }
+        let listed = self
+            .call("CRI ListContainers", async |channel| {
+                let reply = RuntimeServiceClient::new(channel)
+                    .list_containers(ListContainersRequest {
+                        filter: Some(ContainerFilter {
+                            id: id.to_string(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?;
+                Ok(reply.into_inner().containers)
+            })
+            .await?;
+        let Some(container) = listed.into_iter().find(|c| c.id == id) else {
+            return Ok((None, false));
+        };
+        let Some(mut pod) = self.cri_sandbox(&container.pod_sandbox_id).await? else {
+            return Ok((None, false));
+        };
+        pod.container = container.metadata.map(|m| m.name);
+        Ok((Some(pod), false))
+    }
+
+    /// The pod of sandbox `id`, if CRI created such a sandbox.
+    async fn cri_sandbox(&self, id: &str) -> Result<Option<PodRef>, RuntimeError> {
+        let status = self
+            .call(
+                "CRI PodSandboxStatus",
+                async |channel| match RuntimeServiceClient::new(channel)
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id.to_string(),
+                        verbose: false,
+                    })
+                    .await
+                {
+                    Ok(reply) => Ok(reply.into_inner().status),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                },
+            )
+            .await?;
+        Ok(status.and_then(|s| s.metadata).map(|m| PodRef {
+            namespace: m.namespace,
+            name: m.name,
+            uid: Some(m.uid).filter(|u| !u.is_empty()),
+            container: None,
         }))
     }
 

@@ -91,6 +91,12 @@ pub struct Approval {
     /// The webhook took the digest as written, unconfirmed by the registry.
     #[serde(default)]
     pub unverified: bool,
+    /// Admitted by breaking glass, not by a rule.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// After this, the approval admits no new container.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// What sets an approval apart, for verdicts to say: kept in memory only
@@ -100,12 +106,20 @@ pub struct Caveats {
     /// The digest was not confirmed by the registry.
     #[serde(default)]
     pub unverified: bool,
+    /// Admitted by breaking glass.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// After this (milliseconds since the Unix epoch), no new container.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Caveats {
     fn of(approval: &Approval) -> Self {
         Self {
             unverified: approval.unverified,
+            break_glass: approval.break_glass,
+            expires_at_ms: approval.expires_at_ms,
         }
     }
 
@@ -267,20 +281,24 @@ impl Store {
             .contains(digest)
     }
 
-    /// `Some` with what sets it apart when `digest` was approved.
+    /// `Some` with what sets it apart when `digest` is approved now: an
+    /// approval past its expiry admits nothing more.
     pub fn approved(&self, digest: &str) -> Option<Caveats> {
         if !self.is_approved(digest) {
             return None;
         }
         let digest = Digest::parse(digest).ok()?;
-        Some(
-            self.caveats
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&digest)
-                .copied()
-                .unwrap_or_default(),
-        )
+        let caveats = self
+            .caveats
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .copied()
+            .unwrap_or_default();
+        match caveats.expires_at_ms {
+            Some(at) if now_ms() >= at => None,
+            _ => Some(caveats),
+        }
     }
 
     pub fn approval_count(&self) -> usize {
@@ -617,6 +635,8 @@ mod tests {
             admitted_at_ms: 0,
             origin: Origin::Admission,
             unverified: false,
+            break_glass: false,
+            expires_at_ms: None,
         }
     }
 
@@ -698,6 +718,32 @@ mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert!(!store.approved(digest(1).as_str()).unwrap().unverified);
+    }
+
+    #[test]
+    fn a_break_glass_approval_ends_when_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let glass = |n, expires_at_ms| Approval {
+            break_glass: true,
+            expires_at_ms,
+            ..approval(n)
+        };
+        store
+            .add_approvals_from(
+                "w/a",
+                &[glass(1, Some(now_ms() + 60_000)), glass(2, Some(1))],
+                2,
+                None,
+            )
+            .unwrap();
+        assert!(store.approved(digest(1).as_str()).unwrap().break_glass);
+        assert_eq!(store.approved(digest(2).as_str()), None, "expired");
+        // An approval by a rule outlives it.
+        store
+            .add_approvals_from("w/b", &[approval(2)], 1, None)
+            .unwrap();
+        assert_eq!(store.approved(digest(2).as_str()), Some(Caveats::default()));
     }
 
     #[test]

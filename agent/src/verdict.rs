@@ -2,8 +2,9 @@
 //! exempt or unknown. Pure functions of the container's identity, the
 //! approvals and the configured exemptions.
 
-use globset::{GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
 
 use crate::{runtime::ContainerIdentity, store::Caveats};
 
@@ -41,53 +42,69 @@ pub struct Verdict {
     pub reason: String,
 }
 
-/// What is never checked.
+/// What is never checked. Only what the agent can verify: labels and
+/// image names are claims anyone with containerd's socket can make (see
+/// `runtime`), so a sandbox is one CRI created, a pod namespace is that of
+/// a sandbox CRI created, and an image is exempt by digest only.
 #[derive(Clone, Debug)]
 pub struct Exemptions {
-    /// Pod sandbox (pause) containers.
+    /// Pod sandbox (pause) containers CRI created.
     pub sandbox: bool,
     /// containerd namespaces whose containers are not checked.
     pub runtime_namespaces: Vec<String>,
-    /// Kubernetes namespaces whose pods are not checked.
+    /// Kubernetes namespaces whose pods (CRI's record) are not checked.
     pub pod_namespaces: Vec<String>,
-    image_patterns: Vec<String>,
-    images: GlobSet,
+    /// Images exempt by digest (`name@sha256:...`, the name for humans).
+    images: Vec<(String, Digest)>,
 }
 
+/// An `--exempt-image` that does not name a digest.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--exempt-image {0:?}: give the image by digest (name@sha256:<digest>); a name or tag is a \
+     claim anyone with containerd's socket can make by re-tagging any image"
+)]
+pub struct NoDigest(String);
+
 impl Exemptions {
-    /// `images` are globs over the image name as containerd records it
-    /// (`registry.k8s.io/pause:*`, `docker.io/library/*`).
+    /// `images` are `name@digest`: matched by digest, the index's or the
+    /// node's platform manifest's.
     pub fn new(
         sandbox: bool,
         runtime_namespaces: Vec<String>,
         pod_namespaces: Vec<String>,
         images: Vec<String>,
-    ) -> Result<Self, globset::Error> {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in &images {
-            // `*` stays inside one path segment, like the webhook's rules.
-            builder.add(
-                globset::GlobBuilder::new(pattern)
-                    .literal_separator(true)
-                    .build()?,
-            );
-        }
+    ) -> Result<Self, NoDigest> {
+        let images = images
+            .into_iter()
+            .map(|written| {
+                let digest = written
+                    .rsplit_once('@')
+                    .and_then(|(_, d)| Digest::parse(d).ok())
+                    .ok_or_else(|| NoDigest(written.clone()))?;
+                Ok((written, digest))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             sandbox,
             runtime_namespaces,
             pod_namespaces,
-            image_patterns: images,
-            images: builder.build()?,
+            images,
         })
     }
 
     pub fn none() -> Self {
-        Self::new(false, Vec::new(), Vec::new(), Vec::new()).expect("no patterns")
+        Self {
+            sandbox: false,
+            runtime_namespaces: Vec::new(),
+            pod_namespaces: Vec::new(),
+            images: Vec::new(),
+        }
     }
 
     fn reason(&self, c: &ContainerIdentity) -> Option<String> {
         if self.sandbox && c.sandbox {
-            return Some("pod sandbox (pause) container".into());
+            return Some("pod sandbox (pause) container, created by CRI".into());
         }
         if self.runtime_namespaces.contains(&c.namespace) {
             return Some(format!("containerd namespace {} is exempt", c.namespace));
@@ -95,16 +112,16 @@ impl Exemptions {
         if let Some(pod) = &c.pod
             && self.pod_namespaces.contains(&pod.namespace)
         {
-            return Some(format!("Kubernetes namespace {} is exempt", pod.namespace));
-        }
-        let matches = self.images.matches(&c.image);
-        if let Some(&first) = matches.first() {
             return Some(format!(
-                "image {} matches exempt pattern {}",
-                c.image, self.image_patterns[first]
+                "Kubernetes namespace {} is exempt (the pod sandbox CRI created it in)",
+                pod.namespace
             ));
         }
-        None
+        let digests = [c.digest.as_deref(), c.platform_digest.as_deref()];
+        self.images
+            .iter()
+            .find(|(_, d)| digests.contains(&Some(d.as_str())))
+            .map(|(written, _)| format!("image digest exempt ({written})"))
     }
 }
 
@@ -123,13 +140,20 @@ pub fn decide(
         };
     }
     let Some(digest) = &container.digest else {
+        let reason = if container.image.is_empty() {
+            "the container was started without an image (from a root filesystem): there is no \
+             digest to judge"
+                .to_string()
+        } else {
+            format!(
+                "image {:?} has no record in containerd namespace {}, so its digest cannot be \
+                 known",
+                container.image, container.namespace
+            )
+        };
         return Verdict {
             kind: VerdictKind::Unknown,
-            reason: format!(
-                "image {:?} has no record in containerd namespace {}, so its digest cannot \
-                 be known",
-                container.image, container.namespace
-            ),
+            reason,
         };
     };
     if let Some(caveats) = approved(digest) {
@@ -164,13 +188,18 @@ pub fn decide(
 }
 
 /// What a verdict adds about the approval it rests on.
-fn caveats_said(caveats: Caveats) -> &'static str {
-    if caveats.unverified {
-        ", unverified: the webhook took the digest as written in the pod spec, without the \
-         registry confirming it (resolution.verifyDigest: false)"
-    } else {
-        ""
+fn caveats_said(caveats: Caveats) -> String {
+    let mut out = String::new();
+    if caveats.break_glass {
+        out.push_str(" by breaking glass (not by a policy rule)");
     }
+    if caveats.unverified {
+        out.push_str(
+            ", unverified: the webhook took the digest as written in the pod spec, without the \
+             registry confirming it",
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -238,11 +267,18 @@ mod tests {
     fn an_unverified_approval_is_said() {
         let v = decide(
             &container(Some("sha256:a")),
-            |d| (d == "sha256:a").then_some(Caveats { unverified: true }),
+            |d| {
+                (d == "sha256:a").then_some(Caveats {
+                    unverified: true,
+                    break_glass: true,
+                    expires_at_ms: None,
+                })
+            },
             &Exemptions::none(),
         );
         assert_eq!(v.kind, VerdictKind::Admitted);
         assert!(v.reason.contains("unverified"), "{}", v.reason);
+        assert!(v.reason.contains("breaking glass"), "{}", v.reason);
     }
 
     #[test]
@@ -265,11 +301,20 @@ mod tests {
         let ex = Exemptions::new(false, vec![], vec!["shop".into()], vec![]).unwrap();
         assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
 
-        let ex =
-            Exemptions::new(false, vec![], vec![], vec!["registry.test/team/*".into()]).unwrap();
+        // By digest only: a name is a claim.
+        let d = |n: char| format!("sha256:{}", n.to_string().repeat(64));
+        let mut c = container(Some(&d('b')));
+        let ex = Exemptions::new(false, vec![], vec![], vec![format!("pause@{}", d('b'))]).unwrap();
         assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
-        // `*` does not cross a `/`.
-        let ex = Exemptions::new(false, vec![], vec![], vec!["registry.test/*".into()]).unwrap();
+        c.digest = Some(d('c'));
         assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Pending);
+        let err = Exemptions::new(
+            false,
+            vec![],
+            vec![],
+            vec!["registry.k8s.io/pause:*".into()],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("by digest"), "{err}");
     }
 }

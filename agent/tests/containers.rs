@@ -34,6 +34,7 @@ struct World {
     registry: Registry,
     containerd: TestContainerd,
     _ca: Ca,
+    pause_digest: String,
     app: String,
     app_digest: String,
     rogue: String,
@@ -49,7 +50,7 @@ impl World {
         let ca = Ca::new("imagegate agent test CA");
         let registry = Registry::tls_basic(&ca, USER, PASSWORD);
         let host = registry.host.clone();
-        registry.push_runnable_image("pause", "1", "pause").await;
+        let pause_digest = registry.push_runnable_image("pause", "1", "pause").await;
         let app_digest = registry.push_runnable_image("team/app", "1.0", "app").await;
         let rogue_digest = registry
             .push_runnable_image("team/rogue", "1.0", "rogue")
@@ -65,6 +66,7 @@ impl World {
             registry,
             containerd,
             _ca: ca,
+            pause_digest,
             app_digest,
             rogue_digest,
             multi_index,
@@ -599,5 +601,179 @@ async fn a_container_whose_image_is_gone_is_unknown_never_passed() {
         .wait_for(VERDICT_TIMEOUT, |l| l["fields"]["message"] == "violation")
         .expect("an unknown container is flagged");
     assert_eq!(violation["fields"]["verdict"], "unknown");
+    drop(world.registry);
+}
+
+/// Waits until the `ctr` task `id` stopped; its exit status.
+async fn wait_stopped(c: &TestContainerd, namespace: &str, id: &str) -> Option<u32> {
+    let deadline = Instant::now() + VERDICT_TIMEOUT;
+    while Instant::now() < deadline {
+        if c.task_status(namespace, id).as_deref() == Some("STOPPED") {
+            return c.exit_status(namespace, id).await;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Found: anyone with the node's containerd socket made a never-admitted
+/// container exempt with `--label io.cri-containerd.kind=sandbox`, `--label
+/// io.kubernetes.pod.namespace=kube-system`, or by re-tagging it
+/// `registry.k8s.io/pause:3.9`. Labels and tags are claims: exempt is what
+/// CRI itself created, and images by digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_and_tags_are_claims_that_exempt_nothing() {
+    let world = World::start().await;
+    let c = &world.containerd;
+    let dir = tempfile::tempdir().unwrap();
+    let pause = format!("registry.k8s.io/pause@{}", world.pause_digest);
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[],
+        &[
+            "--mode",
+            "enforce",
+            "--settle",
+            "0s",
+            "--grace",
+            "300ms",
+            "--exempt-pod-namespace",
+            "kube-system",
+            "--exempt-image",
+            &pause,
+        ],
+    );
+    let rogue = &world.rogue;
+    c.pull("default", rogue);
+    c.pull("k8s.io", rogue);
+    let (sandbox, pod, named) = (unique("sandbox"), unique("kubesys"), unique("pause"));
+    c.run_with(
+        "default",
+        &["--label", "io.cri-containerd.kind=sandbox"],
+        rogue,
+        &sandbox,
+        &[],
+    );
+    c.run_with(
+        "k8s.io",
+        &[
+            "--label",
+            "io.kubernetes.pod.namespace=kube-system",
+            "--label",
+            "io.kubernetes.pod.name=coredns",
+            "--label",
+            "io.cri-containerd.kind=container",
+        ],
+        rogue,
+        &pod,
+        &[],
+    );
+    let out = c.ctr(
+        "default",
+        &["images", "tag", rogue, "registry.k8s.io/pause:3.9"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    c.run("default", "registry.k8s.io/pause:3.9", &named, &[]);
+    for (namespace, id) in [("default", &sandbox), ("k8s.io", &pod), ("default", &named)] {
+        let v = agent.verdict(id, "never-admitted");
+        assert!(
+            v["fields"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("never admitted"),
+            "{v}"
+        );
+        assert_eq!(wait_stopped(c, namespace, id).await, Some(137), "{id}");
+    }
+    // What CRI created is what is exempt: a kube-system pod and its
+    // sandbox, running the same rogue image.
+    let real = c.cri_run_pod("kube-system", "dns", rogue).await;
+    let v = agent.verdict(&real.container_id, "exempt");
+    assert!(
+        v["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kube-system"),
+        "{v}"
+    );
+    agent.verdict(&real.sandbox_id, "exempt");
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent
+            .verdicts_for(&real.container_id)
+            .iter()
+            .all(|v| v == "exempt"),
+        "{:?}",
+        agent.verdicts_for(&real.container_id)
+    );
+    drop(world.registry);
+}
+
+/// Found: a container with no image (`ctr run --rootfs`) was `unknown` and
+/// never stopped, so enforce mode let it run. `--enforce-unknown` is the
+/// explicit choice; GetStatus says which is in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_without_an_image_is_stopped_only_with_enforce_unknown() {
+    let world = World::start().await;
+    let c = &world.containerd;
+    let rootfs = tempfile::tempdir().unwrap();
+    imagegate_testkit::image::unpack_busybox(rootfs.path());
+    let id = unique("rootfs");
+    c.run_with(
+        "default",
+        &["--rootfs"],
+        rootfs.path().to_str().unwrap(),
+        &id,
+        // No image, so no PATH from an image config.
+        &["/bin/sleep", "3600"],
+    );
+    let status = |agent: &Agent| {
+        let address = agent
+            .find(|l| l["fields"]["message"] == "gRPC: plaintext loopback listener (queries only)")
+            .expect("the plaintext listener is logged")["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        imagegate_testkit::grpcurl::call(
+            &imagegate_testkit::grpcurl::Target::Plaintext(address),
+            "imagegate.v1.AgentService/GetStatus",
+            "{}",
+        )
+    };
+    let enforce = [
+        "--mode",
+        "enforce",
+        "--settle",
+        "0s",
+        "--grace",
+        "300ms",
+        "--grpc-plaintext-address",
+        "127.0.0.1:0",
+    ];
+    // Without it: flagged, not stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = agent_with_approvals(&world, dir.path(), &[], &enforce);
+    let v = agent.verdict(&id, "unknown");
+    assert!(
+        v["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without an image"),
+        "{v}"
+    );
+    let s = status(&agent);
+    assert_eq!(s["enforcement"]["enforceUnknown"], false, "{s}");
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(c.task_status("default", &id).as_deref(), Some("RUNNING"));
+    agent.stop();
+    // With it: stopped (the start-up scan finds it running).
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = enforce.to_vec();
+    args.push("--enforce-unknown");
+    let (agent, _) = agent_with_approvals(&world, dir.path(), &[], &args);
+    agent.verdict(&id, "unknown");
+    assert_eq!(status(&agent)["enforcement"]["enforceUnknown"], true);
+    assert_eq!(wait_stopped(c, "default", &id).await, Some(137));
     drop(world.registry);
 }

@@ -388,6 +388,8 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
             chunk.push(Approval {
                 digest: digest(n * 100),
                 verified: true,
+                break_glass: false,
+                expires_at_ms: None,
                 children: ARCHITECTURES
                     .iter()
                     .enumerate()

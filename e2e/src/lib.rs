@@ -346,6 +346,11 @@ impl Stack {
         Ok(answer["status"].clone())
     }
 
+    /// POSTs a whole review body to the webhook; its answer.
+    pub async fn post_review(&self, path: &str, body: &Value) -> Result<Value> {
+        self.post(path, body).await
+    }
+
     async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let (status, bytes) = https::post(
             self.webhook_port()?,

@@ -116,3 +116,75 @@ async fn a_digest_the_agent_would_refuse_never_stalls_the_push() {
         .wait_verdict(&format!("default/{id}"), "admitted")
         .unwrap();
 }
+
+/// Break-glass reaches the node as what it is: logged by the webhook, an
+/// approval marked break-glass with its TTL, a verdict that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_break_glass_approval_is_marked_all_the_way_to_the_node() {
+    imagegate_testkit::require_root("the agent loads eBPF and runs containerd");
+    let mut stack = Stack::start().await.unwrap();
+    stack.start_agent("audit").unwrap();
+    stack.start_webhook().unwrap();
+    let host = stack.registry.host.clone();
+    // The miner's repository is denied by a rule; break-glass lets it in
+    // for an hour.
+    stack
+        .set_policy(
+            &format!(
+                "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nbreakGlass:\n  approvalTtl: 1h\nrules:\n  - name: shop-registry\n    registries: ['{host}']\n    repositories:\n      deny: ['{host}/tools/*']\n"
+            ),
+            2,
+        )
+        .unwrap();
+    let miner = stack.images.miner.clone();
+    let mut review = imagegate_e2e::fixture("admissionreview-3.json").unwrap();
+    let request = &mut review["request"];
+    request["uid"] = "glass".into();
+    request["namespace"] = "shop".into();
+    request["object"]["metadata"]["annotations"] =
+        serde_json::json!({"imagegate.dev/break-glass": "true"});
+    request["object"]["spec"]["containers"] =
+        serde_json::json!([{"name": "main", "image": miner.reference}]);
+    if let Some(spec) = request["object"]["spec"].as_object_mut() {
+        spec.remove("initContainers");
+    }
+    let answer = stack.post_review("/validate", &review).await.unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let webhook = stack.webhook.as_ref().unwrap();
+    let logged = webhook
+        .process
+        .wait_for(std::time::Duration::from_secs(5), |l| {
+            l["fields"]["message"] == "break-glass: admitted without the policy's rules"
+        })
+        .expect("every break-glass use is logged");
+    assert_eq!(logged["level"], "WARN");
+    stack.wait_approval(&miner.digest).unwrap();
+    let (_, held) = stack
+        .grpcurl(
+            "ListApprovals",
+            &format!(r#"{{"digest": "{}"}}"#, miner.digest),
+        )
+        .unwrap();
+    let approval = &held["approvals"][0];
+    assert_eq!(approval["breakGlass"], true, "{held}");
+    assert_eq!(approval["rule"], "break-glass");
+    let expires: i64 = approval["expiresAtUnixMs"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let admitted: i64 = approval["admittedAtUnixMs"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(expires - admitted, 3_600_000);
+    let id = unique("glass");
+    stack.containerd.pull("default", &miner.reference);
+    stack.containerd.run("default", &miner.reference, &id, &[]);
+    let verdict = stack
+        .wait_verdict(&format!("default/{id}"), "admitted")
+        .unwrap();
+    let reason = verdict["fields"]["reason"].as_str().unwrap();
+    assert!(reason.contains("breaking glass"), "{reason}");
+}

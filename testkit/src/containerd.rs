@@ -214,6 +214,27 @@ state = "{root}/state"
             .push((namespace.to_string(), id.to_string()));
     }
 
+    /// `ctr run -d FLAGS IMAGE-OR-ROOTFS ID COMMAND`: as [`Self::run`], with
+    /// `ctr`'s own flags (labels, `--rootfs`).
+    pub fn run_with(
+        &self,
+        namespace: &str,
+        flags: &[&str],
+        image_or_rootfs: &str,
+        id: &str,
+        command: &[&str],
+    ) {
+        let mut args = vec!["run", "-d"];
+        args.extend(flags);
+        args.extend([image_or_rootfs, id]);
+        args.extend(command);
+        self.ctr_ok(namespace, &args);
+        self.started
+            .lock()
+            .unwrap()
+            .push((namespace.to_string(), id.to_string()));
+    }
+
     /// A task's status as `ctr tasks ls` shows it (`RUNNING`, `STOPPED`).
     pub fn task_status(&self, namespace: &str, id: &str) -> Option<String> {
         let out = self.ctr_ok(namespace, &["tasks", "ls"]);

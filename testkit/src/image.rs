@@ -47,3 +47,10 @@ pub fn busybox_layer() -> &'static [u8] {
         tar.into_inner().unwrap()
     })
 }
+
+/// Unpacks the busybox layer into `dir`: a root filesystem for `ctr run
+/// --rootfs`, a container with no image at all.
+pub fn unpack_busybox(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    tar::Archive::new(busybox_layer()).unpack(dir).unwrap();
+}

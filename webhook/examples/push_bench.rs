@@ -45,6 +45,8 @@ fn synthetic(n: usize) -> Approval {
         digest: digest.clone(),
         children: Vec::new(),
         verified: true,
+        break_glass: false,
+        expires_at_ms: None,
         reference: format!("registry.bench/app:{n}"),
         namespace: "bench".into(),
         kind: Some("Pod".into()),

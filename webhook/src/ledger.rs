@@ -64,6 +64,13 @@ pub struct Approval {
     /// policy took a written digest as given (`verifyDigest: false`).
     #[serde(default = "verified_by_default")]
     pub verified: bool,
+    /// Admitted by breaking glass, not by a rule.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// When nodes stop admitting new containers by this approval
+    /// (milliseconds since the Unix epoch; break-glass with a TTL).
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
     /// Normalised reference, e.g. `docker.io/library/nginx:1.25`.
     pub reference: String,
     pub namespace: String,
@@ -407,6 +414,8 @@ mod tests {
             digest: digest.clone(),
             children: Vec::new(),
             verified: true,
+            break_glass: false,
+            expires_at_ms: None,
             reference: format!("registry.local/app@{digest}"),
             namespace: "default".into(),
             kind: Some("Pod".into()),

@@ -916,3 +916,94 @@ async fn image_volumes_are_checked_resolved_and_pinned() {
         format!("{volume}@{data_digest}")
     );
 }
+
+/// Found: break-glass made the webhook resolve an image against any host
+/// the pod's author named (outbound TLS to an attacker's address), logged
+/// nothing at the default level, and its approval looked like any other.
+/// Now: only registries a rule names are asked; the approval says
+/// break-glass and may be short-lived.
+#[tokio::test]
+async fn break_glass_asks_only_known_registries_and_says_so_to_the_nodes() {
+    install_crypto();
+    let registry = Registry::plain();
+    let host = &registry.host;
+    let digest = registry.push_image("team/app", "1.0", "glass").await;
+    // Somewhere a pod author points at: counts who connects.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_host = trap.local_addr().unwrap().to_string();
+    let policy = format!(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nbreakGlass:\n  approvalTtl: 1h\nrules:\n  - name: local\n    registries: ['{host}']\n    repositories:\n      deny: ['{host}/team/*']\n"
+    );
+    let mut settings = settings_for(&registry);
+    settings.plain_http.push(trap_host.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        imagegate_webhook::ledger::Ledger::open(
+            &dir.path().join("l.redb"),
+            Duration::from_secs(3600),
+            100,
+        )
+        .unwrap(),
+    );
+    let (app, _) = webhook(settings, &policy, Some(ledger.clone()));
+    let pod = |image: &str| {
+        serde_json::json!({
+            "metadata": {"name": "p", "annotations": {"imagegate.dev/break-glass": "true"}},
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        })
+    };
+    // A host no rule names: allowed (break-glass), never contacted.
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("", "Pod", "CREATE", pod(&format!("{trap_host}/x/y:1"))),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        r["auditAnnotations"]["unresolved-images"]
+            .as_str()
+            .unwrap()
+            .contains("not looked up"),
+        "{r}"
+    );
+    assert!(
+        trap.accept().is_err(),
+        "the pod author's host was contacted"
+    );
+    assert!(ledger.all().unwrap().is_empty(), "nothing to record");
+    // Pinned by digest there: recorded as written, unverified, break-glass.
+    let pinned = format!("{trap_host}/x/y@sha256:{}", "c".repeat(64));
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("", "Pod", "CREATE", pod(&pinned)),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        trap.accept().is_err(),
+        "the pod author's host was contacted"
+    );
+    // A known registry: resolved, recorded as break-glass, with its TTL.
+    let denied_by_rule = format!("{host}/team/app:1.0");
+    let r = post(
+        &app,
+        "/validate",
+        &admission_review("", "Pod", "CREATE", pod(&denied_by_rule)),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let all = ledger.all().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let pinned_record = all
+        .iter()
+        .find(|a| a.reference.contains(&trap_host))
+        .unwrap();
+    assert!(pinned_record.break_glass && !pinned_record.verified);
+    let resolved = all.iter().find(|a| a.digest == digest).unwrap();
+    assert!(resolved.break_glass && resolved.verified);
+    let ttl = resolved.expires_at_ms.unwrap() - resolved.admitted_at_ms;
+    assert_eq!(ttl, 3_600_000);
+}

@@ -97,6 +97,10 @@ fn approval_in(
             admitted_at_ms: u64::try_from(approval.admitted_at_unix_ms).unwrap_or(0),
             origin,
             unverified: approval.digest_unverified,
+            break_glass: approval.break_glass,
+            expires_at_ms: u64::try_from(approval.expires_at_unix_ms)
+                .ok()
+                .filter(|at| *at > 0),
         };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
             let platform =
@@ -161,6 +165,8 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
         source: approval.source.clone(),
         origin: origin_out(approval.origin) as i32,
         digest_unverified: approval.unverified,
+        break_glass: approval.break_glass,
+        expires_at_unix_ms: approval.expires_at_ms.unwrap_or(0) as i64,
     }
 }
 
@@ -247,9 +253,16 @@ pub fn event_out(event: &AgentEvent) -> pb::Event {
     }
 }
 
-pub fn enforcement_out(enforcement: &Enforcement) -> pb::Enforcement {
+pub fn enforcement_out(enforcement: &Enforcement, enforce_unknown: bool) -> pb::Enforcement {
     use pb::enforcement::State;
-    match enforcement {
+    let unknown = if enforce_unknown {
+        "; containers containerd knows but whose image it cannot name are stopped too \
+         (--enforce-unknown)"
+    } else {
+        "; containers whose image cannot be named are flagged, not stopped (--enforce-unknown \
+         is off)"
+    };
+    let mut out = match enforcement {
         Enforcement::Audit => pb::Enforcement {
             state: State::Audit as i32,
             reason: "audit mode: violations are flagged, never stopped".into(),
@@ -266,14 +279,21 @@ pub fn enforcement_out(enforcement: &Enforcement) -> pb::Enforcement {
             ),
             settle_deadline_unix_ms: *deadline_ms as i64,
             since_unix_ms: 0,
+            ..Default::default()
         },
         Enforcement::Enforcing { since_ms, by } => pb::Enforcement {
             state: State::Enforcing as i32,
             reason: format!("enforce mode: violations are stopped ({by})"),
             settle_deadline_unix_ms: 0,
             since_unix_ms: *since_ms as i64,
+            ..Default::default()
         },
+    };
+    if *enforcement != Enforcement::Audit {
+        out.reason.push_str(unknown);
+        out.enforce_unknown = enforce_unknown;
     }
+    out
 }
 
 /// Page size: 0 means the default; more than the maximum is an error.

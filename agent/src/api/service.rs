@@ -430,7 +430,10 @@ impl AgentService for AgentApi {
             }),
             sources,
             uptime_seconds: self.started.elapsed().as_secs(),
-            enforcement: Some(convert::enforcement_out(&self.ctx.settle.now())),
+            enforcement: Some(convert::enforcement_out(
+                &self.ctx.settle.now(),
+                self.ctx.config.enforce_unknown,
+            )),
         }))
     }
 }

@@ -34,7 +34,8 @@ fn every_rendered_object_validates_in_every_variant() {
             "webhook.clientCertRequiredPaths=null",
             "registries.credentialsSecret=pull",
             "registries.plainHttp={registry.local:5000}",
-            "agent.exemptImages={registry.k8s.io/pause:*}",
+            "agent.exemptImages={registry.k8s.io/pause@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097}",
+            "agent.enforceUnknown=true",
             "image.pullSecrets[0].name=pull",
         ][..],
     ] {

@@ -112,6 +112,8 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 // What the node runs, as its kubelet reports it; the
                 // registry is asked below when a resolver is at hand.
                 verified: false,
+                break_glass: false,
+                expires_at_ms: None,
                 reference: decision
                     .reference
                     .as_ref()

@@ -87,6 +87,11 @@ pub struct BreakGlassFile {
     /// `"true"`). ImageReview uses `*.image-policy.k8s.io/break-glass`.
     #[serde(default = "default_break_glass_annotation")]
     pub annotation: String,
+    /// How long an approval made by breaking glass lets new containers of
+    /// that image start on nodes (`1h`, `30m`); unset: as long as any
+    /// approval. Containers already running are not stopped when it ends.
+    #[serde(default, with = "optional_duration")]
+    pub approval_ttl: Option<std::time::Duration>,
 }
 
 impl Default for BreakGlassFile {
@@ -94,7 +99,25 @@ impl Default for BreakGlassFile {
         Self {
             enabled: true,
             annotation: default_break_glass_annotation(),
+            approval_ttl: None,
         }
+    }
+}
+
+/// `1h`, `30m`: humantime durations in the policy file.
+mod optional_duration {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?} is not a duration (e.g. 1h, 30m): {e}"))
+            })
+        })
+        .transpose()
     }
 }
 

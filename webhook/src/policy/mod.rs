@@ -27,6 +27,8 @@ pub struct Policy {
     pub exempt_namespaces: NamespaceSet,
     /// `None` when break-glass is disabled.
     pub break_glass_annotation: Option<String>,
+    /// How long a break-glass approval admits new containers on nodes.
+    pub break_glass_ttl: Option<std::time::Duration>,
     pub rules: Vec<Rule>,
     /// What an image that cannot be resolved to a digest gets.
     pub on_resolution_failure: file::Verdict,
@@ -74,6 +76,16 @@ pub struct Rule {
 }
 
 impl Policy {
+    /// Whether `reference`'s registry is one a rule names: the only hosts
+    /// imagegate contacts for an image no rule decided (break-glass), so a
+    /// pod author cannot make the webhook reach any host they choose.
+    pub fn knows_registry(&self, reference: &crate::reference::Reference) -> bool {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.registries)
+            .any(|pattern| reference.domain.eq_ignore_ascii_case(&pattern.host))
+    }
+
     /// Whether the rule named `name` lets `/mutate` pin what it allows.
     pub fn pins(&self, rule: &str) -> bool {
         self.rules
@@ -193,6 +205,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
             mode: file.mode,
             default_verdict: file.default_verdict,
             exempt_namespaces,
+            break_glass_ttl: file.break_glass.approval_ttl,
             break_glass_annotation: file
                 .break_glass
                 .enabled

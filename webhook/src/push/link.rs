@@ -284,6 +284,8 @@ fn approval_out(approval: &Approval) -> pb::Approval {
         generation: approval.generation,
         source: String::new(),
         digest_unverified: !approval.verified,
+        break_glass: approval.break_glass,
+        expires_at_unix_ms: approval.expires_at_ms.unwrap_or(0) as i64,
         origin: match approval.origin {
             Origin::Admission => pb::Origin::Admission,
             Origin::Adopted => pb::Origin::Adopted,
@@ -331,6 +333,8 @@ mod tests {
         Approval {
             digest: digest(n * 100),
             verified: true,
+            break_glass: false,
+            expires_at_ms: None,
             children: (1..=16)
                 .map(|i| Child {
                     digest: digest(n * 100 + i),

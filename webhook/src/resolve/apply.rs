@@ -18,14 +18,17 @@ pub async fn resolve_decisions(
 ) {
     // Unchanged images of an UPDATE were resolved when admitted: nothing
     // to ask, so an UPDATE that adds no image never waits on a registry.
+    // A break-glass image is looked up only on a registry a rule names:
+    // otherwise the pod's author picks the host the webhook contacts.
     let lookups = images.iter().map(|d| async move {
-        match (
-            &d.reference,
-            d.verdict.allows() && d.verdict != Verdict::Unchanged,
-        ) {
-            (Ok(reference), true) => Some(resolver.resolve(reference, policy.verify_digest).await),
-            _ => None,
+        let reference = d.reference.as_ref().ok()?;
+        if !d.verdict.allows() || d.verdict == Verdict::Unchanged {
+            return None;
         }
+        if d.verdict == Verdict::BreakGlass && !policy.knows_registry(reference) {
+            return Some(Err(reference.clone()));
+        }
+        Some(Ok(resolver.resolve(reference, policy.verify_digest).await))
     });
     let outcomes = join_all(lookups).await;
     let mut resolved = Vec::new();
@@ -34,7 +37,26 @@ pub async fn resolve_decisions(
     for (decision, outcome) in images.iter_mut().zip(outcomes) {
         match outcome {
             None => {}
-            Some(Ok(r)) => {
+            // Break-glass on a registry no rule names: not contacted. A
+            // digest written in the reference is recorded as written,
+            // unverified; a tag alone is not recorded, and agents flag it.
+            Some(Err(reference)) => {
+                if let Some(digest) = &reference.digest {
+                    decision.resolved = Some(super::Resolved {
+                        digest: digest.clone(),
+                        children: Vec::new(),
+                        verified: false,
+                    });
+                    unverified.push(decision.image.clone());
+                } else {
+                    unresolved.push(format!(
+                        "{}: break-glass on a registry no rule names is not looked up; pin it \
+                         by digest for nodes to admit it",
+                        decision.image
+                    ));
+                }
+            }
+            Some(Ok(Ok(r))) => {
                 resolved.push(format!("{}={}", decision.image, r.digest));
                 if !r.verified {
                     unverified.push(decision.image.clone());
@@ -46,7 +68,7 @@ pub async fn resolve_decisions(
                 }
                 decision.resolved = Some(r);
             }
-            Some(Err(e)) => {
+            Some(Ok(Err(e))) => {
                 let what = match &decision.reference {
                     Ok(r) => r.to_string(),
                     Err(_) => decision.image.clone(),

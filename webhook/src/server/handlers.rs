@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
     ledger::{Approval, Ledger},
-    policy::ReviewDecision,
+    policy::{ReviewDecision, Verdict},
     resolve::apply::resolve_decisions,
     review::{
         Api, Review,
@@ -149,8 +149,9 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         .ledger
         .as_ref()
         .filter(|_| decision.allowed && !review.dry_run);
+    let break_glass_ttl = policy.break_glass_ttl;
     if let Some(Err(e)) = match ledger {
-        Some(ledger) => Some(record(ledger.clone(), review, &decision).await),
+        Some(ledger) => Some(record(ledger.clone(), review, &decision, break_glass_ttl).await),
         None => None,
     } {
         error!("denied: {e}");
@@ -175,6 +176,25 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
             .inc();
     }
     let name = review.name.as_deref().unwrap_or("");
+    let broken: Vec<&str> = decision
+        .images
+        .iter()
+        .filter(|i| i.verdict == Verdict::BreakGlass)
+        .map(|i| i.image.as_str())
+        .collect();
+    if !broken.is_empty() {
+        // Every use, at the default level: break-glass is an event to see.
+        warn!(
+            api,
+            namespace = %review.subject.namespace,
+            name,
+            user = review.user.as_deref().unwrap_or(""),
+            dry_run = review.dry_run,
+            images = ?broken,
+            annotation = decision.audit_annotations.get("break-glass").map(String::as_str).unwrap_or(""),
+            "break-glass: admitted without the policy's rules"
+        );
+    }
     if decision.allowed {
         debug!(api, namespace = %review.subject.namespace, name, "allowed: {}", decision.message);
     } else {
@@ -189,6 +209,7 @@ async fn record(
     ledger: Arc<Ledger>,
     review: &Review,
     decision: &ReviewDecision,
+    break_glass_ttl: Option<std::time::Duration>,
 ) -> Result<(), String> {
     let now = crate::ledger::now_ms();
     let approvals: Vec<Approval> = decision
@@ -200,6 +221,10 @@ async fn record(
             digest: resolved.digest.clone(),
             children: resolved.children.clone(),
             verified: resolved.verified,
+            break_glass: d.verdict == Verdict::BreakGlass,
+            expires_at_ms: break_glass_ttl
+                .filter(|_| d.verdict == Verdict::BreakGlass)
+                .map(|ttl| now + ttl.as_millis() as u64),
             reference: d
                 .reference
                 .as_ref()
