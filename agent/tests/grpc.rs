@@ -224,31 +224,52 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
     assert_eq!(code, "Unauthenticated");
     let (code, message) = grpcurl::error(&intruder, &method("SyncApprovals"), &one);
     assert_eq!(code, "PermissionDenied", "{message}");
+    // A bad approval is refused alone and named; the others are kept and
+    // the generation moves on (a poisoned record must never stall a push).
     for (body, field) in [
         (
-            r#"{"ledger": "l1", "approvals": [{"digest": "sha256:abc"}]}"#.to_string(),
+            format!(
+                r#"{{"ledger": "l1", "approvals": [{{"digest": "sha256:abc"}}, {{"digest": "{}"}}]}}"#,
+                digest(11)
+            ),
             "approvals[0].digest: ",
         ),
         (
-            r#"{"ledger": "l1", "approvals": [{"reference": "x"}]}"#.to_string(),
+            format!(
+                r#"{{"ledger": "l1", "approvals": [{{"reference": "x"}}, {{"digest": "{}"}}]}}"#,
+                digest(11)
+            ),
             "approvals[0].digest is required",
         ),
         (
             format!(
-                r#"{{"ledger": "l1", "approvals": [{{"digest": "sha512:{}"}}]}}"#,
-                "ab".repeat(32)
+                r#"{{"ledger": "l1", "approvals": [{{"digest": "sha512:{}"}}, {{"digest": "{}"}}]}}"#,
+                "ab".repeat(32),
+                digest(11)
             ),
             "a sha512 digest has 128 hex digits",
         ),
-        (
-            format!(r#"{{"approvals": [{{"digest": "{}"}}]}}"#, digest(9)),
-            "ledger is required",
-        ),
     ] {
-        let (code, message) = grpcurl::error(&webhook, &method("PushApprovals"), &body);
-        assert_eq!(code, "InvalidArgument", "{body}: {message}");
-        assert!(message.contains(field), "{body}: {message}");
+        let answer = grpcurl::call(&webhook, &method("PushApprovals"), &body);
+        let rejected = answer["rejected"].as_array().expect("refused approvals");
+        assert_eq!(rejected.len(), 1, "{body}: {answer}");
+        assert_eq!(rejected[0]["index"], 0, "{answer}");
+        assert!(
+            rejected[0]["reason"].as_str().unwrap().contains(field),
+            "{body}: {answer}"
+        );
     }
+    let kept = grpcurl::call(
+        &plain,
+        &method("ListApprovals"),
+        &format!(r#"{{"digest": "{}"}}"#, digest(11)),
+    );
+    assert_eq!(kept["total"], "1", "the good approval of the batch: {kept}");
+    // What makes the whole request unusable is still an error.
+    let body = format!(r#"{{"approvals": [{{"digest": "{}"}}]}}"#, digest(9));
+    let (code, message) = grpcurl::error(&webhook, &method("PushApprovals"), &body);
+    assert_eq!(code, "InvalidArgument", "{message}");
+    assert!(message.contains("ledger is required"), "{message}");
     let many: Vec<String> = (0..10_001)
         .map(|_| format!(r#"{{"digest": "{}"}}"#, digest(9)))
         .collect();
@@ -260,14 +281,14 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
     // Listing approvals: paging and filters.
     let page = grpcurl::call(&plain, &method("ListApprovals"), r#"{"pageSize": 3}"#);
     assert_eq!(page["approvals"].as_array().unwrap().len(), 3);
-    assert_eq!(page["total"], "4");
+    assert_eq!(page["total"], "5");
     let token = page["nextPageToken"].as_str().unwrap().to_string();
     let rest = grpcurl::call(
         &plain,
         &method("ListApprovals"),
         &format!(r#"{{"pageSize": 3, "pageToken": "{token}"}}"#),
     );
-    assert_eq!(rest["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["approvals"].as_array().unwrap().len(), 2);
     assert_eq!(rest["nextPageToken"], "");
     let by_repo = grpcurl::call(
         &plain,
@@ -369,7 +390,7 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
             .map(|m| !m.is_empty()),
         Some(true)
     );
-    assert_eq!(status["counters"]["approvals"], "4");
+    assert_eq!(status["counters"]["approvals"], "5");
     assert_eq!(status["counters"]["neverAdmitted"], "1");
     assert_eq!(status["sources"][0]["source"], "imagegate-webhook/l1");
     assert_eq!(status["sources"][0]["generation"], "3");
@@ -379,7 +400,7 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
     let agent = Agent::start(&pki, &containerd.socket, state.path());
     let plain = agent.plain.clone();
     let page = grpcurl::call(&plain, &method("ListApprovals"), "{}");
-    assert_eq!(page["total"], "4");
+    assert_eq!(page["total"], "5");
     let violations = grpcurl::call(&plain, &method("ListViolations"), "{}");
     assert_eq!(violations["total"], "1");
     let status = grpcurl::call(&plain, &method("GetStatus"), "{}");

@@ -45,7 +45,7 @@ pub fn run(paths: &Paths) -> Result<()> {
     totals.add(run_tests(
         cargo()
             .env(IMAGES_ENV, images::out_dir(paths, "debug"))
-            .args(["test", "--test", "*"]),
+            .args(["test", "--no-fail-fast", "--test", "*"]),
     )?);
 
     // The one line CI reads.
