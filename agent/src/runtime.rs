@@ -42,8 +42,10 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The label CRI puts on what it creates (`sandbox` or `container`): only
 /// a hint of when to wait for CRI's own record, never trusted itself.
 const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
-/// How long a container labelled as CRI's may take to appear in CRI's store.
-const CRI_RECORD_WAIT: Duration = Duration::from_secs(3);
+/// How long a container labelled as CRI's may take to appear in CRI's store
+/// (a sandbox is filed there only after its pause process started; a busy
+/// node may take a while).
+const CRI_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 /// A container as containerd describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
