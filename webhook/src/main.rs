@@ -5,7 +5,7 @@ use std::{
     io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imagegate_webhook::{
     adopt::{self, cluster::Apiserver},
@@ -17,6 +17,7 @@ use imagegate_webhook::{
     server::{
         self, AppState,
         client_auth::{self, Required},
+        limits::{self, Budgets, Limits},
         listener,
         metrics::Metrics,
         policy_store::PolicyStore,
@@ -236,6 +237,22 @@ struct ServeArgs {
         default_value = "imagegate-agent"
     )]
     agent_server_name: String,
+    /// Connections open at once; more are closed as they arrive (each costs
+    /// memory; the apiserver needs few).
+    #[arg(long, env = "IMAGEGATE_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Reviews read and decided at once; more wait up to 2 s, then get 503.
+    #[arg(long, env = "IMAGEGATE_MAX_REVIEWS", default_value_t = Limits::default().max_reviews)]
+    max_reviews: usize,
+    /// MiB of request bodies held at once, all requests together.
+    #[arg(long, env = "IMAGEGATE_BODY_BUDGET_MIB", default_value_t = Limits::default().body_budget_bytes / (1024 * 1024))]
+    body_budget_mib: usize,
+    /// Time a client has to send a request's headers, and its body.
+    #[arg(long, env = "IMAGEGATE_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// A connection moving no byte for this long is closed.
+    #[arg(long, env = "IMAGEGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// How long open requests may take to finish after SIGTERM.
     #[arg(long, env = "IMAGEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -434,7 +451,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.agent_client_cert.clone(),
             args.agent_client_key.clone(),
         ) else {
-            anyhow::bail!(
+            bail!(
                 "pushing to agents needs --ledger (what is pushed), --agent-ca, \
                  --agent-client-cert and --agent-client-key (mTLS)"
             );
@@ -482,11 +499,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
         (_, OnOff::Off) => {}
     }
     let resolving = resolver.is_some();
+    let largest_mib = limits::MAX_REVIEW_BYTES.div_ceil(1024 * 1024);
+    if args.body_budget_mib < largest_mib {
+        bail!(
+            "--body-budget-mib {} is smaller than the largest review the apiserver can send \
+             ({largest_mib} MiB); such a review could never be read. Set it to at least {largest_mib}",
+            args.body_budget_mib
+        );
+    }
+    if args.max_connections == 0 || args.max_reviews == 0 {
+        bail!("--max-connections and --max-reviews must be at least 1");
+    }
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_timeout: args.request_timeout,
+        body_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout,
+        body_budget_bytes: args.body_budget_mib * 1024 * 1024,
+        max_reviews: args.max_reviews,
+        ..Limits::default()
+    };
     let mut app = server::router(Arc::new(AppState {
         policy,
         metrics,
         resolver,
         ledger,
+        budgets: Budgets::new(limits.clone()),
     }));
     if args.client_ca.is_some() && !client_certs.in_handshake() {
         info!(paths = ?args.client_cert_required_paths, "client certificates required on these paths only");
@@ -508,6 +546,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listener,
         Arc::new(tls_config),
         app,
+        &limits,
         shutdown_signal(),
         args.shutdown_grace,
     )

@@ -14,7 +14,13 @@ use common::{EXAMPLE_POLICY, admission_review, fixture, image_review, pod_spec};
 use http_body_util::BodyExt;
 use imagegate_webhook::{
     policy::Policy,
-    server::{AppState, MAX_BODY_BYTES, metrics::Metrics, policy_store::PolicyStore, router},
+    server::{
+        AppState,
+        limits::{APISERVER_REQUEST_BYTES, MAX_REVIEW_BYTES},
+        metrics::Metrics,
+        policy_store::PolicyStore,
+        router,
+    },
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -29,6 +35,7 @@ fn app_with(policy_yaml: &str) -> Router {
         metrics: Arc::new(Metrics::new()),
         resolver: None,
         ledger: None,
+        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
     }))
 }
 
@@ -525,31 +532,73 @@ async fn an_unreadable_object_with_a_readable_uid_is_a_denial_with_that_uid() {
     );
 }
 
+/// Found: a Pod with 560 KiB of `<` in an env value is a 3.28 MiB
+/// AdmissionReview (Go's encoder writes `<` as `\u003c`), an UPDATE twice
+/// that, and both got 413, which `failurePolicy: Ignore` turns into an
+/// allow. What the apiserver can send is decided; what is larger is a
+/// denial carrying the uid.
 #[tokio::test]
-async fn bodies_over_the_apiserver_limit_are_refused() {
+async fn reviews_as_large_as_the_apiserver_sends_are_decided_and_larger_ones_denied_by_uid() {
     let app = app();
     let (_, mut body) = fixture("admissionreview-1.json");
-    body["request"]["object"]["metadata"]["annotations"] =
-        json!({"big": "x".repeat(MAX_BODY_BYTES)});
-    let (status, _) = send(
-        &app,
-        "POST",
-        "/validate",
-        serde_json::to_vec(&body).unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    // Just under the limit is fine.
-    body["request"]["object"]["metadata"]["annotations"] =
-        json!({"big": "x".repeat(MAX_BODY_BYTES - 4096)});
-    let (status, _) = send(
-        &app,
-        "POST",
-        "/validate",
-        serde_json::to_vec(&body).unwrap(),
-    )
-    .await;
+    let uid = body["request"]["uid"].clone();
+    let escaped = "<".repeat(560 * 1024);
+    body["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "PAGE", "value": escaped}]);
+    // As the apiserver encodes it: `request.uid` first, every `<` as six
+    // bytes.
+    let encode = |body: &Value| {
+        let mut request = body["request"].clone();
+        let uid = request.as_object_mut().unwrap().remove("uid").unwrap();
+        let rest = serde_json::to_string(&request).unwrap();
+        format!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":{uid},{}}}"#,
+            &rest[1..]
+        )
+        .replace('<', "\\u003c")
+    };
+    let text = encode(&body);
+    assert!(text.len() > 3 * 1024 * 1024, "{}", text.len());
+    let (status, answer) = send(&app, "POST", "/validate", text.into_bytes()).await;
     assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["uid"], uid);
+    assert_eq!(
+        answer["response"]["status"]["code"], 403,
+        "decided: {answer}"
+    );
+    // An UPDATE carries the old object too: twice the size, still decided.
+    body["request"]["operation"] = "UPDATE".into();
+    body["request"]["oldObject"] = body["request"]["object"].clone();
+    let (status, answer) = send(&app, "POST", "/validate", encode(&body).into_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["uid"], uid, "{answer}");
+    assert_ne!(answer["response"]["status"]["code"], 413, "{answer}");
+    // The largest the apiserver can send: two 3 MiB objects, all escaped.
+    body["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "PAGE", "value": "<".repeat(APISERVER_REQUEST_BYTES - 4096)}]);
+    body["request"]["oldObject"] = body["request"]["object"].clone();
+    let largest = encode(&body);
+    assert!(largest.len() < MAX_REVIEW_BYTES, "{}", largest.len());
+    let (status, answer) = send(&app, "POST", "/validate", largest.into_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_ne!(answer["response"]["status"]["code"], 413, "{answer}");
+    // Larger than anything the apiserver sends: denied, with the uid.
+    body["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "PAGE", "value": "x".repeat(MAX_REVIEW_BYTES)}]);
+    let (status, answer) = send(&app, "POST", "/validate", encode(&body).into_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["uid"], uid, "{answer}");
+    assert_eq!(answer["response"]["allowed"], false);
+    assert_eq!(answer["response"]["status"]["code"], 413);
+    // Without a readable uid (an ImageReview): 413.
+    let too_big =
+        serde_json::to_vec(&json!({"spec": {"x": "x".repeat(MAX_REVIEW_BYTES)}})).unwrap();
+    let (status, _) = send(&app, "POST", "/image_policy", too_big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
@@ -562,6 +611,7 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
         metrics,
         resolver: None,
         ledger: None,
+        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
     }));
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

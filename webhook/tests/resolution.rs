@@ -66,6 +66,7 @@ fn webhook(
         metrics: metrics.clone(),
         resolver: Some(Arc::new(resolver)),
         ledger,
+        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
     }));
     (app, metrics)
 }

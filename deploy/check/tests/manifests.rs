@@ -186,6 +186,7 @@ async fn the_webhook_configurations_send_what_the_server_checks_where_it_serves(
         metrics: Arc::new(Metrics::new()),
         resolver: None,
         ledger: None,
+        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
     }));
     let expected: BTreeSet<(String, String)> = CHECKED_RESOURCES
         .iter()

@@ -141,7 +141,8 @@ pub struct RuleFile {
     /// applies.
     #[serde(default)]
     pub object_labels: BTreeMap<String, String>,
-    /// `host[:port]` or `host[:port]/path/prefix`; empty: any registry.
+    /// `host[:port]` or `host[:port]/path/prefix`; `*` for any registry.
+    /// A rule names registries or `repositories.allow` (or both).
     #[serde(default)]
     pub registries: Vec<String>,
     #[serde(default)]

@@ -5,7 +5,12 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::reference::Reference;
 
-/// `host[:port]` optionally followed by `/path/prefix`.
+/// Written as a rule's only way to say "every registry": a rule has to
+/// select something explicitly, so a file cut short after `- name: x`
+/// cannot turn into a rule that matches every image.
+pub const ANY_REGISTRY: &str = "*";
+
+/// `host[:port]` optionally followed by `/path/prefix`, or `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryPattern {
     /// Lower-cased host with port.
@@ -17,7 +22,19 @@ pub struct RegistryPattern {
 }
 
 impl RegistryPattern {
+    /// `*`: every registry.
+    pub fn is_any(&self) -> bool {
+        self.host == ANY_REGISTRY
+    }
+
     pub fn parse(written: &str) -> Result<Self, String> {
+        if written == ANY_REGISTRY {
+            return Ok(Self {
+                host: ANY_REGISTRY.into(),
+                path_prefix: None,
+                written: written.into(),
+            });
+        }
         if written.contains("://") {
             return Err(format!(
                 "`{written}` is not a registry: write the host without a scheme, e.g. registry.example.com:5000"
@@ -76,6 +93,9 @@ impl RegistryPattern {
     /// case-insensitively, as DNS and TLS compare it) under the path
     /// prefix, if any.
     pub fn matches(&self, reference: &Reference) -> bool {
+        if self.is_any() {
+            return true;
+        }
         if !reference.domain.eq_ignore_ascii_case(&self.host) {
             return false;
         }

@@ -83,6 +83,8 @@ impl Policy {
         self.rules
             .iter()
             .flat_map(|r| &r.registries)
+            // `*` names no host: break-glass still reaches only named ones.
+            .filter(|pattern| !pattern.is_any())
             .any(|pattern| reference.domain.eq_ignore_ascii_case(&pattern.host))
     }
 
@@ -177,6 +179,13 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
                     .ok()
             })
             .collect();
+        if rule.registries.is_empty() && rule.repositories.allow.is_empty() {
+            problems.push(format!(
+                "{at}: the rule selects no image; name its `registries` (`['*']` for every \
+                 registry) or `repositories.allow`. An empty selector is refused so that a file \
+                 cut short cannot load as a rule matching everything"
+            ));
+        }
         let allow = RepositoryGlobs::new(&rule.repositories.allow)
             .map_err(|(j, e)| problems.push(format!("{at}.repositories.allow[{j}]: {e}")))
             .ok();

@@ -248,7 +248,7 @@ fn audit_mode_allows_with_warnings_globally_and_per_rule() {
 #[test]
 fn requirements_digest_untagged_latest() {
     let p = policy(&format!(
-        "{}rules:\n- name: strict\n  requireDigest: true\n- name: never\n",
+        "{}rules:\n- name: strict\n  registries: ['*']\n  requireDigest: true\n",
         header()
     ));
     assert_eq!(verdict(&p, "x", "nginx:1.25").0, Verdict::Denied);
@@ -258,7 +258,7 @@ fn requirements_digest_untagged_latest() {
     );
 
     let untagged = policy(&format!(
-        "{}rules:\n- name: tags\n  denyUntagged: true\n",
+        "{}rules:\n- name: tags\n  registries: ['*']\n  denyUntagged: true\n",
         header()
     ));
     assert_eq!(verdict(&untagged, "x", "nginx").0, Verdict::Denied);
@@ -425,4 +425,68 @@ fn invalid_files_name_the_field_and_the_problem() {
     assert!(e.starts_with("invalid policy: "), "{e}");
     let e = problems("");
     assert!(e.contains("apiVersion") || e.contains("missing"), "{e}");
+}
+
+#[test]
+fn a_rule_must_select_something_and_star_selects_every_registry() {
+    let e = Policy::from_yaml(&format!("{}rules:\n- name: k\n", header()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rules[0]: the rule selects no image"), "{e}");
+    let e = Policy::from_yaml(&format!(
+        "{}rules:\n- name: k\n  denyLatest: true\n  repositories: {{deny: ['docker.io/x/*']}}\n",
+        header()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("selects no image"),
+        "deny alone selects nothing: {e}"
+    );
+
+    let any = policy(&format!(
+        "{}rules:\n- name: any\n  registries: ['*']\n  denyLatest: true\n",
+        header()
+    ));
+    assert_eq!(verdict(&any, "x", "nginx:1.25").0, Verdict::Allowed);
+    assert_eq!(
+        verdict(&any, "x", "registry.internal:5000/a/b:1").0,
+        Verdict::Allowed
+    );
+    assert_eq!(verdict(&any, "x", "nginx:latest").0, Verdict::Denied);
+    // `*` names no host: break-glass may not reach any host it likes.
+    let r = crate::reference::Reference::parse("evil.example/x:1").unwrap();
+    assert!(!any.knows_registry(&r));
+}
+
+/// Found: 891 of the example policy's 1,480 prefixes loaded, one of them
+/// ending in `- name: k`, a rule that matched every image. A prefix may
+/// still be a valid, smaller policy (files are taken only whole by the
+/// file watcher, see `server::watch`), but none may select everything.
+#[test]
+fn no_prefix_of_the_example_policy_loads_a_rule_selecting_everything() {
+    let mut loaded = 0;
+    for end in 0..=EXAMPLE.len() {
+        if !EXAMPLE.is_char_boundary(end) {
+            continue;
+        }
+        let Ok(p) = Policy::from_yaml(&EXAMPLE[..end]) else {
+            continue;
+        };
+        loaded += 1;
+        for rule in &p.rules {
+            assert!(
+                !rule.registries.is_empty() || !rule.allow.is_empty(),
+                "the {end}-byte prefix loads rule {:?} selecting every image",
+                rule.name
+            );
+        }
+        // Whatever loads decides an unknown registry as the whole does.
+        assert_eq!(
+            p.decide_image(&ns("x"), "evil.example/miner:1").verdict,
+            Verdict::Denied,
+            "the {end}-byte prefix allows an unknown registry"
+        );
+    }
+    assert!(loaded > 0 && loaded < EXAMPLE.len(), "{loaded}");
 }

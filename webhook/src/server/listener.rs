@@ -1,24 +1,31 @@
 //! Accepting TLS connections and serving the router on them, HTTP/1.1 and
-//! HTTP/2, with graceful shutdown.
+//! HTTP/2, with graceful shutdown, within [`Limits`]: a bound on
+//! connections, a handshake, header and idle deadline, and HTTP/2 streams
+//! and windows that keep what one connection can make the webhook buffer
+//! small.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::Router;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::client_auth::ClientCertificate;
+use super::{
+    client_auth::ClientCertificate,
+    limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Limits, MAX_HEADER_BYTES},
+};
 
 /// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then
 /// lets open requests finish for up to `grace`.
@@ -26,11 +33,15 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
+    limits: &Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let slots = ConnectionSlots::new(limits.max_connections);
+    let builder = Arc::new(builder(limits));
+    let idle = limits.idle_timeout;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -45,11 +56,21 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let Some(slot) = slots.take() else {
+            // Closed at once: each open connection costs memory, and the
+            // apiserver needs only a few.
+            debug!(%peer, max = slots.max(), "connection refused: at the connection bound");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        let tcp = IdleTimeout::new(tcp, idle);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -76,7 +97,6 @@ pub async fn serve(
                     request
                 },
             ));
-            let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection).await {
                 debug!(%peer, "connection ended: {e}");
@@ -84,8 +104,31 @@ pub async fn serve(
         });
     }
     info!("shutting down: no new connections; letting open requests finish");
+    drop(slots);
     tokio::select! {
         _ = graceful.shutdown() => info!("all connections closed"),
         _ = tokio::time::sleep(grace) => warn!("connections still open after {grace:?}; closing them"),
     }
+}
+
+/// The HTTP/1.1 and HTTP/2 settings that bound a connection.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_send_buf_size(256 * 1024)
+        .max_pending_accept_reset_streams(32)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }

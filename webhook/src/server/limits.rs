@@ -1,0 +1,345 @@
+//! Bounds on what clients may make the webhook hold: connections, time to
+//! send headers and bodies, idle time, bytes of request bodies buffered at
+//! once across all requests, and reviews decided at once. Anyone who can
+//! reach the port can open connections without a certificate; none of
+//! that may grow without bound, and the apiserver's reviews must keep being
+//! answered while someone tries.
+//!
+//! A review is read here, before any handler runs: within a deadline, into
+//! a buffer charged to a shared byte budget, up to what the apiserver can
+//! legitimately send. What is larger gets a denial carrying the request's
+//! uid when it can be read from what arrived, so `failurePolicy: Ignore`
+//! cannot turn a size error into an allow.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::Request,
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+/// The apiserver's limit on a request body (and so on an object). An
+/// AdmissionReview carries the object and, on UPDATE, the old object; Go's
+/// JSON encoder writes `<`, `>` and `&` as six bytes (`\u003c`): up to
+/// 2 x 3 MiB x 6, plus the envelope.
+pub const APISERVER_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+pub const MAX_REVIEW_BYTES: usize = 2 * 6 * APISERVER_REQUEST_BYTES + 1024 * 1024;
+
+/// How much of an oversized body is kept to find its uid: the apiserver
+/// writes `request.uid` first.
+const UID_PREFIX_BYTES: usize = 64 * 1024;
+
+/// The bounds, set by `serve`'s flags.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is
+    /// closed (slow clients included).
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies held at once, all requests together.
+    pub body_budget_bytes: usize,
+    /// Reviews read and decided at once; more wait up to `queue_wait`.
+    pub max_reviews: usize,
+    pub queue_wait: Duration,
+    /// HTTP/2 streams one connection may have open.
+    pub max_streams_per_connection: u32,
+}
+
+/// What the defaults add up to under the chart's 256 MiB limit, at worst:
+/// 64 MiB of bodies, 256 connections x (256 KiB of HTTP/2 window, 64 KiB
+/// of header buffer, ~50 KiB of TLS buffers) = 94 MiB, and the process
+/// itself (~30 MiB).
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            body_budget_bytes: 64 * 1024 * 1024,
+            max_reviews: 64,
+            queue_wait: Duration::from_secs(2),
+            max_streams_per_connection: 32,
+        }
+    }
+}
+
+/// HTTP/2 flow-control windows: how much a peer may send before the webhook
+/// reads it, per stream and per connection.
+pub const H2_STREAM_WINDOW: u32 = 128 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The shared budgets behind [`Limits`].
+#[derive(Clone)]
+pub struct Budgets {
+    limits: Limits,
+    reviews: Arc<Semaphore>,
+    /// One permit per byte (in KiB units: semaphores count in u32).
+    body_kib: Arc<Semaphore>,
+}
+
+impl Budgets {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            reviews: Arc::new(Semaphore::new(limits.max_reviews.max(1))),
+            body_kib: Arc::new(Semaphore::new((limits.body_budget_bytes / 1024).max(1))),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+fn refuse(code: StatusCode, message: String) -> Response {
+    debug!(%code, "request refused: {message}");
+    let body = serde_json::json!({ "error": message }).to_string();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Reads a review's body within its budgets and deadline, then hands the
+/// complete body to the handler. Holds the review slot and the body's bytes
+/// of the budget until the answer is made.
+pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Response {
+    let limits = &budgets.limits;
+    let Ok(Ok(slot)) =
+        tokio::time::timeout(limits.queue_wait, budgets.reviews.clone().acquire_owned()).await
+    else {
+        warn!(
+            max = limits.max_reviews,
+            "reviews in flight at their bound; refusing one"
+        );
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the webhook is deciding {} reviews already; try again",
+                limits.max_reviews
+            ),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(limits.body_timeout, read_bounded(&budgets, body)).await;
+    let (bytes, _held) = match read {
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    limits.body_timeout
+                ),
+            );
+        }
+        Ok(Err(Refusal::Budget)) => {
+            warn!("request bodies at their memory budget; refusing one");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the webhook holds as many request bytes as it may; try again".into(),
+            );
+        }
+        Ok(Err(Refusal::Body(e))) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
+        }
+        Ok(Err(Refusal::TooLarge { prefix })) => {
+            return too_large(parts.uri.path(), &prefix);
+        }
+        Ok(Ok(read)) => read,
+    };
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    drop(slot);
+    response
+}
+
+enum Refusal {
+    Budget,
+    Body(String),
+    /// More than a review can be; what arrived first.
+    TooLarge {
+        prefix: Vec<u8>,
+    },
+}
+
+/// The whole body, and the budget it holds (released when dropped).
+async fn read_bounded(
+    budgets: &Budgets,
+    mut body: Body,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held_kib = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::Body(e.to_string()))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if buffer.len() + chunk.len() > MAX_REVIEW_BYTES {
+            buffer.extend_from_slice(&chunk);
+            buffer.truncate(UID_PREFIX_BYTES);
+            return Err(Refusal::TooLarge { prefix: buffer });
+        }
+        let need_kib = (buffer.len() + chunk.len()).div_ceil(1024);
+        if need_kib > held_kib {
+            // Waits for budget others release; the body deadline bounds it.
+            let more = budgets
+                .body_kib
+                .clone()
+                .acquire_many_owned((need_kib - held_kib) as u32)
+                .await
+                .map_err(|_| Refusal::Budget)?;
+            match &mut held {
+                Some(permit) => permit.merge(more),
+                None => held = Some(more),
+            }
+            held_kib = need_kib;
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(buffer), held))
+}
+
+/// A body larger than any review the apiserver sends: an AdmissionReview
+/// whose uid is readable gets a denial with it; anything else 413.
+fn too_large(path: &str, prefix: &[u8]) -> Response {
+    let limit = MAX_REVIEW_BYTES / (1024 * 1024);
+    let reason = format!(
+        "the review is larger than {limit} MiB, more than the apiserver sends for an object and \
+         its old object; denied without reading it"
+    );
+    if path != "/image_policy"
+        && let Some((api_version, uid)) = uid_of(prefix)
+    {
+        warn!(%uid, "AdmissionReview denied: {reason}");
+        let answer = crate::review::admission::Response::new(api_version, uid, false, 413, reason);
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    refuse(StatusCode::PAYLOAD_TOO_LARGE, reason)
+}
+
+/// `apiVersion` and `request.uid` from the start of an AdmissionReview,
+/// without parsing the rest (which did not all arrive). Keys are matched at
+/// their depth, so an object's own `metadata.uid` is never taken for the
+/// request's.
+fn uid_of(prefix: &[u8]) -> Option<(String, String)> {
+    let mut depth = 0usize;
+    let mut top_key: &[u8] = b"";
+    let (mut api_version, mut uid) = (None, None);
+    let mut at = 0;
+    while at < prefix.len() {
+        match prefix[at] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'"' => {
+                let (text, after) = string_at(prefix, at)?;
+                at = after;
+                let colon = skip_space(prefix, after);
+                if prefix.get(colon) != Some(&b':') {
+                    continue;
+                }
+                let value = skip_space(prefix, colon + 1);
+                match (depth, text) {
+                    (1, b"apiVersion") => api_version = plain_string(prefix, value),
+                    (2, b"uid") if top_key == b"request" => uid = plain_string(prefix, value),
+                    (1, key) => top_key = key,
+                    _ => {}
+                }
+                if let (Some(api_version), Some(uid)) = (&api_version, &uid) {
+                    return (crate::review::admission::API_VERSIONS
+                        .contains(&api_version.as_str())
+                        && !uid.is_empty()
+                        && uid.len() <= 128)
+                        .then(|| (api_version.clone(), uid.clone()));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The raw text of the string starting at `open` (a quote), and the index
+/// after its closing quote.
+fn string_at(bytes: &[u8], open: usize) -> Option<(&[u8], usize)> {
+    let mut at = open + 1;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'"' => return Some((&bytes[open + 1..at], at + 1)),
+            _ => at += 1,
+        }
+    }
+    None
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// A string value without escapes (uids and versions have none; decoding
+/// escapes would need the parser this avoids).
+fn plain_string(bytes: &[u8], at: usize) -> Option<String> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let (text, _) = string_at(bytes, at)?;
+    if text.contains(&b'\\') {
+        return None;
+    }
+    String::from_utf8(text.to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uid_of_a_truncated_admission_review() {
+        let body = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"0f1e-22","kind":{"group":"","version":"v1","kind":"Pod"},"object":{"metadata":{"name":"x"},"spec":{"containers":[{"env":[{"value":"\u003c\u003c"#;
+        assert_eq!(
+            uid_of(body),
+            Some(("admission.k8s.io/v1".into(), "0f1e-22".into()))
+        );
+        assert_eq!(
+            uid_of(br#"{"apiVersion":"v1","request":{"uid":"x"}}"#),
+            None
+        );
+        // Keys in sorted order: the object's uid comes before the request's.
+        let sorted = br#"{"apiVersion":"admission.k8s.io/v1","request":{"object":{"metadata":{"uid":"pod"}},"uid":"req"}}"#;
+        assert_eq!(
+            uid_of(sorted),
+            Some(("admission.k8s.io/v1".into(), "req".into()))
+        );
+        // A string containing braces and quotes does not move the depth.
+        let tricky = br#"{"apiVersion":"admission.k8s.io/v1","x":"{\"uid\":\"no\"","request":{"uid":"yes"}}"#;
+        assert_eq!(
+            uid_of(tricky),
+            Some(("admission.k8s.io/v1".into(), "yes".into()))
+        );
+        assert_eq!(uid_of(b"garbage"), None);
+    }
+}
