@@ -1,7 +1,12 @@
 //! What imagegate's webhook and agent share below their domain.
 //!
-//! - [`idle`]: closing connections that stop moving bytes;
-//! - [`connections`]: a bound on connections open at once.
+//! - [`allocator`]: giving memory back to the system after a burst;
+//! - [`budget`]: a budget shared by all clients, of which one address may
+//!   hold only a part;
+//! - [`connections`]: a bound on connections open at once;
+//! - [`idle`]: closing connections that stop moving bytes.
 
+pub mod allocator;
+pub mod budget;
 pub mod connections;
 pub mod idle;

@@ -63,6 +63,13 @@ impl Digest {
         &self.0
     }
 
+    /// `sha256`, `sha384` or `sha512`.
+    pub fn algorithm(&self) -> &str {
+        self.0
+            .split_once(':')
+            .map_or("", |(algorithm, _)| algorithm)
+    }
+
     /// The 32 bytes of a sha256 digest; `None` for other algorithms.
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
         let hex = self.0.strip_prefix("sha256:")?;

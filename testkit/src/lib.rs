@@ -7,9 +7,11 @@
 
 pub mod apiserver;
 pub mod ca;
+pub mod cgroup;
 pub mod containerd;
 pub mod dns;
 pub mod grpcurl;
+pub mod hostile;
 pub mod https;
 pub mod image;
 pub mod kubelet;

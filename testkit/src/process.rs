@@ -36,16 +36,34 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::start_with(name, binary, args, |_| {})
+    }
+
+    /// [`Process::start`], with `prepare` changing the command first (e.g.
+    /// [`crate::cgroup::MemoryCgroup::run_inside`]).
+    pub fn start_with<I, S>(
+        name: &str,
+        binary: &Path,
+        args: I,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         assert!(binary.exists(), "{} is not built", binary.display());
-        let mut child = Command::new(binary)
-            // A process group of its own: a Ctrl-C at the terminal reaches
-            // only the test or demo, which stops everything in order.
+        let mut command = Command::new(binary);
+        // A process group of its own: a Ctrl-C at the terminal reaches
+        // only the test or demo, which stops everything in order.
+        command
             .process_group(0)
             .args(args)
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        prepare(&mut command);
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let lines = Arc::new(Mutex::new(Vec::new()));

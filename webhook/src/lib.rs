@@ -8,6 +8,7 @@
 //! - [`adopt`]: the admitted set rebuilt from the pods the cluster runs;
 //! - [`ledger`], [`push`]: admitted digests recorded, and pushed to agents;
 //! - [`resolve`]: tags to digests against the registries;
+//! - [`registry`]: the OCI distribution API, every read bounded;
 //! - [`install`]: certificates and the apiserver's configuration files.
 
 pub mod adopt;
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod policy;
 pub mod push;
 pub mod reference;
+pub mod registry;
 pub mod resolve;
 pub mod review;
 pub mod server;

@@ -187,6 +187,10 @@ struct ServeArgs {
         default_value_t = 10_000
     )]
     resolution_cache_entries: u64,
+    /// Registry lookups in flight at once, all reviews together; more wait
+    /// within --registry-timeout.
+    #[arg(long, env = "IMAGEGATE_MAX_REGISTRY_LOOKUPS", default_value_t = 32)]
+    max_registry_lookups: usize,
     /// Registry credentials: a dockerconfigjson file (a pull secret's
     /// `.dockerconfigjson`).
     #[arg(long, env = "IMAGEGATE_REGISTRY_CREDENTIALS")]
@@ -241,10 +245,16 @@ struct ServeArgs {
     /// memory; the apiserver needs few).
     #[arg(long, env = "IMAGEGATE_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
-    /// Reviews read and decided at once; more wait up to 2 s, then get 503.
+    /// Connections open at once from one address (the apiserver connects
+    /// from its own; a client holding connections open cannot take them all).
+    #[arg(long, env = "IMAGEGATE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().max_connections_per_address)]
+    max_connections_per_address: usize,
+    /// Reviews decided at once (their bodies read); more wait up to 2 s, then
+    /// are denied.
     #[arg(long, env = "IMAGEGATE_MAX_REVIEWS", default_value_t = Limits::default().max_reviews)]
     max_reviews: usize,
-    /// MiB of request bodies held at once, all requests together.
+    /// MiB of request bodies held at once, all requests together (one
+    /// client address: at most the largest review, 37 MiB).
     #[arg(long, env = "IMAGEGATE_BODY_BUDGET_MIB", default_value_t = Limits::default().body_budget_bytes / (1024 * 1024))]
     body_budget_mib: usize,
     /// Time a client has to send a request's headers, and its body.
@@ -299,6 +309,7 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    imagegate_plumbing::allocator::return_large_blocks_when_freed();
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
@@ -380,6 +391,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 ttl: args.resolution_ttl,
                 negative_ttl: args.resolution_negative_ttl,
                 cache_entries: args.resolution_cache_entries,
+                max_lookups_in_flight: args.max_registry_lookups,
                 plain_http: args
                     .plain_http_registries
                     .iter()
@@ -512,6 +524,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let limits = Limits {
         max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
         header_timeout: args.request_timeout,
         body_timeout: args.request_timeout,
         idle_timeout: args.idle_timeout,

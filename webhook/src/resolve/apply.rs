@@ -2,12 +2,26 @@
 //! digests; an allowed image that cannot be resolved is denied, or allowed
 //! with an audit annotation, as the policy says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::future::join_all;
 
-use super::Resolver;
+use super::{ResolveError, Resolver};
 use crate::policy::{ImageDecision, Mode, Policy, Verdict, decide::RULE_RESOLUTION, file};
+use crate::reference::Reference;
+
+/// Distinct references one review may have looked up.
+pub const MAX_LOOKUPS_PER_REVIEW: usize = 64;
+
+/// What resolution does for one image.
+enum Plan<'a> {
+    Nothing,
+    /// Break-glass on a registry no rule names.
+    NotContacted(&'a Reference),
+    /// Past the review's bound on lookups.
+    OverBound,
+    Lookup(&'a Reference),
+}
 
 /// Resolves, concurrently, each image whose verdict lets it run.
 pub async fn resolve_decisions(
@@ -20,15 +34,44 @@ pub async fn resolve_decisions(
     // to ask, so an UPDATE that adds no image never waits on a registry.
     // A break-glass image is looked up only on a registry a rule names:
     // otherwise the pod's author picks the host the webhook contacts.
-    let lookups = images.iter().map(|d| async move {
-        let reference = d.reference.as_ref().ok()?;
-        if !d.verdict.allows() || d.verdict == Verdict::Unchanged {
-            return None;
+    // One review asks about at most MAX_LOOKUPS_PER_REVIEW distinct
+    // references: a pod spec listing thousands of tags cannot turn one
+    // review into thousands of registry requests.
+    let mut asked: HashMap<String, bool> = HashMap::new();
+    let plans: Vec<Plan> = images
+        .iter()
+        .map(|d| {
+            let Ok(reference) = &d.reference else {
+                return Plan::Nothing;
+            };
+            if !d.verdict.allows() || d.verdict == Verdict::Unchanged {
+                return Plan::Nothing;
+            }
+            if d.verdict == Verdict::BreakGlass && !policy.knows_registry(reference) {
+                return Plan::NotContacted(reference);
+            }
+            let count = asked.len();
+            let within = *asked
+                .entry(reference.to_string())
+                .or_insert(count < MAX_LOOKUPS_PER_REVIEW);
+            if within {
+                Plan::Lookup(reference)
+            } else {
+                Plan::OverBound
+            }
+        })
+        .collect();
+    let lookups = plans.into_iter().map(|plan| async move {
+        match plan {
+            Plan::Nothing => None,
+            Plan::NotContacted(reference) => Some(Err(reference.clone())),
+            Plan::OverBound => Some(Ok(Err(ResolveError::TooManyLookups {
+                max: MAX_LOOKUPS_PER_REVIEW,
+            }))),
+            Plan::Lookup(reference) => {
+                Some(Ok(resolver.resolve(reference, policy.verify_digest).await))
+            }
         }
-        if d.verdict == Verdict::BreakGlass && !policy.knows_registry(reference) {
-            return Some(Err(reference.clone()));
-        }
-        Some(Ok(resolver.resolve(reference, policy.verify_digest).await))
     });
     let outcomes = join_all(lookups).await;
     let mut resolved = Vec::new();

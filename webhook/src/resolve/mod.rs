@@ -1,29 +1,18 @@
-//! Tag -> digest, against the real registry.
-//!
-//! Built on `oci-client` (the OCI distribution client maintained with the
-//! oras/wasmCloud projects): it speaks the manifest API with the OCI and
-//! Docker manifest and index media types in Accept, HEADs for
-//! `Docker-Content-Digest` and falls back to GET, and runs the
-//! `WWW-Authenticate` flow for Basic and Bearer-token registries. This
-//! module adds what admission needs around it: a budget, a cache with
-//! positive and negative TTLs where concurrent lookups of one reference
-//! share one request (quick_cache's placeholder guard), index
-//! expansion, per-registry TLS and plain-HTTP settings, and metrics.
+//! Tag -> digest, against the real registry, through [`crate::registry`]
+//! (bounded reads, auth, deadlines). This module adds what admission needs
+//! around it: a budget per lookup and a bound on lookups in flight, a cache
+//! with positive and negative TTLs where concurrent lookups of one
+//! reference share one request (quick_cache's placeholder guard), index
+//! expansion (at most [`MAX_INDEX_CHILDREN`] platforms), and metrics.
 
 pub mod apply;
 pub mod credentials;
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use oci_client::{
-    Client, Reference as OciReference,
-    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
-    secrets::RegistryAuth,
-};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -39,7 +28,10 @@ use imagegate_proto::{
     platform::{Child, Platform},
 };
 
-use crate::reference::Reference;
+use crate::{
+    reference::Reference,
+    registry::{self, RegistryClient, RegistryError},
+};
 
 const INDEX_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
@@ -64,6 +56,9 @@ pub struct Settings {
     pub negative_ttl: Duration,
     /// Most references remembered.
     pub cache_entries: u64,
+    /// Registry lookups in flight at once, all reviews together; more wait
+    /// (within their budget).
+    pub max_lookups_in_flight: usize,
     /// Hosts reached over plain HTTP. Nothing else is.
     pub plain_http: Vec<String>,
     /// Extra CA bundles (PEM), per host; trusted for that host only.
@@ -78,6 +73,7 @@ impl Default for Settings {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(30),
             cache_entries: 10_000,
+            max_lookups_in_flight: 32,
             plain_http: Vec::new(),
             ca_bundles: Vec::new(),
             credentials: Credentials::default(),
@@ -119,6 +115,13 @@ pub enum ResolveError {
     Unauthorized(String),
     #[error("the registry has no such manifest ({0})")]
     NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(
+        "the review names more than {max} distinct images to look up, and imagegate asks \
+         registries about {max} per review; split the workload"
+    )]
+    TooManyLookups { max: usize },
     #[error(
         "the registry answered a different digest than asked: expected {expected}, got {actual}"
     )]
@@ -189,9 +192,9 @@ type Outcome = Result<Resolved, ResolveError>;
 
 pub struct Resolver {
     settings: Settings,
-    default_client: Client,
-    /// Clients of hosts with their own TLS or protocol settings.
-    clients: HashMap<String, Client>,
+    registry: RegistryClient,
+    /// Lookups in flight, all reviews together.
+    in_flight: tokio::sync::Semaphore,
     /// Reference (normalised) -> outcome and when it stops being trusted.
     cache: Cache<String, (Outcome, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
@@ -202,45 +205,16 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(settings: Settings, metrics: ResolverMetrics) -> Result<Self, String> {
-        let config = |host: Option<&str>| -> Result<ClientConfig, String> {
-            let mut config = ClientConfig {
-                read_timeout: Some(settings.timeout),
-                connect_timeout: Some(settings.timeout),
-                // Resolution expands indexes itself; it never pulls by platform.
-                platform_resolver: None,
-                ..Default::default()
-            };
-            if let Some(host) = host {
-                if settings.plain_http.iter().any(|h| h == host) {
-                    config.protocol = ClientProtocol::Http;
-                }
-                for (_, path) in settings.ca_bundles.iter().filter(|(h, _)| h == host) {
-                    let pem = std::fs::read(path).map_err(|e| {
-                        format!(
-                            "cannot read the CA bundle {} for {host}: {e}",
-                            path.display()
-                        )
-                    })?;
-                    config.extra_root_certificates.push(Certificate {
-                        encoding: CertificateEncoding::Pem,
-                        data: pem,
-                    });
-                }
-            }
-            Ok(config)
-        };
-        let mut clients = HashMap::new();
-        let special = settings
-            .plain_http
-            .iter()
-            .chain(settings.ca_bundles.iter().map(|(h, _)| h));
-        for host in special {
-            clients.insert(host.clone(), Client::new(config(Some(host))?));
-        }
+        let registry = RegistryClient::new(registry::Settings {
+            timeout: settings.timeout,
+            plain_http: settings.plain_http.clone(),
+            ca_bundles: settings.ca_bundles.clone(),
+            credentials: settings.credentials.clone(),
+        })?;
         let entries = settings.cache_entries.max(1) as usize;
         Ok(Self {
-            default_client: Client::new(config(None)?),
-            clients,
+            registry,
+            in_flight: tokio::sync::Semaphore::new(settings.max_lookups_in_flight.max(1)),
             cache: Cache::new(entries),
             index_children: Cache::new(entries),
             settings,
@@ -306,11 +280,15 @@ impl Resolver {
     /// One lookup against the registry, within the budget.
     async fn lookup(&self, reference: &Reference) -> Outcome {
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout(self.settings.timeout, self.ask_registry(reference)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ResolveError::Timeout(self.settings.timeout)),
-            };
+        let bounded = async {
+            // Waiting for a turn counts against the budget too.
+            let _turn = self.in_flight.acquire().await;
+            self.ask_registry(reference).await
+        };
+        let outcome = match tokio::time::timeout(self.settings.timeout, bounded).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ResolveError::Timeout(self.settings.timeout)),
+        };
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
@@ -319,6 +297,8 @@ impl Resolver {
             Err(ResolveError::Timeout(_)) => "timeout",
             Err(ResolveError::Unauthorized(_)) => "unauthorized",
             Err(ResolveError::NotFound(_)) => "not_found",
+            Err(ResolveError::TooLarge(_)) => "too_large",
+            Err(ResolveError::TooManyLookups { .. }) => "over_review_bound",
             Err(ResolveError::Mismatch { .. }) => "mismatch",
             Err(ResolveError::InvalidDigest(_)) => "invalid_digest",
             Err(ResolveError::TooManyChildren { .. }) => "too_many_children",
@@ -332,23 +312,35 @@ impl Resolver {
     }
 
     async fn ask_registry(&self, reference: &Reference) -> Outcome {
-        // Hosts with their own settings were lower-cased when read.
-        let client = self
-            .clients
-            .get(&reference.domain.to_ascii_lowercase())
-            .unwrap_or(&self.default_client);
-        let auth = match self.settings.credentials.for_host(&reference.domain) {
-            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
+        let (host, path) = (reference.domain.as_str(), reference.path.as_str());
+        let asked = match (&reference.digest, reference.effective_tag()) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.to_string(),
+            (None, None) => "latest".to_string(),
         };
-        let oci = to_oci(reference);
-        // HEAD for the digest (oci-client falls back to GET when the HEAD
-        // carries none, and checks a requested digest against the answer).
-        let answered = client
-            .fetch_manifest_digest(&oci, &auth)
+        let fail = |e| classify(e, reference, self.settings.timeout);
+        // HEAD for the digest; a registry that sends none gets a GET, whose
+        // bytes give the digest (and, for an index, the children).
+        let head = self
+            .registry
+            .head_manifest(host, path, &asked, &MANIFEST_MEDIA_TYPES)
             .await
-            .map_err(|e| classify(e, reference))?;
-        let digest = Digest::parse(&answered).map_err(|_| ResolveError::InvalidDigest(answered))?;
+            .map_err(fail)?;
+        let (digest, media_type, fetched) = match head.digest {
+            Some(digest) => (digest, head.media_type, None),
+            None => {
+                let fetched = self
+                    .registry
+                    .get_manifest(host, path, &asked, &MANIFEST_MEDIA_TYPES)
+                    .await
+                    .map_err(fail)?;
+                (
+                    fetched.digest.clone(),
+                    fetched.media_type.clone(),
+                    Some(fetched),
+                )
+            }
+        };
         if let Some(expected) = reference.digest.as_ref().filter(|d| **d != digest) {
             return Err(ResolveError::Mismatch {
                 expected: expected.to_string(),
@@ -356,7 +348,7 @@ impl Resolver {
             });
         }
         let children = self
-            .children(client, &oci, &auth, &digest, reference)
+            .children(reference, &digest, media_type.as_deref(), fetched)
             .await?;
         Ok(Resolved {
             digest,
@@ -366,29 +358,36 @@ impl Resolver {
     }
 
     /// The manifests an index lists (empty for a plain manifest), read once
-    /// per digest.
+    /// per digest. A registry that says the digest is a plain manifest is
+    /// not asked for it: were it lying, the platforms would be missing from
+    /// the approval and nodes would flag them, never admit more.
     async fn children(
         &self,
-        client: &Client,
-        oci: &OciReference,
-        auth: &RegistryAuth,
-        digest: &Digest,
         reference: &Reference,
+        digest: &Digest,
+        media_type: Option<&str>,
+        fetched: Option<registry::Fetched>,
     ) -> Result<Vec<Child>, ResolveError> {
         if let Some(children) = self.index_children.get(digest) {
             return Ok(children);
         }
-        let by_digest = oci.clone_with_digest(digest.to_string());
-        let (body, got) = client
-            .pull_manifest_raw(&by_digest, auth, &MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| classify(e, reference))?;
-        if got != digest.as_str() {
-            return Err(ResolveError::Mismatch {
-                expected: digest.to_string(),
-                actual: got,
-            });
+        let plain = media_type.is_some_and(|t| MANIFEST_MEDIA_TYPES[..2].contains(&t));
+        if plain && fetched.is_none() {
+            return Ok(Vec::new());
         }
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => self
+                .registry
+                .get_manifest(
+                    &reference.domain,
+                    &reference.path,
+                    digest.as_str(),
+                    &MANIFEST_MEDIA_TYPES,
+                )
+                .await
+                .map_err(|e| classify(e, reference, self.settings.timeout))?,
+        };
         #[derive(serde::Deserialize)]
         struct Manifest {
             manifests: Option<Vec<Descriptor>>,
@@ -398,7 +397,7 @@ impl Resolver {
             digest: String,
             platform: Option<Platform>,
         }
-        let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        let manifest: Manifest = serde_json::from_slice(&fetched.body).map_err(|e| {
             ResolveError::Registry(format!("the manifest {digest} is not JSON: {e}"))
         })?;
         // A child that is not a digest is nothing a runtime can pull: it is
@@ -428,66 +427,17 @@ impl Resolver {
     }
 }
 
-fn to_oci(reference: &Reference) -> OciReference {
-    match (&reference.tag, &reference.digest) {
-        (Some(tag), Some(digest)) => OciReference::with_tag_and_digest(
-            reference.domain.clone(),
-            reference.path.clone(),
-            tag.clone(),
-            digest.to_string(),
-        ),
-        (None, Some(digest)) => OciReference::with_digest(
-            reference.domain.clone(),
-            reference.path.clone(),
-            digest.to_string(),
-        ),
-        _ => OciReference::with_tag(
-            reference.domain.clone(),
-            reference.path.clone(),
-            reference.effective_tag().unwrap_or("latest").to_string(),
-        ),
-    }
-}
-
-fn classify(
-    error: oci_client::errors::OciDistributionError,
-    reference: &Reference,
-) -> ResolveError {
-    use oci_client::errors::{OciDistributionError as E, OciErrorCode as Code};
-    let text = with_causes(&error);
-    match &error {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
-            ResolveError::Unauthorized(text)
-        }
-        E::ImageManifestNotFoundError(_) => ResolveError::NotFound(reference.to_string()),
-        E::RegistryError { envelope, .. } => {
-            let codes = || envelope.errors.iter().map(|e| &e.code);
-            if codes().any(|c| {
-                matches!(
-                    c,
-                    Code::ManifestUnknown | Code::NameUnknown | Code::NotFound
-                )
-            }) {
-                ResolveError::NotFound(reference.to_string())
-            } else if codes().any(|c| matches!(c, Code::Unauthorized | Code::Denied)) {
-                ResolveError::Unauthorized(text)
-            } else {
-                ResolveError::Registry(text)
-            }
-        }
-        E::DigestError(_) => ResolveError::Mismatch {
-            expected: reference
-                .digest
-                .as_ref()
-                .map(Digest::to_string)
-                .unwrap_or_default(),
-            actual: text,
-        },
-        E::ServerError {
-            code: 401 | 403, ..
-        } => ResolveError::Unauthorized(text),
-        E::ServerError { code: 404, .. } => ResolveError::NotFound(reference.to_string()),
-        _ => ResolveError::Registry(text),
+fn classify(error: RegistryError, reference: &Reference, budget: Duration) -> ResolveError {
+    match error {
+        RegistryError::TimedOut => ResolveError::Timeout(budget),
+        RegistryError::Unauthorized(text) => ResolveError::Unauthorized(text),
+        RegistryError::NotFound(_) => ResolveError::NotFound(reference.to_string()),
+        RegistryError::TooLarge(text) => ResolveError::TooLarge(text),
+        RegistryError::Mismatch {
+            expected, actual, ..
+        } => ResolveError::Mismatch { expected, actual },
+        RegistryError::InvalidDigest(text) => ResolveError::InvalidDigest(text),
+        RegistryError::Other(text) => ResolveError::Registry(text),
     }
 }
 

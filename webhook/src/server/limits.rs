@@ -1,17 +1,22 @@
-//! Bounds on what clients may make the webhook hold: connections, time to
-//! send headers and bodies, idle time, bytes of request bodies buffered at
-//! once across all requests, and reviews decided at once. Anyone who can
-//! reach the port can open connections without a certificate; none of
-//! that may grow without bound, and the apiserver's reviews must keep being
-//! answered while someone tries.
+//! Bounds on what clients may make the webhook hold: connections (in all
+//! and from one address), time to send headers and bodies, idle time, bytes
+//! of request bodies buffered at once (in all and by one address), and
+//! reviews decided at once. Anyone who can reach the port can open
+//! connections without a certificate; none of that may grow without bound,
+//! and the apiserver's reviews must keep being answered while someone tries.
 //!
 //! A review is read here, before any handler runs: within a deadline, into
-//! a buffer charged to a shared byte budget, up to what the apiserver can
-//! legitimately send. What is larger gets a denial carrying the request's
-//! uid when it can be read from what arrived, so `failurePolicy: Ignore`
-//! cannot turn a size error into an allow.
+//! a buffer charged to the byte budget, up to what the apiserver can
+//! legitimately send; only then does it wait for a decision slot, so a slow
+//! client never holds one. Whatever is refused gets a denial carrying the
+//! request's uid when the uid arrived, so `failurePolicy: Ignore` cannot
+//! turn a refusal into an allow.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -21,7 +26,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use imagegate_plumbing::budget::{Budget, Held, Refused};
+use tokio::{sync::Semaphore, time::Instant};
 use tracing::{debug, warn};
 
 /// The apiserver's limit on a request body (and so on an object). An
@@ -40,6 +46,9 @@ const UID_PREFIX_BYTES: usize = 64 * 1024;
 pub struct Limits {
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Connections open at once from one address, so that one client
+    /// cannot take every slot from the apiserver.
+    pub max_connections_per_address: usize,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
     /// Time a client has to send a request's body.
@@ -47,9 +56,10 @@ pub struct Limits {
     /// A connection with no bytes in either direction for this long is
     /// closed (slow clients included).
     pub idle_timeout: Duration,
-    /// Bytes of request bodies held at once, all requests together.
+    /// Bytes of request bodies held at once, all requests together; one
+    /// client address may hold up to the largest review of it.
     pub body_budget_bytes: usize,
-    /// Reviews read and decided at once; more wait up to `queue_wait`.
+    /// Reviews decided at once; more wait up to `queue_wait`.
     pub max_reviews: usize,
     pub queue_wait: Duration,
     /// HTTP/2 streams one connection may have open.
@@ -64,6 +74,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_connections_per_address: 64,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -82,20 +93,31 @@ pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// The client address a request came from, set by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub IpAddr);
+
 /// The shared budgets behind [`Limits`].
 #[derive(Clone)]
 pub struct Budgets {
     limits: Limits,
-    reviews: Arc<Semaphore>,
-    /// One permit per byte (in KiB units: semaphores count in u32).
-    body_kib: Arc<Semaphore>,
+    /// Reviews being decided; taken once the body is read, so a slow
+    /// client never holds one.
+    deciding: Arc<Semaphore>,
+    /// Bytes of bodies being read or decided, in all and by one address.
+    bodies: Budget,
 }
 
 impl Budgets {
     pub fn new(limits: Limits) -> Self {
         Self {
-            reviews: Arc::new(Semaphore::new(limits.max_reviews.max(1))),
-            body_kib: Arc::new(Semaphore::new((limits.body_budget_bytes / 1024).max(1))),
+            deciding: Arc::new(Semaphore::new(limits.max_reviews.max(1))),
+            // One address may hold as much as the largest review, so the
+            // apiserver can send one, and no more, so others find room.
+            bodies: Budget::new(
+                limits.body_budget_bytes,
+                MAX_REVIEW_BYTES.min(limits.body_budget_bytes),
+            ),
             limits,
         }
     }
@@ -105,126 +127,145 @@ impl Budgets {
     }
 }
 
-fn refuse(code: StatusCode, message: String) -> Response {
-    debug!(%code, "request refused: {message}");
-    let body = serde_json::json!({ "error": message }).to_string();
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+/// Why a review was not decided, with what of its body arrived (to find
+/// its uid).
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+    prefix: Vec<u8>,
 }
 
-/// Reads a review's body within its budgets and deadline, then hands the
-/// complete body to the handler. Holds the review slot and the body's bytes
-/// of the budget until the answer is made.
+/// Reads a review's body within its deadline and the byte budgets, then
+/// decides it within the bound on reviews decided at once. The body's bytes
+/// stay charged until the answer is made.
+///
+/// Every refusal is an AdmissionReview denial carrying the uid when the uid
+/// arrived (the apiserver's `failurePolicy: Ignore` would turn an HTTP
+/// error into an allow), else an HTTP error.
 pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Response {
     let limits = &budgets.limits;
-    let Ok(Ok(slot)) =
-        tokio::time::timeout(limits.queue_wait, budgets.reviews.clone().acquire_owned()).await
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0);
+    let (parts, body) = request.into_parts();
+    let deadline = Instant::now() + limits.body_timeout;
+    let (bytes, _held) = match read_bounded(&budgets, peer, body, deadline).await {
+        Ok(read) => read,
+        Err(refusal) => return refuse(parts.uri.path(), refusal, &peer),
+    };
+    let Ok(Ok(_deciding)) =
+        tokio::time::timeout(limits.queue_wait, budgets.deciding.clone().acquire_owned()).await
     else {
         warn!(
             max = limits.max_reviews,
-            "reviews in flight at their bound; refusing one"
+            "reviews being decided at their bound; refusing one"
         );
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+        let refusal = Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: format!(
                 "the webhook is deciding {} reviews already; try again",
                 limits.max_reviews
             ),
-        );
+            prefix: bytes[..bytes.len().min(UID_PREFIX_BYTES)].to_vec(),
+        };
+        return refuse(parts.uri.path(), refusal, &peer);
     };
-    let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(limits.body_timeout, read_bounded(&budgets, body)).await;
-    let (bytes, _held) = match read {
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {:?}",
-                    limits.body_timeout
-                ),
-            );
-        }
-        Ok(Err(Refusal::Budget)) => {
-            warn!("request bodies at their memory budget; refusing one");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the webhook holds as many request bytes as it may; try again".into(),
-            );
-        }
-        Ok(Err(Refusal::Body(e))) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
-        }
-        Ok(Err(Refusal::TooLarge { prefix })) => {
-            return too_large(parts.uri.path(), &prefix);
-        }
-        Ok(Ok(read)) => read,
-    };
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
-    drop(slot);
-    response
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
-enum Refusal {
-    Budget,
-    Body(String),
-    /// More than a review can be; what arrived first.
-    TooLarge {
-        prefix: Vec<u8>,
-    },
-}
-
-/// The whole body, and the budget it holds (released when dropped).
+/// The whole body, and the budget it holds (given back when dropped).
 async fn read_bounded(
     budgets: &Budgets,
+    peer: IpAddr,
     mut body: Body,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+    deadline: Instant,
+) -> Result<(Bytes, Held), Refusal> {
     let mut buffer: Vec<u8> = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut held_kib = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Refusal::Body(e.to_string()))?;
+    let refusal = |status, reason: String, buffer: &[u8]| Refusal {
+        status,
+        reason,
+        prefix: buffer[..buffer.len().min(UID_PREFIX_BYTES)].to_vec(),
+    };
+    let mut held = budgets.bodies.hold_nothing(peer);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {:?}",
+                        budgets.limits.body_timeout
+                    ),
+                    &buffer,
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(refusal(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {e}"),
+                    &buffer,
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
         let Ok(chunk) = frame.into_data() else {
             continue;
         };
         if buffer.len() + chunk.len() > MAX_REVIEW_BYTES {
-            buffer.extend_from_slice(&chunk);
-            buffer.truncate(UID_PREFIX_BYTES);
-            return Err(Refusal::TooLarge { prefix: buffer });
+            let limit = MAX_REVIEW_BYTES / (1024 * 1024);
+            buffer.extend_from_slice(&chunk[..chunk.len().min(UID_PREFIX_BYTES)]);
+            return Err(refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the review is larger than {limit} MiB, more than the apiserver sends for an \
+                     object and its old object; denied without reading it"
+                ),
+                &buffer,
+            ));
         }
-        let need_kib = (buffer.len() + chunk.len()).div_ceil(1024);
-        if need_kib > held_kib {
-            // Waits for budget others release; the body deadline bounds it.
-            let more = budgets
-                .body_kib
-                .clone()
-                .acquire_many_owned((need_kib - held_kib) as u32)
-                .await
-                .map_err(|_| Refusal::Budget)?;
-            match &mut held {
-                Some(permit) => permit.merge(more),
-                None => held = Some(more),
-            }
-            held_kib = need_kib;
+        if let Err(why) = held.grow(chunk.len()) {
+            let whose = match why {
+                Refused::Full => "all clients together",
+                Refused::AddressFull => "this client address",
+            };
+            warn!(%peer, whose, "request bodies at their memory budget; refusing one");
+            buffer.extend_from_slice(&chunk[..chunk.len().min(UID_PREFIX_BYTES)]);
+            return Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the webhook holds as many request bytes as it may from {whose}; try again"
+                ),
+                &buffer,
+            ));
         }
         buffer.extend_from_slice(&chunk);
     }
     Ok((Bytes::from(buffer), held))
 }
 
-/// A body larger than any review the apiserver sends: an AdmissionReview
-/// whose uid is readable gets a denial with it; anything else 413.
-fn too_large(path: &str, prefix: &[u8]) -> Response {
-    let limit = MAX_REVIEW_BYTES / (1024 * 1024);
-    let reason = format!(
-        "the review is larger than {limit} MiB, more than the apiserver sends for an object and \
-         its old object; denied without reading it"
-    );
+/// An AdmissionReview whose uid is readable gets a denial carrying it and
+/// the refusal's code; anything else (an ImageReview has no uid) the
+/// refusal's HTTP status.
+fn refuse(path: &str, refusal: Refusal, peer: &IpAddr) -> Response {
+    let Refusal {
+        status,
+        reason,
+        prefix,
+    } = refusal;
     if path != "/image_policy"
-        && let Some((api_version, uid)) = uid_of(prefix)
+        && let Some((api_version, uid)) = uid_of(&prefix)
     {
-        warn!(%uid, "AdmissionReview denied: {reason}");
-        let answer = crate::review::admission::Response::new(api_version, uid, false, 413, reason);
+        warn!(%uid, %peer, "AdmissionReview denied unread: {reason}");
+        let answer = crate::review::admission::Response::new(
+            api_version,
+            uid,
+            false,
+            status.as_u16(),
+            reason,
+        );
         let body = serde_json::to_vec(&answer).unwrap_or_default();
         return (
             StatusCode::OK,
@@ -233,7 +274,9 @@ fn too_large(path: &str, prefix: &[u8]) -> Response {
         )
             .into_response();
     }
-    refuse(StatusCode::PAYLOAD_TOO_LARGE, reason)
+    debug!(%status, %peer, "request refused: {reason}");
+    let body = serde_json::json!({ "error": reason }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `apiVersion` and `request.uid` from the start of an AdmissionReview,

@@ -12,7 +12,10 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout};
+use imagegate_plumbing::{
+    connections::{ConnectionSlots, Refused},
+    idle::IdleTimeout,
+};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -21,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     client_auth::ClientCertificate,
-    limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Limits, MAX_HEADER_BYTES},
+    limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Limits, MAX_HEADER_BYTES, Peer},
 };
 
 /// A client that has not finished its handshake by then is dropped.
@@ -39,7 +42,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let slots = ConnectionSlots::new(limits.max_connections);
+    let slots = ConnectionSlots::new(limits.max_connections, limits.max_connections_per_address);
     let builder = Arc::new(builder(limits));
     let idle = limits.idle_timeout;
     tokio::pin!(shutdown);
@@ -56,12 +59,18 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Some(slot) = slots.take() else {
+        let slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
             // Closed at once: each open connection costs memory, and the
             // apiserver needs only a few.
-            debug!(%peer, max = slots.max(), "connection refused: at the connection bound");
-            drop(tcp);
-            continue;
+            Err(Refused::Full) => {
+                debug!(%peer, max = slots.max(), "connection refused: at the connection bound");
+                continue;
+            }
+            Err(Refused::AddressFull) => {
+                debug!(%peer, max = slots.max_per_address(), "connection refused: at the bound for one address");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let tcp = IdleTimeout::new(tcp, idle);
@@ -94,6 +103,7 @@ pub async fn serve(
             let service = TowerToHyperService::new(app.map_request(
                 move |mut request: axum::extract::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(certificate);
+                    request.extensions_mut().insert(Peer(peer.ip()));
                     request
                 },
             ));

@@ -1,0 +1,28 @@
+//! Giving memory back to the system after a burst.
+//!
+//! glibc's malloc raises its mmap threshold each time a large block that it
+//! mmapped is freed (up to 32 MiB), so after one burst of large request
+//! buffers the next ones come from the heap arenas, and freed arena memory
+//! is rarely returned: a webhook that held 60 MiB of bodies for a second
+//! kept 60 MiB resident afterwards. A fixed threshold keeps every block of
+//! 128 KiB and more (request bodies, decoded reviews, gRPC messages) in its
+//! own mapping, unmapped when freed.
+//! <https://man7.org/linux/man-pages/man3/mallopt.3.html> (M_MMAP_THRESHOLD:
+//! setting it disables the dynamic adjustment).
+
+/// Blocks this large and larger get their own mapping.
+pub const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Call once, first thing in `main`. A no-op where the C library is not
+/// glibc.
+pub fn return_large_blocks_when_freed() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters, under malloc's own
+    // lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        // Free heap top beyond this is returned at once (the default
+        // threshold follows the mmap one when it moves; fixed here too).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, (2 * MMAP_THRESHOLD) as libc::c_int);
+    }
+}
