@@ -177,7 +177,7 @@ struct RunArgs {
 
     /// The gRPC mTLS listener (the webhook pushes approvals here; every
     /// client needs a certificate from --grpc-client-ca).
-    #[arg(long, env = "IMAGEGATE_GRPC_ADDRESS", requires_all = ["grpc_tls_cert", "grpc_tls_key", "grpc_client_ca"])]
+    #[arg(long, env = "IMAGEGATE_GRPC_ADDRESS", requires_all = ["grpc_tls_cert", "grpc_tls_key", "grpc_client_ca"], value_parser = listen_address)]
     grpc_address: Option<SocketAddr>,
 
     /// The agent's serving certificate (PEM) for --grpc-address.
@@ -203,12 +203,13 @@ struct RunArgs {
 
     /// A plaintext gRPC listener for queries from the node itself (grpcurl,
     /// `kubectl port-forward`); loopback addresses only; it cannot push.
-    #[arg(long, env = "IMAGEGATE_GRPC_PLAINTEXT_ADDRESS")]
+    #[arg(long, env = "IMAGEGATE_GRPC_PLAINTEXT_ADDRESS", value_parser = listen_address)]
     grpc_plaintext_address: Option<SocketAddr>,
 
-    /// A plaintext listener that serves only `grpc.health.v1`, on any
-    /// address: for the kubelet's gRPC liveness and readiness probes.
-    #[arg(long, env = "IMAGEGATE_GRPC_HEALTH_ADDRESS")]
+    /// A plaintext listener that serves only `grpc.health.v1`: for the
+    /// kubelet's gRPC liveness and readiness probes (the chart binds it to
+    /// the pod's IP, which the kubelet probes).
+    #[arg(long, env = "IMAGEGATE_GRPC_HEALTH_ADDRESS", value_parser = listen_address)]
     grpc_health_address: Option<SocketAddr>,
 
     /// This node's name, for the status (defaults to the host name).
@@ -224,6 +225,7 @@ enum Format {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    imagegate_plumbing::allocator::return_large_blocks_when_freed();
     let args = Args::parse();
     init_logs(args.log_format);
     match args.command {
@@ -279,9 +281,8 @@ async fn run(args: RunArgs) -> Result<()> {
         ));
     }
     if args.metrics_address != "off" {
-        let address: SocketAddr = args
-            .metrics_address
-            .parse()
+        let address = listen_address(&args.metrics_address)
+            .map_err(anyhow::Error::msg)
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
         serve_metrics(address, metrics.clone()).await?;
     }
@@ -520,6 +521,20 @@ async fn watch_approvals(path: PathBuf, store: Arc<Store>, changed: Arc<Notify>)
     }
 }
 
+/// `IP:PORT`, with an IPv6 address bracketed or not: the chart writes
+/// `$(POD_IP):PORT`, and a pod's IP may be IPv6 (the port is what follows
+/// the last colon).
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let expected = || format!("{text:?} is not an address to listen on: expected IP:PORT");
+    let (ip, port) = text.rsplit_once(':').ok_or_else(expected)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| expected())?;
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(address)
@@ -535,11 +550,12 @@ async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> Result<()>
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
+    tokio::spawn(imagegate_plumbing::http::serve(
+        listener,
+        app,
+        imagegate_plumbing::http::HttpBounds::METRICS,
+        std::future::pending(),
+    ));
     Ok(())
 }
 
@@ -650,5 +666,28 @@ fn init_logs(format: Format) {
     match format {
         Format::Text => builder.init(),
         Format::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_with_ipv6_bracketed_or_not() {
+        assert_eq!(
+            listen_address("10.1.2.3:9464").unwrap(),
+            "10.1.2.3:9464".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("fd00::1:9464").unwrap(),
+            "[fd00::1]:9464".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("[fd00::1]:9464").unwrap(),
+            "[fd00::1]:9464".parse().unwrap()
+        );
+        assert!(listen_address("$(POD_IP):9464").is_err());
+        assert!(listen_address("10.1.2.3").is_err());
     }
 }

@@ -77,6 +77,21 @@ async fn wait_enforcement(api: &Target, state: &str) -> Value {
     }
 }
 
+/// `GET /metrics` on `ip:port`, as Prometheus scrapes a pod.
+async fn scrape(ip: std::net::Ipv4Addr, port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .unwrap_or_else(|e| panic!("metrics on {ip}:{port}: {e}"));
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
 async fn run_ready(
     kubelet: &Kubelet<'_>,
     pod: &imagegate_testkit::kubelet::PodObject,
@@ -122,6 +137,9 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
     let rendered = node.render(&["agent.mode=enforce"]).unwrap();
     let mut agent = run_ready(&kubelet, &rendered.agent_pod(), &node, &rendered, "agent").await;
     kubelet.live(&agent, "agent").await.expect("agent liveness");
+    // Probed and scraped on the pod's IP, where the chart binds them.
+    let metrics = scrape(agent.ip, 9464).await;
+    assert!(metrics.contains("imagegate_agent_approvals"), "{metrics}");
     node.dns.set(AGENT_SERVICE, vec![agent.ip]);
     let api = node.agent_api(&agent).await.unwrap();
 

@@ -403,6 +403,7 @@ impl<'a> Kubelet<'a> {
         let mut labels: HashMap<String, String> = HashMap::new();
         labels.extend(kubelet_labels(&pod.object, &pod.uid, Some(&container.name)));
         let log_path = format!("{}/{attempt}.log", container.name);
+        let envs = self.env(pod, container);
         std::fs::create_dir_all(pod.dir.join("logs").join(&container.name)).unwrap();
         Ok(ContainerConfig {
             metadata: Some(ContainerMetadata {
@@ -413,10 +414,10 @@ impl<'a> Kubelet<'a> {
                 image: container.image.clone().unwrap_or_default(),
                 ..Default::default()
             }),
-            command: container.command.clone().unwrap_or_default(),
-            args: container.args.clone().unwrap_or_default(),
+            command: expand_all(container.command.as_deref(), &envs),
+            args: expand_all(container.args.as_deref(), &envs),
             working_dir: container.working_dir.clone().unwrap_or_default(),
-            envs: self.env(pod, container),
+            envs,
             mounts: self.mounts(pod, container)?,
             labels,
             annotations: pod.object.annotations.clone().into_iter().collect(),
@@ -1097,5 +1098,64 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// `$(VAR)` in a command or its args, as the kubelet expands them: the
+/// value of the container's variable `VAR`; `$$` is a literal `$`; a
+/// reference to a variable that is not defined stays as written.
+/// <https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-environment-variables/>
+fn expand(text: &str, envs: &[KeyValue]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after
+            .strip_prefix('(')
+            .and_then(|inner| inner.split_once(')'))
+        {
+            match envs.iter().find(|kv| kv.key == name) {
+                Some(kv) => out.push_str(&kv.value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn expand_all(items: Option<&[String]>, envs: &[KeyValue]) -> Vec<String> {
+    items
+        .unwrap_or_default()
+        .iter()
+        .map(|item| expand(item, envs))
+        .collect()
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use super::*;
+
+    #[test]
+    fn variables_in_args_expand_as_the_kubelet_does() {
+        let envs = vec![KeyValue {
+            key: "POD_IP".into(),
+            value: "10.1.0.7".into(),
+        }];
+        assert_eq!(expand("--x=$(POD_IP):9464", &envs), "--x=10.1.0.7:9464");
+        assert_eq!(expand("$$(POD_IP)", &envs), "$(POD_IP)");
+        assert_eq!(expand("$(MISSING)-$", &envs), "$(MISSING)-$");
     }
 }

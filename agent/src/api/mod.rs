@@ -5,6 +5,7 @@
 //! binds loopback (for grpcurl on the node or through `kubectl
 //! port-forward`; it cannot push).
 
+pub mod bounded;
 pub mod convert;
 pub mod service;
 pub mod tls;
@@ -12,15 +13,36 @@ pub mod tls;
 use std::{net::SocketAddr, sync::Arc};
 
 use imagegate_proto::v1::agent_service_server::AgentServiceServer;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Server,
     server::{Connected, Router},
 };
 use tracing::{info, warn};
 
-use self::{service::AgentApi, tls::ReloadingTls};
+use self::{bounded::ListenerBounds, service::AgentApi, tls::ReloadingTls};
+
+/// HTTP/2 streams one connection may have open (advertised in SETTINGS,
+/// refused past it): `Health/Watch` and `WatchEvents` streams are cheap,
+/// but not free.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Largest request head.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// A tonic server with the bounds every listener has.
+fn bounded_server() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .http2_max_local_error_reset_streams(Some(256))
+        // Pings find dead peers, and keep live ones moving past the idle
+        // bound.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -84,7 +106,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ApiError::Reflection(e.to_string()))?;
     let router = || {
-        Server::builder()
+        bounded_server()
             .add_service(
                 // What the webhook's batches are bounded by, with room to
                 // spare: tonic's 4 MiB default is what they once outgrew.
@@ -99,7 +121,7 @@ pub async fn serve(
     let mut bound = Vec::new();
     if let Some((address, files)) = listeners.tls {
         let (listener, local) = bind("--grpc-address", address).await?;
-        let incoming = ReloadingTls::load(files)?.incoming(listener);
+        let incoming = ReloadingTls::load(files)?.incoming(listener, ListenerBounds::MTLS);
         spawn_server(router(), incoming, shutdown.clone(), "mTLS");
         info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
         bound.push(local);
@@ -111,12 +133,12 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| ApiError::Reflection(e.to_string()))?;
-        let server = Server::builder()
+        let server = bounded_server()
             .add_service(health_service.clone())
             .add_service(health_reflection);
         spawn_server(
             server,
-            TcpListenerStream::new(listener),
+            plain(listener, ListenerBounds::HEALTH, "health"),
             shutdown.clone(),
             "health",
         );
@@ -127,7 +149,7 @@ pub async fn serve(
         let (listener, local) = bind("--grpc-plaintext-address", address).await?;
         spawn_server(
             router(),
-            TcpListenerStream::new(listener),
+            plain(listener, ListenerBounds::LOOPBACK, "plaintext"),
             shutdown.clone(),
             "plaintext",
         );
@@ -135,6 +157,19 @@ pub async fn serve(
         bound.push(local);
     }
     Ok(bound)
+}
+
+/// Plain TCP connections from `listener`, within `bounds`.
+fn plain(
+    listener: TcpListener,
+    bounds: ListenerBounds,
+    name: &'static str,
+) -> impl tokio_stream::Stream<Item = Result<bounded::Bounded<tokio::net::TcpStream>, std::io::Error>>
+{
+    bounded::incoming(listener, bounds, name, |tcp, _| async move {
+        let _ = tcp.set_nodelay(true);
+        Some(tcp)
+    })
 }
 
 /// Serves `router` on `incoming` until `stop` turns true.

@@ -25,8 +25,13 @@ pub struct StaticStatus {
     pub kernel: pb::Kernel,
 }
 
+/// `WatchEvents` streams open at once, all clients together.
+pub const MAX_WATCHERS: usize = 64;
+
 pub struct AgentApi {
     ctx: Arc<engine::Context>,
+    /// One permit per open `WatchEvents` stream.
+    watchers: Arc<tokio::sync::Semaphore>,
     status: StaticStatus,
     /// The DNS name in the webhook's client certificate; only it may push.
     push_identity: String,
@@ -37,6 +42,7 @@ impl AgentApi {
     pub fn new(ctx: Arc<engine::Context>, status: StaticStatus, push_identity: String) -> Self {
         Self {
             ctx,
+            watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
             status,
             push_identity,
             started: Instant::now(),
@@ -368,8 +374,18 @@ impl AgentService for AgentApi {
                 }
             }
         }
+        // Each watcher costs memory for as long as it stays: bounded, and
+        // told so rather than queued.
+        let watcher = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} WatchEvents streams are open already; close one, or poll \
+                 ListViolations with after_seq"
+            ))
+        })?;
         let prefix = q.key_prefix;
         let stream = BroadcastStream::new(self.ctx.events.subscribe()).filter_map(move |item| {
+            // The permit lives as long as the stream.
+            let _watcher = &watcher;
             let event = match item {
                 Ok(event) => event,
                 // A watcher that fell behind is told, then goes on.

@@ -21,9 +21,10 @@ use rustls::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use super::bounded::{self, Bounded, ListenerBounds};
 use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
@@ -148,34 +149,24 @@ impl ReloadingTls {
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
-    ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConnection, io::Error>> {
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
+        bounds: ListenerBounds,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<Bounded<TlsConnection>, io::Error>> {
+        bounded::incoming(listener, bounds, "mTLS", move |tcp, peer| {
+            let acceptor = TlsAcceptor::from(self.current.load_full());
+            async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => Some(TlsConnection { stream }),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed");
+                        None
                     }
-                };
-                let acceptor = TlsAcceptor::from(self.current.load_full());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(TlsConnection { stream })).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                    Err(_) => {
+                        tracing::debug!(%peer, "gRPC TLS handshake timed out");
+                        None
                     }
-                });
+                }
             }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+        })
     }
 }
 

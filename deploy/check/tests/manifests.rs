@@ -438,18 +438,32 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         .collect();
     assert_eq!(host_mounts, needed);
 
-    // Probes through gRPC health, on the listener that serves only it.
+    // Probes through gRPC health, on the listener that serves only it,
+    // bound to the pod's IP (where the kubelet probes), as metrics are.
+    let args = container["args"].as_array().unwrap();
     for probe in ["readinessProbe", "livenessProbe"] {
         let port = container[probe]["grpc"]["port"]
             .as_u64()
             .expect("a gRPC probe");
-        let args = container["args"].as_array().unwrap();
         assert!(
             args.iter()
-                .any(|a| a == &format!("--grpc-health-address=0.0.0.0:{port}")),
-            "{probe} port {port} is the health listener"
+                .any(|a| a == &format!("--grpc-health-address=$(POD_IP):{port}")),
+            "{probe} port {port} is the health listener, on the pod's IP"
         );
     }
+    assert!(
+        args.iter().any(|a| a
+            .as_str()
+            .is_some_and(|a| a.starts_with("--metrics-address=$(POD_IP):"))),
+        "metrics on the pod's IP"
+    );
+    let pod_ip = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("POD_IP in the env, for $(POD_IP) in the args");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
 
     // The webhook finds every agent through the headless Service.
     let service = find(&objects, "Service", "imagegate-agent");

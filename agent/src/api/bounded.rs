@@ -1,0 +1,158 @@
+//! The bounds on the agent's gRPC listeners: connections open at once (in
+//! all and from one address), each closed once it moves no byte for a
+//! while. Anyone on the pod network can reach the mTLS and health
+//! listeners before a certificate is asked for, so none of this may grow
+//! with what a client opens.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use imagegate_plumbing::{
+    connections::{ConnectionSlots, Slot},
+    idle::IdleTimeout,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+/// Connections open at once on one listener, and from one address.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerBounds {
+    pub connections: usize,
+    pub per_address: usize,
+    /// A connection moving no byte this long is closed (HTTP/2 keepalive
+    /// pings, every 20 s, keep live ones moving).
+    pub idle: Duration,
+}
+
+impl ListenerBounds {
+    /// The mTLS listener: a few webhook replicas, and grpcurl.
+    pub const MTLS: Self = Self {
+        connections: 64,
+        per_address: 16,
+        idle: Duration::from_secs(120),
+    };
+    /// The health listener: the kubelet's probes, one short connection
+    /// each.
+    pub const HEALTH: Self = Self {
+        connections: 32,
+        per_address: 16,
+        idle: Duration::from_secs(60),
+    };
+    /// The loopback listener: grpcurl on the node.
+    pub const LOOPBACK: Self = Self {
+        connections: 32,
+        per_address: 32,
+        idle: Duration::from_secs(120),
+    };
+
+    pub fn slots(&self) -> ConnectionSlots {
+        ConnectionSlots::new(self.connections, self.per_address)
+    }
+}
+
+/// A connection holding its slot, closed when idle.
+pub struct Bounded<IO> {
+    io: IdleTimeout<IO>,
+    _slot: Slot,
+}
+
+impl<IO> Bounded<IO> {
+    pub fn new(io: IO, slot: Slot, idle: Duration) -> Self {
+        Self {
+            io: IdleTimeout::new(io, idle),
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO: Connected> Connected for Bounded<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.get_ref().connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Bounded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Bounded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` and takes a slot for each connection; `setup`
+/// turns a TCP connection into what is served (a TLS handshake, or
+/// nothing), or `None` to drop it. Connections past the bounds are closed
+/// at once.
+pub fn incoming<IO, F, Fut>(
+    listener: TcpListener,
+    bounds: ListenerBounds,
+    name: &'static str,
+    setup: F,
+) -> ReceiverStream<Result<Bounded<IO>, io::Error>>
+where
+    IO: Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Option<IO>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let slots = bounds.slots();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, listener = name, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let slot = match slots.take(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    debug!(%peer, listener = name, ?why, "connection refused: at its bound");
+                    continue;
+                }
+            };
+            let (tx, setup) = (tx.clone(), setup.clone());
+            tokio::spawn(async move {
+                if let Some(io) = setup(tcp, peer).await {
+                    let _ = tx.send(Ok(Bounded::new(io, slot, bounds.idle))).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
