@@ -73,6 +73,7 @@ pub fn parse_lines<'a>(
                 unverified: false,
                 break_glass: false,
                 expires_at_ms: None,
+                refreshed_at_ms: 0,
             })
         }) {
             Ok(approval) => approvals.push(approval),

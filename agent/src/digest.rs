@@ -21,6 +21,14 @@ impl DigestSet {
         }
     }
 
+    /// Removes a digest; true if it was there.
+    pub fn remove(&mut self, digest: &Digest) -> bool {
+        match digest.sha256_bytes() {
+            Some(bytes) => self.sha256.remove(&bytes),
+            None => self.other.remove(digest.as_str()),
+        }
+    }
+
     /// Whether `digest` (any text) is in the set. Only exact lower-case
     /// digests match, as only checked digests were inserted.
     pub fn contains(&self, digest: &str) -> bool {

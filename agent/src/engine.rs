@@ -421,6 +421,7 @@ impl Engine {
                     reason,
                     first_seen_ms: now_ms(),
                     decided_at_ms: now_ms(),
+                    gone_at_ms: None,
                 };
                 self.set_action(key, Action::Watch);
                 let watched = Watched {
@@ -450,6 +451,7 @@ impl Engine {
                     reason: verdict.reason,
                     first_seen_ms,
                     decided_at_ms: now_ms(),
+                    gone_at_ms: None,
                 };
                 let deadline = (verdict.kind == VerdictKind::Pending).then(|| {
                     // The window runs from the container's first sighting,
@@ -635,9 +637,16 @@ impl Engine {
                 (!alive).then_some(*key)
             })
             .collect();
+        let mut gone_containers = Vec::new();
         for key in &gone {
-            self.tracked.remove(key);
+            if let Some(Tracked::Container(watched)) = self.tracked.remove(key) {
+                gone_containers.push(watched.record.key);
+            }
             self.ctx.actions.remove(*key);
+        }
+        // Kept as gone: retention drops them later (see `retention`).
+        if let Err(e) = self.ctx.store.mark_gone(&gone_containers, now_ms()) {
+            warn!(error = %e, "could not mark gone containers");
         }
         if !gone.is_empty() {
             debug!(

@@ -15,6 +15,7 @@
 //! - [`verdict`]: admitted / never admitted / exempt / unknown;
 //! - [`store`]: approvals, containers and violations on disk;
 //! - [`approvals_file`]: approvals from a local file;
+//! - [`retention`]: what the store keeps, and for how long;
 //! - [`engine`]: the loop from events to verdicts to actions;
 //! - [`settle`]: when enforce mode may start killing;
 //! - [`enforce`]: killing a violating container's processes;
@@ -34,6 +35,7 @@ pub mod kernel_offsets;
 pub mod metrics;
 pub mod probe;
 pub mod requirements;
+pub mod retention;
 pub mod runtime;
 pub mod settle;
 pub mod store;

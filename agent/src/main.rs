@@ -26,9 +26,10 @@ use imagegate_agent::{
     metrics::Metrics,
     probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
     requirements::{self, Environment, KernelVersion},
+    retention,
     runtime::Containerd,
     settle::{Enforcement, Gate},
-    store::Store,
+    store::{Retention, Store},
     verdict::Exemptions,
 };
 use tokio::{
@@ -215,6 +216,24 @@ struct RunArgs {
     /// This node's name, for the status (defaults to the host name).
     #[arg(long, env = "IMAGEGATE_NODE_NAME")]
     node_name: Option<String>,
+
+    /// Gone containers and violations are kept this long.
+    #[arg(long, env = "IMAGEGATE_RECORD_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    record_retention: Duration,
+    /// Most container records kept (the longest gone dropped first; running
+    /// containers are always kept).
+    #[arg(
+        long,
+        env = "IMAGEGATE_MAX_CONTAINER_RECORDS",
+        default_value_t = 20_000
+    )]
+    max_container_records: u64,
+    /// Most violations kept (the oldest dropped first).
+    #[arg(long, env = "IMAGEGATE_MAX_VIOLATIONS", default_value_t = 20_000)]
+    max_violations: u64,
+    /// How often retention drops what it no longer keeps.
+    #[arg(long, env = "IMAGEGATE_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    prune_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -286,6 +305,20 @@ async fn run(args: RunArgs) -> Result<()> {
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
         serve_metrics(address, metrics.clone()).await?;
     }
+
+    tokio::spawn(retention::run(
+        store.clone(),
+        layout.key_root().to_path_buf(),
+        metrics.clone(),
+        retention::Config {
+            keep: Retention {
+                records_ms: args.record_retention.as_millis() as u64,
+                max_containers: args.max_container_records,
+                max_violations: args.max_violations,
+            },
+            every: args.prune_interval.max(Duration::from_secs(1)),
+        },
+    ));
 
     let ctx = Arc::new(engine::Context {
         config: engine::Config {

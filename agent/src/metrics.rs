@@ -37,6 +37,9 @@ pub struct Metrics {
     /// cgroups the agent keeps state for (hosts and containers), as of the
     /// last sweep of the gone ones.
     pub tracked_cgroups: Gauge,
+    /// Records dropped by retention, by kind (`container`, `violation`,
+    /// `approval`).
+    pub pruned: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,12 @@ impl Metrics {
             "cgroups the agent keeps state for, as of the last sweep of gone ones",
             tracked_cgroups.clone(),
         );
+        let pruned = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "pruned_records",
+            "Records dropped by retention: gone containers, old violations, expired approvals",
+            pruned.clone(),
+        );
         Self {
             registry,
             events,
@@ -112,6 +121,7 @@ impl Metrics {
             approvals,
             approvals_rejected,
             tracked_cgroups,
+            pruned,
         }
     }
 

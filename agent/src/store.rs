@@ -38,6 +38,18 @@ const SETTLE: TableDefinition<&str, &[u8]> = TableDefinition::new("settle");
 const SETTLE_KEY: &str = "state";
 
 const VIOLATION_SEQ: &str = "violation_seq";
+/// Containers by verdict, `containers/<verdict>`, kept with every write.
+const VERDICT_COUNT: &str = "containers/";
+/// Set once the verdict counts were computed for an existing store.
+const COUNTS_KEPT: &str = "counts_kept";
+const CONTAINERS_PRUNED: &str = "containers_pruned";
+const VIOLATIONS_PRUNED: &str = "violations_pruned";
+const APPROVALS_EXPIRED: &str = "approvals_expired";
+/// Records one list call reads at most: a filter that matches little gives
+/// a short page with a token to go on, never a walk of the whole table.
+pub const MAX_SCAN: usize = 10_000;
+/// Re-pushes of an approval rewrite its record at most this often.
+const REFRESH_EVERY_MS: u64 = 3_600_000;
 const STORE_CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +109,17 @@ pub struct Approval {
     /// After this, the approval admits no new container.
     #[serde(default)]
     pub expires_at_ms: Option<u64>,
+    /// The last time a sender pushed it (0: when received): approvals no
+    /// sender pushes again within its ledger's retention expire.
+    #[serde(default)]
+    pub refreshed_at_ms: u64,
+}
+
+impl Approval {
+    /// When a sender last pushed it.
+    pub fn last_pushed_ms(&self) -> u64 {
+        self.refreshed_at_ms.max(self.received_at_ms)
+    }
 }
 
 /// What sets an approval apart, for verdicts to say: kept in memory only
@@ -159,6 +182,9 @@ pub struct ContainerRecord {
     pub reason: String,
     pub first_seen_ms: u64,
     pub decided_at_ms: u64,
+    /// When the agent found the container gone (its cgroup removed).
+    #[serde(default)]
+    pub gone_at_ms: Option<u64>,
 }
 
 /// A container that ran without approval (or could not be identified).
@@ -188,6 +214,10 @@ pub struct SourceState {
     /// rebuilt from the cluster, once it said so.
     #[serde(default)]
     pub cluster_set_generation: Option<u64>,
+    /// How long the sender's ledger keeps records not admitted again (0:
+    /// not said).
+    #[serde(default)]
+    pub retention_ms: u64,
 }
 
 impl SourceState {
@@ -238,6 +268,21 @@ impl Store {
             txn.open_table(SOURCES).map_err(store_err)?;
             txn.open_table(SETTLE).map_err(store_err)?;
             txn.open_table(CAVEATS).map_err(store_err)?;
+            // A store from before the counts were kept: count once.
+            let mut meta = txn.open_table(META).map_err(store_err)?;
+            if meta.get(COUNTS_KEPT).map_err(store_err)?.is_none() {
+                let containers = txn.open_table(CONTAINERS).map_err(store_err)?;
+                let mut counts = std::collections::HashMap::<String, u64>::new();
+                for row in containers.iter().map_err(store_err)? {
+                    let (_, value) = row.map_err(store_err)?;
+                    let record: ContainerRecord = decode(value.value())?;
+                    *counts.entry(verdict_key(record.verdict)).or_default() += 1;
+                }
+                for (key, count) in counts {
+                    meta.insert(key.as_str(), count).map_err(store_err)?;
+                }
+                meta.insert(COUNTS_KEPT, 1).map_err(store_err)?;
+            }
         }
         txn.commit().map_err(store_err)?;
         let store = Self {
@@ -317,7 +362,9 @@ impl Store {
         approvals: &[Approval],
         generation: u64,
         cluster_set_generation: Option<u64>,
+        retention_ms: u64,
     ) -> Result<Received, StoreError> {
+        let now = now_ms();
         let txn = self.db.begin_write().map_err(store_err)?;
         let held;
         let holds_cluster_set;
@@ -328,15 +375,43 @@ impl Store {
             let mut caveats = txn.open_table(CAVEATS).map_err(store_err)?;
             let known = self.caveats.read().unwrap_or_else(|e| e.into_inner());
             for approval in approvals {
-                let fresh = table
+                let held: Option<Approval> = table
                     .get(approval.digest.as_str())
                     .map_err(store_err)?
-                    .is_none();
-                if fresh {
-                    let bytes = serde_json::to_vec(approval).map_err(store_err)?;
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                let fresh = held.is_none();
+                // Pushed again: the approval lives on (the record is
+                // rewritten at most hourly).
+                let write = match held {
+                    None => Some(approval.clone()),
+                    // A file's approvals never expire: a digest the file
+                    // lists is the file's from now on.
+                    Some(held)
+                        if approval.source.starts_with("file:")
+                            && !held.source.starts_with("file:") =>
+                    {
+                        Some(Approval {
+                            source: approval.source.clone(),
+                            refreshed_at_ms: now,
+                            ..held
+                        })
+                    }
+                    Some(held) if now.saturating_sub(held.last_pushed_ms()) >= REFRESH_EVERY_MS => {
+                        Some(Approval {
+                            refreshed_at_ms: now,
+                            ..held
+                        })
+                    }
+                    Some(_) => None,
+                };
+                if let Some(record) = write {
+                    let bytes = serde_json::to_vec(&record).map_err(store_err)?;
                     table
                         .insert(approval.digest.as_str(), bytes.as_slice())
                         .map_err(store_err)?;
+                }
+                if fresh {
                     new.push(approval.digest.clone());
                 }
                 // A caveat holds until an approval without it arrives: one
@@ -375,6 +450,7 @@ impl Store {
             if cluster_set_generation.is_some() {
                 state.cluster_set_generation = cluster_set_generation;
             }
+            state.retention_ms = retention_ms;
             held = state.generation;
             holds_cluster_set = state.holds_cluster_set();
             let bytes = serde_json::to_vec(&state).map_err(store_err)?;
@@ -450,17 +526,22 @@ impl Store {
     }
 
     /// Stores approvals; returns how many digests were new. Idempotent.
+    /// A digest already held from a webhook becomes the file's when a
+    /// `file:` approval lists it, so retention never expires it.
     pub fn add_approvals(&self, approvals: &[Approval]) -> Result<usize, StoreError> {
         let mut new = Vec::new();
+        let mut known_from_file = Vec::new();
         {
             let known = self.approved.read().unwrap_or_else(|e| e.into_inner());
             for approval in approvals {
                 if !known.contains(approval.digest.as_str()) {
                     new.push(approval);
+                } else if approval.source.starts_with("file:") {
+                    known_from_file.push(approval);
                 }
             }
         }
-        if new.is_empty() {
+        if new.is_empty() && known_from_file.is_empty() {
             return Ok(0);
         }
         let txn = self.db.begin_write().map_err(store_err)?;
@@ -471,6 +552,23 @@ impl Store {
                 table
                     .insert(approval.digest.as_str(), bytes.as_slice())
                     .map_err(store_err)?;
+            }
+            for approval in known_from_file {
+                let held: Option<Approval> = table
+                    .get(approval.digest.as_str())
+                    .map_err(store_err)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                if let Some(held) = held.filter(|h| !h.source.starts_with("file:")) {
+                    let record = Approval {
+                        source: approval.source.clone(),
+                        ..held
+                    };
+                    let bytes = serde_json::to_vec(&record).map_err(store_err)?;
+                    table
+                        .insert(approval.digest.as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                }
             }
         }
         txn.commit().map_err(store_err)?;
@@ -504,13 +602,13 @@ impl Store {
     }
 
     /// Approvals in digest order after `after`, those `keep` accepts, at
-    /// most `limit`; and whether more follow. Reads only as far as needed.
+    /// most `limit`, reading at most [`MAX_SCAN`] records.
     pub fn approvals_after(
         &self,
         after: Option<&str>,
         limit: usize,
         keep: impl Fn(&Approval) -> bool,
-    ) -> Result<(Vec<Approval>, bool), StoreError> {
+    ) -> Result<Page<Approval, String>, StoreError> {
         use std::ops::Bound;
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(APPROVALS).map_err(store_err)?;
@@ -518,21 +616,27 @@ impl Store {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        let mut out = Vec::new();
-        for row in table
+        let mut items = Vec::new();
+        let mut last_read = String::new();
+        for (read, row) in table
             .range::<&str>((start, Bound::Unbounded))
             .map_err(store_err)?
+            .enumerate()
         {
-            let (_, value) = row.map_err(store_err)?;
+            let (key, value) = row.map_err(store_err)?;
+            if items.len() == limit || read == MAX_SCAN {
+                return Ok(Page {
+                    items,
+                    next: Some(last_read),
+                });
+            }
+            last_read = key.value().to_string();
             let approval: Approval = decode(value.value())?;
             if keep(&approval) {
-                if out.len() == limit {
-                    return Ok((out, true));
-                }
-                out.push(approval);
+                items.push(approval);
             }
         }
-        Ok((out, false))
+        Ok(Page { items, next: None })
     }
 
     pub fn container(&self, key: &str) -> Result<Option<ContainerRecord>, StoreError> {
@@ -544,16 +648,78 @@ impl Store {
         }
     }
 
+    /// Stores a container's record, keeping the counts by verdict.
     pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(store_err)?;
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut table = txn.open_table(CONTAINERS).map_err(store_err)?;
-            table
+            let before: Option<ContainerRecord> = table
                 .insert(record.key.as_str(), bytes.as_slice())
-                .map_err(store_err)?;
+                .map_err(store_err)?
+                .map(|old| decode(old.value()))
+                .transpose()?;
+            if before.as_ref().map(|b| b.verdict) != Some(record.verdict) {
+                let mut meta = txn.open_table(META).map_err(store_err)?;
+                if let Some(before) = before {
+                    add_to(&mut meta, &verdict_key(before.verdict), -1)?;
+                }
+                add_to(&mut meta, &verdict_key(record.verdict), 1)?;
+            }
         }
         txn.commit().map_err(store_err)
+    }
+
+    /// Marks the containers with these keys gone (their cgroups were
+    /// removed) at `at_ms`, unless marked before.
+    pub fn mark_gone(&self, keys: &[String], at_ms: u64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(CONTAINERS).map_err(store_err)?;
+            for key in keys {
+                let record: Option<ContainerRecord> = table
+                    .get(key.as_str())
+                    .map_err(store_err)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                if let Some(mut record) = record.filter(|r| r.gone_at_ms.is_none()) {
+                    record.gone_at_ms = Some(at_ms);
+                    let bytes = serde_json::to_vec(&record).map_err(store_err)?;
+                    table
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(store_err)
+    }
+
+    /// How many containers have `verdict` (a kept count: nothing is read).
+    pub fn count_with_verdict(&self, verdict: VerdictKind) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let meta = txn.open_table(META).map_err(store_err)?;
+        Ok(meta
+            .get(verdict_key(verdict).as_str())
+            .map_err(store_err)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Records dropped by retention so far: containers, violations,
+    /// approvals.
+    pub fn pruned(&self) -> Result<(u64, u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let meta = txn.open_table(META).map_err(store_err)?;
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key).map_err(store_err)?.map_or(0, |v| v.value()))
+        };
+        Ok((
+            get(CONTAINERS_PRUNED)?,
+            get(VIOLATIONS_PRUNED)?,
+            get(APPROVALS_EXPIRED)?,
+        ))
     }
 
     /// How many containers and violations are stored (the tables' own
@@ -612,6 +778,257 @@ impl Store {
     }
 }
 
+/// One page of a list, and where the next starts (`None`: nothing more).
+#[derive(Debug)]
+pub struct Page<T, K> {
+    pub items: Vec<T>,
+    pub next: Option<K>,
+}
+
+/// How long, and how many, records are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Gone containers and violations older than this are dropped.
+    pub records_ms: u64,
+    /// At most this many container records (the longest gone dropped
+    /// first; running containers are never dropped) and violations (the
+    /// oldest dropped first).
+    pub max_containers: u64,
+    pub max_violations: u64,
+}
+
+/// What one pass of retention dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub containers: u64,
+    pub violations: u64,
+    /// Approvals expired: no sender pushed them again within its ledger's
+    /// retention, and no running container uses them.
+    pub approvals: Vec<Digest>,
+}
+
+impl Store {
+    /// Container records in key order after `after`, those `keep`
+    /// accepts, at most `limit`, reading at most [`MAX_SCAN`] records;
+    /// only keys starting with `prefix`.
+    pub fn containers_page(
+        &self,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+        keep: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<Page<ContainerRecord, String>, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(CONTAINERS).map_err(store_err)?;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut items = Vec::new();
+        let mut last_read = String::new();
+        for (read, row) in table
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(store_err)?
+            .enumerate()
+        {
+            let (key, value) = row.map_err(store_err)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            // More follow: the next page starts after what was read.
+            if items.len() == limit || read == MAX_SCAN {
+                return Ok(Page {
+                    items,
+                    next: Some(last_read),
+                });
+            }
+            last_read = key.to_string();
+            let record: ContainerRecord = decode(value.value())?;
+            if keep(&record) {
+                items.push(record);
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
+    /// Violations in order after sequence number `after`, those `keep`
+    /// accepts, at most `limit`, reading at most [`MAX_SCAN`].
+    pub fn violations_page(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: impl Fn(&Violation) -> bool,
+    ) -> Result<Page<Violation, u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(VIOLATIONS).map_err(store_err)?;
+        let mut items = Vec::new();
+        let mut last_read = after;
+        for (read, row) in table
+            .range(after.saturating_add(1)..)
+            .map_err(store_err)?
+            .enumerate()
+        {
+            let (seq, value) = row.map_err(store_err)?;
+            if items.len() == limit || read == MAX_SCAN {
+                return Ok(Page {
+                    items,
+                    next: Some(last_read),
+                });
+            }
+            last_read = seq.value();
+            let violation: Violation = decode(value.value())?;
+            if keep(&violation) {
+                items.push(violation);
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
+    /// Drops what retention says to: gone containers and violations past
+    /// `retention`, or over its counts; approvals no sender pushed again
+    /// within the longest retention senders gave (approvals from a file
+    /// never expire), unless a running container uses them. A container
+    /// record whose container is not `alive` (its cgroup is gone) and not
+    /// yet marked gone is marked now. One transaction.
+    pub fn prune(
+        &self,
+        now: u64,
+        retention: &Retention,
+        alive: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<Pruned, StoreError> {
+        let cutoff = now.saturating_sub(retention.records_ms);
+        let mut pruned = Pruned::default();
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut containers = txn.open_table(CONTAINERS).map_err(store_err)?;
+            let mut meta = txn.open_table(META).map_err(store_err)?;
+            // Containers: note the gone, and the digests the running use.
+            let mut in_use = DigestSet::default();
+            let mut gone: Vec<(u64, String, VerdictKind)> = Vec::new();
+            let mut newly_gone = Vec::new();
+            for row in containers.iter().map_err(store_err)? {
+                let (key, value) = row.map_err(store_err)?;
+                let mut record: ContainerRecord = decode(value.value())?;
+                if record.gone_at_ms.is_none() && !alive(&record) {
+                    record.gone_at_ms = Some(now);
+                    newly_gone.push(record.clone());
+                }
+                match record.gone_at_ms {
+                    Some(at) => gone.push((at, key.value().to_string(), record.verdict)),
+                    None => {
+                        for digest in [&record.digest, &record.platform_digest]
+                            .into_iter()
+                            .flatten()
+                        {
+                            if let Ok(digest) = Digest::parse(digest) {
+                                in_use.insert(&digest);
+                            }
+                        }
+                    }
+                }
+            }
+            for record in &newly_gone {
+                let bytes = serde_json::to_vec(record).map_err(store_err)?;
+                containers
+                    .insert(record.key.as_str(), bytes.as_slice())
+                    .map_err(store_err)?;
+            }
+            gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let total = containers.len().map_err(store_err)?;
+            let over = total.saturating_sub(retention.max_containers);
+            for (i, (at, key, verdict)) in gone.iter().enumerate() {
+                if *at >= cutoff && (i as u64) >= over {
+                    break;
+                }
+                containers.remove(key.as_str()).map_err(store_err)?;
+                add_to(&mut meta, &verdict_key(*verdict), -1)?;
+                pruned.containers += 1;
+            }
+
+            // Violations: the oldest first.
+            let mut violations = txn.open_table(VIOLATIONS).map_err(store_err)?;
+            loop {
+                let total = violations.len().map_err(store_err)?;
+                let Some((seq, at)) = violations
+                    .first()
+                    .map_err(store_err)?
+                    .map(|(seq, value)| {
+                        decode::<Violation>(value.value()).map(|v| (seq.value(), v.at_ms))
+                    })
+                    .transpose()?
+                else {
+                    break;
+                };
+                if at >= cutoff && total <= retention.max_violations {
+                    break;
+                }
+                violations.remove(seq).map_err(store_err)?;
+                pruned.violations += 1;
+            }
+
+            // Approvals: after the longest retention any sender gave.
+            let sources = txn.open_table(SOURCES).map_err(store_err)?;
+            let mut longest = 0u64;
+            for row in sources.iter().map_err(store_err)? {
+                let (_, value) = row.map_err(store_err)?;
+                longest = longest.max(decode::<SourceState>(value.value())?.retention_ms);
+            }
+            if longest > 0 {
+                let expire_before = now.saturating_sub(longest);
+                let mut approvals = txn.open_table(APPROVALS).map_err(store_err)?;
+                let mut caveats = txn.open_table(CAVEATS).map_err(store_err)?;
+                let mut expired = Vec::new();
+                for row in approvals.iter().map_err(store_err)? {
+                    let (_, value) = row.map_err(store_err)?;
+                    let approval: Approval = decode(value.value())?;
+                    if !approval.source.starts_with("file:")
+                        && approval.last_pushed_ms() < expire_before
+                        && !in_use.contains(approval.digest.as_str())
+                    {
+                        expired.push(approval.digest);
+                    }
+                }
+                for digest in &expired {
+                    approvals.remove(digest.as_str()).map_err(store_err)?;
+                    caveats.remove(digest.as_str()).map_err(store_err)?;
+                }
+                pruned.approvals = expired;
+            }
+            add_to(&mut meta, CONTAINERS_PRUNED, pruned.containers as i64)?;
+            add_to(&mut meta, VIOLATIONS_PRUNED, pruned.violations as i64)?;
+            add_to(&mut meta, APPROVALS_EXPIRED, pruned.approvals.len() as i64)?;
+        }
+        txn.commit().map_err(store_err)?;
+        if !pruned.approvals.is_empty() {
+            let mut approved = self.approved.write().unwrap_or_else(|e| e.into_inner());
+            let mut caveats = self.caveats.write().unwrap_or_else(|e| e.into_inner());
+            for digest in &pruned.approvals {
+                approved.remove(digest);
+                caveats.remove(digest);
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+fn verdict_key(verdict: VerdictKind) -> String {
+    format!("{VERDICT_COUNT}{}", verdict.as_str())
+}
+
+/// Adds `delta` to the counter `key` (never below zero).
+fn add_to(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    key: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let now = meta.get(key).map_err(store_err)?.map_or(0, |v| v.value());
+    let next = now.saturating_add_signed(delta);
+    meta.insert(key, next).map_err(store_err)?;
+    Ok(())
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -637,6 +1054,7 @@ mod tests {
             unverified: false,
             break_glass: false,
             expires_at_ms: None,
+            refreshed_at_ms: 0,
         }
     }
 
@@ -664,13 +1082,13 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let r = store
-                .add_approvals_from("webhook/a", &[approval(1), approval(2)], 7, None)
+                .add_approvals_from("webhook/a", &[approval(1), approval(2)], 7, None, 0)
                 .unwrap();
             assert_eq!((r.added, r.generation), (2, 7));
             assert!(!r.holds_cluster_set);
             // Another replica's ledger counts on its own.
             let r = store
-                .add_approvals_from("webhook/b", &[approval(2), approval(3)], 3, Some(9))
+                .add_approvals_from("webhook/b", &[approval(2), approval(3)], 3, Some(9), 0)
                 .unwrap();
             assert_eq!((r.added, r.generation), (1, 3));
             assert!(
@@ -678,9 +1096,13 @@ mod tests {
                 "told of its cluster set at 9, holds 3"
             );
             // An older push does not move a generation back.
-            let r = store.add_approvals_from("webhook/a", &[], 5, None).unwrap();
+            let r = store
+                .add_approvals_from("webhook/a", &[], 5, None, 0)
+                .unwrap();
             assert_eq!(r.generation, 7);
-            let r = store.add_approvals_from("webhook/b", &[], 9, None).unwrap();
+            let r = store
+                .add_approvals_from("webhook/b", &[], 9, None, 0)
+                .unwrap();
             assert!(r.holds_cluster_set, "reaches the generation it was told of");
         }
         let store = Store::open(&path).unwrap();
@@ -701,7 +1123,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store
-                .add_approvals_from("w/a", &[unverified.clone(), approval(2)], 2, None)
+                .add_approvals_from("w/a", &[unverified.clone(), approval(2)], 2, None, 0)
                 .unwrap();
             assert!(store.approved(digest(1).as_str()).unwrap().unverified);
             assert!(!store.approved(digest(2).as_str()).unwrap().unverified);
@@ -712,7 +1134,7 @@ mod tests {
         assert!(store.approved(digest(1).as_str()).unwrap().unverified);
         // ...until the registry confirms it in another approval.
         store
-            .add_approvals_from("w/b", &[approval(1)], 1, None)
+            .add_approvals_from("w/b", &[approval(1)], 1, None, 0)
             .unwrap();
         assert!(!store.approved(digest(1).as_str()).unwrap().unverified);
         drop(store);
@@ -735,13 +1157,14 @@ mod tests {
                 &[glass(1, Some(now_ms() + 60_000)), glass(2, Some(1))],
                 2,
                 None,
+                0,
             )
             .unwrap();
         assert!(store.approved(digest(1).as_str()).unwrap().break_glass);
         assert_eq!(store.approved(digest(2).as_str()), None, "expired");
         // An approval by a rule outlives it.
         store
-            .add_approvals_from("w/b", &[approval(2)], 1, None)
+            .add_approvals_from("w/b", &[approval(2)], 1, None, 0)
             .unwrap();
         assert_eq!(store.approved(digest(2).as_str()), Some(Caveats::default()));
     }
@@ -779,5 +1202,243 @@ mod tests {
         let _first = Store::open(&path).unwrap();
         let err = Store::open(&path).err().expect("second open refused");
         assert!(err.to_string().contains("--state-dir"), "{err}");
+    }
+
+    fn container(key: &str, cgroup: &str, verdict: VerdictKind, d: Option<u8>) -> ContainerRecord {
+        ContainerRecord {
+            key: key.into(),
+            runtime_namespace: Some("k8s.io".into()),
+            id: Some(key.into()),
+            image: None,
+            digest: d.map(|n| digest(n).to_string()),
+            platform_digest: None,
+            pod: None,
+            cgroup: cgroup.into(),
+            verdict,
+            reason: String::new(),
+            first_seen_ms: 1,
+            decided_at_ms: 1,
+            gone_at_ms: None,
+        }
+    }
+
+    const DAY: u64 = 86_400_000;
+
+    #[test]
+    fn retention_drops_gone_containers_never_running_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        for (key, verdict) in [
+            ("running", VerdictKind::Admitted),
+            ("long-gone", VerdictKind::NeverAdmitted),
+            ("just-gone", VerdictKind::NeverAdmitted),
+        ] {
+            store
+                .put_container(&container(key, &format!("/{key}"), verdict, None))
+                .unwrap();
+        }
+        assert_eq!(
+            store
+                .count_with_verdict(VerdictKind::NeverAdmitted)
+                .unwrap(),
+            2
+        );
+        let now = now_ms();
+        store
+            .mark_gone(&["long-gone".into()], now - 8 * DAY)
+            .unwrap();
+        let keep = Retention {
+            records_ms: 7 * DAY,
+            max_containers: 100,
+            max_violations: 100,
+        };
+        // "just-gone"'s cgroup is gone: marked now, kept for the retention.
+        let pruned = store.prune(now, &keep, |c| c.cgroup == "/running").unwrap();
+        assert_eq!(pruned.containers, 1, "{pruned:?}");
+        let left = store.containers_page(None, "", 10, |_| true).unwrap().items;
+        let keys: Vec<&str> = left.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["just-gone", "running"]);
+        assert_eq!(left[0].gone_at_ms, Some(now));
+        assert_eq!(left[1].gone_at_ms, None);
+        assert_eq!(
+            store
+                .count_with_verdict(VerdictKind::NeverAdmitted)
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.count_with_verdict(VerdictKind::Admitted).unwrap(), 1);
+
+        // Over the count: gone records go, running ones never do.
+        let tight = Retention {
+            max_containers: 0,
+            ..keep
+        };
+        let pruned = store
+            .prune(now, &tight, |c| c.cgroup == "/running")
+            .unwrap();
+        assert_eq!(pruned.containers, 1);
+        let left = store.containers_page(None, "", 10, |_| true).unwrap().items;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].key, "running");
+        assert_eq!(store.pruned().unwrap().0, 2, "counted across passes");
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_violations_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let now = now_ms();
+        for at_ms in [now - 9 * DAY, now - 3, now - 2, now - 1] {
+            store
+                .add_violation(Violation {
+                    seq: 0,
+                    at_ms,
+                    container: "default/x".into(),
+                    pod: None,
+                    image: None,
+                    digest: None,
+                    verdict: VerdictKind::NeverAdmitted,
+                    reason: "never admitted".into(),
+                    enforced: false,
+                })
+                .unwrap();
+        }
+        let keep = Retention {
+            records_ms: 7 * DAY,
+            max_containers: 100,
+            max_violations: 2,
+        };
+        let pruned = store.prune(now, &keep, |_| true).unwrap();
+        assert_eq!(pruned.violations, 2, "one too old, one over the count");
+        let left = store.violations_page(0, 10, |_| true).unwrap().items;
+        let ats: Vec<u64> = left.iter().map(|v| v.at_ms).collect();
+        assert_eq!(ats, [now - 2, now - 1]);
+    }
+
+    #[test]
+    fn approvals_expire_after_the_senders_retention_unless_running_or_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let retention = 30 * DAY;
+        store
+            .add_approvals_from(
+                "w/a",
+                &[approval(1), approval(2), approval(3)],
+                3,
+                None,
+                retention,
+            )
+            .unwrap();
+        // 3 is also listed in the approvals file: the file's from now on.
+        store
+            .add_approvals(&[Approval {
+                source: "file:/etc/approvals".into(),
+                ..approval(3)
+            }])
+            .unwrap();
+        store
+            .put_container(&container(
+                "uses-2",
+                "/uses-2",
+                VerdictKind::Admitted,
+                Some(2),
+            ))
+            .unwrap();
+        let keep = Retention {
+            records_ms: 7 * DAY,
+            max_containers: 100,
+            max_violations: 100,
+        };
+        let now = now_ms();
+        // Inside the retention: nothing expires.
+        assert_eq!(
+            store.prune(now + DAY, &keep, |_| true).unwrap(),
+            Pruned::default()
+        );
+        let pruned = store.prune(now + retention + DAY, &keep, |_| true).unwrap();
+        assert_eq!(pruned.approvals, [digest(1)]);
+        assert!(
+            !store.is_approved(digest(1).as_str()),
+            "gone from memory too"
+        );
+        assert!(
+            store.is_approved(digest(2).as_str()),
+            "a running container uses it"
+        );
+        assert!(store.is_approved(digest(3).as_str()), "a file's approval");
+        assert_eq!(store.approval_count(), 2);
+        // Once the container is gone, its digest expires too.
+        let pruned = store
+            .prune(now + retention + 2 * DAY, &keep, |_| false)
+            .unwrap();
+        assert_eq!(pruned.approvals, [digest(2)]);
+        // A reopened store agrees.
+        drop(store);
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        assert_eq!(store.approval_count(), 1);
+        assert_eq!(store.pruned().unwrap().2, 2);
+    }
+
+    #[test]
+    fn without_a_sender_retention_approvals_never_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        store
+            .add_approvals_from("w/old", &[approval(1)], 1, None, 0)
+            .unwrap();
+        let keep = Retention {
+            records_ms: DAY,
+            max_containers: 10,
+            max_violations: 10,
+        };
+        let pruned = store.prune(now_ms() + 3650 * DAY, &keep, |_| true).unwrap();
+        assert!(pruned.approvals.is_empty());
+        assert!(store.is_approved(digest(1).as_str()));
+    }
+
+    #[test]
+    fn pages_follow_their_tokens_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        for n in 0..7u8 {
+            let verdict = if n % 2 == 0 {
+                VerdictKind::Admitted
+            } else {
+                VerdictKind::NeverAdmitted
+            };
+            store
+                .put_container(&container(&format!("ns/c{n}"), "/x", verdict, None))
+                .unwrap();
+        }
+        store
+            .put_container(&container("other/c", "/x", VerdictKind::Admitted, None))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .containers_page(after.as_deref(), "ns/", 2, |c| {
+                    c.verdict == VerdictKind::Admitted
+                })
+                .unwrap();
+            seen.extend(page.items.into_iter().map(|c| c.key));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["ns/c0", "ns/c2", "ns/c4", "ns/c6"]);
+        // A verdict that changes moves between counts.
+        assert_eq!(store.count_with_verdict(VerdictKind::Admitted).unwrap(), 5);
+        store
+            .put_container(&container("ns/c1", "/x", VerdictKind::Admitted, None))
+            .unwrap();
+        assert_eq!(store.count_with_verdict(VerdictKind::Admitted).unwrap(), 6);
+        assert_eq!(
+            store
+                .count_with_verdict(VerdictKind::NeverAdmitted)
+                .unwrap(),
+            2
+        );
     }
 }

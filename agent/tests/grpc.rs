@@ -70,11 +70,15 @@ impl Pki {
 
 impl Agent {
     fn start(pki: &Pki, socket: &Path, state: &Path) -> Self {
+        Self::start_with(pki, socket, state, &[])
+    }
+
+    fn start_with(pki: &Pki, socket: &Path, state: &Path, extra: &[&str]) -> Self {
         let _ = &pki.ca;
         let mut process = Process::start(
             "agent",
             Path::new(AGENT),
-            [
+            extra.iter().copied().chain([
                 "--containerd-socket",
                 socket.to_str().unwrap(),
                 "--state-dir",
@@ -93,7 +97,7 @@ impl Agent {
                 &pki.file("ca.pem"),
                 "--grpc-plaintext-address",
                 "127.0.0.1:0",
-            ],
+            ]),
         );
         let timeout = Duration::from_secs(30);
         process.wait_message("ready: watching container starts", timeout);
@@ -264,7 +268,11 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
         &method("ListApprovals"),
         &format!(r#"{{"digest": "{}"}}"#, digest(11)),
     );
-    assert_eq!(kept["total"], "1", "the good approval of the batch: {kept}");
+    assert_eq!(
+        grpcurl::count(&kept, "approvals"),
+        1,
+        "the good approval of the batch: {kept}"
+    );
     // What makes the whole request unusable is still an error.
     let body = format!(r#"{{"approvals": [{{"digest": "{}"}}]}}"#, digest(9));
     let (code, message) = grpcurl::error(&webhook, &method("PushApprovals"), &body);
@@ -303,8 +311,13 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
         &format!(r#"{{"digest": "{}"}}"#, digest(3)),
     );
     assert_eq!(
-        by_digest["total"], "1",
-        "a platform digest is an approval of its own"
+        grpcurl::count(&by_digest, "approvals"),
+        1,
+        "a platform digest is an approval of its own: {by_digest}"
+    );
+    assert!(
+        by_digest.get("total").is_none(),
+        "no total for a filtered list: {by_digest}"
     );
     let (code, message) = grpcurl::error(&plain, &method("ListApprovals"), r#"{"pageSize": 5000}"#);
     assert_eq!(code, "InvalidArgument");
@@ -379,7 +392,8 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
         "VERDICT_NEVER_ADMITTED"
     );
     let none = grpcurl::call(&plain, &method("ListViolations"), r#"{"afterSeq": 1}"#);
-    assert_eq!(none["total"], "0");
+    assert_eq!(grpcurl::count(&none, "violations"), 0, "{none}");
+    assert!(none.get("total").is_none(), "no total after a seq: {none}");
 
     // Status, over mTLS this time.
     let status = grpcurl::call(&webhook, &method("GetStatus"), "{}");
@@ -534,4 +548,128 @@ async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not a loopback address"), "{stderr}");
+}
+
+/// Polls `check` every 200 ms for up to 30 s; panics with `what` after.
+fn eventually(what: &str, mut check: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_what_is_gone_and_expires_what_no_webhook_keeps() {
+    require_root();
+    let registry = Registry::plain();
+    registry.push_runnable_image("pause", "1", "pause").await;
+    let kept_digest = registry
+        .push_runnable_image("team/kept", "1", "retention-kept")
+        .await;
+    registry
+        .push_runnable_image("team/short", "1", "retention-short")
+        .await;
+    let (kept, short) = (
+        format!("{}/team/kept:1", registry.host),
+        format!("{}/team/short:1", registry.host),
+    );
+    let containerd = TestContainerd::start(&registry, &format!("{}/pause:1", registry.host));
+    containerd.pull("default", &kept);
+    containerd.pull("default", &short);
+    let pki = Pki::new();
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        &pki,
+        &containerd.socket,
+        state.path(),
+        &[
+            "--prune-interval",
+            "500ms",
+            "--forget-interval",
+            "500ms",
+            "--record-retention",
+            "3s",
+        ],
+    );
+    let plain = agent.plain.clone();
+    let webhook = pki.client(&agent.tls_address, "imagegate-webhook");
+
+    // A webhook whose ledger keeps records 4 s approves the running image
+    // and one no container uses.
+    let push = format!(
+        r#"{{"ledger": "l1", "generation": 2, "retentionSeconds": 4,
+             "approvals": [{{"digest": "{kept_digest}"}}, {{"digest": "{}"}}]}}"#,
+        digest(7)
+    );
+    grpcurl::call(&webhook, &method("PushApprovals"), &push);
+    let suffix = std::process::id();
+    let (kept_id, short_id) = (
+        format!("retention-kept-{suffix}"),
+        format!("retention-short-{suffix}"),
+    );
+    containerd.run("default", &kept, &kept_id, &[]);
+    containerd.run("default", &short, &short_id, &[]);
+    let verdict = |id: &str| {
+        let answer = grpcurl::call(
+            &plain,
+            &method("ListContainers"),
+            &format!(r#"{{"keyPrefix": "default/{id}"}}"#),
+        );
+        answer["containers"][0].clone()
+    };
+    eventually("both containers judged", || {
+        let (k, s) = (verdict(&kept_id), verdict(&short_id));
+        (k["verdict"] == "VERDICT_ADMITTED" && s["verdict"] == "VERDICT_NEVER_ADMITTED")
+            .then_some(Value::Null)
+    });
+    let violations = grpcurl::call(&plain, &method("ListViolations"), "{}");
+    assert_eq!(violations["total"], "1", "{violations}");
+
+    // The unapproved container ends: marked gone, then dropped with its
+    // violation once the record retention has passed.
+    // (`delete -f` kills the task and removes it, and runc its cgroup, as
+    // the kubelet does when a pod ends.)
+    containerd.ctr("default", &["tasks", "delete", "-f", &short_id]);
+    let gone = eventually("the ended container marked gone", || {
+        let record = verdict(&short_id);
+        (record["goneAtUnixMs"] != "0").then_some(record)
+    });
+    assert_eq!(verdict(&kept_id)["goneAtUnixMs"], "0", "the other one runs");
+    assert_eq!(gone["verdict"], "VERDICT_NEVER_ADMITTED", "{gone}");
+    eventually("the gone container dropped", || {
+        verdict(&short_id).is_null().then_some(Value::Null)
+    });
+    eventually("its violation dropped", || {
+        let violations = grpcurl::call(&plain, &method("ListViolations"), "{}");
+        (violations["total"] == "0").then_some(violations)
+    });
+
+    // The approval no container uses expires after the ledger's retention;
+    // the running container's does not.
+    let status = eventually("the unused approval expired", || {
+        let status = grpcurl::call(&plain, &method("GetStatus"), "{}");
+        (status["counters"]["approvalsExpired"] == "1").then_some(status)
+    });
+    let held = grpcurl::call(&plain, &method("ListApprovals"), "{}");
+    assert_eq!(held["total"], "1", "{held}");
+    assert_eq!(
+        held["approvals"][0]["digest"],
+        kept_digest.as_str(),
+        "{held}"
+    );
+    let counters = &status["counters"];
+    assert_eq!(counters["containersPruned"], "1", "{status}");
+    assert_eq!(counters["violationsPruned"], "1", "{status}");
+    assert_eq!(
+        verdict(&kept_id)["verdict"],
+        "VERDICT_ADMITTED",
+        "the running container is kept and still admitted"
+    );
+    let containers = grpcurl::call(&plain, &method("ListContainers"), "{}");
+    assert_eq!(containers["total"], "1", "{containers}");
+    drop(registry);
 }

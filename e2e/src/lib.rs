@@ -405,7 +405,7 @@ impl Stack {
         loop {
             let (_, answer) =
                 self.grpcurl("ListApprovals", &format!(r#"{{"digest": "{digest}"}}"#))?;
-            if answer["total"] != "0" {
+            if grpcurl::count(&answer, "approvals") > 0 {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {

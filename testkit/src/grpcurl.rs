@@ -135,3 +135,9 @@ pub fn command(target: &Target, args: &[&str], rest: &[&str]) -> Command {
     command.args(args).arg(address).args(rest);
     command
 }
+
+/// How many items the list `field` of a grpcurl answer holds; grpcurl
+/// leaves an empty list out of its JSON.
+pub fn count(answer: &serde_json::Value, field: &str) -> usize {
+    answer[field].as_array().map_or(0, Vec::len)
+}

@@ -119,7 +119,7 @@ async fn holds(agent: &mut Agent, digest: &str) -> bool {
             ..Default::default()
         })
         .await
-        .map(|r| r.into_inner().total > 0)
+        .map(|r| !r.into_inner().approvals.is_empty())
         .unwrap_or(false)
 }
 

@@ -300,6 +300,12 @@ impl Ledger {
     }
 
     /// This ledger's id (random, made when the file was created).
+    /// How long a record is kept without being admitted (or adopted) again;
+    /// agents are told, so they expire what no webhook keeps any more.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

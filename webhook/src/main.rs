@@ -157,6 +157,11 @@ struct ServeArgs {
     /// imagegate.
     #[arg(long, env = "IMAGEGATE_ADOPT_RUNNING_PODS", value_enum, default_value_t = OnOff::On)]
     adopt_running_pods: OnOff,
+    /// Rebuild the admitted set again this often ("0s": only at start), so
+    /// pods that run longer than --ledger-retention keep their approvals.
+    /// Keep it well below --ledger-retention.
+    #[arg(long, env = "IMAGEGATE_ADOPT_INTERVAL", default_value = "1day", value_parser = humantime::parse_duration)]
+    adopt_interval: Duration,
     /// A kubeconfig to reach the apiserver with, outside a cluster.
     #[arg(long, env = "IMAGEGATE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -497,6 +502,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     policy.clone(),
                     resolver.clone(),
                     ledger.clone(),
+                    Some(args.adopt_interval).filter(|d| !d.is_zero()),
                 ));
             }
             Err(e) => tracing::warn!(
@@ -509,6 +515,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "no --ledger: the admitted set is not rebuilt from the cluster (nothing to record it in)"
         ),
         (_, OnOff::Off) => {}
+    }
+    if !args.adopt_interval.is_zero() && args.adopt_interval >= args.ledger_retention {
+        bail!(
+            "--adopt-interval {} is not shorter than --ledger-retention {}: approvals of pods \
+             running longer than the retention would expire between two rebuilds. Rebuild more \
+             often, or keep records longer",
+            humantime::format_duration(args.adopt_interval),
+            humantime::format_duration(args.ledger_retention)
+        );
     }
     let resolving = resolver.is_some();
     let largest_mib = limits::MAX_REVIEW_BYTES.div_ceil(1024 * 1024);

@@ -101,6 +101,7 @@ fn approval_in(
             expires_at_ms: u64::try_from(approval.expires_at_unix_ms)
                 .ok()
                 .filter(|at| *at > 0),
+            refreshed_at_ms: received_at_ms,
         };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
             let platform =
@@ -217,6 +218,7 @@ pub fn container_out(record: &ContainerRecord) -> pb::Container {
         reason: record.reason.clone(),
         first_seen_unix_ms: record.first_seen_ms as i64,
         decided_at_unix_ms: record.decided_at_ms as i64,
+        gone_at_unix_ms: record.gone_at_ms.unwrap_or(0) as i64,
     }
 }
 

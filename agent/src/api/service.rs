@@ -14,7 +14,7 @@ use super::{
 use crate::{
     digest::Digest,
     engine::{self, Mode},
-    store::{ContainerRecord, Store},
+    store::Store,
 };
 
 /// Facts fixed at start-up, for `GetStatus`.
@@ -94,6 +94,7 @@ impl AgentApi {
         approvals: Vec<pb::Approval>,
         generation: u64,
         cluster_set_generation: Option<u64>,
+        retention_seconds: u64,
     ) -> Result<(u32, u64, Vec<pb::Rejected>), Status> {
         let checked = convert::approvals_in("approvals", approvals, &source)?;
         if !checked.rejected.is_empty() {
@@ -112,7 +113,13 @@ impl AgentApi {
         let store = self.store();
         let from = source.clone();
         let received = tokio::task::spawn_blocking(move || {
-            store.add_approvals_from(&from, &approvals, generation, cluster_set_generation)
+            store.add_approvals_from(
+                &from,
+                &approvals,
+                generation,
+                cluster_set_generation,
+                retention_seconds.saturating_mul(1000),
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -138,29 +145,15 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// The items after `token` (by `key`), a page of them, the next token and
-/// the total.
-fn page<T, K: PartialOrd + ToString>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> K,
-    after: Option<K>,
-    size: usize,
-) -> (Vec<T>, String, u64) {
-    let total = items.len() as u64;
-    let mut page: Vec<T> = items
-        .into_iter()
-        .filter(|item| after.as_ref().is_none_or(|a| key(item) > *a))
-        .take(size + 1)
-        .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last()
-            .map(|last| key(last).to_string())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    (page, next, total)
+/// Runs a store read on a blocking thread: reads decode records, and the
+/// engine's verdicts must never wait behind them on the runtime's threads.
+async fn read<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
 }
 
 /// The repository of a reference: `host/path` without tag or digest.
@@ -186,6 +179,7 @@ impl AgentService for AgentApi {
                 body.approvals,
                 body.generation,
                 body.cluster_set_generation,
+                body.retention_seconds,
             )
             .await?;
         Ok(Response::new(pb::PushApprovalsResponse {
@@ -215,6 +209,7 @@ impl AgentService for AgentApi {
                 body.approvals,
                 body.generation,
                 body.cluster_set_generation,
+                body.retention_seconds,
             )
             .await?;
         Ok(Response::new(pb::SyncApprovalsResponse {
@@ -244,45 +239,32 @@ impl AgentService for AgentApi {
             })
             .transpose()?;
         let store = self.store();
-        let keep = |a: &crate::store::Approval| {
-            (q.namespace.is_empty() || a.namespace.as_deref() == Some(q.namespace.as_str()))
-                && (q.repository.is_empty()
-                    || a.reference.as_deref().map(repository) == Some(q.repository.as_str()))
+        let (namespace, wanted_repository, digest) = (q.namespace, q.repository, q.digest);
+        let filtered = !namespace.is_empty() || !wanted_repository.is_empty();
+        let keep = move |a: &crate::store::Approval| {
+            (namespace.is_empty() || a.namespace.as_deref() == Some(namespace.as_str()))
+                && (wanted_repository.is_empty()
+                    || a.reference.as_deref().map(repository) == Some(wanted_repository.as_str()))
         };
         // A digest is a point lookup; everything else walks the table in
         // digest order from the page token, as far as the page needs.
-        let (page, more, total) = if !q.digest.is_empty() {
-            let found: Vec<_> = store
-                .approval(&q.digest)
-                .map_err(internal)?
-                .filter(|a| keep(a) && after.as_deref().is_none_or(|t| a.digest.as_str() > t))
-                .into_iter()
-                .collect();
-            let total = found.len() as u64;
-            (found, false, total)
-        } else {
-            let (page, more) = store
-                .approvals_after(after.as_deref(), size, keep)
-                .map_err(internal)?;
-            let total = if q.namespace.is_empty() && q.repository.is_empty() {
-                store.approval_count() as u64
+        let total = (!filtered && digest.is_empty()).then(|| store.approval_count() as u64);
+        let page = read(move || {
+            if digest.is_empty() {
+                store.approvals_after(after.as_deref(), size, keep)
             } else {
-                // Filtered totals count every match: a full walk.
-                store
-                    .approvals_after(None, usize::MAX, keep)
-                    .map_err(internal)?
-                    .0
-                    .len() as u64
-            };
-            (page, more, total)
-        };
-        let next_page_token = if more {
-            page.last()
-                .map(|a| a.digest.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+                let found = store
+                    .approval(&digest)?
+                    .filter(|a| keep(a) && after.as_deref().is_none_or(|t| a.digest.as_str() > t));
+                Ok(crate::store::Page {
+                    items: found.into_iter().collect(),
+                    next: None,
+                })
+            }
+        })
+        .await?;
+        let next_page_token = page.next.unwrap_or_default();
+        let page = page.items;
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals: page.iter().map(convert::approval_out).collect(),
             next_page_token,
@@ -298,19 +280,24 @@ impl AgentService for AgentApi {
         let size = convert::page_size(q.page_size)?;
         let verdict = convert::verdict_in("verdict", q.verdict)?;
         let after = (!q.page_token.is_empty()).then(|| q.page_token.clone());
-        let mut containers: Vec<ContainerRecord> = self.store().containers().map_err(internal)?;
-        containers.retain(|c| {
-            verdict.is_none_or(|v| c.verdict == v)
-                && (q.pod_namespace.is_empty()
-                    || c.pod.as_ref().map(|p| p.namespace.as_str())
-                        == Some(q.pod_namespace.as_str()))
-                && c.key.starts_with(&q.key_prefix)
-        });
-        containers.sort_by(|a, b| a.key.cmp(&b.key));
-        let (page, next_page_token, total) = page(containers, |c| c.key.clone(), after, size);
+        let store = self.store();
+        let (namespace, prefix) = (q.pod_namespace, q.key_prefix);
+        let total = match (namespace.is_empty() && prefix.is_empty(), verdict) {
+            (true, None) => Some(store.counts().map_err(internal)?.0),
+            (true, Some(v)) => Some(store.count_with_verdict(v).map_err(internal)?),
+            (false, _) => None,
+        };
+        let page = read(move || {
+            store.containers_page(after.as_deref(), &prefix, size, |c| {
+                verdict.is_none_or(|v| c.verdict == v)
+                    && (namespace.is_empty()
+                        || c.pod.as_ref().map(|p| p.namespace.as_str()) == Some(namespace.as_str()))
+            })
+        })
+        .await?;
         Ok(Response::new(pb::ListContainersResponse {
-            containers: page.iter().map(convert::container_out).collect(),
-            next_page_token,
+            containers: page.items.iter().map(convert::container_out).collect(),
+            next_page_token: page.next.unwrap_or_default(),
             total,
         }))
     }
@@ -321,26 +308,31 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ListViolationsResponse>, Status> {
         let q = request.into_inner();
         let size = convert::page_size(q.page_size)?;
-        let after =
-            if q.page_token.is_empty() {
-                None
-            } else {
-                Some(q.page_token.parse::<u64>().map_err(|_| {
-                    Status::invalid_argument("page_token: not a token this agent gave")
-                })?)
-            };
-        let mut violations = self.store().violations().map_err(internal)?;
-        violations.retain(|v| {
-            v.seq > q.after_seq
-                && (q.container.is_empty() || v.container == q.container)
-                && (q.pod_namespace.is_empty()
-                    || v.pod.as_ref().map(|p| p.namespace.as_str())
-                        == Some(q.pod_namespace.as_str()))
-        });
-        let (page, next_page_token, total) = page(violations, |v| v.seq, after, size);
+        let after = if q.page_token.is_empty() {
+            0
+        } else {
+            q.page_token
+                .parse::<u64>()
+                .map_err(|_| Status::invalid_argument("page_token: not a token this agent gave"))?
+        };
+        let store = self.store();
+        let (container, namespace) = (q.container, q.pod_namespace);
+        let total = (container.is_empty() && namespace.is_empty() && q.after_seq == 0)
+            .then(|| store.counts().map(|(_, violations)| violations))
+            .transpose()
+            .map_err(internal)?;
+        let from = after.max(q.after_seq);
+        let page = read(move || {
+            store.violations_page(from, size, |v| {
+                (container.is_empty() || v.container == container)
+                    && (namespace.is_empty()
+                        || v.pod.as_ref().map(|p| p.namespace.as_str()) == Some(namespace.as_str()))
+            })
+        })
+        .await?;
         Ok(Response::new(pb::ListViolationsResponse {
-            violations: page.iter().map(convert::violation_out).collect(),
-            next_page_token,
+            violations: page.items.iter().map(convert::violation_out).collect(),
+            next_page_token: page.next.map(|seq| seq.to_string()).unwrap_or_default(),
             total,
         }))
     }
@@ -410,6 +402,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::Status>, Status> {
         let store = self.store();
         let (containers, violations) = store.counts().map_err(internal)?;
+        let (containers_pruned, violations_pruned, approvals_expired) =
+            store.pruned().map_err(internal)?;
         let c = &self.ctx.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let sources = store
@@ -443,6 +437,9 @@ impl AgentService for AgentApi {
                 never_admitted: load(&c.never_admitted),
                 exempt: load(&c.exempt),
                 unknown: load(&c.unknown),
+                containers_pruned,
+                violations_pruned,
+                approvals_expired,
             }),
             sources,
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -472,16 +469,5 @@ mod tests {
             repository("registry.test/app@sha256:abcd"),
             "registry.test/app"
         );
-    }
-
-    #[test]
-    fn pages_walk_everything_once() {
-        let items: Vec<u64> = (1..=25).collect();
-        let (first, next, total) = page(items.clone(), |v| *v, None, 10);
-        assert_eq!((first.len(), next.as_str(), total), (10, "10", 25));
-        let (second, next, _) = page(items.clone(), |v| *v, Some(10), 10);
-        assert_eq!(second.first(), Some(&11));
-        let (last, next, _) = page(items, |v| *v, Some(next.parse().unwrap()), 10);
-        assert_eq!((last.len(), next.as_str()), (5, ""));
     }
 }

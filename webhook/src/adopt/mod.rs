@@ -209,15 +209,24 @@ async fn add_children(resolver: &Arc<Resolver>, approvals: &mut [Approval]) {
 
 /// Lists the cluster's pods until it works, adopts what the policy in force
 /// allows, records it and marks the ledger as holding the cluster set.
+/// Rebuilds the admitted set now (retrying until it works), then again
+/// every `every` if given. Running again keeps the digests of long-running
+/// pods fresh: no admission refreshes them, and a ledger (and every agent
+/// told its retention) expires a record not admitted or adopted within its
+/// retention.
 pub async fn run(
     source: impl PodSource,
     policy: Arc<PolicyStore>,
     resolver: Option<Arc<Resolver>>,
     ledger: Arc<Ledger>,
+    every: Option<Duration>,
 ) {
     loop {
         match once(&source, &policy, resolver.as_ref(), &ledger).await {
-            Ok(()) => return,
+            Ok(()) => match every {
+                Some(every) => tokio::time::sleep(every).await,
+                None => return,
+            },
             Err(e) => {
                 warn!(error = %e, retry_in = ?RETRY, "could not rebuild the admitted set from the cluster");
                 tokio::time::sleep(RETRY).await;
@@ -446,10 +455,78 @@ mod tests {
             )],
         )];
         let store = PolicyStore::fixed(policy());
-        run(Listed(pods), store, None, ledger.clone()).await;
+        run(Listed(pods), store, None, ledger.clone(), None).await;
         let all = ledger.all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].origin, Origin::Adopted);
         assert_eq!(ledger.cluster_set().unwrap(), Some(1));
+    }
+
+    /// A cluster whose second listing shows one more pod.
+    struct Growing(std::sync::Mutex<Vec<Vec<Value>>>);
+
+    impl PodSource for Growing {
+        async fn list(&self) -> Result<Vec<Value>, cluster::ClusterError> {
+            let mut lists = self.0.lock().unwrap();
+            Ok(if lists.len() > 1 {
+                lists.remove(0)
+            } else {
+                lists[0].clone()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn rebuilds_again_at_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(
+            Ledger::open(&dir.path().join("l.redb"), Duration::from_secs(3600), 100).unwrap(),
+        );
+        let web = pod(
+            "shop",
+            "web",
+            "Running",
+            &[(
+                "web",
+                "registry.shop/web:1",
+                Some(&format!("registry.shop/web@{D1}")),
+            )],
+        );
+        let api = pod(
+            "shop",
+            "api",
+            "Running",
+            &[(
+                "api",
+                "registry.shop/api:1",
+                Some(&format!("registry.shop/api@{D2}")),
+            )],
+        );
+        let source = Growing(std::sync::Mutex::new(vec![
+            vec![web.clone()],
+            vec![web, api],
+        ]));
+        let task = tokio::spawn(run(
+            source,
+            PolicyStore::fixed(policy()),
+            None,
+            ledger.clone(),
+            Some(Duration::from_millis(20)),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ledger.all().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never rebuilt again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!task.is_finished(), "keeps rebuilding");
+        task.abort();
+        let mut digests: Vec<String> = ledger
+            .all()
+            .unwrap()
+            .iter()
+            .map(|a| a.digest.to_string())
+            .collect();
+        digests.sort();
+        assert_eq!(digests, [D1, D2]);
     }
 }

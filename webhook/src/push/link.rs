@@ -74,6 +74,7 @@ async fn session(
     let channel = connect(address, pusher).await?;
     let mut client = AgentServiceClient::new(channel);
     let ledger_id = pusher.ledger.id().to_string();
+    let retention_seconds = pusher.ledger.retention().as_secs();
     let mut changes = pusher.ledger.subscribe();
     let mut held = held_generation(&mut client, &ledger_id).await?;
     info!(agent = %address, held, "connected to agent");
@@ -102,6 +103,7 @@ async fn session(
                         generation: held,
                         ledger: ledger_id.clone(),
                         cluster_set_generation: cluster_set,
+                        retention_seconds,
                     })
                     .await
                     .map_err(|status| LinkError::Rpc {
@@ -131,6 +133,7 @@ async fn session(
                     generation: last,
                     ledger: ledger_id.clone(),
                     cluster_set_generation: cluster_set,
+                    retention_seconds,
                 })
                 .await
                 .map(|r| {
@@ -144,6 +147,7 @@ async fn session(
                     generation: last,
                     ledger: ledger_id.clone(),
                     cluster_set_generation: cluster_set,
+                    retention_seconds,
                 })
                 .await
                 .map(|r| {
@@ -374,6 +378,7 @@ mod tests {
             generation: last,
             ledger: "x".repeat(32),
             cluster_set_generation: None,
+            retention_seconds: u64::MAX,
         };
         assert!(
             request.encoded_len() <= MAX_BATCH_BYTES + 1024,

@@ -1,0 +1,86 @@
+//! Keeps the agent's state bounded on a node that runs for months.
+//!
+//! Every pass (at start, then every `--prune-interval`): container records
+//! whose cgroup is gone are marked gone; gone containers and violations
+//! older than `--record-retention`, or beyond `--max-container-records` /
+//! `--max-violations`, are dropped (oldest first; a running container's
+//! record never is); approvals no webhook pushed again within the longest
+//! ledger retention webhooks announced expire, except digests a running
+//! container uses and approvals from `--approvals-file`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    metrics::{EventLabels, Metrics},
+    store::{ContainerRecord, Pruned, Retention, Store, StoreError, now_ms},
+};
+
+/// When retention runs and what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub keep: Retention,
+    pub every: Duration,
+}
+
+/// One pass: marks, drops and counts. Blocking (one store transaction over
+/// every record); call from a blocking thread.
+pub fn prune_once(
+    store: &Store,
+    key_root: &Path,
+    keep: &Retention,
+    metrics: &Metrics,
+) -> Result<Pruned, StoreError> {
+    let alive = |record: &ContainerRecord| {
+        // A record with no cgroup path cannot be checked: kept as alive,
+        // so retention never drops what it cannot prove is gone.
+        record.cgroup.is_empty()
+            || key_root
+                .join(record.cgroup.trim_start_matches('/'))
+                .exists()
+    };
+    let pruned = store.prune(now_ms(), keep, alive)?;
+    for (kind, count) in [
+        ("container", pruned.containers),
+        ("violation", pruned.violations),
+        ("approval", pruned.approvals.len() as u64),
+    ] {
+        metrics
+            .pruned
+            .get_or_create(&EventLabels { kind })
+            .inc_by(count);
+    }
+    metrics.approvals.set(store.approval_count() as i64);
+    Ok(pruned)
+}
+
+/// Runs a pass now and then every `config.every`, for the agent's life.
+/// `key_root` is the cgroup hierarchy container records' paths are in.
+pub async fn run(store: Arc<Store>, key_root: PathBuf, metrics: Arc<Metrics>, config: Config) {
+    loop {
+        let (store, key_root, metrics) = (store.clone(), key_root.clone(), metrics.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            prune_once(&store, &key_root, &config.keep, &metrics)
+        })
+        .await;
+        match pass {
+            Ok(Ok(pruned)) if pruned != Pruned::default() => info!(
+                containers = pruned.containers,
+                violations = pruned.violations,
+                approvals = pruned.approvals.len(),
+                "retention: records dropped"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "retention pass failed; state keeps growing until one works")
+            }
+            Err(e) => warn!(error = %e, "retention pass panicked"),
+        }
+        tokio::time::sleep(config.every).await;
+    }
+}
