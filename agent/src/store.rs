@@ -650,21 +650,29 @@ impl Store {
 
     /// Stores a container's record, keeping the counts by verdict.
     pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(store_err)?;
+        self.put_containers(std::slice::from_ref(record))
+    }
+
+    /// Stores records in one transaction (one disk sync for all), keeping
+    /// the counts by verdict.
+    pub fn put_containers(&self, records: &[ContainerRecord]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut table = txn.open_table(CONTAINERS).map_err(store_err)?;
-            let before: Option<ContainerRecord> = table
-                .insert(record.key.as_str(), bytes.as_slice())
-                .map_err(store_err)?
-                .map(|old| decode(old.value()))
-                .transpose()?;
-            if before.as_ref().map(|b| b.verdict) != Some(record.verdict) {
-                let mut meta = txn.open_table(META).map_err(store_err)?;
-                if let Some(before) = before {
-                    add_to(&mut meta, &verdict_key(before.verdict), -1)?;
+            let mut meta = txn.open_table(META).map_err(store_err)?;
+            for record in records {
+                let bytes = serde_json::to_vec(record).map_err(store_err)?;
+                let before: Option<ContainerRecord> = table
+                    .insert(record.key.as_str(), bytes.as_slice())
+                    .map_err(store_err)?
+                    .map(|old| decode(old.value()))
+                    .transpose()?;
+                if before.as_ref().map(|b| b.verdict) != Some(record.verdict) {
+                    if let Some(before) = before {
+                        add_to(&mut meta, &verdict_key(before.verdict), -1)?;
+                    }
+                    add_to(&mut meta, &verdict_key(record.verdict), 1)?;
                 }
-                add_to(&mut meta, &verdict_key(record.verdict), 1)?;
             }
         }
         txn.commit().map_err(store_err)

@@ -48,7 +48,7 @@ enum Task {
     },
     /// Run benchmarks and write a report under target/bench/.
     Bench {
-        /// One benchmark (webhook, agent, push); all when omitted.
+        /// One benchmark (webhook, agent, push, hostile); all when omitted.
         name: Option<String>,
     },
     /// Build the webhook and agent container images as OCI layouts under

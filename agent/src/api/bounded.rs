@@ -30,8 +30,9 @@ use tracing::{debug, warn};
 pub struct ListenerBounds {
     pub connections: usize,
     pub per_address: usize,
-    /// A connection moving no byte this long is closed (HTTP/2 keepalive
-    /// pings, every 20 s, keep live ones moving).
+    /// A connection moving no byte this long is closed: one that never
+    /// finishes its TLS handshake or sends a request, since HTTP/2
+    /// keepalive pings (every 20 s) keep established ones moving.
     pub idle: Duration,
 }
 
@@ -40,20 +41,20 @@ impl ListenerBounds {
     pub const MTLS: Self = Self {
         connections: 64,
         per_address: 16,
-        idle: Duration::from_secs(120),
+        idle: Duration::from_secs(30),
     };
     /// The health listener: the kubelet's probes, one short connection
     /// each.
     pub const HEALTH: Self = Self {
         connections: 32,
         per_address: 16,
-        idle: Duration::from_secs(60),
+        idle: Duration::from_secs(30),
     };
     /// The loopback listener: grpcurl on the node.
     pub const LOOPBACK: Self = Self {
         connections: 32,
         per_address: 32,
-        idle: Duration::from_secs(120),
+        idle: Duration::from_secs(30),
     };
 
     pub fn slots(&self) -> ConnectionSlots {

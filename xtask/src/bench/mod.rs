@@ -3,6 +3,7 @@
 //! This machine is shared and noisy: compare ratios within one run.
 
 mod agent;
+mod hostile;
 mod procfs;
 mod push;
 mod report;
@@ -32,11 +33,13 @@ pub fn run(paths: &Paths, which: Option<&str>) -> Result<()> {
             webhook::run(paths, &mut report)?;
             agent::run(paths, &mut report)?;
             push::run(paths, &mut report)?;
+            hostile::run(paths, &mut report)?;
         }
         Some("webhook") => webhook::run(paths, &mut report)?,
         Some("agent") => agent::run(paths, &mut report)?,
         Some("push") => push::run(paths, &mut report)?,
-        Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent, push"),
+        Some("hostile") => hostile::run(paths, &mut report)?,
+        Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent, push, hostile"),
     }
     report.write(&paths.target.join("bench"))
 }

@@ -1,0 +1,156 @@
+//! Hostile-client figures for `cargo xtask bench hostile` (run as root: the
+//! webhook runs in a memory cgroup of the chart's limit, 256 MiB). Prints
+//! one JSON object: for a quiet baseline and each attack, the webhook's
+//! resident memory before, at the peak and after, and the latency of a
+//! well-behaved client sending the apiserver's review from 127.0.0.1 while
+//! it runs. The same attacks as `webhook/tests/hostile.rs`, measured
+//! rather than asserted.
+//!
+//! Usage: hostile_bench WEBHOOK-BINARY
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use imagegate_testkit::{
+    ca::Ca,
+    cgroup::MemoryCgroup,
+    hostile::{self, AttackSummary, Target, Watched},
+    process::Process,
+};
+use serde_json::{Value, json};
+
+const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
+const MIB: usize = 1024 * 1024;
+const POLICY: &str = include_str!("../../deploy/policy/example-policy.yaml");
+const REVIEW: &str = include_str!("../tests/fixtures/apiserver-v1.28/admissionreview-3.json");
+
+fn start(binary: &Path, dir: &Path, cgroup: &MemoryCgroup) -> (Process, SocketAddr) {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut webhook = Process::start_with(
+        "webhook",
+        binary,
+        [
+            "serve".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--adopt-running-pods".into(),
+            "off".into(),
+            "--digest-resolution".into(),
+            "off".into(),
+            "--cert".into(),
+            file("tls.crt"),
+            "--key".into(),
+            file("tls.key"),
+            "--policy".into(),
+            file("policy.yaml"),
+        ],
+        |command| cgroup.run_inside(command),
+    );
+    let serving = webhook.wait_message(
+        "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
+        Duration::from_secs(20),
+    );
+    let address = serving["fields"]["listen"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .expect("the webhook logs its address");
+    (webhook, address)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let binary = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .expect("usage: hostile_bench WEBHOOK-BINARY"),
+    );
+    let ca = Ca::new("imagegate hostile bench CA");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let leaf = ca.server("webhook");
+    std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let cgroup = MemoryCgroup::new("webhook-hostile-bench", CHART_MEMORY_LIMIT);
+    let (mut webhook, address) = start(&binary, dir.path(), &cgroup);
+    let target = Target::new(address, "localhost", &ca.pem());
+    let fixture: Value = serde_json::from_str(REVIEW).expect("the fixture is JSON");
+    let watched = Watched {
+        pid: webhook.child.id(),
+        cgroup: Some(&cgroup),
+        target: target.clone(),
+        path: "/validate".into(),
+        body: serde_json::to_vec(&fixture["body"]).unwrap(),
+    };
+    let attacker = |n: u8| IpAddr::from([127, 0, 0, n]);
+    let mut phases = Vec::new();
+    // Warm-up (not reported), then a quiet baseline as long as an attack.
+    hostile::phase("warm-up", &watched, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        AttackSummary::default()
+    })
+    .await;
+    phases.push(
+        hostile::phase("baseline (no attack, 5 s)", &watched, async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            AttackSummary::default()
+        })
+        .await,
+    );
+    phases.push(
+        hostile::phase("100 slow bodies (2.9 of 3 MiB each)", &watched, async {
+            let attack = hostile::slow_bodies(
+                &target,
+                attacker(2),
+                100,
+                "/validate",
+                3 * MIB,
+                29 * MIB / 10,
+                Duration::from_secs(30),
+            );
+            AttackSummary::of_connections(&attack.outcomes().await)
+        })
+        .await,
+    );
+    phases.push(
+        hostile::phase("500 half-sent request heads", &watched, async {
+            let attack = hostile::half_headers(&target, attacker(3), 500, Duration::from_secs(30));
+            AttackSummary::of_connections(&attack.outcomes().await)
+        })
+        .await,
+    );
+    phases.push(
+        hostile::phase(
+            "2 HTTP/2 connections x 200 streams (2.9 MiB each, never finished)",
+            &watched,
+            async {
+                let started = Instant::now();
+                let outcomes = hostile::h2_streams(
+                    &target,
+                    attacker(4),
+                    2,
+                    200,
+                    "/validate",
+                    29 * MIB / 10,
+                    Duration::from_secs(40),
+                )
+                .await;
+                AttackSummary::of_streams(&outcomes, started)
+            },
+        )
+        .await,
+    );
+    let alive = webhook.child.try_wait().ok().flatten().is_none();
+    webhook.stop();
+    println!(
+        "{}",
+        json!({
+            "memory_limit_mib": CHART_MEMORY_LIMIT / MIB as u64,
+            "webhook_alive_after": alive,
+            "oom_kills": cgroup.oom_kills(),
+            "phases": phases,
+        })
+    );
+}
