@@ -40,6 +40,12 @@ const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Why the probe could not start. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The binary was built without `IMAGEGATE_EBPF_OBJECT` (agent/build.rs).
+    #[error(
+        "this agent was built without its eBPF object (IMAGEGATE_EBPF_OBJECT was not set); \
+         build it with `cargo xtask build` (or use the release image)"
+    )]
+    NoObject,
     /// Kernel struct offsets were not found in BTF.
     #[error(transparent)]
     Offsets(#[from] OffsetError),
@@ -148,6 +154,9 @@ impl Probe {
         layout.filter_key = options.filter_key;
         layout.report_all = u32::from(options.report_all);
 
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
         raise_memlock_limit();
         // One parse of the kernel's BTF for aya: the loader (no CO-RE
         // relocations in our object, but aya checks the kernel's features

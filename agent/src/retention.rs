@@ -1,6 +1,7 @@
 //! Keeps the agent's state bounded on a node that runs for months.
 //!
-//! Every pass (at start, then every `--prune-interval`): container records
+//! Every pass (every `--prune-interval`, the first one interval after
+//! start): container records
 //! whose cgroup is gone are marked gone; gone containers and violations
 //! older than `--record-retention`, or beyond `--max-container-records` /
 //! `--max-violations`, are dropped (oldest first; a running container's
@@ -59,10 +60,14 @@ pub fn prune_once(
     Ok(pruned)
 }
 
-/// Runs a pass now and then every `config.every`, for the agent's life.
+/// Runs a pass every `config.every`, for the agent's life. The first waits
+/// one interval too: an agent that was down for longer than a ledger's
+/// retention holds approvals the webhooks refreshed meanwhile, and their
+/// sync after the restart must arrive before anything is expired.
 /// `key_root` is the cgroup hierarchy container records' paths are in.
 pub async fn run(store: Arc<Store>, key_root: PathBuf, metrics: Arc<Metrics>, config: Config) {
     loop {
+        tokio::time::sleep(config.every).await;
         let (store, key_root, metrics) = (store.clone(), key_root.clone(), metrics.clone());
         let pass = tokio::task::spawn_blocking(move || {
             prune_once(&store, &key_root, &config.keep, &metrics)
@@ -81,6 +86,5 @@ pub async fn run(store: Arc<Store>, key_root: PathBuf, metrics: Arc<Metrics>, co
             }
             Err(e) => warn!(error = %e, "retention pass panicked"),
         }
-        tokio::time::sleep(config.every).await;
     }
 }

@@ -616,27 +616,14 @@ impl Store {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        let mut items = Vec::new();
-        let mut last_read = String::new();
-        for (read, row) in table
+        let rows = table
             .range::<&str>((start, Bound::Unbounded))
             .map_err(store_err)?
-            .enumerate()
-        {
-            let (key, value) = row.map_err(store_err)?;
-            if items.len() == limit || read == MAX_SCAN {
-                return Ok(Page {
-                    items,
-                    next: Some(last_read),
-                });
-            }
-            last_read = key.value().to_string();
-            let approval: Approval = decode(value.value())?;
-            if keep(&approval) {
-                items.push(approval);
-            }
-        }
-        Ok(Page { items, next: None })
+            .map(|row| {
+                let (key, value) = row.map_err(store_err)?;
+                Ok((key.value().to_string(), decode(value.value())?))
+            });
+        page(rows, limit, keep)
     }
 
     pub fn container(&self, key: &str) -> Result<Option<ContainerRecord>, StoreError> {
@@ -833,32 +820,20 @@ impl Store {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut items = Vec::new();
-        let mut last_read = String::new();
-        for (read, row) in table
+        let rows = table
             .range::<&str>((start, Bound::Unbounded))
             .map_err(store_err)?
-            .enumerate()
-        {
-            let (key, value) = row.map_err(store_err)?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            // More follow: the next page starts after what was read.
-            if items.len() == limit || read == MAX_SCAN {
-                return Ok(Page {
-                    items,
-                    next: Some(last_read),
-                });
-            }
-            last_read = key.to_string();
-            let record: ContainerRecord = decode(value.value())?;
-            if keep(&record) {
-                items.push(record);
-            }
-        }
-        Ok(Page { items, next: None })
+            .map(|row| {
+                let (key, value) = row.map_err(store_err)?;
+                Ok((key.value().to_string(), value))
+            })
+            // Keys are in order: the first without the prefix ends it.
+            .take_while(|row| match row {
+                Ok((key, _)) => key.starts_with(prefix),
+                Err(_) => true,
+            })
+            .map(|row| row.and_then(|(key, value)| Ok((key, decode(value.value())?))));
+        page(rows, limit, keep)
     }
 
     /// Violations in order after sequence number `after`, those `keep`
@@ -871,27 +846,14 @@ impl Store {
     ) -> Result<Page<Violation, u64>, StoreError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(VIOLATIONS).map_err(store_err)?;
-        let mut items = Vec::new();
-        let mut last_read = after;
-        for (read, row) in table
+        let rows = table
             .range(after.saturating_add(1)..)
             .map_err(store_err)?
-            .enumerate()
-        {
-            let (seq, value) = row.map_err(store_err)?;
-            if items.len() == limit || read == MAX_SCAN {
-                return Ok(Page {
-                    items,
-                    next: Some(last_read),
-                });
-            }
-            last_read = seq.value();
-            let violation: Violation = decode(value.value())?;
-            if keep(&violation) {
-                items.push(violation);
-            }
-        }
-        Ok(Page { items, next: None })
+            .map(|row| {
+                let (seq, value) = row.map_err(store_err)?;
+                Ok((seq.value(), decode(value.value())?))
+            });
+        page(rows, limit, keep)
     }
 
     /// Drops what retention says to: gone containers and violations past
@@ -1019,6 +981,32 @@ impl Store {
         }
         Ok(pruned)
     }
+}
+
+/// One page of `rows` (key and record, in key order): the records `keep`
+/// accepts, at most `limit`, reading at most [`MAX_SCAN`]; when more
+/// follow, the next page starts after the last key read.
+fn page<K, T>(
+    rows: impl Iterator<Item = Result<(K, T), StoreError>>,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Page<T, K>, StoreError> {
+    let mut items = Vec::new();
+    let mut last_read = None;
+    for (read, row) in rows.enumerate() {
+        let (key, item) = row?;
+        if items.len() >= limit.max(1) || read == MAX_SCAN {
+            return Ok(Page {
+                items,
+                next: last_read,
+            });
+        }
+        last_read = Some(key);
+        if keep(&item) {
+            items.push(item);
+        }
+    }
+    Ok(Page { items, next: None })
 }
 
 fn verdict_key(verdict: VerdictKind) -> String {
@@ -1448,5 +1436,22 @@ mod tests {
                 .unwrap(),
             2
         );
+    }
+
+    #[test]
+    fn a_page_reads_at_most_max_scan_records() {
+        let rows = || (0..25_000u64).map(|n| Ok((n, n)));
+        // A filter that matches nothing: a short (empty) page that says
+        // where to go on from, after MAX_SCAN reads.
+        let page_of_none = page(rows(), 100, |_| false).unwrap();
+        assert!(page_of_none.items.is_empty());
+        assert_eq!(page_of_none.next, Some(MAX_SCAN as u64 - 1));
+        // A full page stops at its limit.
+        let full = page(rows(), 3, |n| n % 2 == 0).unwrap();
+        assert_eq!(full.items, [0, 2, 4]);
+        assert_eq!(full.next, Some(4));
+        // The last page says nothing follows.
+        let last = page((0..5u64).map(|n| Ok((n, n))), 10, |_| true).unwrap();
+        assert_eq!((last.items.len(), last.next), (5, None));
     }
 }

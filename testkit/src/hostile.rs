@@ -551,6 +551,66 @@ pub async fn phase(
     }
 }
 
+/// The attacks seen to take the webhook down before it had bounds, each as
+/// a phase against `watched` from `source`: its test asserts on them, its
+/// benchmark prints them.
+pub mod webhook_attacks {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// 100 clients each sending 2.9 MiB of a 3 MiB body and stopping (found:
+    /// 32 -> 324 MiB, held for ever; OOM-killed under 256 MiB).
+    pub async fn slow_bodies(watched: &Watched<'_>, source: IpAddr) -> PhaseReport {
+        phase("100 slow bodies (2.9 of 3 MiB each)", watched, async {
+            let attack = super::slow_bodies(
+                &watched.target,
+                source,
+                100,
+                &watched.path,
+                3 * MIB,
+                29 * MIB / 10,
+                Duration::from_secs(30),
+            );
+            AttackSummary::of_connections(&attack.outcomes().await)
+        })
+        .await
+    }
+
+    /// 500 half-sent request heads (found: open for 70 s).
+    pub async fn half_headers(watched: &Watched<'_>, source: IpAddr) -> PhaseReport {
+        phase("500 half-sent request heads", watched, async {
+            let attack = super::half_headers(&watched.target, source, 500, Duration::from_secs(30));
+            AttackSummary::of_connections(&attack.outcomes().await)
+        })
+        .await
+    }
+
+    /// Two HTTP/2 connections of 200 streams, each sending 2.9 MiB and
+    /// never finishing (found: 22 -> 1,175 MiB, not returned after).
+    pub async fn h2_streams(watched: &Watched<'_>, source: IpAddr) -> PhaseReport {
+        phase(
+            "2 HTTP/2 connections x 200 streams (2.9 MiB each, never finished)",
+            watched,
+            async {
+                let started = Instant::now();
+                let outcomes = super::h2_streams(
+                    &watched.target,
+                    source,
+                    2,
+                    200,
+                    &watched.path,
+                    29 * MIB / 10,
+                    Duration::from_secs(40),
+                )
+                .await;
+                AttackSummary::of_streams(&outcomes, started)
+            },
+        )
+        .await
+    }
+}
+
 /// A registry that serves manifests far larger than any real one: every
 /// HEAD answers an index media type and a digest, every GET streams
 /// `size` bytes of an index that never ends its list (generated as it is

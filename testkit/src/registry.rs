@@ -292,7 +292,7 @@ impl Registry {
 
     /// Pushes the blobs of an image and returns its manifest (not pushed)
     /// and the manifest's digest.
-    async fn push_manifest(
+    pub async fn push_manifest(
         &self,
         repo: &str,
         label: &str,
@@ -346,7 +346,7 @@ impl Registry {
     }
 
     /// PUTs a manifest under `reference` (a tag or a digest); returns its digest.
-    async fn put_manifest(
+    pub async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,

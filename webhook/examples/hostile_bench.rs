@@ -11,19 +11,18 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use imagegate_testkit::{
     ca::Ca,
     cgroup::MemoryCgroup,
-    hostile::{self, AttackSummary, Target, Watched},
+    hostile::{self, AttackSummary, Target, Watched, webhook_attacks},
     process::Process,
 };
 use serde_json::{Value, json};
 
 const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
-const MIB: usize = 1024 * 1024;
 const POLICY: &str = include_str!("../../deploy/policy/example-policy.yaml");
 const REVIEW: &str = include_str!("../tests/fixtures/apiserver-v1.28/admissionreview-3.json");
 
@@ -99,55 +98,15 @@ async fn main() {
         })
         .await,
     );
-    phases.push(
-        hostile::phase("100 slow bodies (2.9 of 3 MiB each)", &watched, async {
-            let attack = hostile::slow_bodies(
-                &target,
-                attacker(2),
-                100,
-                "/validate",
-                3 * MIB,
-                29 * MIB / 10,
-                Duration::from_secs(30),
-            );
-            AttackSummary::of_connections(&attack.outcomes().await)
-        })
-        .await,
-    );
-    phases.push(
-        hostile::phase("500 half-sent request heads", &watched, async {
-            let attack = hostile::half_headers(&target, attacker(3), 500, Duration::from_secs(30));
-            AttackSummary::of_connections(&attack.outcomes().await)
-        })
-        .await,
-    );
-    phases.push(
-        hostile::phase(
-            "2 HTTP/2 connections x 200 streams (2.9 MiB each, never finished)",
-            &watched,
-            async {
-                let started = Instant::now();
-                let outcomes = hostile::h2_streams(
-                    &target,
-                    attacker(4),
-                    2,
-                    200,
-                    "/validate",
-                    29 * MIB / 10,
-                    Duration::from_secs(40),
-                )
-                .await;
-                AttackSummary::of_streams(&outcomes, started)
-            },
-        )
-        .await,
-    );
+    phases.push(webhook_attacks::slow_bodies(&watched, attacker(2)).await);
+    phases.push(webhook_attacks::half_headers(&watched, attacker(3)).await);
+    phases.push(webhook_attacks::h2_streams(&watched, attacker(4)).await);
     let alive = webhook.child.try_wait().ok().flatten().is_none();
     webhook.stop();
     println!(
         "{}",
         json!({
-            "memory_limit_mib": CHART_MEMORY_LIMIT / MIB as u64,
+            "memory_limit_mib": CHART_MEMORY_LIMIT >> 20,
             "webhook_alive_after": alive,
             "oom_kills": cgroup.oom_kills(),
             "phases": phases,

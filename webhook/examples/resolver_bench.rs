@@ -99,8 +99,11 @@ async fn main() -> anyhow::Result<()> {
     // Cold, one at a time.
     let cold_tags = fill(&host, "bench/cold", 300).await?;
     let mut metrics = Metrics::new();
-    let resolver =
-        Resolver::new(settings(), metrics.register_resolver()).map_err(anyhow::Error::msg)?;
+    let resolver = Resolver::new(
+        settings(),
+        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut latencies = Vec::new();
     for tag in &cold_tags {
         let reference = Reference::parse(tag)?;
@@ -129,7 +132,11 @@ async fn main() -> anyhow::Result<()> {
     let burst_tags = fill(&host, "bench/burst", 1000).await?;
     let mut metrics = Metrics::new();
     let resolver = Arc::new(
-        Resolver::new(settings(), metrics.register_resolver()).map_err(anyhow::Error::msg)?,
+        Resolver::new(
+            settings(),
+            imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     let started = Instant::now();
     let mut tasks = Vec::new();

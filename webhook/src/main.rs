@@ -405,12 +405,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 ca_bundles: args.registry_cas.clone(),
                 credentials,
             };
-            let resolver_metrics = metrics.register_resolver();
+            let resolver_metrics = resolve::ResolverMetrics::register(metrics.registry());
             Some(Arc::new(
                 resolve::Resolver::new(settings, resolver_metrics).map_err(anyhow::Error::msg)?,
             ))
         }
     };
+    let push_metrics = push::PushMetrics::register(metrics.registry());
     let metrics = Arc::new(metrics);
     let (policy, policy_seen) = PolicyStore::load(
         args.policy.clone(),
@@ -484,7 +485,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 server_name: args.agent_server_name.clone(),
             },
             ledger,
-            metrics: metrics.clone(),
+            metrics: push_metrics,
         });
         info!(
             agents = ?args.agents,

@@ -47,7 +47,11 @@ fn settings_for(registry: &Registry) -> Settings {
 
 fn resolver(settings: Settings) -> (Resolver, Metrics) {
     let mut metrics = Metrics::new();
-    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
+    let resolver = Resolver::new(
+        settings,
+        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
+    )
+    .unwrap();
     (resolver, metrics)
 }
 
@@ -59,7 +63,11 @@ fn webhook(
     ledger: Option<Arc<imagegate_webhook::ledger::Ledger>>,
 ) -> (axum::Router, Arc<Metrics>) {
     let mut metrics = Metrics::new();
-    let resolver = Resolver::new(settings, metrics.register_resolver()).unwrap();
+    let resolver = Resolver::new(
+        settings,
+        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
+    )
+    .unwrap();
     let metrics = Arc::new(metrics);
     let app = router(Arc::new(AppState {
         policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
@@ -228,16 +236,29 @@ async fn a_moved_tag_is_seen_once_its_ttl_ends() {
     install_crypto();
     let registry = Registry::plain();
     let first = registry.push_image("team/app", "stable", "first").await;
+    // The second image's blobs are in place before the clock starts, so
+    // moving the tag is one request, well inside the TTL even on a busy
+    // machine.
+    let (second_manifest, _) = registry
+        .push_manifest("team/app", "second", "amd64", false)
+        .await;
     let mut settings = settings_for(&registry);
-    settings.ttl = Duration::from_millis(500);
+    settings.ttl = Duration::from_secs(2);
     let (resolver, _) = resolver(settings);
     let image = reference(&format!("{}/team/app:stable", registry.host));
     assert_eq!(resolver.resolve(&image, false).await.unwrap().digest, first);
-    let second = registry.push_image("team/app", "stable", "second").await;
+    let second = registry
+        .put_manifest(
+            "team/app",
+            "stable",
+            &second_manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await;
     assert_ne!(first, second);
     // Within the TTL the cached digest stands (the documented semantics).
     assert_eq!(resolver.resolve(&image, false).await.unwrap().digest, first);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(
         resolver.resolve(&image, false).await.unwrap().digest,
         second

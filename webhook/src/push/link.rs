@@ -15,11 +15,8 @@ use tonic::{
 };
 use tracing::{debug, info, warn};
 
-use super::Pusher;
-use crate::{
-    ledger::{Approval, Origin},
-    server::metrics::PushLabels,
-};
+use super::{PushLabels, Pusher};
+use crate::ledger::{Approval, Origin};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -16,6 +16,12 @@ mod link;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
 pub use discovery::run as discover;
 
 use crate::ledger::Ledger;
@@ -42,5 +48,50 @@ pub struct PushConfig {
 pub struct Pusher {
     pub config: PushConfig,
     pub ledger: Arc<Ledger>,
-    pub metrics: Arc<crate::server::metrics::Metrics>,
+    pub metrics: PushMetrics,
+}
+
+/// The push's metrics, registered into the webhook's registry.
+#[derive(Clone, Default)]
+pub struct PushMetrics {
+    /// Agents the push tasks follow.
+    pub agents: Gauge,
+    /// Push and sync calls to agents, by result (ok, error).
+    pub pushes: Family<PushLabels, Counter>,
+    /// Approvals sent to agents (each agent counts).
+    pub pushed_approvals: Counter,
+    /// Approvals an agent refused (each agent counts).
+    pub pushes_rejected: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub result: &'static str,
+}
+
+impl PushMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "agents",
+            "Node agents approvals are pushed to",
+            metrics.agents.clone(),
+        );
+        registry.register(
+            "agent_pushes",
+            "Push and sync calls to node agents, by result",
+            metrics.pushes.clone(),
+        );
+        registry.register(
+            "agent_pushed_approvals",
+            "Approvals sent to node agents, each agent counted",
+            metrics.pushed_approvals.clone(),
+        );
+        registry.register(
+            "agent_rejected_approvals",
+            "Approvals a node agent refused, each agent counted: alert on any",
+            metrics.pushes_rejected.clone(),
+        );
+        metrics
+    }
 }

@@ -41,19 +41,6 @@ pub struct Metrics {
     /// 1 while a valid policy is loaded.
     pub policy_loaded: Gauge,
     pub certificate_reloads: Family<ResultLabels, Counter>,
-    /// Agents the push tasks follow.
-    pub agents: Gauge,
-    /// Push and sync calls to agents, by result (ok, error).
-    pub pushes: Family<PushLabels, Counter>,
-    /// Approvals sent to agents (each agent counts).
-    pub pushed_approvals: Counter,
-    /// Approvals an agent refused (each agent counts).
-    pub pushes_rejected: Counter,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PushLabels {
-    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -107,30 +94,6 @@ impl Metrics {
             "Serving certificate reloads by result (success, failure)",
             certificate_reloads.clone(),
         );
-        let agents = Gauge::default();
-        registry.register(
-            "agents",
-            "Node agents approvals are pushed to",
-            agents.clone(),
-        );
-        let pushes = Family::<PushLabels, Counter>::default();
-        registry.register(
-            "agent_pushes",
-            "Push and sync calls to node agents, by result",
-            pushes.clone(),
-        );
-        let pushed_approvals = Counter::default();
-        registry.register(
-            "agent_pushed_approvals",
-            "Approvals sent to node agents, each agent counted",
-            pushed_approvals.clone(),
-        );
-        let pushes_rejected = Counter::default();
-        registry.register(
-            "agent_rejected_approvals",
-            "Approvals a node agent refused, each agent counted: alert on any",
-            pushes_rejected.clone(),
-        );
         Self {
             registry,
             decisions,
@@ -139,10 +102,6 @@ impl Metrics {
             policy_reloads,
             policy_loaded,
             certificate_reloads,
-            agents,
-            pushes,
-            pushed_approvals,
-            pushes_rejected,
         }
     }
 
@@ -161,8 +120,10 @@ impl Metrics {
     }
 
     /// Registers the digest resolver's metrics with these.
-    pub fn register_resolver(&mut self) -> crate::resolve::ResolverMetrics {
-        crate::resolve::ResolverMetrics::register(&mut self.registry)
+    /// The registry other subsystems (resolution, push) register their
+    /// own metrics in, before the server starts.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The Prometheus text exposition.
