@@ -3,6 +3,8 @@
 //! - [`reference`]: image references, parsed and normalised;
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
+//! - [`admit`]: the admission pipeline every endpoint shares: policy,
+//!   resolution, decision, approvals recorded;
 //! - [`server`]: the HTTPS server, its routes, metrics and reloads;
 //! - [`check`]: the same decisions offline, for CI pipelines;
 //! - [`adopt`]: the admitted set rebuilt from the pods the cluster runs;
@@ -11,6 +13,7 @@
 //! - [`registry`]: the OCI distribution API, every read bounded;
 //! - [`install`]: certificates and the apiserver's configuration files.
 
+pub mod admit;
 pub mod adopt;
 pub mod check;
 pub mod install;

@@ -1,5 +1,5 @@
-//! HTTP handlers: thin. Decoding is in `review`, deciding in `policy`; these
-//! glue them, count, and log.
+//! HTTP handlers: thin. Decoding is in `review`, the admission sequence in
+//! `admit`; these decode, run it, encode, count and log.
 
 use std::{sync::Arc, time::Instant};
 
@@ -12,13 +12,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
-    ledger::{Approval, Ledger},
+    admit,
     policy::{ReviewDecision, Verdict},
-    resolve::apply::resolve_decisions,
     review::{
         Api, Review,
         admission::{self, Decoded},
@@ -128,38 +127,20 @@ fn unreadable(api_version: String, uid: String, reason: String) -> (StatusCode, 
     ))
 }
 
-/// Decides with the policy in force, resolving allowed images to digests
-/// when a resolver is configured; counts and logs. `None` without a policy.
+/// Runs the admission pipeline with the policy in force; counts and logs.
+/// `None` without a policy.
 async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
     let Some(policy) = state.policy.current() else {
         warn!(api = review.api.as_str(), namespace = %review.subject.namespace, "denied: {NO_POLICY}");
         return None;
     };
-    let mut decision = match &state.resolver {
-        None => policy.decide(review),
-        Some(resolver) => {
-            let (mut images, mut annotations) = policy.decide_images(review);
-            resolve_decisions(resolver, &policy, &mut images, &mut annotations).await;
-            ReviewDecision::summarise(images, annotations)
-        }
-    };
-    // Nodes learn what runs from the ledger: what it cannot record is not
-    // let in. Dry runs change nothing.
-    let ledger = state
-        .ledger
-        .as_ref()
-        .filter(|_| decision.allowed && !review.dry_run);
-    let break_glass_ttl = policy.break_glass_ttl;
-    if let Some(Err(e)) = match ledger {
-        Some(ledger) => Some(record(ledger.clone(), review, &decision, break_glass_ttl).await),
-        None => None,
-    } {
-        error!("denied: {e}");
-        decision.allowed = false;
-        decision.message = format!(
-            "imagegate could not record the admitted digests, so the pod is not admitted: {e}"
-        );
-    }
+    let decision = admit::admit(
+        &policy,
+        state.resolver.as_deref(),
+        state.ledger.as_ref(),
+        review,
+    )
+    .await;
     let api = match review.api {
         Api::ImageReview => "ImageReview",
         Api::AdmissionReview => "AdmissionReview",
@@ -201,54 +182,6 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         info!(api, namespace = %review.subject.namespace, name, dry_run = review.dry_run, "denied: {}", decision.message);
     }
     Some(decision)
-}
-
-/// Records the digests of every image `decision` lets run, durably, before
-/// the answer goes out.
-async fn record(
-    ledger: Arc<Ledger>,
-    review: &Review,
-    decision: &ReviewDecision,
-    break_glass_ttl: Option<std::time::Duration>,
-) -> Result<(), String> {
-    let now = crate::ledger::now_ms();
-    let approvals: Vec<Approval> = decision
-        .images
-        .iter()
-        .filter(|d| d.verdict.allows())
-        .filter_map(|d| Some((d, d.resolved.as_ref()?)))
-        .map(|(d, resolved)| Approval {
-            digest: resolved.digest.clone(),
-            children: resolved.children.clone(),
-            verified: resolved.verified,
-            break_glass: d.verdict == Verdict::BreakGlass,
-            expires_at_ms: break_glass_ttl
-                .filter(|_| d.verdict == Verdict::BreakGlass)
-                .map(|ttl| now + ttl.as_millis() as u64),
-            reference: d
-                .reference
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| d.image.clone()),
-            namespace: review.subject.namespace.clone(),
-            kind: review.kind.clone(),
-            name: review.name.clone(),
-            user: review.user.clone(),
-            rule: d.rule.clone(),
-            api: review.api.as_str().to_string(),
-            origin: crate::ledger::Origin::Admission,
-            admitted_at_ms: now,
-            generation: 0,
-        })
-        .collect();
-    if approvals.is_empty() {
-        return Ok(());
-    }
-    tokio::task::spawn_blocking(move || ledger.record(&approvals))
-        .await
-        .map_err(|e| e.to_string())?
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 pub async fn healthz() -> &'static str {
@@ -358,8 +291,7 @@ async fn pin_patch(state: &AppState, review: &Review) -> Result<(String, Option<
             None,
         ));
     }
-    let (mut decisions, mut annotations) = policy.decide_images(review);
-    resolve_decisions(resolver, &policy, &mut decisions, &mut annotations).await;
+    let (decisions, _) = admit::decide_images(&policy, Some(resolver), review).await;
     let mut operations = Vec::new();
     for (image, decision) in review.images.iter().zip(&decisions) {
         let (Some(pointer), Ok(reference), Some(digest)) = (
