@@ -96,8 +96,10 @@ impl From<&CgroupEvent> for NewCgroup {
     }
 }
 
-/// Decodes one ring buffer record of type `T` (plain old data).
-pub fn decode<T: Copy>(bytes: &[u8]) -> Result<T, SizeMismatch> {
+/// Decodes one ring buffer record of type `T`. `aya::Pod` (an unsafe
+/// trait the kernel ABI types implement) is the promise that any bit
+/// pattern of the right size is a valid `T`.
+fn decode<T: aya::Pod>(bytes: &[u8]) -> Result<T, SizeMismatch> {
     let expected = size_of::<T>();
     if bytes.len() != expected {
         return Err(SizeMismatch {
@@ -105,9 +107,8 @@ pub fn decode<T: Copy>(bytes: &[u8]) -> Result<T, SizeMismatch> {
             expected,
         });
     }
-    // SAFETY: the length is checked above, and the callers only pass the
-    // `imagegate_common` records, which are plain old data (any bit pattern
-    // is valid); `read_unaligned` needs no alignment.
+    // SAFETY: the length is checked above, `T: Pod` makes any bit pattern
+    // valid, and `read_unaligned` needs no alignment.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 

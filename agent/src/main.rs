@@ -290,6 +290,8 @@ async fn run(args: RunArgs) -> Result<()> {
     report_startup(&args, &layout, &probe, &store);
     let kernel = kernel_status(&args, &layout, &probe);
 
+    // Every task spawned below stops when this turns true (at SIGTERM).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let approvals_changed = Arc::new(Notify::new());
     if let Some(path) = &args.approvals_file {
         load_approvals(path, &store, &approvals_changed);
@@ -297,13 +299,14 @@ async fn run(args: RunArgs) -> Result<()> {
             path.clone(),
             store.clone(),
             approvals_changed.clone(),
+            stop_rx.clone(),
         ));
     }
     if args.metrics_address != "off" {
         let address = listen_address(&args.metrics_address)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
-        serve_metrics(address, metrics.clone()).await?;
+        serve_metrics(address, metrics.clone(), stop_rx.clone()).await?;
     }
 
     tokio::spawn(retention::run(
@@ -318,6 +321,7 @@ async fn run(args: RunArgs) -> Result<()> {
             },
             every: args.prune_interval.max(Duration::from_secs(1)),
         },
+        stop_rx.clone(),
     ));
 
     let ctx = Arc::new(engine::Context {
@@ -339,7 +343,6 @@ async fn run(args: RunArgs) -> Result<()> {
         settle,
     });
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = match (
         args.grpc_address,
         &args.grpc_tls_cert,
@@ -535,7 +538,12 @@ fn load_approvals(path: &Path, store: &Store, changed: &Notify) {
 /// Polls the file (a mounted ConfigMap or Secret changes by a symlink
 /// swap, which inotify on the file itself misses): its size, modification
 /// time and inode, following symlinks.
-async fn watch_approvals(path: PathBuf, store: Arc<Store>, changed: Arc<Notify>) {
+async fn watch_approvals(
+    path: PathBuf,
+    store: Arc<Store>,
+    changed: Arc<Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     use std::os::unix::fs::MetadataExt;
     let stamp = |path: &Path| {
         std::fs::metadata(path)
@@ -545,7 +553,10 @@ async fn watch_approvals(path: PathBuf, store: Arc<Store>, changed: Arc<Notify>)
     let mut last = stamp(&path);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         let now = stamp(&path);
         if now != last {
             load_approvals(&path, &store, &changed);
@@ -568,7 +579,11 @@ fn listen_address(text: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+async fn serve_metrics(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -587,7 +602,9 @@ async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> Result<()>
         listener,
         app,
         imagegate_plumbing::http::HttpBounds::METRICS,
-        std::future::pending(),
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        },
     ));
     Ok(())
 }

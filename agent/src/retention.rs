@@ -60,14 +60,23 @@ pub fn prune_once(
     Ok(pruned)
 }
 
-/// Runs a pass every `config.every`, for the agent's life. The first waits
+/// Runs a pass every `config.every` until `stop` turns true. The first waits
 /// one interval too: an agent that was down for longer than a ledger's
 /// retention holds approvals the webhooks refreshed meanwhile, and their
 /// sync after the restart must arrive before anything is expired.
 /// `key_root` is the cgroup hierarchy container records' paths are in.
-pub async fn run(store: Arc<Store>, key_root: PathBuf, metrics: Arc<Metrics>, config: Config) {
+pub async fn run(
+    store: Arc<Store>,
+    key_root: PathBuf,
+    metrics: Arc<Metrics>,
+    config: Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        tokio::time::sleep(config.every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.every) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         let (store, key_root, metrics) = (store.clone(), key_root.clone(), metrics.clone());
         let pass = tokio::task::spawn_blocking(move || {
             prune_once(&store, &key_root, &config.keep, &metrics)
