@@ -3,8 +3,8 @@
 //!
 //! Plain async functions over explicit inputs (no HTTP): the handlers of
 //! `/validate`, `/image_policy` and `/mutate` decode, call these, and
-//! encode. The offline `check` takes the policy step alone
-//! (`Policy::decide`: it has no registry).
+//! encode. The offline `check` runs [`decide`], with a resolver when asked
+//! (`--resolve`).
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,12 +1,15 @@
 //! `imagegate-webhook check`: the webhook's decisions, offline, for CI
-//! pipelines. Same policy code, same reasons.
+//! pipelines: the admission pipeline (`admit`), with the registry only
+//! when asked (`--resolve`). Same code, same reasons.
 
 use std::io::Write;
 
 use serde::Serialize;
 
 use crate::{
+    admit,
     policy::{ImageDecision, Policy},
+    resolve::Resolver,
     review::{Api, ContainerKind, ImageUse, Review, Subject, admission, image_review},
 };
 
@@ -34,6 +37,9 @@ pub struct ImageReport {
     pub verdict: &'static str,
     pub rule: String,
     pub reason: String,
+    /// The digest the registry resolved the image to (`--resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +75,7 @@ impl From<&ImageDecision> for ImageReport {
             verdict: d.verdict.as_str(),
             rule: d.rule.clone(),
             reason: d.reason.clone(),
+            resolved: d.resolved.as_ref().map(|r| r.digest.to_string()),
         }
     }
 }
@@ -76,7 +83,12 @@ impl From<&ImageDecision> for ImageReport {
 /// Decides on images given on the command line, as if in a pod in
 /// `namespace`: the same path as the server (exemptions included). No labels
 /// or annotations are known, as with an ImageReview.
-pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageReport> {
+pub async fn images(
+    policy: &Policy,
+    resolver: Option<&Resolver>,
+    namespace: &str,
+    images: &[String],
+) -> Vec<ImageReport> {
     let review = Review {
         api: Api::ImageReview,
         subject: Subject {
@@ -99,8 +111,8 @@ pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageR
         user: None,
         dry_run: true,
     };
-    policy
-        .decide(&review)
+    admit::decide(policy, resolver, &review)
+        .await
         .images
         .iter()
         .map(ImageReport::from)
@@ -109,10 +121,14 @@ pub fn images(policy: &Policy, namespace: &str, images: &[String]) -> Vec<ImageR
 
 /// Decides on a review body (AdmissionReview or ImageReview), exactly as
 /// the server would. An error says why the body cannot be reviewed.
-pub fn review(policy: &Policy, body: &[u8]) -> Result<Vec<ImageReport>, String> {
+pub async fn review(
+    policy: &Policy,
+    resolver: Option<&Resolver>,
+    body: &[u8],
+) -> Result<Vec<ImageReport>, String> {
     let review = decode_any(body)?;
-    Ok(policy
-        .decide(&review)
+    Ok(admit::decide(policy, resolver, &review)
+        .await
         .images
         .iter()
         .map(ImageReport::from)
@@ -151,7 +167,10 @@ pub fn print(reports: &[ImageReport], output: Output, out: &mut impl Write) -> s
             }
             Output::Text => {
                 let word = if r.allowed { "ALLOW" } else { "DENY " };
-                writeln!(out, "{word} {}: {}", r.image, r.reason)?;
+                match &r.resolved {
+                    Some(digest) => writeln!(out, "{word} {} ({digest}): {}", r.image, r.reason)?,
+                    None => writeln!(out, "{word} {}: {}", r.image, r.reason)?,
+                }
             }
         }
     }

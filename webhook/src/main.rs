@@ -113,6 +113,69 @@ struct ApiserverArgs {
     retry_backoff: Duration,
 }
 
+/// How the webhook reaches registries, for `serve` and `check --resolve`.
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// Budget of one resolution, auth and retries included; keep it well
+    /// inside the webhook configuration's timeoutSeconds.
+    #[arg(long, env = "IMAGEGATE_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    registry_timeout: Duration,
+    /// How long a resolved digest is trusted before the tag is asked again.
+    #[arg(long, env = "IMAGEGATE_RESOLUTION_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    resolution_ttl: Duration,
+    /// How long a failed resolution is remembered.
+    #[arg(long, env = "IMAGEGATE_RESOLUTION_NEGATIVE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    resolution_negative_ttl: Duration,
+    /// Most references the resolution cache keeps.
+    #[arg(
+        long,
+        env = "IMAGEGATE_RESOLUTION_CACHE_ENTRIES",
+        default_value_t = 10_000
+    )]
+    resolution_cache_entries: u64,
+    /// Registry lookups in flight at once, all reviews together; more wait
+    /// within --registry-timeout.
+    #[arg(long, env = "IMAGEGATE_MAX_REGISTRY_LOOKUPS", default_value_t = 32)]
+    max_registry_lookups: usize,
+    /// Registry credentials: a dockerconfigjson file (a pull secret's
+    /// `.dockerconfigjson`).
+    #[arg(long, env = "IMAGEGATE_REGISTRY_CREDENTIALS")]
+    registry_credentials: Option<PathBuf>,
+    /// `HOST=FILE`: a CA bundle (PEM) trusted for that registry only. Repeatable.
+    #[arg(long = "registry-ca", env = "IMAGEGATE_REGISTRY_CA", value_delimiter = ',', value_parser = parse_host_file)]
+    registry_cas: Vec<(String, PathBuf)>,
+    /// A registry host reached over plain HTTP; no other is. Repeatable.
+    #[arg(
+        long = "plain-http-registry",
+        env = "IMAGEGATE_PLAIN_HTTP_REGISTRIES",
+        value_delimiter = ','
+    )]
+    plain_http_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn settings(&self) -> Result<resolve::Settings> {
+        let credentials = match &self.registry_credentials {
+            Some(path) => Credentials::load(path)?,
+            None => Credentials::default(),
+        };
+        Ok(resolve::Settings {
+            timeout: self.registry_timeout,
+            ttl: self.resolution_ttl,
+            negative_ttl: self.resolution_negative_ttl,
+            cache_entries: self.resolution_cache_entries,
+            max_lookups_in_flight: self.max_registry_lookups,
+            plain_http: self
+                .plain_http_registries
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            ca_bundles: self.registry_cas.clone(),
+            credentials,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on.
@@ -175,41 +238,8 @@ struct ServeArgs {
     /// (`off`: decide on references alone).
     #[arg(long, env = "IMAGEGATE_DIGEST_RESOLUTION", value_enum, default_value_t = OnOff::On)]
     digest_resolution: OnOff,
-    /// Budget of one resolution, auth and retries included; keep it well
-    /// inside the webhook configuration's timeoutSeconds.
-    #[arg(long, env = "IMAGEGATE_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    registry_timeout: Duration,
-    /// How long a resolved digest is trusted before the tag is asked again.
-    #[arg(long, env = "IMAGEGATE_RESOLUTION_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
-    resolution_ttl: Duration,
-    /// How long a failed resolution is remembered.
-    #[arg(long, env = "IMAGEGATE_RESOLUTION_NEGATIVE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    resolution_negative_ttl: Duration,
-    /// Most references the resolution cache keeps.
-    #[arg(
-        long,
-        env = "IMAGEGATE_RESOLUTION_CACHE_ENTRIES",
-        default_value_t = 10_000
-    )]
-    resolution_cache_entries: u64,
-    /// Registry lookups in flight at once, all reviews together; more wait
-    /// within --registry-timeout.
-    #[arg(long, env = "IMAGEGATE_MAX_REGISTRY_LOOKUPS", default_value_t = 32)]
-    max_registry_lookups: usize,
-    /// Registry credentials: a dockerconfigjson file (a pull secret's
-    /// `.dockerconfigjson`).
-    #[arg(long, env = "IMAGEGATE_REGISTRY_CREDENTIALS")]
-    registry_credentials: Option<PathBuf>,
-    /// `HOST=FILE`: a CA bundle (PEM) trusted for that registry only. Repeatable.
-    #[arg(long = "registry-ca", env = "IMAGEGATE_REGISTRY_CA", value_delimiter = ',', value_parser = parse_host_file)]
-    registry_cas: Vec<(String, PathBuf)>,
-    /// A registry host reached over plain HTTP; no other is. Repeatable.
-    #[arg(
-        long = "plain-http-registry",
-        env = "IMAGEGATE_PLAIN_HTTP_REGISTRIES",
-        value_delimiter = ','
-    )]
-    plain_http_registries: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// The ledger of admitted digests (an embedded database file), what node
     /// agents are told. Without it nothing is recorded.
     #[arg(long, env = "IMAGEGATE_LEDGER")]
@@ -311,6 +341,13 @@ struct CheckArgs {
     /// Images to decide on.
     #[arg(required_unless_present = "review")]
     images: Vec<String>,
+    /// Resolve allowed images against their registries, as `serve` does by
+    /// default (so a resolution denial can be reproduced); the registry
+    /// flags are `serve`'s.
+    #[arg(long)]
+    resolve: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 fn main() -> ExitCode {
@@ -343,8 +380,44 @@ fn run_check(args: CheckArgs) -> u8 {
             return check::EXIT_USAGE;
         }
     };
+    let resolver = if args.resolve {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut metrics = Metrics::new();
+        let built = args.registry.settings().and_then(|settings| {
+            resolve::Resolver::new(
+                settings,
+                resolve::ResolverMetrics::register(metrics.registry()),
+            )
+            .map_err(anyhow::Error::msg)
+        });
+        match built {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                eprintln!("error: --resolve: {e:#}");
+                return check::EXIT_USAGE;
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return check::EXIT_USAGE;
+        }
+    };
+    let resolver = resolver.as_ref();
     let reports = match &args.review {
-        None => check::images(&policy, &args.namespace, &args.images),
+        None => runtime.block_on(check::images(
+            &policy,
+            resolver,
+            &args.namespace,
+            &args.images,
+        )),
         Some(path) => {
             let body = if path.as_os_str() == "-" {
                 let mut body = Vec::new();
@@ -352,9 +425,10 @@ fn run_check(args: CheckArgs) -> u8 {
             } else {
                 std::fs::read(path)
             };
-            let reviewed = body
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|body| check::review(&policy, &body));
+            let reviewed = match body {
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                Ok(body) => runtime.block_on(check::review(&policy, resolver, &body)),
+            };
             match reviewed {
                 Ok(reports) => reports,
                 Err(e) => {
@@ -387,24 +461,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let resolver = match args.digest_resolution {
         OnOff::Off => None,
         OnOff::On => {
-            let credentials = match &args.registry_credentials {
-                Some(path) => Credentials::load(path)?,
-                None => Credentials::default(),
-            };
-            let settings = resolve::Settings {
-                timeout: args.registry_timeout,
-                ttl: args.resolution_ttl,
-                negative_ttl: args.resolution_negative_ttl,
-                cache_entries: args.resolution_cache_entries,
-                max_lookups_in_flight: args.max_registry_lookups,
-                plain_http: args
-                    .plain_http_registries
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-                ca_bundles: args.registry_cas.clone(),
-                credentials,
-            };
+            let settings = args.registry.settings()?;
             let resolver_metrics = resolve::ResolverMetrics::register(metrics.registry());
             Some(Arc::new(
                 resolve::Resolver::new(settings, resolver_metrics).map_err(anyhow::Error::msg)?,

@@ -261,3 +261,65 @@ fn certs_and_apiserver_config_write_what_the_cluster_needs() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/image_policy"));
 }
+
+/// `--resolve`: the pipeline with the registry, as `serve` runs it, so a
+/// resolution denial is reproduced offline.
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_asks_the_registry_as_the_server_does() {
+    let registry = imagegate_testkit::registry::Registry::plain();
+    let digest = registry.push_image("team/app", "1.0", "check").await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: local\n    \
+             registries: ['{}']\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let (present, missing) = (
+        format!("{}/team/app:1.0", registry.host),
+        format!("{}/team/app:2.0", registry.host),
+    );
+    let run = |resolve: bool| {
+        let mut args = vec![
+            "--policy",
+            policy.to_str().unwrap(),
+            "--output",
+            "json",
+            "--plain-http-registry",
+            &registry.host,
+            &present,
+            &missing,
+        ];
+        if resolve {
+            args.push("--resolve");
+        }
+        check(&args)
+    };
+    // Without --resolve: the policy alone allows both, nothing resolved.
+    let out = tokio::task::block_in_place(|| run(false));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reports = json_lines(&out);
+    assert!(
+        reports.iter().all(|r| r.get("resolved").is_none()),
+        "{reports:?}"
+    );
+    // With it: the tag the registry serves is allowed at its digest, the
+    // one it does not is denied with the server's reason.
+    let out = tokio::task::block_in_place(|| run(true));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = json_lines(&out);
+    assert_eq!(reports[0]["allowed"], true, "{reports:?}");
+    assert_eq!(reports[0]["resolved"], digest.as_str());
+    assert_eq!(reports[1]["allowed"], false, "{reports:?}");
+    let reason = reports[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("could not resolve"), "{reason}");
+}
