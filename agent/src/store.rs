@@ -861,110 +861,167 @@ impl Store {
     /// within the longest retention senders gave (approvals from a file
     /// never expire), unless a running container uses them. A container
     /// record whose container is not `alive` (its cgroup is gone) and not
-    /// yet marked gone is marked now. One transaction.
+    /// yet marked gone is marked now.
+    ///
+    /// Two steps, so the engine's writes never wait on a scan: what to drop
+    /// is found in a read transaction (redb readers do not block the
+    /// writer), then one short write transaction drops it, checking each
+    /// record again (an approval pushed again meanwhile is kept).
     pub fn prune(
         &self,
         now: u64,
         retention: &Retention,
         alive: impl Fn(&ContainerRecord) -> bool,
     ) -> Result<Pruned, StoreError> {
+        let plan = self.plan_prune(now, retention, alive)?;
+        self.apply_prune(now, &plan)
+    }
+
+    /// What a pass would drop, read without blocking writers.
+    fn plan_prune(
+        &self,
+        now: u64,
+        retention: &Retention,
+        alive: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<PrunePlan, StoreError> {
         let cutoff = now.saturating_sub(retention.records_ms);
+        let mut plan = PrunePlan::default();
+        let txn = self.db.begin_read().map_err(store_err)?;
+
+        // Containers: note the gone, and the digests the running use.
+        let containers = txn.open_table(CONTAINERS).map_err(store_err)?;
+        let mut in_use = DigestSet::default();
+        let mut gone: Vec<(u64, String)> = Vec::new();
+        for row in containers.iter().map_err(store_err)? {
+            let (key, value) = row.map_err(store_err)?;
+            let record: ContainerRecord = decode(value.value())?;
+            let gone_at = match record.gone_at_ms {
+                Some(at) => Some(at),
+                None if !alive(&record) => {
+                    plan.newly_gone.push(record.key.clone());
+                    Some(now)
+                }
+                None => None,
+            };
+            match gone_at {
+                Some(at) => gone.push((at, key.value().to_string())),
+                None => {
+                    for digest in [&record.digest, &record.platform_digest]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Ok(digest) = Digest::parse(digest) {
+                            in_use.insert(&digest);
+                        }
+                    }
+                }
+            }
+        }
+        // The longest gone first; past the retention, or over the count.
+        gone.sort();
+        let over = containers
+            .len()
+            .map_err(store_err)?
+            .saturating_sub(retention.max_containers);
+        for (i, (at, key)) in gone.into_iter().enumerate() {
+            if at >= cutoff && (i as u64) >= over {
+                break;
+            }
+            plan.containers.push(key);
+        }
+
+        // Violations: the oldest first.
+        let violations = txn.open_table(VIOLATIONS).map_err(store_err)?;
+        let over = violations
+            .len()
+            .map_err(store_err)?
+            .saturating_sub(retention.max_violations);
+        for (i, row) in violations.iter().map_err(store_err)?.enumerate() {
+            let (seq, value) = row.map_err(store_err)?;
+            let at = decode::<Violation>(value.value())?.at_ms;
+            if at >= cutoff && (i as u64) >= over {
+                break;
+            }
+            plan.violations.push(seq.value());
+        }
+
+        // Approvals: after the longest retention any sender gave.
+        let sources = txn.open_table(SOURCES).map_err(store_err)?;
+        let mut longest = 0u64;
+        for row in sources.iter().map_err(store_err)? {
+            let (_, value) = row.map_err(store_err)?;
+            longest = longest.max(decode::<SourceState>(value.value())?.retention_ms);
+        }
+        if longest > 0 {
+            plan.expire_before = now.saturating_sub(longest);
+            let approvals = txn.open_table(APPROVALS).map_err(store_err)?;
+            for row in approvals.iter().map_err(store_err)? {
+                let (_, value) = row.map_err(store_err)?;
+                let approval: Approval = decode(value.value())?;
+                if expires(&approval, plan.expire_before)
+                    && !in_use.contains(approval.digest.as_str())
+                {
+                    plan.approvals.push(approval.digest);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Drops what `plan` found, each record checked again; one short write
+    /// transaction.
+    fn apply_prune(&self, now: u64, plan: &PrunePlan) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut containers = txn.open_table(CONTAINERS).map_err(store_err)?;
             let mut meta = txn.open_table(META).map_err(store_err)?;
-            // Containers: note the gone, and the digests the running use.
-            let mut in_use = DigestSet::default();
-            let mut gone: Vec<(u64, String, VerdictKind)> = Vec::new();
-            let mut newly_gone = Vec::new();
-            for row in containers.iter().map_err(store_err)? {
-                let (key, value) = row.map_err(store_err)?;
-                let mut record: ContainerRecord = decode(value.value())?;
-                if record.gone_at_ms.is_none() && !alive(&record) {
-                    record.gone_at_ms = Some(now);
-                    newly_gone.push(record.clone());
-                }
-                match record.gone_at_ms {
-                    Some(at) => gone.push((at, key.value().to_string(), record.verdict)),
-                    None => {
-                        for digest in [&record.digest, &record.platform_digest]
-                            .into_iter()
-                            .flatten()
-                        {
-                            if let Ok(digest) = Digest::parse(digest) {
-                                in_use.insert(&digest);
-                            }
-                        }
-                    }
-                }
-            }
-            for record in &newly_gone {
-                let bytes = serde_json::to_vec(record).map_err(store_err)?;
-                containers
-                    .insert(record.key.as_str(), bytes.as_slice())
-                    .map_err(store_err)?;
-            }
-            gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-            let total = containers.len().map_err(store_err)?;
-            let over = total.saturating_sub(retention.max_containers);
-            for (i, (at, key, verdict)) in gone.iter().enumerate() {
-                if *at >= cutoff && (i as u64) >= over {
-                    break;
-                }
-                containers.remove(key.as_str()).map_err(store_err)?;
-                add_to(&mut meta, &verdict_key(*verdict), -1)?;
-                pruned.containers += 1;
-            }
-
-            // Violations: the oldest first.
-            let mut violations = txn.open_table(VIOLATIONS).map_err(store_err)?;
-            loop {
-                let total = violations.len().map_err(store_err)?;
-                let Some((seq, at)) = violations
-                    .first()
+            let read = |table: &redb::Table<'_, &'static str, &'static [u8]>, key: &str| {
+                table
+                    .get(key)
                     .map_err(store_err)?
-                    .map(|(seq, value)| {
-                        decode::<Violation>(value.value()).map(|v| (seq.value(), v.at_ms))
-                    })
+                    .map(|v| decode::<ContainerRecord>(v.value()))
+                    .transpose()
+            };
+            for key in &plan.newly_gone {
+                if let Some(mut record) = read(&containers, key)?.filter(|r| r.gone_at_ms.is_none())
+                {
+                    record.gone_at_ms = Some(now);
+                    let bytes = serde_json::to_vec(&record).map_err(store_err)?;
+                    containers
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                }
+            }
+            for key in &plan.containers {
+                // Only what is still gone (a key reused by a new container
+                // since the plan is kept).
+                if let Some(record) = read(&containers, key)?.filter(|r| r.gone_at_ms.is_some()) {
+                    containers.remove(key.as_str()).map_err(store_err)?;
+                    add_to(&mut meta, &verdict_key(record.verdict), -1)?;
+                    pruned.containers += 1;
+                }
+            }
+            let mut violations = txn.open_table(VIOLATIONS).map_err(store_err)?;
+            for seq in &plan.violations {
+                if violations.remove(*seq).map_err(store_err)?.is_some() {
+                    pruned.violations += 1;
+                }
+            }
+            let mut approvals = txn.open_table(APPROVALS).map_err(store_err)?;
+            let mut caveats = txn.open_table(CAVEATS).map_err(store_err)?;
+            for digest in &plan.approvals {
+                let still_expired = approvals
+                    .get(digest.as_str())
+                    .map_err(store_err)?
+                    .map(|v| decode::<Approval>(v.value()))
                     .transpose()?
-                else {
-                    break;
-                };
-                if at >= cutoff && total <= retention.max_violations {
-                    break;
-                }
-                violations.remove(seq).map_err(store_err)?;
-                pruned.violations += 1;
-            }
-
-            // Approvals: after the longest retention any sender gave.
-            let sources = txn.open_table(SOURCES).map_err(store_err)?;
-            let mut longest = 0u64;
-            for row in sources.iter().map_err(store_err)? {
-                let (_, value) = row.map_err(store_err)?;
-                longest = longest.max(decode::<SourceState>(value.value())?.retention_ms);
-            }
-            if longest > 0 {
-                let expire_before = now.saturating_sub(longest);
-                let mut approvals = txn.open_table(APPROVALS).map_err(store_err)?;
-                let mut caveats = txn.open_table(CAVEATS).map_err(store_err)?;
-                let mut expired = Vec::new();
-                for row in approvals.iter().map_err(store_err)? {
-                    let (_, value) = row.map_err(store_err)?;
-                    let approval: Approval = decode(value.value())?;
-                    if !approval.source.starts_with("file:")
-                        && approval.last_pushed_ms() < expire_before
-                        && !in_use.contains(approval.digest.as_str())
-                    {
-                        expired.push(approval.digest);
-                    }
-                }
-                for digest in &expired {
+                    .is_some_and(|a| expires(&a, plan.expire_before));
+                if still_expired {
                     approvals.remove(digest.as_str()).map_err(store_err)?;
                     caveats.remove(digest.as_str()).map_err(store_err)?;
+                    pruned.approvals.push(digest.clone());
                 }
-                pruned.approvals = expired;
             }
             add_to(&mut meta, CONTAINERS_PRUNED, pruned.containers as i64)?;
             add_to(&mut meta, VIOLATIONS_PRUNED, pruned.violations as i64)?;
@@ -981,6 +1038,25 @@ impl Store {
         }
         Ok(pruned)
     }
+}
+
+/// What one retention pass found to drop.
+#[derive(Debug, Default)]
+struct PrunePlan {
+    /// Containers whose cgroup is gone, to mark gone now.
+    newly_gone: Vec<String>,
+    /// Gone containers to drop.
+    containers: Vec<String>,
+    violations: Vec<u64>,
+    approvals: Vec<Digest>,
+    /// Approvals last pushed before this expire.
+    expire_before: u64,
+}
+
+/// Whether `approval` expires: no sender pushed it since `expire_before`,
+/// and no file lists it.
+fn expires(approval: &Approval, expire_before: u64) -> bool {
+    !approval.source.starts_with("file:") && approval.last_pushed_ms() < expire_before
 }
 
 /// One page of `rows` (key and record, in key order): the records `keep`
@@ -1453,5 +1529,42 @@ mod tests {
         // The last page says nothing follows.
         let last = page((0..5u64).map(|n| Ok((n, n))), 10, |_| true).unwrap();
         assert_eq!((last.items.len(), last.next), (5, None));
+    }
+
+    #[test]
+    fn what_changed_between_the_scan_and_the_drop_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let now = now_ms();
+        store
+            .put_container(&container(
+                "k8s.io/x",
+                "/x",
+                VerdictKind::NeverAdmitted,
+                None,
+            ))
+            .unwrap();
+        store
+            .mark_gone(&["k8s.io/x".into()], now - 8 * DAY)
+            .unwrap();
+        let keep = Retention {
+            records_ms: 7 * DAY,
+            max_containers: 100,
+            max_violations: 100,
+        };
+        let plan = store.plan_prune(now, &keep, |_| true).unwrap();
+        assert_eq!(plan.containers, ["k8s.io/x"]);
+        // The key is a running container again before the drop.
+        store
+            .put_container(&container("k8s.io/x", "/x", VerdictKind::Admitted, None))
+            .unwrap();
+        let pruned = store.apply_prune(now, &plan).unwrap();
+        assert_eq!(pruned.containers, 0);
+        let kept = store.container("k8s.io/x").unwrap().expect("kept");
+        assert_eq!(
+            (kept.verdict, kept.gone_at_ms),
+            (VerdictKind::Admitted, None)
+        );
+        assert_eq!(store.count_with_verdict(VerdictKind::Admitted).unwrap(), 1);
     }
 }
