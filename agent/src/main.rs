@@ -255,6 +255,9 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    tokio::spawn(imagegate_plumbing::allocator::trim_every(
+        imagegate_plumbing::allocator::TRIM_EVERY,
+    ));
     check_requirements(&args)?;
     let layout = Layout::detect()?;
     let exemptions = Exemptions::new(

@@ -449,6 +449,9 @@ fn run_check(args: CheckArgs) -> u8 {
 
 #[tokio::main]
 async fn serve(args: ServeArgs) -> Result<()> {
+    tokio::spawn(imagegate_plumbing::allocator::trim_every(
+        imagegate_plumbing::allocator::TRIM_EVERY,
+    ));
     // Exactly one crypto provider, installed before anything uses rustls.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let _ = provider.as_ref().clone().install_default();

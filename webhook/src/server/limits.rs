@@ -47,7 +47,10 @@ pub struct Limits {
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: usize,
     /// Connections open at once from one address, so that one client
-    /// cannot take every slot from the apiserver.
+    /// cannot take every slot from the apiserver. The apiserver itself
+    /// opens one HTTP/1.1 connection per concurrent admission call
+    /// (kubernetes/kubernetes#82090), so this must stay above the
+    /// concurrency it sends: twice `max_reviews` by default.
     pub max_connections_per_address: usize,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
@@ -74,7 +77,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 256,
-            max_connections_per_address: 64,
+            max_connections_per_address: 128,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -154,9 +157,15 @@ pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Resp
         Ok(read) => read,
         Err(refusal) => return refuse(parts.uri.path(), refusal, &peer),
     };
-    let Ok(Ok(_deciding)) =
-        tokio::time::timeout(limits.queue_wait, budgets.deciding.clone().acquire_owned()).await
-    else {
+    // A free slot is taken at once; only a full house waits (with a timer).
+    let slot = match budgets.deciding.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => tokio::time::timeout(limits.queue_wait, budgets.deciding.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_deciding) = slot else {
         warn!(
             max = limits.max_reviews,
             "reviews being decided at their bound; refusing one"
@@ -176,74 +185,123 @@ pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Resp
 }
 
 /// The whole body, and the budget it holds (given back when dropped).
+/// One timer for the whole read; a body that arrives as one chunk (most
+/// reviews) is passed on without a copy.
 async fn read_bounded(
     budgets: &Budgets,
     peer: IpAddr,
-    mut body: Body,
+    body: Body,
     deadline: Instant,
 ) -> Result<(Bytes, Held), Refusal> {
-    let mut buffer: Vec<u8> = Vec::new();
-    let refusal = |status, reason: String, buffer: &[u8]| Refusal {
-        status,
-        reason,
-        prefix: buffer[..buffer.len().min(UID_PREFIX_BYTES)].to_vec(),
+    let mut read = BodyRead {
+        first: None,
+        joined: Vec::new(),
+        held: budgets.bodies.hold_nothing(peer),
     };
-    let mut held = budgets.bodies.hold_nothing(peer);
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return Err(refusal(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the request body did not arrive within {:?}",
-                        budgets.limits.body_timeout
-                    ),
-                    &buffer,
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(refusal(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the body: {e}"),
-                    &buffer,
-                ));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        if buffer.len() + chunk.len() > MAX_REVIEW_BYTES {
-            let limit = MAX_REVIEW_BYTES / (1024 * 1024);
-            buffer.extend_from_slice(&chunk[..chunk.len().min(UID_PREFIX_BYTES)]);
-            return Err(refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the review is larger than {limit} MiB, more than the apiserver sends for an \
-                     object and its old object; denied without reading it"
-                ),
-                &buffer,
-            ));
+    match tokio::time::timeout_at(deadline, read.collect(peer, body)).await {
+        Ok(Ok(())) => {}
+        Ok(Err((status, reason))) => return Err(read.refusal(status, reason)),
+        Err(_) => {
+            let reason = format!(
+                "the request body did not arrive within {:?}",
+                budgets.limits.body_timeout
+            );
+            return Err(read.refusal(StatusCode::REQUEST_TIMEOUT, reason));
         }
-        if let Err(why) = held.grow(chunk.len()) {
-            let whose = match why {
-                Refused::Full => "all clients together",
-                Refused::AddressFull => "this client address",
-            };
-            warn!(%peer, whose, "request bodies at their memory budget; refusing one");
-            buffer.extend_from_slice(&chunk[..chunk.len().min(UID_PREFIX_BYTES)]);
-            return Err(refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the webhook holds as many request bytes as it may from {whose}; try again"
-                ),
-                &buffer,
-            ));
-        }
-        buffer.extend_from_slice(&chunk);
     }
-    Ok((Bytes::from(buffer), held))
+    let bytes = match read.first.take() {
+        Some(only) => only,
+        None => Bytes::from(std::mem::take(&mut read.joined)),
+    };
+    Ok((bytes, read.held))
+}
+
+/// A body being read and the budget it holds.
+struct BodyRead {
+    /// The body while it is one chunk.
+    first: Option<Bytes>,
+    /// The body once a second chunk arrived: copied into one buffer, which
+    /// grows past the allocator's mmap threshold and so is unmapped when
+    /// freed (many small chunks kept would fragment the heap and keep
+    /// memory after a burst).
+    joined: Vec<u8>,
+    held: Held,
+}
+
+impl BodyRead {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if let Some(first) = self.first.take() {
+            self.joined.reserve(first.len() + chunk.len());
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(chunk);
+    }
+
+    /// Reads frames until the body ends or a bound is crossed (the status
+    /// and reason of the refusal; the start of the chunk that crossed it is
+    /// kept, for the uid).
+    async fn collect(&mut self, peer: IpAddr, mut body: Body) -> Result<(), (StatusCode, String)> {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            if self.len() + chunk.len() > MAX_REVIEW_BYTES {
+                let limit = MAX_REVIEW_BYTES / (1024 * 1024);
+                self.keep_for_uid(&chunk);
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the review is larger than {limit} MiB, more than the apiserver sends for \
+                         an object and its old object; denied without reading it"
+                    ),
+                ));
+            }
+            if let Err(why) = self.held.grow(chunk.len()) {
+                let whose = match why {
+                    Refused::Full => "all clients together",
+                    Refused::AddressFull => "this client address",
+                };
+                warn!(%peer, whose, "request bodies at their memory budget; refusing one");
+                self.keep_for_uid(&chunk);
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the webhook holds as many request bytes as it may from {whose}; try again"
+                    ),
+                ));
+            }
+            if self.first.is_none() && self.joined.is_empty() {
+                self.first = Some(chunk);
+            } else {
+                self.push(&chunk);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps what is needed of a refused chunk to find the uid.
+    fn keep_for_uid(&mut self, chunk: &[u8]) {
+        let room = UID_PREFIX_BYTES.saturating_sub(self.len());
+        if room > 0 {
+            self.push(&chunk[..chunk.len().min(room)]);
+        }
+    }
+
+    /// The refusal, with the first bytes read (where the uid is).
+    fn refusal(&self, status: StatusCode, reason: String) -> Refusal {
+        let read: &[u8] = self.first.as_deref().unwrap_or(&self.joined);
+        Refusal {
+            status,
+            reason,
+            prefix: read[..read.len().min(UID_PREFIX_BYTES)].to_vec(),
+        }
+    }
 }
 
 /// An AdmissionReview whose uid is readable gets a denial carrying it and
