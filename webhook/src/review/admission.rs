@@ -396,14 +396,22 @@ struct Status {
 }
 
 impl Response {
-    /// A response echoing the request's apiVersion and uid.
-    pub fn new(
-        api_version: String,
-        uid: String,
-        allowed: bool,
-        code: u16,
-        message: String,
-    ) -> Self {
+    /// An answer that allows the request (status 200), echoing its
+    /// apiVersion and uid.
+    pub fn allow(api_version: String, uid: String, message: String) -> Self {
+        Self::new(api_version, uid, true, 200, message)
+    }
+
+    /// An answer that denies the request, echoing its apiVersion and uid.
+    /// `code` says why (403 by policy, 400 unreadable, 5xx the webhook's
+    /// own trouble); one that is not an error code is sent as 403, so a
+    /// denial never carries a success status.
+    pub fn deny(api_version: String, uid: String, code: u16, message: String) -> Self {
+        let code = if code >= 400 { code } else { 403 };
+        Self::new(api_version, uid, false, code, message)
+    }
+
+    fn new(api_version: String, uid: String, allowed: bool, code: u16, message: String) -> Self {
         Self {
             api_version,
             kind: KIND,
@@ -445,6 +453,37 @@ mod checked_resources_tests {
     fn every_checked_resource_has_a_pod_spec_to_read() {
         for (group, _, kind) in CHECKED_RESOURCES {
             assert!(spec_at(group, kind).is_some(), "{group}/{kind}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod response_tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_echoes_the_uid_and_a_denial_never_carries_a_success_code() {
+        let allow = serde_json::to_value(Response::allow(
+            "admission.k8s.io/v1".into(),
+            "u-1".into(),
+            "ok".into(),
+        ))
+        .unwrap();
+        assert_eq!(allow["response"]["uid"], "u-1");
+        assert_eq!(allow["response"]["allowed"], true);
+        assert_eq!(allow["response"]["status"]["code"], 200);
+        for (asked, sent) in [(403, 403), (400, 400), (503, 503), (200, 403), (0, 403)] {
+            let deny = serde_json::to_value(Response::deny(
+                "admission.k8s.io/v1beta1".into(),
+                "u-2".into(),
+                asked,
+                "no".into(),
+            ))
+            .unwrap();
+            assert_eq!(deny["apiVersion"], "admission.k8s.io/v1beta1");
+            assert_eq!(deny["response"]["uid"], "u-2");
+            assert_eq!(deny["response"]["allowed"], false);
+            assert_eq!(deny["response"]["status"]["code"], sent, "asked {asked}");
         }
     }
 }

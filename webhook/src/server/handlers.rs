@@ -74,33 +74,33 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
             match &request.review {
                 Err(why) => {
                     debug!(uid = %request.uid, operation = %request.operation, "allowed without checks: {why}");
-                    json(admission::Response::new(
+                    json(admission::Response::allow(
                         request.api_version,
                         request.uid,
-                        true,
-                        200,
                         format!("not checked: {why}"),
                     ))
                 }
                 Ok(review) => match decide(&state, review).await {
                     Some(d) => {
-                        let code = if d.allowed { 200 } else { 403 };
-                        json(
-                            admission::Response::new(
+                        let answer = if d.allowed {
+                            admission::Response::allow(request.api_version, request.uid, d.message)
+                        } else {
+                            admission::Response::deny(
                                 request.api_version,
                                 request.uid,
-                                d.allowed,
-                                code,
+                                403,
                                 d.message,
                             )
-                            .with_warnings(d.warnings)
-                            .with_audit_annotations(d.audit_annotations),
+                        };
+                        json(
+                            answer
+                                .with_warnings(d.warnings)
+                                .with_audit_annotations(d.audit_annotations),
                         )
                     }
-                    None => json(admission::Response::new(
+                    None => json(admission::Response::deny(
                         request.api_version,
                         request.uid,
-                        false,
                         500,
                         NO_POLICY.to_string(),
                     )),
@@ -118,13 +118,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
 /// that uid, so `failurePolicy: Ignore` cannot turn the error into an allow.
 fn unreadable(api_version: String, uid: String, reason: String) -> (StatusCode, Response) {
     warn!(%uid, "AdmissionReview denied: {reason}");
-    json(admission::Response::new(
-        api_version,
-        uid,
-        false,
-        400,
-        reason,
-    ))
+    json(admission::Response::deny(api_version, uid, 400, reason))
 }
 
 /// Runs the admission pipeline with the policy in force; counts and logs.
@@ -256,13 +250,11 @@ pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response
                     Err(message) => (false, message, None),
                 },
             };
-            let mut answer = admission::Response::new(
-                request.api_version,
-                request.uid,
-                allowed,
-                if allowed { 200 } else { 500 },
-                message,
-            );
+            let mut answer = if allowed {
+                admission::Response::allow(request.api_version, request.uid, message)
+            } else {
+                admission::Response::deny(request.api_version, request.uid, 500, message)
+            };
             if let Some(patch) = patch {
                 answer = answer.with_patch(patch);
             }

@@ -317,13 +317,8 @@ fn refuse(path: &str, refusal: Refusal, peer: &IpAddr) -> Response {
         && let Some((api_version, uid)) = uid_of(&prefix)
     {
         warn!(%uid, %peer, "AdmissionReview denied unread: {reason}");
-        let answer = crate::review::admission::Response::new(
-            api_version,
-            uid,
-            false,
-            status.as_u16(),
-            reason,
-        );
+        let answer =
+            crate::review::admission::Response::deny(api_version, uid, status.as_u16(), reason);
         let body = serde_json::to_vec(&answer).unwrap_or_default();
         return (
             StatusCode::OK,
