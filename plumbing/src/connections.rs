@@ -3,7 +3,13 @@
 //! at once instead of being served; each open one holds its slot until it
 //! is dropped.
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
 
 pub use crate::budget::Refused;
 use crate::budget::{Budget, Held};
@@ -38,6 +44,38 @@ impl ConnectionSlots {
 
     pub fn open(&self) -> usize {
         self.budget.spent()
+    }
+
+    /// The next connection on `listener` that gets a slot. Connections over
+    /// a bound are closed at once (each open one costs memory); a failed
+    /// accept (out of file descriptors and the like) is logged and retried
+    /// after a pause. Cancel-safe, so it can race a shutdown in `select!`.
+    /// `listener_name` names the listener in the logs.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        listener_name: &str,
+    ) -> (TcpStream, SocketAddr, Slot) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, listener = listener_name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match self.take(peer.ip()) {
+                Ok(slot) => return (tcp, peer, slot),
+                Err(why) => {
+                    let max = match why {
+                        Refused::Full => self.max(),
+                        Refused::AddressFull => self.max_per_address(),
+                    };
+                    debug!(%peer, listener = listener_name, ?why, max, "connection refused: at its bound");
+                }
+            }
+        }
     }
 }
 

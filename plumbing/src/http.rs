@@ -11,7 +11,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{connections::ConnectionSlots, idle::IdleTimeout};
 
@@ -48,23 +48,9 @@ pub async fn serve(
     let slots = ConnectionSlots::new(bounds.connections, bounds.per_address);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (tcp, peer, slot) = tokio::select! {
+            accepted = slots.accept(&listener, "metrics") => accepted,
             _ = &mut shutdown => return,
-        };
-        let slot = match slots.take(peer.ip()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                debug!(%peer, ?why, "connection refused: at its bound");
-                continue;
-            }
         };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {

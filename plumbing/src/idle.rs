@@ -22,7 +22,6 @@ pub struct IdleTimeout<T> {
     inner: T,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
-    last_moved: Instant,
 }
 
 impl<T> IdleTimeout<T> {
@@ -31,30 +30,11 @@ impl<T> IdleTimeout<T> {
             inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
-            last_moved: Instant::now(),
         }
     }
 
-    /// A byte moved: noted only (a clock read). Resetting the timer on
-    /// every read and write cost a timer-wheel update each; the timer is
-    /// moved on when it fires instead (see `idle`).
     fn moved(&mut self) {
-        self.last_moved = Instant::now();
-    }
-
-    /// Whether the connection has been idle for the whole timeout, with
-    /// the timer re-armed (and `cx` registered) when it has not.
-    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.deadline.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last_moved + self.timeout;
-            if due <= Instant::now() {
-                return true;
-            }
-            self.deadline.as_mut().reset(due);
-        }
+        self.deadline.as_mut().reset(Instant::now() + self.timeout);
     }
 
     pub fn get_ref(&self) -> &T {
@@ -83,8 +63,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending if self.idle(cx) => Poll::Ready(Err(expired())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(expired())),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
@@ -103,8 +85,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.idle(cx) => Poll::Ready(Err(expired())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(expired())),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -551,6 +551,54 @@ pub async fn phase(
     }
 }
 
+/// Starts `binary` (imagegate-webhook) inside `cgroup`, serving on a free
+/// loopback port with `dir`'s `tls.crt`, `tls.key` and `policy.yaml`, no
+/// adoption, and `extra` flags (without any, digest resolution is off).
+/// Returns the process and the address it serves on.
+pub fn start_webhook(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    cgroup: &crate::cgroup::MemoryCgroup,
+    extra: &[&str],
+) -> (crate::process::Process, SocketAddr) {
+    let extra: &[&str] = if extra.is_empty() {
+        &["--digest-resolution", "off"]
+    } else {
+        extra
+    };
+    let file = |name: &str| dir.join(name).display().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--adopt-running-pods",
+        "off",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .chain([
+        "--cert".to_string(),
+        file("tls.crt"),
+        "--key".to_string(),
+        file("tls.key"),
+        "--policy".to_string(),
+        file("policy.yaml"),
+    ]);
+    let mut webhook = crate::process::Process::start_with("webhook", binary, args, |command| {
+        cgroup.run_inside(command)
+    });
+    let serving = webhook.wait_message(
+        "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
+        Duration::from_secs(20),
+    );
+    let address = serving["fields"]["listen"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .expect("the webhook logs its address");
+    (webhook, address)
+}
+
 /// The attacks seen to take the webhook down before it had bounds, each as
 /// a phase against `watched` from `source`: its test asserts on them, its
 /// benchmark prints them.

@@ -8,56 +8,18 @@
 //!
 //! Usage: hostile_bench WEBHOOK-BINARY
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use imagegate_testkit::{
     ca::Ca,
     cgroup::MemoryCgroup,
     hostile::{self, AttackSummary, Target, Watched, webhook_attacks},
-    process::Process,
 };
 use serde_json::{Value, json};
 
 const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 const POLICY: &str = include_str!("../../deploy/policy/example-policy.yaml");
 const REVIEW: &str = include_str!("../tests/fixtures/apiserver-v1.28/admissionreview-3.json");
-
-fn start(binary: &Path, dir: &Path, cgroup: &MemoryCgroup) -> (Process, SocketAddr) {
-    let file = |name: &str| dir.join(name).display().to_string();
-    let mut webhook = Process::start_with(
-        "webhook",
-        binary,
-        [
-            "serve".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--adopt-running-pods".into(),
-            "off".into(),
-            "--digest-resolution".into(),
-            "off".into(),
-            "--cert".into(),
-            file("tls.crt"),
-            "--key".into(),
-            file("tls.key"),
-            "--policy".into(),
-            file("policy.yaml"),
-        ],
-        |command| cgroup.run_inside(command),
-    );
-    let serving = webhook.wait_message(
-        "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
-        Duration::from_secs(20),
-    );
-    let address = serving["fields"]["listen"]
-        .as_str()
-        .and_then(|l| l.parse().ok())
-        .expect("the webhook logs its address");
-    (webhook, address)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
@@ -69,11 +31,15 @@ async fn main() {
     let ca = Ca::new("imagegate hostile bench CA");
     let dir = tempfile::tempdir().expect("a temporary folder");
     let leaf = ca.server("webhook");
-    std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    for (name, contents) in [
+        ("tls.crt", leaf.cert_pem.as_str()),
+        ("tls.key", leaf.key_pem.as_str()),
+        ("policy.yaml", POLICY),
+    ] {
+        std::fs::write(dir.path().join(name), contents).expect("writing the webhook's files");
+    }
     let cgroup = MemoryCgroup::new("webhook-hostile-bench", CHART_MEMORY_LIMIT);
-    let (mut webhook, address) = start(&binary, dir.path(), &cgroup);
+    let (mut webhook, address) = hostile::start_webhook(&binary, dir.path(), &cgroup, &[]);
     let target = Target::new(address, "localhost", &ca.pem());
     let fixture: Value = serde_json::from_str(REVIEW).expect("the fixture is JSON");
     let watched = Watched {
@@ -81,7 +47,7 @@ async fn main() {
         cgroup: Some(&cgroup),
         target: target.clone(),
         path: "/validate".into(),
-        body: serde_json::to_vec(&fixture["body"]).unwrap(),
+        body: serde_json::to_vec(&fixture["body"]).expect("the fixture's body is JSON"),
     };
     let attacker = |n: u8| IpAddr::from([127, 0, 0, n]);
     let mut phases = Vec::new();

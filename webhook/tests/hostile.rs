@@ -28,47 +28,12 @@ const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 const MIB: usize = 1024 * 1024;
 
 fn start(dir: &Path, cgroup: &MemoryCgroup, extra: &[&str]) -> (Process, SocketAddr) {
-    let mut webhook = Process::start_with(
-        "webhook",
+    hostile::start_webhook(
         Path::new(env!("CARGO_BIN_EXE_imagegate-webhook")),
-        [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--adopt-running-pods",
-            "off",
-        ]
-        .into_iter()
-        .chain(
-            if extra.is_empty() {
-                &["--digest-resolution", "off"][..]
-            } else {
-                extra
-            }
-            .iter()
-            .copied(),
-        )
-        .map(String::from)
-        .chain(
-            [
-                ("--cert", "tls.crt"),
-                ("--key", "tls.key"),
-                ("--policy", "policy.yaml"),
-            ]
-            .into_iter()
-            .flat_map(|(flag, file)| [flag.to_string(), dir.join(file).display().to_string()]),
-        ),
-        |command| cgroup.run_inside(command),
-    );
-    let serving = webhook.wait_message(
-        "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
-        Duration::from_secs(20),
-    );
-    let address = serving["fields"]["listen"]
-        .as_str()
-        .and_then(|l| l.parse().ok())
-        .expect("the webhook logs its address");
-    (webhook, address)
+        dir,
+        cgroup,
+        extra,
+    )
 }
 
 fn check(report: &PhaseReport, alive: bool) {

@@ -23,7 +23,6 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
-use tracing::{debug, warn};
 
 /// Connections open at once on one listener, and from one address.
 #[derive(Clone, Copy, Debug)]
@@ -132,21 +131,7 @@ where
     let slots = bounds.slots();
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, listener = name, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let slot = match slots.take(peer.ip()) {
-                Ok(slot) => slot,
-                Err(why) => {
-                    debug!(%peer, listener = name, ?why, "connection refused: at its bound");
-                    continue;
-                }
-            };
+            let (tcp, peer, slot) = slots.accept(&listener, name).await;
             let (tx, setup) = (tx.clone(), setup.clone());
             tokio::spawn(async move {
                 if let Some(io) = setup(tcp, peer).await {

@@ -12,10 +12,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use imagegate_plumbing::{
-    connections::{ConnectionSlots, Refused},
-    idle::IdleTimeout,
-};
+use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -47,30 +44,9 @@ pub async fn serve(
     let idle = limits.idle_timeout;
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (tcp, peer, slot) = tokio::select! {
+            accepted = slots.accept(&listener, "webhook") => accepted,
             _ = &mut shutdown => break,
-        };
-        let slot = match slots.take(peer.ip()) {
-            Ok(slot) => slot,
-            // Closed at once: each open connection costs memory, and the
-            // apiserver needs only a few.
-            Err(Refused::Full) => {
-                debug!(%peer, max = slots.max(), "connection refused: at the connection bound");
-                continue;
-            }
-            Err(Refused::AddressFull) => {
-                debug!(%peer, max = slots.max_per_address(), "connection refused: at the bound for one address");
-                continue;
-            }
         };
         let _ = tcp.set_nodelay(true);
         let tcp = IdleTimeout::new(tcp, idle);
