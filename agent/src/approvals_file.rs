@@ -4,13 +4,21 @@
 //! Blank lines and `#` comments are skipped; a bad line is reported with
 //! its number and skipped, never taken as an approval.
 
-use std::path::Path;
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
+use tracing::{info, warn};
+
+use imagegate_plumbing::clock::now_ms;
 
 use crate::{
     digest::Digest,
-    store::{Approval, Origin, now_ms},
+    engine::Writer,
+    model::{Approval, Origin},
 };
 
 #[derive(Deserialize)]
@@ -102,6 +110,61 @@ pub fn read_chunked(
         sink(approvals);
     }
     Ok(bad)
+}
+
+/// Reads the file and sends its approvals to the store's writer, a chunk
+/// at a time. Blocking: call from a blocking thread.
+pub fn load(path: &Path, writer: &Writer) {
+    let mut added = 0;
+    let result = read_chunked(path, |chunk| match writer.blocking_from_file(chunk) {
+        Ok(n) => added += n,
+        Err(e) => warn!(error = %e, "could not store approvals"),
+    });
+    match result {
+        Ok(bad) => {
+            for line in bad {
+                warn!(file = %path.display(), line = line.line, reason = %line.reason, "skipped an approval line");
+            }
+            if added > 0 {
+                info!(file = %path.display(), added, "approvals loaded");
+            }
+        }
+        // A file that does not exist yet is normal at start.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(file = %path.display(), error = %e, "could not read approvals"),
+    }
+}
+
+/// Loads the file again whenever it changes, until `stop` turns true.
+/// Polled (a mounted ConfigMap or Secret changes by a symlink swap, which
+/// inotify on the file itself misses): its size, modification time and
+/// inode, following symlinks.
+pub async fn follow(path: PathBuf, writer: Writer, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let now = stamp(&path);
+        if now != last {
+            last = now;
+            let (path, writer) = (path.clone(), writer.clone());
+            if tokio::task::spawn_blocking(move || load(&path, &writer))
+                .await
+                .is_err()
+            {
+                warn!("loading the approvals file panicked");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

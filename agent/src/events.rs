@@ -5,7 +5,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::ContainerRecord;
+use crate::model::ContainerRecord;
 
 /// Events kept for a watcher that falls behind.
 pub const CAPACITY: usize = 4096;

@@ -3,6 +3,8 @@
 //! mode, stops) every container whose digest was never admitted.
 //!
 //! Modules, each owning one thing:
+//! - [`model`]: the domain types (containers, approvals, verdicts, modes)
+//!   every adapter converts to and from;
 //! - [`kernel_offsets`]: struct offsets from the running kernel's BTF;
 //! - [`tracefs`]: where tracefs is and the layout of tracepoint records;
 //! - [`probe`]: loads and attaches the eBPF programs, reads their ring
@@ -33,6 +35,7 @@ pub mod events;
 pub mod exec_event;
 pub mod kernel_offsets;
 pub mod metrics;
+pub mod model;
 pub mod probe;
 pub mod requirements;
 pub mod retention;

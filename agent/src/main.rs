@@ -19,11 +19,12 @@ use imagegate_agent::{
     },
     approvals_file,
     cgroups::{Layout, Mode as CgroupMode},
-    engine::{self, Engine, Mode},
+    engine::{self, Engine},
     events,
     exec_event::Exec,
     kernel_offsets::VMLINUX_BTF,
     metrics::Metrics,
+    model::Mode,
     probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
     requirements::{self, Environment, KernelVersion},
     retention,
@@ -266,8 +267,8 @@ async fn run(args: RunArgs) -> Result<()> {
         args.exempt_pod_namespace.clone(),
         args.exempt_image.clone(),
     )?;
-    let store = Arc::new(Store::open(&args.state_dir.join("state.redb"))?);
-    let settle = Arc::new(Gate::open(args.mode, args.settle, store.clone())?);
+    let (store, store_writer) = Store::open(&args.state_dir.join("state.redb"))?;
+    let settle = Arc::new(Gate::open(args.mode, args.settle, &store_writer)?);
     match settle.now() {
         Enforcement::Audit => {}
         Enforcement::Settling { deadline_ms } => info!(
@@ -296,12 +297,23 @@ async fn run(args: RunArgs) -> Result<()> {
     // Every task spawned below stops when this turns true (at SIGTERM).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let approvals_changed = Arc::new(Notify::new());
+    let events = events::channel();
+    // The store's one writer; it stops once every handle is dropped.
+    let (writer, writer_thread) = engine::writer::spawn(
+        store_writer,
+        engine::writer::Listeners {
+            events: events.clone(),
+            approvals_changed: approvals_changed.clone(),
+            settle: settle.clone(),
+        },
+    )
+    .context("could not start the store's writer thread")?;
     if let Some(path) = &args.approvals_file {
-        load_approvals(path, &store, &approvals_changed);
-        tokio::spawn(watch_approvals(
+        let (file, loader) = (path.clone(), writer.clone());
+        tokio::task::spawn_blocking(move || approvals_file::load(&file, &loader)).await?;
+        tokio::spawn(approvals_file::follow(
             path.clone(),
-            store.clone(),
-            approvals_changed.clone(),
+            writer.clone(),
             stop_rx.clone(),
         ));
     }
@@ -314,6 +326,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     tokio::spawn(retention::run(
         store.clone(),
+        writer.clone(),
         layout.key_root().to_path_buf(),
         metrics.clone(),
         retention::Config {
@@ -327,24 +340,26 @@ async fn run(args: RunArgs) -> Result<()> {
         stop_rx.clone(),
     ));
 
-    let ctx = Arc::new(engine::Context {
-        config: engine::Config {
-            mode: args.mode,
-            grace: args.grace,
-            exemptions,
-            forget_every: args.forget_interval,
-            enforce_unknown: args.enforce_unknown,
-        },
+    let counters = Arc::new(engine::Counters::default());
+    let parts = engine::Parts {
+        forget_every: args.forget_interval,
         layout,
-        store,
-        metrics,
+        store: store.clone(),
+        writer: writer.clone(),
+        metrics: metrics.clone(),
         runtime: Arc::new(Containerd::new(&args.containerd_socket)),
         actions: probe.actions(),
         approvals_changed,
-        events: events::channel(),
-        counters: Arc::default(),
-        settle,
-    });
+        events: events.clone(),
+        counters: counters.clone(),
+        settle: settle.clone(),
+    };
+    let config = engine::Config {
+        mode: args.mode,
+        grace: args.grace,
+        exemptions,
+        enforce_unknown: args.enforce_unknown,
+    };
 
     let tls = match (
         args.grpc_address,
@@ -371,7 +386,16 @@ async fn run(args: RunArgs) -> Result<()> {
             .unwrap_or_default()
     });
     let api = AgentApi::new(
-        ctx.clone(),
+        api::Shared {
+            store,
+            writer,
+            metrics,
+            events,
+            counters,
+            settle,
+            mode: args.mode,
+            enforce_unknown: args.enforce_unknown,
+        },
         StaticStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             node,
@@ -392,9 +416,20 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Tests and the demo wait for this line.
     info!(mode = ?args.mode, "ready: watching container starts");
-    Engine::new(ctx).run(probe, shutdown_signal()).await?;
+    Engine::new(config, parts)
+        .run(probe, shutdown_signal())
+        .await?;
     let _ = stop_tx.send(true);
     info!("stopping");
+    // What the writer holds is written before the agent exits; the writer
+    // ends once the tasks stopped above have dropped their handles.
+    let flushed = tokio::task::spawn_blocking(move || writer_thread.join());
+    if tokio::time::timeout(Duration::from_secs(5), flushed)
+        .await
+        .is_err()
+    {
+        warn!("stopped without waiting longer for the store writer");
+    }
     Ok(())
 }
 
@@ -516,58 +551,6 @@ fn report_startup(args: &RunArgs, layout: &Layout, probe: &Probe, store: &Store)
     );
 }
 
-fn load_approvals(path: &Path, store: &Store, changed: &Notify) {
-    let mut added = 0;
-    let result = approvals_file::read_chunked(path, |chunk| match store.add_approvals(&chunk) {
-        Ok(n) => added += n,
-        Err(e) => warn!(error = %e, "could not store approvals"),
-    });
-    match result {
-        Ok(bad) => {
-            for line in bad {
-                warn!(file = %path.display(), line = line.line, reason = %line.reason, "skipped an approval line");
-            }
-            if added > 0 {
-                info!(file = %path.display(), added, "approvals loaded");
-                changed.notify_one();
-            }
-        }
-        // A file that does not exist yet is normal at start.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => warn!(file = %path.display(), error = %e, "could not read approvals"),
-    }
-}
-
-/// Polls the file (a mounted ConfigMap or Secret changes by a symlink
-/// swap, which inotify on the file itself misses): its size, modification
-/// time and inode, following symlinks.
-async fn watch_approvals(
-    path: PathBuf,
-    store: Arc<Store>,
-    changed: Arc<Notify>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    use std::os::unix::fs::MetadataExt;
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
-    };
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-        let now = stamp(&path);
-        if now != last {
-            load_approvals(&path, &store, &changed);
-            last = now;
-        }
-    }
-}
-
 /// `IP:PORT`, with an IPv6 address bracketed or not: the chart writes
 /// `$(POD_IP):PORT`, and a pod's IP may be IPv6 (the port is what follows
 /// the last colon).
@@ -632,7 +615,7 @@ fn print_state(state_dir: &Path, table: StateTable) -> Result<()> {
     if !path.exists() {
         bail!("no state at {}: check --state-dir", path.display());
     }
-    let store = Store::open(&path)?;
+    let (store, _) = Store::open(&path)?;
     let mut out = io::stdout().lock();
     match table {
         StateTable::Approvals => write_lines(&mut out, &store.approvals()?)?,

@@ -18,10 +18,12 @@ use aya::{
 use imagegate_common::{KernelLayout, action, globals, lost_slot, names};
 use tokio::io::unix::AsyncFd;
 
+use imagegate_plumbing::errors::error_chain;
+
 use crate::{
     exec_event::{Exec, NewCgroup, SizeMismatch},
     kernel_offsets::{self, OffsetError},
-    runtime::error_chain,
+    model::Action,
     tracefs::{self, FormatError},
 };
 
@@ -254,14 +256,6 @@ impl Probe {
 /// The exec program's per-cgroup decisions (`CGROUP_ACTIONS`).
 #[derive(Clone)]
 pub struct CgroupActions(Arc<Mutex<HashMap<MapData, u64, u32>>>);
-
-/// What the exec program should do with a cgroup's execs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Ignore,
-    Watch,
-    Kill,
-}
 
 impl CgroupActions {
     /// Stores the action for `key` (a cgroup v2 id or memory cgroup id, as

@@ -8,7 +8,7 @@
 
 use std::{os::unix::fs::FileTypeExt, path::Path};
 
-use crate::engine::Mode;
+use crate::model::Mode;
 
 /// A Linux capability, as a pod spec names it (without `CAP_`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,9 +17,13 @@ use std::{
 
 use tracing::{info, warn};
 
+use imagegate_plumbing::clock::now_ms;
+
 use crate::{
+    engine::writer::{WriteError, Writer},
     metrics::{EventLabels, Metrics},
-    store::{ContainerRecord, Pruned, Retention, Store, StoreError, now_ms},
+    model::ContainerRecord,
+    store::{Pruned, Retention, Store, StoreError},
 };
 
 /// When retention runs and what it keeps.
@@ -29,23 +33,35 @@ pub struct Config {
     pub every: Duration,
 }
 
-/// One pass: marks, drops and counts. Blocking (one store transaction over
-/// every record); call from a blocking thread.
-pub fn prune_once(
-    store: &Store,
+/// One pass: what to drop is found in a read transaction on a blocking
+/// thread (redb readers never block the writer), then the store's writer
+/// drops it in one short transaction, checking each record again.
+pub async fn prune_once(
+    store: &Arc<Store>,
+    writer: &Writer,
     key_root: &Path,
     keep: &Retention,
     metrics: &Metrics,
-) -> Result<Pruned, StoreError> {
-    let alive = |record: &ContainerRecord| {
-        // A record with no cgroup path cannot be checked: kept as alive,
-        // so retention never drops what it cannot prove is gone.
-        record.cgroup.is_empty()
-            || key_root
-                .join(record.cgroup.trim_start_matches('/'))
-                .exists()
+) -> Result<Pruned, PassError> {
+    let now = now_ms();
+    let plan = {
+        let (store, key_root, keep) = (store.clone(), key_root.to_path_buf(), *keep);
+        tokio::task::spawn_blocking(move || {
+            let alive = |record: &ContainerRecord| {
+                // A record with no cgroup path cannot be checked: kept as
+                // alive, so retention never drops what it cannot prove is
+                // gone.
+                record.cgroup.is_empty()
+                    || key_root
+                        .join(record.cgroup.trim_start_matches('/'))
+                        .exists()
+            };
+            store.plan_prune(now, &keep, alive)
+        })
+        .await
+        .map_err(|_| PassError::Panicked)??
     };
-    let pruned = store.prune(now_ms(), keep, alive)?;
+    let pruned = writer.prune(now, plan).await?;
     for (kind, count) in [
         ("container", pruned.containers),
         ("violation", pruned.violations),
@@ -60,6 +76,17 @@ pub fn prune_once(
     Ok(pruned)
 }
 
+/// A retention pass that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("the retention scan panicked")]
+    Panicked,
+}
+
 /// Runs a pass every `config.every` until `stop` turns true. The first waits
 /// one interval too: an agent that was down for longer than a ledger's
 /// retention holds approvals the webhooks refreshed meanwhile, and their
@@ -67,6 +94,7 @@ pub fn prune_once(
 /// `key_root` is the cgroup hierarchy container records' paths are in.
 pub async fn run(
     store: Arc<Store>,
+    writer: Writer,
     key_root: PathBuf,
     metrics: Arc<Metrics>,
     config: Config,
@@ -77,23 +105,17 @@ pub async fn run(
             _ = tokio::time::sleep(config.every) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let (store, key_root, metrics) = (store.clone(), key_root.clone(), metrics.clone());
-        let pass = tokio::task::spawn_blocking(move || {
-            prune_once(&store, &key_root, &config.keep, &metrics)
-        })
-        .await;
-        match pass {
-            Ok(Ok(pruned)) if pruned != Pruned::default() => info!(
+        match prune_once(&store, &writer, &key_root, &config.keep, &metrics).await {
+            Ok(pruned) if pruned != Pruned::default() => info!(
                 containers = pruned.containers,
                 violations = pruned.violations,
                 approvals = pruned.approvals.len(),
                 "retention: records dropped"
             ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(_) => {}
+            Err(e) => {
                 warn!(error = %e, "retention pass failed; state keeps growing until one works")
             }
-            Err(e) => warn!(error = %e, "retention pass panicked"),
         }
     }
 }

@@ -28,9 +28,13 @@ use containerd_client::services::v1::{
     images_client::ImagesClient, namespaces_client::NamespacesClient, tasks_client::TasksClient,
 };
 use imagegate_proto::platform::{Platform, node_architecture};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::Mutex;
 use tonic::{Code, Request, transport::Channel};
+
+use imagegate_plumbing::errors::error_chain;
+
+use crate::model::{ContainerIdentity, PodRef};
 
 /// Every RPC gets this long; containerd answers in milliseconds.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,36 +50,6 @@ const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
 /// (a sandbox is filed there only after its pause process started; a busy
 /// node may take a while).
 const CRI_RECORD_WAIT: Duration = Duration::from_secs(10);
-
-/// A container as containerd describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerIdentity {
-    /// The containerd namespace it lives in.
-    pub namespace: String,
-    pub id: String,
-    /// The image name the container was created from.
-    pub image: String,
-    /// The image's target digest (a manifest, or an index for a
-    /// multi-platform image); `None` if the image record is gone.
-    pub digest: Option<String>,
-    /// When `digest` is an index: the digest of this node's platform
-    /// manifest in it.
-    pub platform_digest: Option<String>,
-    /// Kubernetes pod, for containers CRI created (as CRI records it, not
-    /// as labels claim).
-    pub pod: Option<PodRef>,
-    /// A pod sandbox (pause) container that CRI created.
-    pub sandbox: bool,
-}
-
-/// The Kubernetes names CRI puts on a container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: Option<String>,
-    pub container: Option<String>,
-}
 
 /// A running container's init process, from the start-up scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -463,23 +437,6 @@ pub fn pick_platform(index: &[u8], arch: &str) -> Option<String> {
         .into_iter()
         .find(|m| m.platform.as_ref().is_some_and(|p| p.runs_on(arch)))
         .map(|m| m.digest)
-}
-
-/// A container's identity keyed for maps and the store: `namespace/id`.
-pub fn container_key(namespace: &str, id: &str) -> String {
-    format!("{namespace}/{id}")
-}
-
-/// An error and its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -12,16 +12,18 @@
 //! ledger, does not reopen the window.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::RwLock,
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use imagegate_plumbing::clock::now_ms;
+
 use crate::{
-    engine::Mode,
-    store::{Store, StoreError, now_ms},
+    model::Mode,
+    store::{StoreError, StoreWriter},
 };
 
 /// What the store keeps.
@@ -100,14 +102,13 @@ pub struct Gate {
     mode: Mode,
     window: Duration,
     record: RwLock<SettleRecord>,
-    store: Arc<Store>,
     /// Notified when the agent settles.
     pub settled: Notify,
 }
 
 impl Gate {
     /// Reads the record, writing the first start if this is it.
-    pub fn open(mode: Mode, window: Duration, store: Arc<Store>) -> Result<Self, StoreError> {
+    pub fn open(mode: Mode, window: Duration, store: &StoreWriter) -> Result<Self, StoreError> {
         let record = match store.settle_record()? {
             Some(record) => record,
             None => {
@@ -123,7 +124,6 @@ impl Gate {
             mode,
             window,
             record: RwLock::new(record),
-            store,
             settled: Notify::new(),
         })
     }
@@ -149,16 +149,17 @@ impl Gate {
     }
 
     /// Settles for the window, once it has passed.
-    pub fn settle_by_window(&self) -> bool {
+    pub fn settle_by_window(&self, store: &StoreWriter) -> bool {
         match self.now() {
-            Enforcement::Enforcing { by, .. } => self.settle(by),
+            Enforcement::Enforcing { by, .. } => self.settle(by, store),
             _ => false,
         }
     }
 
     /// Records that the agent settled (`by` says why); true if it was not
-    /// settled before. Notifies the engine.
-    pub fn settle(&self, by: String) -> bool {
+    /// settled before. Notifies the engine. Written by the store's one
+    /// writer (the engine's writer thread).
+    pub fn settle(&self, by: String, store: &StoreWriter) -> bool {
         if self.mode == Mode::Audit {
             return false;
         }
@@ -173,7 +174,7 @@ impl Gate {
             });
             record.clone()
         };
-        if let Err(e) = self.store.put_settle_record(&record) {
+        if let Err(e) = store.put_settle_record(&record) {
             // In memory it holds; a restart would settle again the same way.
             tracing::warn!(error = %e, "could not store that the agent settled");
         }
@@ -185,6 +186,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     const MIN: u64 = 60_000;
 
@@ -247,17 +249,17 @@ mod tests {
         let path = dir.path().join("state.redb");
         let first;
         {
-            let store = Arc::new(Store::open(&path).unwrap());
-            let gate = Gate::open(Mode::Enforce, Duration::from_secs(3600), store).unwrap();
+            let (_, store) = Store::open(&path).unwrap();
+            let gate = Gate::open(Mode::Enforce, Duration::from_secs(3600), &store).unwrap();
             assert!(matches!(gate.now(), Enforcement::Settling { .. }));
             assert!(gate.deadline().is_some());
             first = gate.record.read().unwrap().first_start_ms;
-            assert!(gate.settle("cluster set".into()));
-            assert!(!gate.settle("again".into()), "settles once");
+            assert!(gate.settle("cluster set".into(), &store));
+            assert!(!gate.settle("again".into(), &store), "settles once");
             assert!(gate.kills());
         }
-        let store = Arc::new(Store::open(&path).unwrap());
-        let gate = Gate::open(Mode::Enforce, Duration::from_secs(3600), store).unwrap();
+        let (_, store) = Store::open(&path).unwrap();
+        let gate = Gate::open(Mode::Enforce, Duration::from_secs(3600), &store).unwrap();
         assert_eq!(gate.record.read().unwrap().first_start_ms, first);
         assert!(matches!(gate.now(), Enforcement::Enforcing { by, .. } if by == "cluster set"));
         assert_eq!(gate.deadline(), None);

@@ -2,43 +2,15 @@
 //! exempt or unknown. Pure functions of the container's identity, the
 //! approvals and the configured exemptions.
 
-use serde::{Deserialize, Serialize};
+use crate::{
+    digest::Digest,
+    model::{Caveats, ContainerIdentity, ContainerVerdict},
+};
 
-use crate::digest::Digest;
-
-use crate::{runtime::ContainerIdentity, store::Caveats};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VerdictKind {
-    /// Its image digest (index or platform manifest) is among the approvals.
-    Admitted,
-    /// Its digest is not approved, and the grace window has passed: a
-    /// violation.
-    NeverAdmitted,
-    /// Configured not to be checked.
-    Exempt,
-    /// The agent could not tell which image it runs.
-    Unknown,
-    /// Not approved yet, inside the grace window.
-    Pending,
-}
-
-impl VerdictKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admitted => "admitted",
-            Self::NeverAdmitted => "never-admitted",
-            Self::Exempt => "exempt",
-            Self::Unknown => "unknown",
-            Self::Pending => "pending",
-        }
-    }
-}
-
+/// A verdict and why, in words.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    pub kind: VerdictKind,
+pub struct Judgement {
+    pub kind: ContainerVerdict,
     pub reason: String,
 }
 
@@ -132,10 +104,10 @@ pub fn decide(
     container: &ContainerIdentity,
     approved: impl Fn(&str) -> Option<Caveats>,
     exemptions: &Exemptions,
-) -> Verdict {
+) -> Judgement {
     if let Some(reason) = exemptions.reason(container) {
-        return Verdict {
-            kind: VerdictKind::Exempt,
+        return Judgement {
+            kind: ContainerVerdict::Exempt,
             reason,
         };
     }
@@ -151,22 +123,22 @@ pub fn decide(
                 container.image, container.namespace
             )
         };
-        return Verdict {
-            kind: VerdictKind::Unknown,
+        return Judgement {
+            kind: ContainerVerdict::Unknown,
             reason,
         };
     };
     if let Some(caveats) = approved(digest) {
-        return Verdict {
-            kind: VerdictKind::Admitted,
+        return Judgement {
+            kind: ContainerVerdict::Admitted,
             reason: format!("digest {digest} was admitted{}", caveats_said(caveats)),
         };
     }
     if let Some(platform) = &container.platform_digest
         && let Some(caveats) = approved(platform)
     {
-        return Verdict {
-            kind: VerdictKind::Admitted,
+        return Judgement {
+            kind: ContainerVerdict::Admitted,
             reason: format!(
                 "platform manifest {platform} (of index {digest}) was admitted{}",
                 caveats_said(caveats)
@@ -178,8 +150,8 @@ pub fn decide(
         .as_ref()
         .map(|p| format!(" nor its platform manifest {p}"))
         .unwrap_or_default();
-    Verdict {
-        kind: VerdictKind::Pending,
+    Judgement {
+        kind: ContainerVerdict::Pending,
         reason: format!(
             "image {} at digest {digest}{platform} was never admitted",
             container.image
@@ -205,7 +177,7 @@ fn caveats_said(caveats: Caveats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::PodRef;
+    use crate::model::PodRef;
 
     fn container(digest: Option<&str>) -> ContainerIdentity {
         ContainerIdentity {
@@ -235,7 +207,7 @@ mod tests {
             approved(&["sha256:a"]),
             &Exemptions::none(),
         );
-        assert_eq!(v.kind, VerdictKind::Admitted);
+        assert_eq!(v.kind, ContainerVerdict::Admitted);
     }
 
     #[test]
@@ -245,7 +217,7 @@ mod tests {
             approved(&["sha256:a"]),
             &Exemptions::none(),
         );
-        assert_eq!(v.kind, VerdictKind::Pending);
+        assert_eq!(v.kind, ContainerVerdict::Pending);
         assert!(
             v.reason.contains("sha256:b") && v.reason.contains("never admitted"),
             "{}",
@@ -258,7 +230,7 @@ mod tests {
         let mut c = container(Some("sha256:index"));
         c.platform_digest = Some("sha256:amd64".into());
         let v = decide(&c, approved(&["sha256:amd64"]), &Exemptions::none());
-        assert_eq!(v.kind, VerdictKind::Admitted);
+        assert_eq!(v.kind, ContainerVerdict::Admitted);
         let v = decide(&c, approved(&[]), &Exemptions::none());
         assert!(v.reason.contains("sha256:amd64"), "{}", v.reason);
     }
@@ -276,7 +248,7 @@ mod tests {
             },
             &Exemptions::none(),
         );
-        assert_eq!(v.kind, VerdictKind::Admitted);
+        assert_eq!(v.kind, ContainerVerdict::Admitted);
         assert!(v.reason.contains("unverified"), "{}", v.reason);
         assert!(v.reason.contains("breaking glass"), "{}", v.reason);
     }
@@ -284,7 +256,7 @@ mod tests {
     #[test]
     fn no_digest_is_unknown_never_passed() {
         let v = decide(&container(None), approved(&[]), &Exemptions::none());
-        assert_eq!(v.kind, VerdictKind::Unknown);
+        assert_eq!(v.kind, ContainerVerdict::Unknown);
     }
 
     #[test]
@@ -292,22 +264,40 @@ mod tests {
         let mut c = container(Some("sha256:b"));
         c.sandbox = true;
         let ex = Exemptions::new(true, vec![], vec![], vec![]).unwrap();
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Exempt
+        );
         c.sandbox = false;
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Pending);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Pending
+        );
 
         let ex = Exemptions::new(false, vec!["k8s.io".into()], vec![], vec![]).unwrap();
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Exempt
+        );
         let ex = Exemptions::new(false, vec![], vec!["shop".into()], vec![]).unwrap();
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Exempt
+        );
 
         // By digest only: a name is a claim.
         let d = |n: char| format!("sha256:{}", n.to_string().repeat(64));
         let mut c = container(Some(&d('b')));
         let ex = Exemptions::new(false, vec![], vec![], vec![format!("pause@{}", d('b'))]).unwrap();
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Exempt);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Exempt
+        );
         c.digest = Some(d('c'));
-        assert_eq!(decide(&c, approved(&[]), &ex).kind, VerdictKind::Pending);
+        assert_eq!(
+            decide(&c, approved(&[]), &ex).kind,
+            ContainerVerdict::Pending
+        );
         let err = Exemptions::new(
             false,
             vec![],

@@ -205,7 +205,8 @@ async fn the_kill_action_stops_execs_in_its_cgroup_and_nowhere_else() {
     use imagegate_agent::{
         cgroups::Layout,
         kernel_offsets::VMLINUX_BTF,
-        probe::{Action, Probe, ProbeOptions},
+        model::Action,
+        probe::{Probe, ProbeOptions},
     };
 
     require_root();

@@ -45,10 +45,10 @@ const RECORDS: usize = 20_000;
 
 fn fill_store(path: &Path, count: usize) {
     use imagegate_agent::{
-        store::{ContainerRecord, Store},
-        verdict::VerdictKind,
+        model::{ContainerRecord, ContainerVerdict},
+        store::Store,
     };
-    let store = Store::open(path).expect("a new store");
+    let (_, store) = Store::open(path).expect("a new store");
     let records: Vec<ContainerRecord> = (0..count)
         .map(|n| ContainerRecord {
             key: format!("k8s.io/gone-{n:06}"),
@@ -59,11 +59,11 @@ fn fill_store(path: &Path, count: usize) {
             platform_digest: None,
             pod: None,
             cgroup: format!("/gone/{n}"),
-            verdict: VerdictKind::Admitted,
+            verdict: ContainerVerdict::Admitted,
             reason: "admitted".into(),
             first_seen_ms: 1,
             decided_at_ms: 1,
-            gone_at_ms: Some(imagegate_agent::store::now_ms()),
+            gone_at_ms: Some(imagegate_plumbing::clock::now_ms()),
         })
         .collect();
     store.put_containers(&records).expect("records stored");

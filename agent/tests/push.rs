@@ -410,7 +410,7 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
                 rule: "team".into(),
                 api: "AdmissionReview".into(),
                 origin: Origin::Admission,
-                admitted_at_ms: imagegate_webhook::ledger::now_ms(),
+                admitted_at_ms: imagegate_plumbing::clock::now_ms(),
                 generation: 0,
             });
             if chunk.len() == 5_000 {

@@ -1,5 +1,7 @@
 //! What imagegate's webhook and agent share below their domain.
 //!
+//! - [`clock`]: wall-clock milliseconds, the unit of stored timestamps;
+//! - [`errors`]: an error and its causes on one line;
 //! - [`allocator`]: giving memory back to the system after a burst;
 //! - [`budget`]: a budget shared by all clients, of which one address may
 //!   hold only a part;
@@ -9,6 +11,8 @@
 
 pub mod allocator;
 pub mod budget;
+pub mod clock;
 pub mod connections;
+pub mod errors;
 pub mod http;
 pub mod idle;

@@ -56,7 +56,7 @@ fn synthetic(n: usize) -> Approval {
         api: "AdmissionReview".into(),
         // Now: the webhook drops approvals older than its retention.
         origin: imagegate_webhook::ledger::Origin::Admission,
-        admitted_at_ms: imagegate_webhook::ledger::now_ms(),
+        admitted_at_ms: imagegate_plumbing::clock::now_ms(),
         generation: 0,
     }
 }

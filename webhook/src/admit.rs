@@ -68,7 +68,12 @@ pub async fn record(
     let Some(ledger) = ledger.filter(|_| decision.allowed && !review.dry_run) else {
         return decision;
     };
-    let approvals = approvals(review, &decision, break_glass_ttl, crate::ledger::now_ms());
+    let approvals = approvals(
+        review,
+        &decision,
+        break_glass_ttl,
+        imagegate_plumbing::clock::now_ms(),
+    );
     if approvals.is_empty() {
         return decision;
     }

@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     path::Path,
     sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use imagegate_proto::{digest::Digest, platform::Child};
@@ -116,13 +116,6 @@ pub struct Ledger {
     retention: Duration,
     max_entries: u64,
     recent: Mutex<HashMap<Digest, Instant>>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// 16 random bytes as hex, from the kernel.

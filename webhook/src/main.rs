@@ -651,7 +651,7 @@ async fn expire_ledger(ledger: Arc<Ledger>) {
         every.tick().await;
         let ledger = ledger.clone();
         match tokio::task::spawn_blocking(move || {
-            ledger.expire(imagegate_webhook::ledger::now_ms())
+            ledger.expire(imagegate_plumbing::clock::now_ms())
         })
         .await
         {

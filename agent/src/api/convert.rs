@@ -8,13 +8,13 @@ use imagegate_proto::{
 };
 use tonic::Status;
 
+use imagegate_plumbing::clock::now_ms;
+
 use crate::{
     digest::Digest,
     events::{AgentEvent, EventKind},
-    runtime::PodRef,
+    model::{Approval, ContainerRecord, ContainerVerdict, Origin, PodRef, Violation},
     settle::Enforcement,
-    store::{Approval, ContainerRecord, Origin, Violation, now_ms},
-    verdict::VerdictKind,
 };
 
 /// Pushed approvals, checked: those kept, and those refused with why.
@@ -171,27 +171,27 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
     }
 }
 
-pub fn verdict_out(kind: VerdictKind) -> pb::Verdict {
+pub fn verdict_out(kind: ContainerVerdict) -> pb::Verdict {
     match kind {
-        VerdictKind::Admitted => pb::Verdict::Admitted,
-        VerdictKind::NeverAdmitted => pb::Verdict::NeverAdmitted,
-        VerdictKind::Exempt => pb::Verdict::Exempt,
-        VerdictKind::Unknown => pb::Verdict::Unknown,
-        VerdictKind::Pending => pb::Verdict::Pending,
+        ContainerVerdict::Admitted => pb::Verdict::Admitted,
+        ContainerVerdict::NeverAdmitted => pb::Verdict::NeverAdmitted,
+        ContainerVerdict::Exempt => pb::Verdict::Exempt,
+        ContainerVerdict::Unknown => pb::Verdict::Unknown,
+        ContainerVerdict::Pending => pb::Verdict::Pending,
     }
 }
 
 /// A verdict filter: `None` for "any" (unspecified).
-pub fn verdict_in(field: &str, value: i32) -> Result<Option<VerdictKind>, Status> {
+pub fn verdict_in(field: &str, value: i32) -> Result<Option<ContainerVerdict>, Status> {
     let verdict = pb::Verdict::try_from(value)
         .map_err(|_| Status::invalid_argument(format!("{field}: no verdict numbered {value}")))?;
     Ok(match verdict {
         pb::Verdict::Unspecified => None,
-        pb::Verdict::Admitted => Some(VerdictKind::Admitted),
-        pb::Verdict::NeverAdmitted => Some(VerdictKind::NeverAdmitted),
-        pb::Verdict::Exempt => Some(VerdictKind::Exempt),
-        pb::Verdict::Unknown => Some(VerdictKind::Unknown),
-        pb::Verdict::Pending => Some(VerdictKind::Pending),
+        pb::Verdict::Admitted => Some(ContainerVerdict::Admitted),
+        pb::Verdict::NeverAdmitted => Some(ContainerVerdict::NeverAdmitted),
+        pb::Verdict::Exempt => Some(ContainerVerdict::Exempt),
+        pb::Verdict::Unknown => Some(ContainerVerdict::Unknown),
+        pb::Verdict::Pending => Some(ContainerVerdict::Pending),
     })
 }
 

@@ -22,6 +22,7 @@ use tonic::transport::{
 };
 use tracing::{info, warn};
 
+pub use self::service::Shared;
 use self::{bounded::ListenerBounds, service::AgentApi, tls::ReloadingTls};
 
 /// HTTP/2 streams one connection may have open (advertised in SETTINGS,

@@ -12,9 +12,7 @@ use super::{
     tls::{TlsPeer, has_identity},
 };
 use crate::{
-    digest::Digest,
-    engine::{self, Mode},
-    store::Store,
+    digest::Digest, engine, events, metrics::Metrics, model::Mode, settle::Gate, store::Store,
 };
 
 /// Facts fixed at start-up, for `GetStatus`.
@@ -28,8 +26,22 @@ pub struct StaticStatus {
 /// `WatchEvents` streams open at once, all clients together.
 pub const MAX_WATCHERS: usize = 64;
 
+/// What the API reads, and the writer it sends approvals to: it never
+/// writes the store itself.
+pub struct Shared {
+    /// Read only.
+    pub store: Arc<Store>,
+    pub writer: engine::Writer,
+    pub metrics: Arc<Metrics>,
+    pub events: events::Sender,
+    pub counters: Arc<engine::Counters>,
+    pub settle: Arc<Gate>,
+    pub mode: Mode,
+    pub enforce_unknown: bool,
+}
+
 pub struct AgentApi {
-    ctx: Arc<engine::Context>,
+    ctx: Shared,
     /// One permit per open `WatchEvents` stream.
     watchers: Arc<tokio::sync::Semaphore>,
     status: StaticStatus,
@@ -39,7 +51,7 @@ pub struct AgentApi {
 }
 
 impl AgentApi {
-    pub fn new(ctx: Arc<engine::Context>, status: StaticStatus, push_identity: String) -> Self {
+    pub fn new(ctx: Shared, status: StaticStatus, push_identity: String) -> Self {
         Self {
             ctx,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
@@ -109,32 +121,18 @@ impl AgentApi {
                 "approvals refused; the others are kept"
             );
         }
-        let approvals = checked.approvals;
-        let store = self.store();
-        let from = source.clone();
-        let received = tokio::task::spawn_blocking(move || {
-            store.add_approvals_from(
-                &from,
-                &approvals,
+        let received = self
+            .ctx
+            .writer
+            .push(engine::writer::Push {
+                source,
+                approvals: checked.approvals,
                 generation,
                 cluster_set_generation,
-                retention_seconds.saturating_mul(1000),
-            )
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-        if received.added > 0 {
-            self.ctx.approvals_changed.notify_one();
-        }
-        if received.holds_cluster_set
-            && self
-                .ctx
-                .settle
-                .settle(format!("the cluster's admitted set arrived from {source}"))
-        {
-            tracing::info!(%source, "settled: the cluster's admitted set arrived; enforce mode now stops violations");
-        }
+                retention_ms: retention_seconds.saturating_mul(1000),
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok((received.added as u32, received.generation, checked.rejected))
     }
 }
@@ -241,7 +239,7 @@ impl AgentService for AgentApi {
         let store = self.store();
         let (namespace, wanted_repository, digest) = (q.namespace, q.repository, q.digest);
         let filtered = !namespace.is_empty() || !wanted_repository.is_empty();
-        let keep = move |a: &crate::store::Approval| {
+        let keep = move |a: &crate::model::Approval| {
             (namespace.is_empty() || a.namespace.as_deref() == Some(namespace.as_str()))
                 && (wanted_repository.is_empty()
                     || a.reference.as_deref().map(repository) == Some(wanted_repository.as_str()))
@@ -419,7 +417,7 @@ impl AgentService for AgentApi {
             .collect();
         Ok(Response::new(pb::Status {
             version: self.status.version.clone(),
-            mode: match self.ctx.config.mode {
+            mode: match self.ctx.mode {
                 Mode::Audit => "audit".into(),
                 Mode::Enforce => "enforce".into(),
             },
@@ -445,7 +443,7 @@ impl AgentService for AgentApi {
             uptime_seconds: self.started.elapsed().as_secs(),
             enforcement: Some(convert::enforcement_out(
                 &self.ctx.settle.now(),
-                self.ctx.config.enforce_unknown,
+                self.ctx.enforce_unknown,
             )),
         }))
     }

@@ -295,7 +295,7 @@ fn granted(objects: &[Value]) -> BTreeSet<String> {
 #[test]
 fn the_agent_gets_exactly_the_capabilities_its_mode_and_kernel_need() {
     use imagegate_agent::{
-        engine::Mode,
+        model::Mode,
         requirements::{KernelVersion, capabilities_needed},
     };
     let needed = |mode, kernel| -> BTreeSet<String> {

@@ -27,8 +27,10 @@ use tracing::{info, warn};
 use imagegate_proto::digest::Digest;
 
 use self::cluster::PodSource;
+use imagegate_plumbing::clock::now_ms;
+
 use crate::{
-    ledger::{Approval, Ledger, Origin, now_ms},
+    ledger::{Approval, Ledger, Origin},
     policy::Policy,
     reference::Reference,
     resolve::Resolver,

@@ -16,6 +16,8 @@ use tonic::{
 use tracing::{debug, info, warn};
 
 use super::{PushLabels, Pusher};
+use imagegate_plumbing::errors::error_chain;
+
 use crate::ledger::{Approval, Origin};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -244,17 +246,6 @@ async fn connect(address: SocketAddr, pusher: &Pusher) -> Result<Channel, LinkEr
         .connect()
         .await
         .map_err(|e| LinkError::Connect(error_chain(&e)))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The ledger's record as the wire carries it: an index's manifests with

@@ -1,0 +1,603 @@
+//! The engine's state machine: what the agent tracks per cgroup, and what
+//! each event makes of it. Events in, [`Effect`]s out; no I/O. The runner
+//! (`engine::Engine`) feeds it and carries out the effects, so every rule
+//! here (the grace window, late approvals, restarts, the settle window,
+//! never stopping host, exempt or admitted containers, nor the agent
+//! itself) is tested below without root, containerd or a kernel.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    container_ref,
+    exec_event::{Exec, KernelAction},
+    model::{
+        Action, Caveats, ContainerIdentity, ContainerRecord, ContainerVerdict, Mode, Violation,
+        container_key,
+    },
+    verdict::{self, Exemptions},
+};
+
+/// What the machine is configured with.
+pub struct Config {
+    pub mode: Mode,
+    /// Time a container may run unapproved before it is flagged, because
+    /// approvals can arrive just after a pod is created.
+    pub grace: Duration,
+    pub exemptions: Exemptions,
+    /// Enforce mode also stops containers containerd knows but whose image
+    /// it cannot name.
+    pub enforce_unknown: bool,
+}
+
+impl Config {
+    /// Whether enforce mode stops a container with this record (once the
+    /// agent has settled): never admitted, or (when asked) known to
+    /// containerd with no image to judge. A container the agent could not
+    /// identify is never stopped.
+    pub fn stops(&self, record: &ContainerRecord) -> bool {
+        self.mode == Mode::Enforce
+            && match record.verdict {
+                ContainerVerdict::NeverAdmitted => true,
+                ContainerVerdict::Unknown => {
+                    self.enforce_unknown && record.runtime_namespace.is_some()
+                }
+                _ => false,
+            }
+    }
+}
+
+/// Which digests are approved now (the store's in-memory set; a map in
+/// the tests).
+pub trait Approvals {
+    fn approved(&self, digest: &str) -> Option<Caveats>;
+}
+
+/// What the world looks like for one step: the approvals, whether enforce
+/// mode kills yet (see `settle`), and the time.
+pub struct Env<'a> {
+    pub approvals: &'a dyn Approvals,
+    pub kills: bool,
+    pub now: Instant,
+    pub now_ms: u64,
+}
+
+/// What a step asks the runner to do, in order.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Ask containerd what runs in cgroup `key` (from an exec's process or
+    /// a new cgroup's path).
+    Identify {
+        key: u64,
+        pid: Option<u32>,
+        path: Option<String>,
+    },
+    /// Ask containerd about a container the start-up scan found running.
+    IdentifyRunning {
+        key: u64,
+        path: String,
+        namespace: String,
+        id: String,
+    },
+    SetAction(u64, Action),
+    /// The cgroup is gone: drop its kernel action.
+    ForgetAction(u64),
+    /// Store the record, and the violation if one is filed, then tell
+    /// watchers (stored first, told after: whoever sees a verdict finds
+    /// its record).
+    Concluded(Box<Concluded>),
+    /// An exec in a watched container, for watchers.
+    Exec {
+        record: Box<ContainerRecord>,
+        pid: u32,
+        filename: Option<String>,
+        killed: bool,
+    },
+    /// Kill the processes already running in the container's cgroup.
+    Kill {
+        container: String,
+        cgroup: String,
+    },
+    /// These container records' cgroups are gone.
+    MarkGone(Vec<String>),
+}
+
+/// A verdict to record.
+#[derive(Debug, PartialEq)]
+pub struct Concluded {
+    pub record: ContainerRecord,
+    /// A violation to file (numbered by the store).
+    pub violation: Option<Violation>,
+    /// From the container's first event to this verdict.
+    pub latency: Duration,
+}
+
+/// What containerd said about a cgroup.
+// Sent boxed (inside `Identified`), so the large variant costs no copies.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outcome {
+    Host,
+    /// The cgroup is gone (a short-lived process in a removed cgroup).
+    Gone,
+    /// A container; `previous` is its record from before a restart.
+    Container {
+        identity: ContainerIdentity,
+        previous: Option<ContainerRecord>,
+    },
+    Unknown(String),
+}
+
+#[derive(Debug)]
+pub struct Identified {
+    pub key: u64,
+    pub path: String,
+    /// When the machine first saw the cgroup.
+    pub first_event: Instant,
+    pub outcome: Outcome,
+}
+
+enum Tracked {
+    /// A lookup is in flight.
+    Identifying,
+    /// Not a container; its cgroup path.
+    Host(String),
+    Container(Box<Watched>),
+}
+
+struct Watched {
+    record: ContainerRecord,
+    identity: Option<ContainerIdentity>,
+    /// When a `Pending` container turns into a violation.
+    deadline: Option<Instant>,
+    /// The container's first event, for the latency of its verdicts.
+    first_event: Instant,
+}
+
+/// Whether a violation still has to be filed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filed {
+    New,
+    /// Filed before the agent restarted.
+    Already,
+}
+
+pub struct Machine {
+    config: Config,
+    /// The agent's own cgroup: never given a kill action, whatever its
+    /// verdict (a misconfigured exemption must not make the agent kill
+    /// itself).
+    own_key: Option<u64>,
+    tracked: HashMap<u64, Tracked>,
+}
+
+impl Machine {
+    pub fn new(config: Config, own_key: Option<u64>) -> Self {
+        Self {
+            config,
+            own_key,
+            tracked: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cgroups tracked (containers, host cgroups, lookups in flight).
+    pub fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// A cgroup known to be the host's (the root, the agent's own): its
+    /// execs are ignored in the kernel.
+    pub fn host(&mut self, key: u64, path: String) -> Vec<Effect> {
+        self.tracked.insert(key, Tracked::Host(path));
+        vec![Effect::SetAction(key, Action::Ignore)]
+    }
+
+    /// An exec the kernel reported in cgroup `key`.
+    pub fn on_exec(&mut self, key: u64, exec: &Exec) -> Vec<Effect> {
+        match self.tracked.get(&key) {
+            Some(Tracked::Container(watched)) => {
+                let killed = exec.action == KernelAction::Killed;
+                let filename = exec.filename.as_deref().unwrap_or("?");
+                // Killed execs are rare and matter; the others can be many
+                // (a shell loop) and are for debugging.
+                if killed {
+                    warn!(container = %watched.record.key, pid = exec.pid, filename, "enforced: exec killed in the kernel");
+                } else {
+                    debug!(container = %watched.record.key, verdict = watched.record.verdict.as_str(), pid = exec.pid, filename, "exec in a watched container");
+                }
+                vec![Effect::Exec {
+                    record: Box::new(watched.record.clone()),
+                    pid: exec.pid,
+                    filename: exec.filename.clone(),
+                    killed,
+                }]
+            }
+            Some(Tracked::Identifying | Tracked::Host(_)) => Vec::new(),
+            None => {
+                self.tracked.insert(key, Tracked::Identifying);
+                vec![Effect::Identify {
+                    key,
+                    pid: Some(exec.tgid),
+                    path: None,
+                }]
+            }
+        }
+    }
+
+    /// A new cgroup in the key hierarchy. Only those that look like
+    /// containers are looked up early; anything else waits for an exec,
+    /// if one ever comes.
+    pub fn on_new_cgroup(&mut self, key: u64, path: String) -> Vec<Effect> {
+        if container_ref::parse(&path).is_none() || self.tracked.contains_key(&key) {
+            return Vec::new();
+        }
+        debug!(key, path, "new container cgroup");
+        self.tracked.insert(key, Tracked::Identifying);
+        vec![Effect::Identify {
+            key,
+            pid: None,
+            path: Some(path),
+        }]
+    }
+
+    /// A container the start-up scan found running in cgroup `key`.
+    pub fn on_running(
+        &mut self,
+        key: u64,
+        path: String,
+        namespace: String,
+        id: String,
+    ) -> Vec<Effect> {
+        if matches!(self.tracked.get(&key), Some(Tracked::Container(_))) {
+            return Vec::new();
+        }
+        self.tracked.insert(key, Tracked::Identifying);
+        vec![Effect::IdentifyRunning {
+            key,
+            path,
+            namespace,
+            id,
+        }]
+    }
+
+    /// What containerd said about a cgroup.
+    pub fn on_identified(&mut self, identified: Identified, env: &Env) -> Vec<Effect> {
+        let Identified {
+            key,
+            path,
+            first_event,
+            outcome,
+        } = identified;
+        let mut effects = Vec::new();
+        match outcome {
+            Outcome::Gone => {
+                // Forget it: the kernel keeps reporting a PENDING cgroup,
+                // so a later exec there starts a new lookup.
+                self.tracked.remove(&key);
+            }
+            Outcome::Host => {
+                debug!(key, path, "host cgroup");
+                effects.extend(self.host(key, path));
+            }
+            Outcome::Unknown(reason) => {
+                let record = ContainerRecord {
+                    key: format!("cgroup:{path}"),
+                    runtime_namespace: None,
+                    id: container_ref::parse(&path).map(|r| r.id),
+                    image: None,
+                    digest: None,
+                    platform_digest: None,
+                    pod: None,
+                    cgroup: path,
+                    verdict: ContainerVerdict::Unknown,
+                    reason,
+                    first_seen_ms: env.now_ms,
+                    decided_at_ms: env.now_ms,
+                    gone_at_ms: None,
+                };
+                effects.push(Effect::SetAction(key, Action::Watch));
+                let watched = Watched {
+                    record,
+                    identity: None,
+                    deadline: None,
+                    first_event,
+                };
+                self.conclude(key, watched, Filed::New, env, &mut effects);
+            }
+            Outcome::Container { identity, previous } => {
+                let first_seen_ms = previous.as_ref().map_or(env.now_ms, |p| p.first_seen_ms);
+                let verdict = self.decide(&identity, env);
+                let mut record = ContainerRecord {
+                    key: container_key(&identity.namespace, &identity.id),
+                    runtime_namespace: Some(identity.namespace.clone()),
+                    id: Some(identity.id.clone()),
+                    image: Some(identity.image.clone()),
+                    digest: identity.digest.clone(),
+                    platform_digest: identity.platform_digest.clone(),
+                    pod: identity.pod.clone(),
+                    cgroup: path,
+                    verdict: verdict.kind,
+                    reason: verdict.reason,
+                    first_seen_ms,
+                    decided_at_ms: env.now_ms,
+                    gone_at_ms: None,
+                };
+                // The window runs from the container's first sighting,
+                // also across agent restarts.
+                let deadline = (verdict.kind == ContainerVerdict::Pending).then(|| {
+                    let elapsed = Duration::from_millis(env.now_ms.saturating_sub(first_seen_ms));
+                    env.now + self.config.grace.saturating_sub(elapsed)
+                });
+                let action = match verdict.kind {
+                    ContainerVerdict::Admitted | ContainerVerdict::Exempt => Action::Ignore,
+                    _ => Action::Watch,
+                };
+                effects.push(Effect::SetAction(key, action));
+                // A restart finds a flagged container already flagged: keep
+                // its verdict instead of opening a second grace window.
+                let flagged_before = previous.filter(|p| {
+                    p.verdict == ContainerVerdict::NeverAdmitted && p.digest == record.digest
+                });
+                let (deadline, filed) = match flagged_before {
+                    Some(previous) if verdict.kind == ContainerVerdict::Pending => {
+                        record.verdict = previous.verdict;
+                        record.reason = previous.reason;
+                        (None, Filed::Already)
+                    }
+                    _ => (deadline, Filed::New),
+                };
+                let watched = Watched {
+                    record,
+                    identity: Some(identity),
+                    deadline,
+                    first_event,
+                };
+                self.conclude(key, watched, filed, env, &mut effects);
+            }
+        }
+        effects
+    }
+
+    /// Records a verdict and files a violation when due (unless it was
+    /// filed before a restart; enforcement applies again either way).
+    fn conclude(
+        &mut self,
+        key: u64,
+        watched: Watched,
+        filed: Filed,
+        env: &Env,
+        effects: &mut Vec<Effect>,
+    ) {
+        let record = &watched.record;
+        let violating = matches!(
+            record.verdict,
+            ContainerVerdict::NeverAdmitted | ContainerVerdict::Unknown
+        );
+        let violation = (violating && filed == Filed::New).then(|| Violation {
+            seq: 0,
+            at_ms: env.now_ms,
+            container: record.key.clone(),
+            pod: record.pod.clone(),
+            image: record.image.clone(),
+            digest: record.digest.clone(),
+            verdict: record.verdict,
+            reason: record.reason.clone(),
+            enforced: self.stopping(key, record, env),
+        });
+        effects.push(Effect::Concluded(Box::new(Concluded {
+            record: record.clone(),
+            violation,
+            latency: env.now.saturating_duration_since(watched.first_event),
+        })));
+        if violating {
+            self.enforce(key, record, env, effects);
+        }
+        self.tracked
+            .insert(key, Tracked::Container(Box::new(watched)));
+    }
+
+    /// Whether enforcement stops this container now.
+    fn stopping(&self, key: u64, record: &ContainerRecord, env: &Env) -> bool {
+        self.config.stops(record) && env.kills && Some(key) != self.own_key
+    }
+
+    /// Enforce mode, once settled: stop the container's execs in the
+    /// kernel, then kill what already runs in it.
+    fn enforce(&self, key: u64, record: &ContainerRecord, env: &Env, effects: &mut Vec<Effect>) {
+        if !self.config.stops(record) {
+            return;
+        }
+        if Some(key) == self.own_key {
+            warn!(container = %record.key, "not enforced: this is the agent's own container (exempt its namespace)");
+            return;
+        }
+        if !env.kills {
+            info!(container = %record.key, "flagged, not stopped: enforce mode is settling (GetStatus says until when)");
+            return;
+        }
+        effects.push(Effect::SetAction(key, Action::Kill));
+        effects.push(Effect::Kill {
+            container: record.key.clone(),
+            cgroup: record.cgroup.clone(),
+        });
+    }
+
+    fn decide(&self, identity: &ContainerIdentity, env: &Env) -> verdict::Judgement {
+        verdict::decide(
+            identity,
+            |d| env.approvals.approved(d),
+            &self.config.exemptions,
+        )
+    }
+
+    /// Drops what the machine tracks for cgroups that no longer exist.
+    /// Containers still waiting for their grace window are kept: one that
+    /// exits early is still judged.
+    pub fn sweep(&mut self, exists: impl Fn(&str) -> bool, now_ms: u64) -> Vec<Effect> {
+        let gone: Vec<u64> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, tracked)| {
+                let alive = match tracked {
+                    Tracked::Identifying => true,
+                    Tracked::Host(path) => exists(path),
+                    Tracked::Container(w) => w.deadline.is_some() || exists(&w.record.cgroup),
+                };
+                (!alive).then_some(*key)
+            })
+            .collect();
+        let mut effects = Vec::with_capacity(gone.len() + 1);
+        let mut containers = Vec::new();
+        for key in gone {
+            if let Some(Tracked::Container(watched)) = self.tracked.remove(&key) {
+                containers.push(watched.record.key);
+            }
+            effects.push(Effect::ForgetAction(key));
+        }
+        if !effects.is_empty() {
+            debug!(
+                forgotten = effects.len(),
+                tracked = self.tracked.len(),
+                at_ms = now_ms,
+                "cgroups gone"
+            );
+        }
+        // Kept as gone: retention drops them later (see `retention`).
+        if !containers.is_empty() {
+            effects.push(Effect::MarkGone(containers));
+        }
+        effects
+    }
+
+    /// The earliest grace deadline, if any container is pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.tracked
+            .values()
+            .filter_map(|t| match t {
+                Tracked::Container(w) => w.deadline,
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Pending containers whose grace window ended are violations now,
+    /// unless their approval arrived.
+    pub fn on_deadlines(&mut self, env: &Env) -> Vec<Effect> {
+        let due: Vec<u64> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, t)| match t {
+                Tracked::Container(w) if w.deadline.is_some_and(|d| d <= env.now) => Some(*key),
+                _ => None,
+            })
+            .collect();
+        let mut effects = Vec::new();
+        for key in due {
+            self.redecide(key, true, env, &mut effects);
+        }
+        effects
+    }
+
+    /// Approvals arrived: pending and flagged containers are decided again.
+    pub fn on_approvals_changed(&mut self, env: &Env) -> Vec<Effect> {
+        let waiting: Vec<u64> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, t)| match t {
+                Tracked::Container(w)
+                    if matches!(
+                        w.record.verdict,
+                        ContainerVerdict::Pending | ContainerVerdict::NeverAdmitted
+                    ) =>
+                {
+                    Some(*key)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut effects = Vec::new();
+        for key in waiting {
+            self.redecide(key, false, env, &mut effects);
+        }
+        effects
+    }
+
+    /// The agent settled: containers approved meanwhile pass, the
+    /// violations flagged while settling are stopped now.
+    pub fn on_settled(&mut self, env: &Env) -> Vec<Effect> {
+        let mut effects = self.on_approvals_changed(env);
+        let flagged: Vec<(u64, ContainerRecord)> = self
+            .tracked
+            .iter()
+            .filter_map(|(key, t)| match t {
+                Tracked::Container(w) if self.config.stops(&w.record) => {
+                    Some((*key, w.record.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        info!(
+            flagged = flagged.len(),
+            "settled: enforce mode stops violations from now on"
+        );
+        for (key, record) in flagged {
+            self.enforce(key, &record, env, &mut effects);
+        }
+        effects
+    }
+
+    /// Decides again for a container that was not approved: approved now,
+    /// or (when `expired`) never admitted.
+    fn redecide(&mut self, key: u64, expired: bool, env: &Env, effects: &mut Vec<Effect>) {
+        let Some(Tracked::Container(mut watched)) = self.tracked.remove(&key) else {
+            return;
+        };
+        let Some(identity) = &watched.identity else {
+            watched.deadline = None;
+            self.tracked.insert(key, Tracked::Container(watched));
+            return;
+        };
+        let verdict = self.decide(identity, env);
+        match verdict.kind {
+            ContainerVerdict::Admitted | ContainerVerdict::Exempt => {
+                effects.push(Effect::SetAction(key, Action::Ignore));
+                let record = &mut watched.record;
+                record.decided_at_ms = env.now_ms;
+                record.reason =
+                    if verdict.kind == ContainerVerdict::Admitted && watched.deadline.is_none() {
+                        format!("{} (after it was flagged)", verdict.reason)
+                    } else {
+                        verdict.reason
+                    };
+                record.verdict = verdict.kind;
+                watched.deadline = None;
+                self.conclude(key, *watched, Filed::New, env, effects);
+            }
+            ContainerVerdict::Pending if expired => {
+                let record = &mut watched.record;
+                record.decided_at_ms = env.now_ms;
+                record.verdict = ContainerVerdict::NeverAdmitted;
+                record.reason = format!(
+                    "{}; no approval arrived within the {:?} grace window",
+                    verdict.reason, self.config.grace
+                );
+                watched.deadline = None;
+                self.conclude(key, *watched, Filed::New, env, effects);
+            }
+            _ => {
+                self.tracked.insert(key, Tracked::Container(watched));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,518 @@
+//! The machine's rules, with approvals in a map and time passed in.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::model::PodRef;
+
+const GRACE: Duration = Duration::from_secs(10);
+const KEY: u64 = 42;
+const OWN_KEY: u64 = 7;
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+#[derive(Default)]
+struct FakeApprovals(HashMap<String, Caveats>);
+
+impl FakeApprovals {
+    fn approve(&mut self, digest: &str) {
+        self.0.insert(digest.into(), Caveats::default());
+    }
+}
+
+impl Approvals for FakeApprovals {
+    fn approved(&self, digest: &str) -> Option<Caveats> {
+        self.0.get(digest).copied()
+    }
+}
+
+/// A clock and approvals the test moves by hand.
+struct World {
+    approvals: FakeApprovals,
+    kills: bool,
+    start: Instant,
+    elapsed: Duration,
+}
+
+impl World {
+    fn new(kills: bool) -> Self {
+        Self {
+            approvals: FakeApprovals::default(),
+            kills,
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            approvals: &self.approvals,
+            kills: self.kills,
+            now: self.start + self.elapsed,
+            now_ms: 1_000_000 + self.elapsed.as_millis() as u64,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+    }
+}
+
+fn machine(mode: Mode) -> Machine {
+    machine_with(mode, Exemptions::none())
+}
+
+fn machine_with(mode: Mode, exemptions: Exemptions) -> Machine {
+    Machine::new(
+        Config {
+            mode,
+            grace: GRACE,
+            exemptions,
+            enforce_unknown: false,
+        },
+        Some(OWN_KEY),
+    )
+}
+
+fn identity(digest: Option<String>, pod_namespace: &str) -> ContainerIdentity {
+    ContainerIdentity {
+        namespace: "k8s.io".into(),
+        id: "c1".into(),
+        image: "registry.example/app:1".into(),
+        digest,
+        platform_digest: None,
+        pod: Some(PodRef {
+            namespace: pod_namespace.into(),
+            name: "app-0".into(),
+            uid: None,
+            container: Some("app".into()),
+        }),
+        sandbox: false,
+    }
+}
+
+fn container(key: u64, identity: ContainerIdentity, world: &World) -> (Identified, Env<'_>) {
+    (
+        Identified {
+            key,
+            path: "/kubepods/pod1/c1".into(),
+            first_event: world.start,
+            outcome: Outcome::Container {
+                identity,
+                previous: None,
+            },
+        },
+        world.env(),
+    )
+}
+
+/// Identifies a container in `machine` and returns the effects.
+fn start(
+    machine: &mut Machine,
+    key: u64,
+    identity: ContainerIdentity,
+    world: &World,
+) -> Vec<Effect> {
+    let (identified, env) = container(key, identity, world);
+    machine.on_identified(identified, &env)
+}
+
+fn concluded(effects: &[Effect]) -> Vec<&Concluded> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Concluded(c) => Some(c.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kills(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::Kill { .. } | Effect::SetAction(_, Action::Kill)))
+}
+
+#[test]
+fn an_unapproved_container_is_pending_then_a_violation_when_grace_ends() {
+    let mut world = World::new(false);
+    let mut m = machine(Mode::Audit);
+    let effects = start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    assert_eq!(effects[0], Effect::SetAction(KEY, Action::Watch));
+    let first = concluded(&effects);
+    assert_eq!(first[0].record.verdict, ContainerVerdict::Pending);
+    assert!(first[0].violation.is_none(), "pending files nothing");
+    assert_eq!(m.next_deadline(), Some(world.start + GRACE));
+
+    world.advance(GRACE - Duration::from_millis(1));
+    assert!(m.on_deadlines(&world.env()).is_empty(), "not due yet");
+    world.advance(Duration::from_millis(1));
+    let effects = m.on_deadlines(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert!(
+        done[0].record.reason.contains("grace window"),
+        "{}",
+        done[0].record.reason
+    );
+    let violation = done[0].violation.as_ref().expect("a violation is filed");
+    assert!(!violation.enforced, "audit mode enforces nothing");
+    assert!(!kills(&effects), "audit mode kills nothing");
+    assert_eq!(m.next_deadline(), None);
+}
+
+#[test]
+fn an_approval_arriving_within_grace_admits_without_a_violation() {
+    let mut world = World::new(true);
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(Duration::from_secs(3));
+    world.approvals.approve(&digest(1));
+    let effects = m.on_approvals_changed(&world.env());
+    assert_eq!(effects[0], Effect::SetAction(KEY, Action::Ignore));
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::Admitted);
+    assert!(done[0].violation.is_none());
+    assert!(!done[0].record.reason.contains("after it was flagged"));
+    assert_eq!(m.next_deadline(), None, "no grace deadline left");
+    world.advance(GRACE);
+    assert!(m.on_deadlines(&world.env()).is_empty());
+}
+
+#[test]
+fn an_approval_arriving_after_the_violation_admits_and_says_so() {
+    let mut world = World::new(false);
+    let mut m = machine(Mode::Audit);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    m.on_deadlines(&world.env());
+    world.approvals.approve(&digest(1));
+    let effects = m.on_approvals_changed(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::Admitted);
+    assert!(
+        done[0].record.reason.contains("after it was flagged"),
+        "{}",
+        done[0].record.reason
+    );
+}
+
+#[test]
+fn enforce_kills_a_violation_once_settled_and_not_before() {
+    let mut world = World::new(false);
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    let effects = m.on_deadlines(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert!(!done[0].violation.as_ref().unwrap().enforced);
+    assert!(!kills(&effects), "settling: flagged, not stopped");
+
+    world.kills = true;
+    let effects = m.on_settled(&world.env());
+    assert_eq!(
+        effects,
+        vec![
+            Effect::SetAction(KEY, Action::Kill),
+            Effect::Kill {
+                container: "k8s.io/c1".into(),
+                cgroup: "/kubepods/pod1/c1".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn enforce_once_settled_files_the_violation_as_enforced_and_kills() {
+    let mut world = World::new(true);
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    let effects = m.on_deadlines(&world.env());
+    assert!(concluded(&effects)[0].violation.as_ref().unwrap().enforced);
+    assert!(kills(&effects));
+}
+
+#[test]
+fn a_settled_agent_never_kills_an_approved_exempt_or_host_cgroup() {
+    let mut world = World::new(true);
+    world.approvals.approve(&digest(1));
+    let exemptions = Exemptions::new(false, Vec::new(), vec!["kube-system".into()], Vec::new())
+        .expect("exemptions");
+    let mut m = machine_with(Mode::Enforce, exemptions);
+
+    let admitted = start(&mut m, 1, identity(Some(digest(1)), "app"), &world);
+    assert_eq!(admitted[0], Effect::SetAction(1, Action::Ignore));
+    assert_eq!(
+        concluded(&admitted)[0].record.verdict,
+        ContainerVerdict::Admitted
+    );
+
+    let exempt = start(&mut m, 2, identity(Some(digest(2)), "kube-system"), &world);
+    assert_eq!(exempt[0], Effect::SetAction(2, Action::Ignore));
+    assert_eq!(
+        concluded(&exempt)[0].record.verdict,
+        ContainerVerdict::Exempt
+    );
+
+    let host = m.on_identified(
+        Identified {
+            key: 3,
+            path: "/system.slice/sshd.service".into(),
+            first_event: world.start,
+            outcome: Outcome::Host,
+        },
+        &world.env(),
+    );
+    assert_eq!(host, vec![Effect::SetAction(3, Action::Ignore)]);
+
+    world.advance(GRACE);
+    let mut later = m.on_deadlines(&world.env());
+    later.extend(m.on_settled(&world.env()));
+    later.extend(m.on_approvals_changed(&world.env()));
+    assert!(!kills(&later), "{later:?}");
+}
+
+#[test]
+fn the_agent_never_kills_its_own_cgroup() {
+    let mut world = World::new(true);
+    let mut m = machine(Mode::Enforce);
+    start(
+        &mut m,
+        OWN_KEY,
+        identity(Some(digest(1)), "imagegate"),
+        &world,
+    );
+    world.advance(GRACE);
+    let effects = m.on_deadlines(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert!(!done[0].violation.as_ref().unwrap().enforced);
+    assert!(!kills(&effects));
+    assert!(!kills(&m.on_settled(&world.env())));
+}
+
+#[test]
+fn an_unidentified_container_is_flagged_and_never_stopped() {
+    let world = World::new(true);
+    let mut m = machine(Mode::Enforce);
+    let effects = m.on_identified(
+        Identified {
+            key: KEY,
+            path: "/kubepods/pod1/c9".into(),
+            first_event: world.start,
+            outcome: Outcome::Unknown("containerd timed out".into()),
+        },
+        &world.env(),
+    );
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::Unknown);
+    assert!(
+        done[0].violation.is_some(),
+        "flagged, never passed silently"
+    );
+    assert!(!kills(&effects));
+}
+
+#[test]
+fn enforce_unknown_stops_a_container_containerd_knows_without_an_image() {
+    let world = World::new(true);
+    let mut m = Machine::new(
+        Config {
+            mode: Mode::Enforce,
+            grace: GRACE,
+            exemptions: Exemptions::none(),
+            enforce_unknown: true,
+        },
+        None,
+    );
+    let effects = start(&mut m, KEY, identity(None, "app"), &world);
+    assert_eq!(
+        concluded(&effects)[0].record.verdict,
+        ContainerVerdict::Unknown
+    );
+    assert!(kills(&effects));
+}
+
+#[test]
+fn a_restart_keeps_a_flagged_verdict_without_filing_it_again() {
+    let mut world = World::new(true);
+    let previous = ContainerRecord {
+        key: "k8s.io/c1".into(),
+        runtime_namespace: Some("k8s.io".into()),
+        id: Some("c1".into()),
+        image: Some("registry.example/app:1".into()),
+        digest: Some(digest(1)),
+        platform_digest: None,
+        pod: None,
+        cgroup: "/kubepods/pod1/c1".into(),
+        verdict: ContainerVerdict::NeverAdmitted,
+        reason: "flagged before the restart".into(),
+        first_seen_ms: 1_000,
+        decided_at_ms: 2_000,
+        gone_at_ms: None,
+    };
+    let mut m = machine(Mode::Enforce);
+    let effects = m.on_identified(
+        Identified {
+            key: KEY,
+            path: "/kubepods/pod1/c1".into(),
+            first_event: world.start,
+            outcome: Outcome::Container {
+                identity: identity(Some(digest(1)), "app"),
+                previous: Some(previous.clone()),
+            },
+        },
+        &world.env(),
+    );
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert_eq!(done[0].record.reason, previous.reason);
+    assert_eq!(done[0].record.first_seen_ms, 1_000);
+    assert!(done[0].violation.is_none(), "filed before the restart");
+    assert!(kills(&effects), "enforcement applies again");
+    assert_eq!(m.next_deadline(), None, "no second grace window");
+    world.advance(GRACE);
+    assert!(m.on_deadlines(&world.env()).is_empty());
+}
+
+#[test]
+fn the_grace_window_counts_from_the_first_sighting_across_restarts() {
+    let world = World::new(false);
+    let previous = ContainerRecord {
+        key: "k8s.io/c1".into(),
+        runtime_namespace: Some("k8s.io".into()),
+        id: Some("c1".into()),
+        image: None,
+        digest: Some(digest(1)),
+        platform_digest: None,
+        pod: None,
+        cgroup: "/kubepods/pod1/c1".into(),
+        verdict: ContainerVerdict::Pending,
+        reason: String::new(),
+        // Seen 4 s before "now" (1,000,000 ms in the World).
+        first_seen_ms: 996_000,
+        decided_at_ms: 996_000,
+        gone_at_ms: None,
+    };
+    let mut m = machine(Mode::Audit);
+    m.on_identified(
+        Identified {
+            key: KEY,
+            path: "/kubepods/pod1/c1".into(),
+            first_event: world.start,
+            outcome: Outcome::Container {
+                identity: identity(Some(digest(1)), "app"),
+                previous: Some(previous),
+            },
+        },
+        &world.env(),
+    );
+    assert_eq!(
+        m.next_deadline(),
+        Some(world.start + GRACE - Duration::from_secs(4))
+    );
+}
+
+#[test]
+fn a_cgroup_is_looked_up_once_and_execs_in_a_container_are_reported() {
+    let world = World::new(false);
+    let mut m = machine(Mode::Audit);
+    let exec = Exec {
+        pid: 10,
+        tgid: 10,
+        ppid: None,
+        cgroup_id: KEY,
+        memcg_id: None,
+        pid_ns: None,
+        mnt_ns: None,
+        action: KernelAction::Watch,
+        comm: "sh".into(),
+        filename: Some("/bin/sh".into()),
+        filename_truncated: false,
+    };
+    assert_eq!(
+        m.on_exec(KEY, &exec),
+        vec![Effect::Identify {
+            key: KEY,
+            pid: Some(10),
+            path: None
+        }]
+    );
+    assert!(m.on_exec(KEY, &exec).is_empty(), "a lookup is in flight");
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    let effects = m.on_exec(KEY, &exec);
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::Exec {
+                pid: 10,
+                killed: false,
+                ..
+            }]
+        ),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn only_cgroups_that_look_like_containers_are_looked_up_early() {
+    let mut m = machine(Mode::Audit);
+    assert!(
+        m.on_new_cgroup(1, "/system.slice/cron.service".into())
+            .is_empty()
+    );
+    let id = "0123456789abcdef".repeat(4);
+    let path = format!("/kubepods.slice/cri-containerd-{id}.scope");
+    assert_eq!(
+        m.on_new_cgroup(2, path.clone()),
+        vec![Effect::Identify {
+            key: 2,
+            pid: None,
+            path: Some(path.clone())
+        }]
+    );
+    assert!(m.on_new_cgroup(2, path).is_empty(), "already tracked");
+}
+
+#[test]
+fn a_running_container_already_judged_is_not_looked_up_again() {
+    let world = World::new(false);
+    let mut m = machine(Mode::Audit);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    assert!(
+        m.on_running(KEY, "/p".into(), "k8s.io".into(), "c1".into())
+            .is_empty()
+    );
+    assert_eq!(
+        m.on_running(8, "/p8".into(), "k8s.io".into(), "c8".into()),
+        vec![Effect::IdentifyRunning {
+            key: 8,
+            path: "/p8".into(),
+            namespace: "k8s.io".into(),
+            id: "c8".into()
+        }]
+    );
+}
+
+#[test]
+fn a_sweep_forgets_gone_cgroups_but_keeps_containers_still_in_grace() {
+    let mut world = World::new(false);
+    world.approvals.approve(&digest(1));
+    let mut m = machine(Mode::Audit);
+    m.host(1, "/system.slice/gone.service".into());
+    start(&mut m, 2, identity(Some(digest(1)), "app"), &world);
+    start(&mut m, 3, identity(Some(digest(3)), "app"), &world);
+    let effects = m.sweep(|_| false, 0);
+    assert!(effects.contains(&Effect::ForgetAction(1)));
+    assert!(effects.contains(&Effect::ForgetAction(2)));
+    assert!(
+        !effects.contains(&Effect::ForgetAction(3)),
+        "still in its grace window"
+    );
+    assert!(effects.contains(&Effect::MarkGone(vec!["k8s.io/c1".into()])));
+    assert_eq!(m.tracked(), 1);
+}
