@@ -2,6 +2,9 @@
 //!
 //! - [`clock`]: wall-clock milliseconds, the unit of stored timestamps;
 //! - [`errors`]: an error and its causes on one line;
+//! - [`files`]: noticing that files changed (policy, certificates,
+//!   approvals);
+//! - [`tls`]: TLS server configurations that follow their files;
 //! - [`allocator`]: giving memory back to the system after a burst;
 //! - [`budget`]: a budget shared by all clients, of which one address may
 //!   hold only a part;
@@ -14,5 +17,7 @@ pub mod budget;
 pub mod clock;
 pub mod connections;
 pub mod errors;
+pub mod files;
 pub mod http;
 pub mod idle;
+pub mod tls;

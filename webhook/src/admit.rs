@@ -10,8 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     ledger::{Approval, Ledger, Origin},
-    policy::{ImageDecision, Policy, ReviewDecision, Verdict},
-    resolve::{Resolver, apply::resolve_decisions},
+    policy::{ImageDecision, ImageVerdict, Policy, ReviewDecision},
+    resolve::Resolver,
     review::Review,
 };
 
@@ -29,7 +29,9 @@ pub async fn decide_images(
 ) {
     let (mut images, mut annotations) = policy.decide_images(review);
     if let Some(resolver) = resolver {
-        resolve_decisions(resolver, policy, &mut images, &mut annotations).await;
+        let asks: Vec<_> = images.iter().map(|d| policy.resolution_ask(d)).collect();
+        let outcomes = resolver.resolve_each(&asks, policy.verify_digest).await;
+        policy.apply_resolution(&mut images, outcomes, &mut annotations);
     }
     (images, annotations)
 }
@@ -107,7 +109,7 @@ pub fn approvals(
         .filter(|d| d.verdict.allows())
         .filter_map(|d| Some((d, d.resolved.as_ref()?)))
         .map(|(d, resolved)| {
-            let break_glass = d.verdict == Verdict::BreakGlass;
+            let break_glass = d.verdict == ImageVerdict::BreakGlass;
             Approval {
                 digest: resolved.digest.clone(),
                 children: resolved.children.clone(),

@@ -3,9 +3,10 @@
 //! - [`reference`]: image references, parsed and normalised;
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
+//! - [`policy_store`]: the policy in force, reloaded when its file changes;
 //! - [`admit`]: the admission pipeline every endpoint shares: policy,
 //!   resolution, decision, approvals recorded;
-//! - [`server`]: the HTTPS server, its routes, metrics and reloads;
+//! - [`server`]: the HTTPS server, its routes, limits and metrics;
 //! - [`check`]: the same decisions offline, for CI pipelines;
 //! - [`adopt`]: the admitted set rebuilt from the pods the cluster runs;
 //! - [`ledger`], [`push`]: admitted digests recorded, and pushed to agents;
@@ -19,6 +20,7 @@ pub mod check;
 pub mod install;
 pub mod ledger;
 pub mod policy;
+pub mod policy_store;
 pub mod push;
 pub mod reference;
 pub mod registry;

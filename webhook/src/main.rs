@@ -7,21 +7,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use imagegate_plumbing::tls::{ClientCerts, ReloadingTls, Settings as TlsSettings, TlsFiles};
 use imagegate_webhook::{
     adopt::{self, cluster::Apiserver},
     check,
     ledger::Ledger,
     policy::Policy,
+    policy_store::{PolicyMetrics, PolicyStore},
     push::{self, PushConfig, Pusher},
-    resolve::{self, Credentials},
+    registry::Credentials,
+    resolve,
     server::{
         self, AppState,
         client_auth::{self, Required},
         limits::{self, Budgets, Limits},
         listener,
         metrics::Metrics,
-        policy_store::PolicyStore,
-        tls,
     },
 };
 use tokio::{
@@ -472,38 +473,56 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let push_metrics = push::PushMetrics::register(metrics.registry());
+    let policy_metrics = PolicyMetrics::register(metrics.registry());
     let metrics = Arc::new(metrics);
     let (policy, policy_seen) = PolicyStore::load(
         args.policy.clone(),
         args.exempt_namespaces.clone(),
-        &metrics,
+        &policy_metrics,
     )
     .await;
-    let (certs, certs_seen) =
-        tls::CertStore::load(args.cert.clone(), args.key.clone(), provider.clone())
-            .await
-            .context("loading the serving certificate")?;
     let client_certs = Required::from_paths(args.client_cert_required_paths.clone());
-    let tls_config = tls::server_config(
-        certs.clone(),
-        args.client_ca.as_deref(),
-        client_certs.in_handshake(),
+    let (tls, tls_seen) = ReloadingTls::load(
+        TlsFiles {
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            client_ca: args.client_ca.clone(),
+        },
+        TlsSettings {
+            client_certs: if client_certs.in_handshake() {
+                ClientCerts::Required
+            } else {
+                ClientCerts::Optional
+            },
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        },
         provider,
     )
-    .context("configuring TLS")?;
+    .await
+    .context("loading the serving certificate")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(policy.clone().watch(
         policy_seen,
         args.reload_interval,
-        metrics.clone(),
+        policy_metrics,
         stop_rx.clone(),
     ));
-    tokio::spawn(certs.watch(
-        certs_seen,
+    let reload_metrics = metrics.clone();
+    let cert_path = args.cert.display().to_string();
+    tokio::spawn(tls.clone().follow(
+        tls_seen,
         args.reload_interval,
-        metrics.clone(),
         stop_rx.clone(),
+        move |reloaded| {
+            match &reloaded {
+                Ok(()) => info!(cert = %cert_path, "serving certificate reloaded"),
+                Err(e) => tracing::error!(
+                    "new serving certificate not used, keeping the previous one: {e}"
+                ),
+            }
+            Metrics::reload(&reload_metrics.certificate_reloads, reloaded.is_ok());
+        },
     ));
 
     let ledger = match &args.ledger {
@@ -633,7 +652,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     listener::serve(
         listener,
-        Arc::new(tls_config),
+        tls,
         app,
         &limits,
         shutdown_signal(),

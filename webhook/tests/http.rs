@@ -14,11 +14,11 @@ use common::{EXAMPLE_POLICY, admission_review, fixture, image_review, pod_spec};
 use http_body_util::BodyExt;
 use imagegate_webhook::{
     policy::Policy,
+    policy_store::{PolicyMetrics, PolicyStore},
     server::{
         AppState,
         limits::{APISERVER_REQUEST_BYTES, MAX_REVIEW_BYTES},
         metrics::Metrics,
-        policy_store::PolicyStore,
         router,
     },
 };
@@ -603,9 +603,12 @@ async fn reviews_as_large_as_the_apiserver_sends_are_decided_and_larger_ones_den
 
 #[tokio::test]
 async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let policy_metrics = PolicyMetrics::register(metrics.registry());
+    let metrics = Arc::new(metrics);
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = PolicyStore::load(dir.path().join("missing.yaml"), Vec::new(), &metrics).await;
+    let (store, _) =
+        PolicyStore::load(dir.path().join("missing.yaml"), Vec::new(), &policy_metrics).await;
     let app = router(Arc::new(AppState {
         policy: store,
         metrics,

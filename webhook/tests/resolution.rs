@@ -16,9 +16,11 @@ use common::{Ca, admission_review, registry::Registry};
 use http_body_util::BodyExt;
 use imagegate_webhook::{
     policy::Policy,
+    policy_store::PolicyStore,
     reference::Reference,
-    resolve::{Credentials, ResolveError, Resolver, Settings},
-    server::{AppState, metrics::Metrics, policy_store::PolicyStore, router},
+    registry::Credentials,
+    resolve::{ResolveError, Resolver, Settings},
+    server::{AppState, metrics::Metrics, router},
 };
 use serde_json::Value;
 use tower::ServiceExt;

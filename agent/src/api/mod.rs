@@ -23,7 +23,7 @@ use tonic::transport::{
 use tracing::{info, warn};
 
 pub use self::service::Shared;
-use self::{bounded::ListenerBounds, service::AgentApi, tls::ReloadingTls};
+use self::{bounded::ListenerBounds, service::AgentApi};
 
 /// HTTP/2 streams one connection may have open (advertised in SETTINGS,
 /// refused past it): `Health/Watch` and `WatchEvents` streams are cheap,
@@ -122,7 +122,8 @@ pub async fn serve(
     let mut bound = Vec::new();
     if let Some((address, files)) = listeners.tls {
         let (listener, local) = bind("--grpc-address", address).await?;
-        let incoming = ReloadingTls::load(files)?.incoming(listener, ListenerBounds::MTLS);
+        let tls = tls::load(files, shutdown.clone()).await?;
+        let incoming = tls::incoming(tls, listener, ListenerBounds::MTLS);
         spawn_server(router(), incoming, shutdown.clone(), "mTLS");
         info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
         bound.push(local);

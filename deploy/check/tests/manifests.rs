@@ -176,8 +176,9 @@ fn decode_base64(text: &str) -> Vec<u8> {
 async fn the_webhook_configurations_send_what_the_server_checks_where_it_serves() {
     use imagegate_webhook::{
         policy::Policy,
+        policy_store::PolicyStore,
         review::admission::CHECKED_RESOURCES,
-        server::{AppState, metrics::Metrics, policy_store::PolicyStore, router},
+        server::{AppState, metrics::Metrics, router},
     };
     let objects = render(&["webhook.mutating.enabled=true"]);
     let policy = std::fs::read_to_string(root().join("deploy/policy/example-policy.yaml")).unwrap();

@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use imagegate_webhook::{
-    policy::{Policy, Verdict},
+    policy::{Policy, ImageVerdict},
     review::image_review,
 };
 use libfuzzer_sys::fuzz_target;
@@ -17,7 +17,7 @@ static POLICY: LazyLock<Policy> = LazyLock::new(|| {
 fuzz_target!(|body: &[u8]| {
     if let Ok(Ok(review)) = image_review::decode(body) {
         for image in POLICY.decide(&review).images {
-            if image.reference.is_err() && image.verdict == Verdict::Allowed {
+            if image.reference.is_err() && image.verdict == ImageVerdict::Allowed {
                 panic!("unparseable image {:?} allowed", image.image);
             }
         }

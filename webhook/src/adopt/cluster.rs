@@ -108,7 +108,7 @@ impl PodSource for Apiserver {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| ClusterError::List(crate::resolve::with_causes(&e)))?;
+                .map_err(|e| ClusterError::List(imagegate_plumbing::errors::error_chain(&e)))?;
             pods.extend(page.items);
             match page.metadata.continue_token.filter(|t| !t.is_empty()) {
                 Some(next) => token = Some(next),

@@ -32,10 +32,10 @@ use imagegate_plumbing::clock::now_ms;
 use crate::{
     ledger::{Approval, Ledger, Origin},
     policy::Policy,
+    policy_store::PolicyStore,
     reference::Reference,
     resolve::Resolver,
     review::admission::pod_review,
-    server::policy_store::PolicyStore,
 };
 
 /// Registry lookups for index children run this many at a time.

@@ -24,7 +24,7 @@ const IMAGE_REVIEW_BREAK_GLASS_SUFFIX: &str = ".image-policy.k8s.io/break-glass"
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Verdict {
+pub enum ImageVerdict {
     Allowed,
     Denied,
     /// Denied by a rule in audit mode: allowed, with a warning.
@@ -37,20 +37,20 @@ pub enum Verdict {
     Unchanged,
 }
 
-impl Verdict {
+impl ImageVerdict {
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Allowed => "allowed",
-            Verdict::Denied => "denied",
-            Verdict::AuditDenied => "audit-denied",
-            Verdict::BreakGlass => "break-glass",
-            Verdict::Exempt => "exempt",
-            Verdict::Unchanged => "unchanged",
+            ImageVerdict::Allowed => "allowed",
+            ImageVerdict::Denied => "denied",
+            ImageVerdict::AuditDenied => "audit-denied",
+            ImageVerdict::BreakGlass => "break-glass",
+            ImageVerdict::Exempt => "exempt",
+            ImageVerdict::Unchanged => "unchanged",
         }
     }
 
     pub fn allows(self) -> bool {
-        self != Verdict::Denied
+        self != ImageVerdict::Denied
     }
 }
 
@@ -60,7 +60,7 @@ pub struct ImageDecision {
     /// As written in the spec.
     pub image: String,
     pub reference: Result<Reference, ParseError>,
-    pub verdict: Verdict,
+    pub verdict: ImageVerdict,
     /// The rule that decided (or one of the `RULE_*` names).
     pub rule: String,
     /// One line a user can act on.
@@ -96,7 +96,7 @@ impl Policy {
         let mut annotations = BTreeMap::new();
         let images: Vec<ImageDecision> = if self.exempt_namespaces.contains(&subject.namespace) {
             annotations.insert("exempt-namespace".into(), subject.namespace.clone());
-            self.allow_all(review, Verdict::Exempt, RULE_EXEMPT, || {
+            self.allow_all(review, ImageVerdict::Exempt, RULE_EXEMPT, || {
                 format!(
                     "namespace {:?} is exempt from image policy",
                     subject.namespace
@@ -104,7 +104,7 @@ impl Policy {
             })
         } else if let Some(key) = self.break_glass(review.api, subject) {
             annotations.insert("break-glass".into(), key.clone());
-            self.allow_all(review, Verdict::BreakGlass, RULE_BREAK_GLASS, || {
+            self.allow_all(review, ImageVerdict::BreakGlass, RULE_BREAK_GLASS, || {
                 format!("allowed by break-glass annotation {key}=\"true\"")
             })
         } else {
@@ -118,7 +118,7 @@ impl Policy {
                         ImageDecision {
                             image: u.image.clone(),
                             reference: Reference::parse_cached(&u.image),
-                            verdict: Verdict::Unchanged,
+                            verdict: ImageVerdict::Unchanged,
                             rule: RULE_UNCHANGED.into(),
                             reason: format!(
                                 "image {:?} is unchanged by this UPDATE: it was admitted with the \
@@ -180,12 +180,12 @@ impl Policy {
                     rule.name
                 ),
                 reference: Ok(reference),
-                verdict: Verdict::Allowed,
+                verdict: ImageVerdict::Allowed,
                 rule: rule.name.clone(),
             };
         }
         match self.default_verdict {
-            file::Verdict::Allow => ImageDecision {
+            file::Fallback::Allow => ImageDecision {
                 resolved: None,
                 image: image.to_string(),
                 reason: format!(
@@ -193,10 +193,10 @@ impl Policy {
                     describe(image, &reference)
                 ),
                 reference: Ok(reference),
-                verdict: Verdict::Allowed,
+                verdict: ImageVerdict::Allowed,
                 rule: RULE_DEFAULT.into(),
             },
-            file::Verdict::Deny => {
+            file::Fallback::Deny => {
                 let reason = format!(
                     "{} is not allowed: no rule accepts repository {repository}{}",
                     describe(image, &reference),
@@ -242,8 +242,8 @@ impl Policy {
             image: image.to_string(),
             reference,
             verdict: match mode {
-                Mode::Enforce => Verdict::Denied,
-                Mode::Audit => Verdict::AuditDenied,
+                Mode::Enforce => ImageVerdict::Denied,
+                Mode::Audit => ImageVerdict::AuditDenied,
             },
             rule: rule.to_string(),
             reason,
@@ -253,7 +253,7 @@ impl Policy {
     fn allow_all(
         &self,
         review: &Review,
-        verdict: Verdict,
+        verdict: ImageVerdict,
         rule: &str,
         reason: impl Fn() -> String,
     ) -> Vec<ImageDecision> {
@@ -389,11 +389,11 @@ fn summarise(
 ) -> ReviewDecision {
     let denied: Vec<&ImageDecision> = images
         .iter()
-        .filter(|d| d.verdict == Verdict::Denied)
+        .filter(|d| d.verdict == ImageVerdict::Denied)
         .collect();
     let audited: Vec<&ImageDecision> = images
         .iter()
-        .filter(|d| d.verdict == Verdict::AuditDenied)
+        .filter(|d| d.verdict == ImageVerdict::AuditDenied)
         .collect();
     let allowed = denied.is_empty();
     let warnings: Vec<String> = audited

@@ -22,7 +22,7 @@ pub struct PolicyFile {
     pub mode: Mode,
     /// What happens to an image no rule accepts.
     #[serde(default)]
-    pub default_verdict: Verdict,
+    pub default_verdict: Fallback,
     /// Namespaces (names or globs) whose objects are not checked.
     #[serde(default)]
     pub exempt_namespaces: Vec<String>,
@@ -44,7 +44,7 @@ pub struct ResolutionFile {
     /// An allowed image that cannot be resolved to a digest: `deny` it
     /// (default), or `allow` it with an audit annotation.
     #[serde(default)]
-    pub on_failure: Verdict,
+    pub on_failure: Fallback,
     /// Ask the registry whether the repository serves a digest that a
     /// reference names (default true). Off, a pod author's digest is taken
     /// as written: the approval says it is unverified, since it may name
@@ -56,7 +56,7 @@ pub struct ResolutionFile {
 impl Default for ResolutionFile {
     fn default() -> Self {
         Self {
-            on_failure: Verdict::default(),
+            on_failure: Fallback::default(),
             verify_digest: true,
         }
     }
@@ -70,9 +70,11 @@ pub enum Mode {
     Audit,
 }
 
+/// What is decided when nothing else decides: `defaultVerdict` (no rule
+/// matched) and `resolution.onFailure` (the registry did not answer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub enum Fallback {
     Allow,
     #[default]
     Deny,

@@ -4,10 +4,11 @@
 pub mod decide;
 pub mod file;
 pub mod matchers;
+mod resolution;
 
 use std::collections::{BTreeMap, HashSet};
 
-pub use decide::{ImageDecision, ReviewDecision, Verdict};
+pub use decide::{ImageDecision, ImageVerdict, ReviewDecision};
 pub use file::Mode;
 use file::PolicyFile;
 use matchers::{NamespaceSet, RegistryPattern, RepositoryGlobs};
@@ -23,7 +24,7 @@ pub struct PolicyError {
 /// A validated, compiled policy.
 pub struct Policy {
     pub mode: Mode,
-    pub default_verdict: file::Verdict,
+    pub default_verdict: file::Fallback,
     pub exempt_namespaces: NamespaceSet,
     /// `None` when break-glass is disabled.
     pub break_glass_annotation: Option<String>,
@@ -31,7 +32,7 @@ pub struct Policy {
     pub break_glass_ttl: Option<std::time::Duration>,
     pub rules: Vec<Rule>,
     /// What an image that cannot be resolved to a digest gets.
-    pub on_resolution_failure: file::Verdict,
+    pub on_resolution_failure: file::Fallback,
     /// Ask the registry about images that already name a digest.
     pub verify_digest: bool,
     /// The object annotation that turns digest pinning off (`"false"`).

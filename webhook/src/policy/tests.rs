@@ -50,7 +50,7 @@ fn review(api: Api, namespace: &str, images: &[&str], annotations: &[(&str, &str
     }
 }
 
-fn verdict(p: &Policy, namespace: &str, image: &str) -> (Verdict, String) {
+fn verdict(p: &Policy, namespace: &str, image: &str) -> (ImageVerdict, String) {
     let d = p.decide_image(&ns(namespace), image);
     (d.verdict, d.rule)
 }
@@ -61,7 +61,7 @@ fn the_example_policy_reproduces_the_seeds_setup() {
     let allowed = |image: &str, rule: &str| {
         assert_eq!(
             verdict(&p, "default", image),
-            (Verdict::Allowed, rule.to_string()),
+            (ImageVerdict::Allowed, rule.to_string()),
             "{image}"
         );
     };
@@ -76,7 +76,7 @@ fn the_example_policy_reproduces_the_seeds_setup() {
         let d = p.decide_image(&ns("default"), image);
         assert_eq!(
             (d.verdict, d.rule.as_str()),
-            (Verdict::Denied, rule),
+            (ImageVerdict::Denied, rule),
             "{image}: {}",
             d.reason
         );
@@ -135,7 +135,7 @@ fn exempt_namespaces_allow_everything_and_say_so() {
         &[],
     ));
     assert!(d.allowed);
-    assert!(d.images.iter().all(|i| i.verdict == Verdict::Exempt));
+    assert!(d.images.iter().all(|i| i.verdict == ImageVerdict::Exempt));
     assert_eq!(
         d.audit_annotations
             .get("exempt-namespace")
@@ -155,7 +155,7 @@ fn break_glass_on_image_review_needs_the_value_true() {
         &[(key, "true")],
     ));
     assert!(d.allowed);
-    assert_eq!(d.images[0].verdict, Verdict::BreakGlass);
+    assert_eq!(d.images[0].verdict, ImageVerdict::BreakGlass);
     assert_eq!(
         d.audit_annotations.get("break-glass").map(String::as_str),
         Some(key)
@@ -196,7 +196,7 @@ fn break_glass_on_objects_and_turned_off() {
         &["quay.io/x:1"],
         &glass,
     ));
-    assert!(d.allowed && d.images[0].verdict == Verdict::BreakGlass);
+    assert!(d.allowed && d.images[0].verdict == ImageVerdict::BreakGlass);
     let off = policy(&format!("{}breakGlass: {{enabled: false}}\n", header()));
     let d = off.decide(&review(
         Api::AdmissionReview,
@@ -236,11 +236,11 @@ fn audit_mode_allows_with_warnings_globally_and_per_rule() {
     ));
     assert_eq!(
         verdict(&per_rule, "default", "nginx").0,
-        Verdict::AuditDenied
+        ImageVerdict::AuditDenied
     );
     assert_eq!(
         verdict(&per_rule, "default", "quay.io/x:1").0,
-        Verdict::Denied,
+        ImageVerdict::Denied,
         "the default is still enforced"
     );
 }
@@ -251,30 +251,30 @@ fn requirements_digest_untagged_latest() {
         "{}rules:\n- name: strict\n  registries: ['*']\n  requireDigest: true\n",
         header()
     ));
-    assert_eq!(verdict(&p, "x", "nginx:1.25").0, Verdict::Denied);
+    assert_eq!(verdict(&p, "x", "nginx:1.25").0, ImageVerdict::Denied);
     assert_eq!(
         verdict(&p, "x", &format!("nginx:1.25@sha256:{HEX64}")).0,
-        Verdict::Allowed
+        ImageVerdict::Allowed
     );
 
     let untagged = policy(&format!(
         "{}rules:\n- name: tags\n  registries: ['*']\n  denyUntagged: true\n",
         header()
     ));
-    assert_eq!(verdict(&untagged, "x", "nginx").0, Verdict::Denied);
+    assert_eq!(verdict(&untagged, "x", "nginx").0, ImageVerdict::Denied);
     assert_eq!(
         verdict(&untagged, "x", "registry:5000/x").0,
-        Verdict::Denied,
+        ImageVerdict::Denied,
         "a port is not a tag"
     );
     assert_eq!(
         verdict(&untagged, "x", "nginx:latest").0,
-        Verdict::Allowed,
+        ImageVerdict::Allowed,
         "tagged, if latest"
     );
     assert_eq!(
         verdict(&untagged, "x", &format!("nginx@sha256:{HEX64}")).0,
-        Verdict::Allowed
+        ImageVerdict::Allowed
     );
 }
 
@@ -310,7 +310,7 @@ fn rules_apply_per_namespace_and_labels_in_order() {
     // Without the label, nginx:1 meets the later rule and its digest requirement.
     assert_eq!(
         verdict(&p, "x", "nginx:1"),
-        (Verdict::Denied, "hub-pinned".into())
+        (ImageVerdict::Denied, "hub-pinned".into())
     );
     let mut frontend = ns("x");
     frontend.labels = Some(BTreeMap::from([(
@@ -319,7 +319,7 @@ fn rules_apply_per_namespace_and_labels_in_order() {
     )]));
     assert_eq!(
         p.decide_image(&frontend, "nginx:1").verdict,
-        Verdict::Allowed
+        ImageVerdict::Allowed
     );
     // ImageReview carries no labels: a label rule never applies.
     let mut no_labels = frontend.clone();
@@ -332,11 +332,11 @@ fn default_verdict_allow() {
     let p = policy(&format!("{}defaultVerdict: allow\n", header()));
     assert_eq!(
         verdict(&p, "x", "anything.io/x:1"),
-        (Verdict::Allowed, "default".into())
+        (ImageVerdict::Allowed, "default".into())
     );
     assert_eq!(
         verdict(&p, "x", "Bad Ref").0,
-        Verdict::Denied,
+        ImageVerdict::Denied,
         "an unparseable reference is never allowed by default"
     );
 }
@@ -353,7 +353,7 @@ fn a_review_with_a_denied_image_is_denied_with_every_reason() {
     assert_eq!(
         d.images
             .iter()
-            .filter(|i| i.verdict == Verdict::Denied)
+            .filter(|i| i.verdict == ImageVerdict::Denied)
             .count(),
         2
     );
@@ -448,12 +448,12 @@ fn a_rule_must_select_something_and_star_selects_every_registry() {
         "{}rules:\n- name: any\n  registries: ['*']\n  denyLatest: true\n",
         header()
     ));
-    assert_eq!(verdict(&any, "x", "nginx:1.25").0, Verdict::Allowed);
+    assert_eq!(verdict(&any, "x", "nginx:1.25").0, ImageVerdict::Allowed);
     assert_eq!(
         verdict(&any, "x", "registry.internal:5000/a/b:1").0,
-        Verdict::Allowed
+        ImageVerdict::Allowed
     );
-    assert_eq!(verdict(&any, "x", "nginx:latest").0, Verdict::Denied);
+    assert_eq!(verdict(&any, "x", "nginx:latest").0, ImageVerdict::Denied);
     // `*` names no host: break-glass may not reach any host it likes.
     let r = crate::reference::Reference::parse("evil.example/x:1").unwrap();
     assert!(!any.knows_registry(&r));
@@ -484,7 +484,7 @@ fn no_prefix_of_the_example_policy_loads_a_rule_selecting_everything() {
         // Whatever loads decides an unknown registry as the whole does.
         assert_eq!(
             p.decide_image(&ns("x"), "evil.example/miner:1").verdict,
-            Verdict::Denied,
+            ImageVerdict::Denied,
             "the {end}-byte prefix allows an unknown registry"
         );
     }

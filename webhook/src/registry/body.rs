@@ -41,7 +41,7 @@ pub async fn read_bounded(
             } else {
                 BodyError::Read {
                     what: what.to_string(),
-                    reason: crate::resolve::with_causes(&e),
+                    reason: imagegate_plumbing::errors::error_chain(&e),
                 }
             }
         })?;

@@ -15,7 +15,9 @@ use super::{
     auth::{self, Challenge, Kept, TokenAnswer},
     body::{BodyError, error_text, read_bounded},
 };
-use crate::resolve::{Credentials, with_causes};
+use imagegate_plumbing::errors::error_chain;
+
+use super::Credentials;
 
 /// How registries are reached; from `serve`'s flags.
 #[derive(Clone, Debug, Default)]
@@ -57,7 +59,7 @@ fn transport(error: &reqwest::Error) -> RegistryError {
     if error.is_timeout() {
         RegistryError::TimedOut
     } else {
-        RegistryError::Other(with_causes(error))
+        RegistryError::Other(error_chain(error))
     }
 }
 
@@ -113,13 +115,13 @@ impl RegistryClient {
             let client = builder()
                 .tls_certs_merge(certificates)
                 .build()
-                .map_err(|e| format!("an HTTP client for {host}: {}", with_causes(&e)))?;
+                .map_err(|e| format!("an HTTP client for {host}: {}", error_chain(&e)))?;
             by_host.insert(host.to_ascii_lowercase(), client);
         }
         Ok(Self {
             default_http: builder()
                 .build()
-                .map_err(|e| format!("an HTTP client: {}", with_causes(&e)))?,
+                .map_err(|e| format!("an HTTP client: {}", error_chain(&e)))?,
             by_host,
             settings,
             kept: Kept::default(),
@@ -318,7 +320,7 @@ impl RegistryClient {
                     request = request.header(AUTHORIZATION, auth::basic(user, password));
                 }
                 let response = request.send().await.map_err(|e| {
-                    RegistryError::Other(format!("asking {realm} for a token: {}", with_causes(&e)))
+                    RegistryError::Other(format!("asking {realm} for a token: {}", error_chain(&e)))
                 })?;
                 let status = response.status();
                 if !status.is_success() {

@@ -11,13 +11,16 @@
 //!
 //! - [`auth`]: `WWW-Authenticate` challenges, Basic, and Bearer tokens;
 //! - [`body`]: bounded reads;
-//! - [`client`]: the requests.
+//! - [`client`]: the requests;
+//! - [`credentials`]: the registries' usernames and passwords.
 
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod credentials;
 
 pub use client::{Fetched, Head, RegistryClient, RegistryError, Settings};
+pub use credentials::Credentials;
 
 /// Largest manifest or index read: the distribution registry's own limit
 /// on a manifest it accepts.

@@ -4,9 +4,12 @@
 //! with positive and negative TTLs where concurrent lookups of one
 //! reference share one request (quick_cache's placeholder guard), index
 //! expansion (at most [`MAX_INDEX_CHILDREN`] platforms), and metrics.
+//! [`Resolver::resolve_each`] runs one review's lookups and returns their
+//! outcomes; what they mean for a decision is the policy's to say.
 
-pub mod apply;
-pub mod credentials;
+mod each;
+
+pub use each::{Ask, MAX_LOOKUPS_PER_REVIEW, Outcome};
 
 use std::{
     path::PathBuf,
@@ -20,8 +23,6 @@ use prometheus_client::{
 };
 use quick_cache::sync::Cache;
 
-pub use credentials::Credentials;
-
 use imagegate_proto::{
     MAX_INDEX_CHILDREN,
     digest::Digest,
@@ -30,7 +31,7 @@ use imagegate_proto::{
 
 use crate::{
     reference::Reference,
-    registry::{self, RegistryClient, RegistryError},
+    registry::{self, Credentials, RegistryClient, RegistryError},
 };
 
 const INDEX_MEDIA_TYPES: [&str; 2] = [
@@ -188,7 +189,7 @@ impl ResolverMetrics {
     }
 }
 
-type Outcome = Result<Resolved, ResolveError>;
+type Lookup = Result<Resolved, ResolveError>;
 
 pub struct Resolver {
     settings: Settings,
@@ -196,7 +197,7 @@ pub struct Resolver {
     /// Lookups in flight, all reviews together.
     in_flight: tokio::sync::Semaphore,
     /// Reference (normalised) -> outcome and when it stops being trusted.
-    cache: Cache<String, (Outcome, Instant)>,
+    cache: Cache<String, (Lookup, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
     /// stale; only bounded.
     index_children: Cache<Digest, Vec<Child>>,
@@ -278,7 +279,7 @@ impl Resolver {
     }
 
     /// One lookup against the registry, within the budget.
-    async fn lookup(&self, reference: &Reference) -> Outcome {
+    async fn lookup(&self, reference: &Reference) -> Lookup {
         let started = Instant::now();
         let bounded = async {
             // Waiting for a turn counts against the budget too.
@@ -311,7 +312,7 @@ impl Resolver {
         outcome
     }
 
-    async fn ask_registry(&self, reference: &Reference) -> Outcome {
+    async fn ask_registry(&self, reference: &Reference) -> Lookup {
         let (host, path) = (reference.domain.as_str(), reference.path.as_str());
         let asked = match (&reference.digest, reference.effective_tag()) {
             (Some(digest), _) => digest.to_string(),
@@ -439,20 +440,4 @@ fn classify(error: RegistryError, reference: &Reference, budget: Duration) -> Re
         RegistryError::InvalidDigest(text) => ResolveError::InvalidDigest(text),
         RegistryError::Other(text) => ResolveError::Registry(text),
     }
-}
-
-/// An error with its causes: the top-level message of an HTTP error is often
-/// only "error sending request"; what happened (refused, DNS, TLS) is below.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
     admit,
-    policy::{ReviewDecision, Verdict},
+    policy::{ImageVerdict, ReviewDecision},
     review::{
         Api, Review,
         admission::{self, Decoded},
@@ -154,7 +154,7 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
     let broken: Vec<&str> = decision
         .images
         .iter()
-        .filter(|i| i.verdict == Verdict::BreakGlass)
+        .filter(|i| i.verdict == ImageVerdict::BreakGlass)
         .map(|i| i.image.as_str())
         .collect();
     if !broken.is_empty() {

@@ -12,10 +12,8 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout};
-use rustls::ServerConfig;
+use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout, tls::ReloadingTls};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -31,13 +29,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Arc<ReloadingTls>,
     app: Router,
     limits: &Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let slots = ConnectionSlots::new(limits.max_connections, limits.max_connections_per_address);
     let builder = Arc::new(builder(limits));
@@ -50,7 +47,9 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let tcp = IdleTimeout::new(tcp, idle);
-        let acceptor = acceptor.clone();
+        // The configuration in force now: a reloaded certificate serves
+        // new handshakes, open connections keep theirs.
+        let acceptor = tls.acceptor();
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -37,9 +37,6 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub request_seconds: Family<EndpointLabels, Histogram>,
     pub responses: Family<ResponseLabels, Counter>,
-    pub policy_reloads: Family<ResultLabels, Counter>,
-    /// 1 while a valid policy is loaded.
-    pub policy_loaded: Gauge,
     pub certificate_reloads: Family<ResultLabels, Counter>,
 }
 
@@ -76,18 +73,6 @@ impl Metrics {
             "HTTP responses by endpoint and status code",
             responses.clone(),
         );
-        let policy_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "policy_reloads",
-            "Policy file loads by result (success, failure)",
-            policy_reloads.clone(),
-        );
-        let policy_loaded = Gauge::default();
-        registry.register(
-            "policy_loaded",
-            "1 while a valid policy is loaded",
-            policy_loaded.clone(),
-        );
         let certificate_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -99,8 +84,6 @@ impl Metrics {
             decisions,
             request_seconds,
             responses,
-            policy_reloads,
-            policy_loaded,
             certificate_reloads,
         }
     }
@@ -119,7 +102,6 @@ impl Metrics {
         family.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// Registers the digest resolver's metrics with these.
     /// The registry other subsystems (resolution, push) register their
     /// own metrics in, before the server starts.
     pub fn registry(&mut self) -> &mut Registry {

@@ -5,9 +5,6 @@ mod handlers;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
-pub mod policy_store;
-pub mod tls;
-pub mod watch;
 
 use std::sync::Arc;
 
@@ -18,8 +15,8 @@ use axum::{
     routing::{get, post},
 };
 
+use crate::policy_store::PolicyStore;
 use metrics::Metrics;
-use policy_store::PolicyStore;
 
 /// What every handler shares.
 pub struct AppState {

@@ -1,4 +1,7 @@
-//! Noticing that files changed, for the policy and the certificate.
+//! Noticing that files changed: the webhook's policy and both binaries'
+//! certificates ([`poll_files`], by contents), and the agent's approvals
+//! file ([`poll_stamps`], by size, time and inode: it may be too large to
+//! read twice a second).
 //!
 //! Polling the contents rather than inotify: a Kubernetes Secret or
 //! ConfigMap volume swaps a `..data` symlink, which file-level watches miss,
@@ -123,6 +126,37 @@ pub async fn poll_files(
             changed(contents);
         } else {
             pending = Some(now);
+        }
+    }
+}
+
+/// What identifies a version of a file without reading it: size,
+/// modification time and inode, following symlinks.
+fn stamp(path: &Path) -> Option<(u64, i64, i64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
+
+/// Calls `changed` whenever the file at `path` is replaced or rewritten
+/// (its stamp differs from the last poll), until `shutdown` flips. For
+/// files too large to compare by contents; `changed` reads the file itself.
+pub async fn poll_stamps<F: Future<Output = ()>>(
+    path: PathBuf,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut changed: impl FnMut() -> F,
+) {
+    let mut last = stamp(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+        }
+        let now = stamp(&path);
+        if now != last {
+            last = now;
+            changed().await;
         }
     }
 }

@@ -4,11 +4,51 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwapOption;
+use imagegate_plumbing::files;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use super::{metrics::Metrics, watch as files};
 use crate::policy::Policy;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The policy file's metrics.
+#[derive(Clone, Default)]
+pub struct PolicyMetrics {
+    reloads: Family<ResultLabels, Counter>,
+    /// 1 while a valid policy is loaded.
+    loaded: Gauge,
+}
+
+impl PolicyMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "policy_reloads",
+            "Policy file loads by result (success, failure)",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "policy_loaded",
+            "1 while a valid policy is loaded",
+            metrics.loaded.clone(),
+        );
+        metrics
+    }
+
+    fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+}
 
 pub struct PolicyStore {
     path: PathBuf,
@@ -24,7 +64,7 @@ impl PolicyStore {
     pub async fn load(
         path: PathBuf,
         exempt: Vec<String>,
-        metrics: &Metrics,
+        metrics: &PolicyMetrics,
     ) -> (Arc<Self>, files::Contents) {
         let store = Arc::new(Self {
             path,
@@ -55,7 +95,7 @@ impl PolicyStore {
         self: Arc<Self>,
         initial: files::Contents,
         interval: Duration,
-        metrics: Arc<Metrics>,
+        metrics: PolicyMetrics,
         shutdown: watch::Receiver<bool>,
     ) {
         let paths = vec![self.path.clone()];
@@ -65,7 +105,7 @@ impl PolicyStore {
         .await;
     }
 
-    fn apply(&self, contents: Option<std::io::Result<Vec<u8>>>, metrics: &Metrics) {
+    fn apply(&self, contents: Option<std::io::Result<Vec<u8>>>, metrics: &PolicyMetrics) {
         let path = self.path.display();
         let parsed = match contents {
             Some(Ok(bytes)) => match String::from_utf8(bytes) {
@@ -81,8 +121,8 @@ impl PolicyStore {
             Ok(policy) => {
                 info!(policy = %path, rules = policy.rules.len(), mode = ?policy.mode, "policy loaded");
                 self.current.store(Some(Arc::new(policy)));
-                metrics.policy_loaded.set(1);
-                Metrics::reload(&metrics.policy_reloads, true);
+                metrics.loaded.set(1);
+                metrics.reload(true);
             }
             Err(reason) => {
                 let keeping = if self.current.load().is_some() {
@@ -91,7 +131,7 @@ impl PolicyStore {
                     "no policy is loaded: every review is denied and /readyz fails"
                 };
                 error!(policy = %path, "policy not loaded: {reason}; {keeping}");
-                Metrics::reload(&metrics.policy_reloads, false);
+                metrics.reload(false);
             }
         }
     }
