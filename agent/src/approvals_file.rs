@@ -13,7 +13,7 @@ use std::{
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use imagegate_plumbing::clock::now_ms;
+use imagegate_plumbing::{clock::now_ms, files};
 
 use crate::{
     digest::Digest,
@@ -136,27 +136,14 @@ pub fn load(path: &Path, writer: &Writer) {
 }
 
 /// Loads the file again whenever it changes, until `stop` turns true.
-/// Polled (a mounted ConfigMap or Secret changes by a symlink swap, which
-/// inotify on the file itself misses): its size, modification time and
-/// inode, following symlinks.
-pub async fn follow(path: PathBuf, writer: Writer, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use std::os::unix::fs::MetadataExt;
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
-    };
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-        let now = stamp(&path);
-        if now != last {
-            last = now;
-            let (path, writer) = (path.clone(), writer.clone());
+/// Polled by stamp (size, modification time, inode: the file may be large),
+/// following symlinks, as a mounted ConfigMap or Secret changes by a
+/// symlink swap that inotify on the file itself misses.
+pub async fn follow(path: PathBuf, writer: Writer, stop: tokio::sync::watch::Receiver<bool>) {
+    let poll = Duration::from_millis(200);
+    files::poll_stamps(path.clone(), poll, stop, || {
+        let (path, writer) = (path.clone(), writer.clone());
+        async move {
             if tokio::task::spawn_blocking(move || load(&path, &writer))
                 .await
                 .is_err()
@@ -164,7 +151,8 @@ pub async fn follow(path: PathBuf, writer: Writer, mut stop: tokio::sync::watch:
                 warn!("loading the approvals file panicked");
             }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
