@@ -199,7 +199,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "IMAGEGATE_PUSH_IDENTITY",
-        default_value = "imagegate-webhook"
+        default_value = imagegate_proto::WEBHOOK_IDENTITY
     )]
     push_identity: String,
 

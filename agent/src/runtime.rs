@@ -27,7 +27,10 @@ use containerd_client::services::v1::{
     ReadContentRequest, containers_client::ContainersClient, content_client::ContentClient,
     images_client::ImagesClient, namespaces_client::NamespacesClient, tasks_client::TasksClient,
 };
-use imagegate_proto::platform::{Platform, node_architecture};
+use imagegate_proto::{
+    media_types::is_index,
+    platform::{Platform, node_architecture},
+};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tonic::{Code, Request, transport::Channel};
@@ -407,14 +410,6 @@ fn in_namespace<T>(message: T, namespace: &str) -> Request<T> {
         request.metadata_mut().insert("containerd-namespace", value);
     }
     request
-}
-
-fn is_index(media_type: &str) -> bool {
-    matches!(
-        media_type,
-        "application/vnd.oci.image.index.v1+json"
-            | "application/vnd.docker.distribution.manifest.list.v2+json"
-    )
 }
 
 #[derive(Deserialize)]

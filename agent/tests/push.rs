@@ -408,7 +408,7 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
                 name: Some(format!("app-{n}")),
                 user: Some("ci".into()),
                 rule: "team".into(),
-                api: "AdmissionReview".into(),
+                api: imagegate_webhook::review::Api::AdmissionReview,
                 origin: Origin::Admission,
                 admitted_at_ms: imagegate_plumbing::clock::now_ms(),
                 generation: 0,

@@ -5,10 +5,19 @@
 //! at the boundary.
 //!
 //! Also the contract both sides must agree on beyond the messages: the
-//! [`digest::Digest`] type, and the batch limits.
+//! [`digest::Digest`] type, [`platform`] matching, the [`source::SourceKey`]
+//! approvals are kept under, the [`media_types`] both read, the identities
+//! their certificates carry, and the batch limits.
 
 pub mod digest;
+pub mod media_types;
 pub mod platform;
+pub mod source;
+
+/// The DNS name in the webhook's client certificate: only it may push.
+pub const WEBHOOK_IDENTITY: &str = "imagegate-webhook";
+/// The DNS name in the agents' serving certificates.
+pub const AGENT_IDENTITY: &str = "imagegate-agent";
 
 /// The `imagegate.v1` package.
 pub mod v1 {

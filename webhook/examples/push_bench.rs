@@ -53,7 +53,7 @@ fn synthetic(n: usize) -> Approval {
         name: Some(format!("pod-{n}")),
         user: None,
         rule: "bench".into(),
-        api: "AdmissionReview".into(),
+        api: imagegate_webhook::review::Api::AdmissionReview,
         // Now: the webhook drops approvals older than its retention.
         origin: imagegate_webhook::ledger::Origin::Admission,
         admitted_at_ms: imagegate_plumbing::clock::now_ms(),

@@ -128,7 +128,7 @@ pub fn approvals(
                 name: review.name.clone(),
                 user: review.user.clone(),
                 rule: d.rule.clone(),
-                api: review.api.as_str().to_string(),
+                api: review.api,
                 origin: Origin::Admission,
                 admitted_at_ms: now_ms,
                 generation: 0,

@@ -20,6 +20,8 @@ use imagegate_proto::{digest::Digest, platform::Child};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::review::Api;
+
 /// Digest -> record (JSON).
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 /// Generation -> digest: the order in which records were (re)written.
@@ -80,7 +82,8 @@ pub struct Approval {
     /// The rule that allowed it.
     pub rule: String,
     /// `ImageReview` or `AdmissionReview`.
-    pub api: String,
+    #[serde(with = "api_name")]
+    pub api: Api,
     /// A review, or a pod found running when the admitted set was rebuilt
     /// from the cluster.
     #[serde(default)]
@@ -391,6 +394,28 @@ impl Ledger {
     }
 }
 
+/// The API as the ledger writes it: `ImageReview` or `AdmissionReview`.
+mod api_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::review::Api;
+
+    pub fn serialize<S: Serializer>(api: &Api, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(api.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Api, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "ImageReview" => Ok(Api::ImageReview),
+            "AdmissionReview" => Ok(Api::AdmissionReview),
+            other => Err(D::Error::custom(format!(
+                "api {other:?}: expected ImageReview or AdmissionReview"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +446,7 @@ mod tests {
             name: Some("p".into()),
             user: Some("alice".into()),
             rule: "local".into(),
-            api: "AdmissionReview".into(),
+            api: Api::AdmissionReview,
             origin: Origin::Admission,
             admitted_at_ms: at,
             generation: 0,

@@ -274,7 +274,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "IMAGEGATE_AGENT_SERVER_NAME",
-        default_value = "imagegate-agent"
+        default_value = imagegate_proto::AGENT_IDENTITY
     )]
     agent_server_name: String,
     /// Connections open at once; more are closed as they arrive (each costs

@@ -658,7 +658,10 @@ async fn the_ledger_records_what_was_admitted_and_nothing_else() {
     assert_eq!(approval.name.as_deref(), Some("thing"));
     assert_eq!(approval.user.as_deref(), Some("alice"));
     assert_eq!(approval.rule, "local");
-    assert_eq!(approval.api, "AdmissionReview");
+    assert_eq!(
+        approval.api,
+        imagegate_webhook::review::Api::AdmissionReview
+    );
     assert!(approval.admitted_at_ms > 0);
     assert_eq!(ledger.since(1, 10).unwrap(), []);
 }

@@ -3,7 +3,10 @@
 
 use std::{pin::Pin, sync::Arc, sync::atomic::Ordering, time::Instant};
 
-use imagegate_proto::v1::{self as pb, agent_service_server::AgentService};
+use imagegate_proto::{
+    source::SourceKey,
+    v1::{self as pb, agent_service_server::AgentService},
+};
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
@@ -67,7 +70,7 @@ impl AgentApi {
 
     /// The sender's source key, `identity/ledger`, once its certificate
     /// shows the push identity.
-    fn pusher<T>(&self, request: &Request<T>, ledger: &str) -> Result<String, Status> {
+    fn pusher<T>(&self, request: &Request<T>, ledger: &str) -> Result<SourceKey, Status> {
         let Some(peer) = request.extensions().get::<TlsPeer>() else {
             return Err(Status::unauthenticated(
                 "pushing approvals needs the webhook's client certificate: use the agent's mTLS \
@@ -85,30 +88,19 @@ impl AgentApi {
                 self.push_identity
             )));
         }
-        if ledger.is_empty() {
-            return Err(Status::invalid_argument("ledger is required"));
-        }
-        if ledger.len() > 128
-            || !ledger
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(Status::invalid_argument(
-                "ledger: at most 128 characters from [A-Za-z0-9._-]",
-            ));
-        }
-        Ok(format!("{}/{ledger}", self.push_identity))
+        SourceKey::new(&self.push_identity, ledger)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     async fn add(
         &self,
-        source: String,
+        source: SourceKey,
         approvals: Vec<pb::Approval>,
         generation: u64,
         cluster_set_generation: Option<u64>,
         retention_seconds: u64,
     ) -> Result<(u32, u64, Vec<pb::Rejected>), Status> {
-        let checked = convert::approvals_in("approvals", approvals, &source)?;
+        let checked = convert::approvals_in("approvals", approvals, &source.to_string())?;
         if !checked.rejected.is_empty() {
             self.ctx
                 .metrics
@@ -193,7 +185,10 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::SyncApprovalsResponse>, Status> {
         let source = self.pusher(&request, &request.get_ref().ledger)?;
         let body = request.into_inner();
-        let held = self.store().source_generation(&source).map_err(internal)?;
+        let held = self
+            .store()
+            .source_generation(&source.to_string())
+            .map_err(internal)?;
         if body.since_generation > held {
             return Err(Status::failed_precondition(format!(
                 "since_generation {} is after generation {held}, the last this agent holds for \

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use imagegate_proto::source::SourceKey;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -24,7 +25,7 @@ const QUEUE: usize = 1024;
 
 /// A sender's approvals, as the API checked them.
 pub struct Push {
-    pub source: String,
+    pub source: SourceKey,
     pub approvals: Vec<Approval>,
     pub generation: u64,
     pub cluster_set_generation: Option<u64>,
@@ -175,7 +176,7 @@ fn carry_out(store: &StoreWriter, listeners: &Listeners, write: Write) {
                 retention_ms,
             } = *push;
             let received = store.add_approvals_from(
-                &source,
+                &source.to_string(),
                 &approvals,
                 generation,
                 cluster_set_generation,

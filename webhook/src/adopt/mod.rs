@@ -126,7 +126,7 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 name: review.name.clone(),
                 user: None,
                 rule: decision.rule.clone(),
-                api: review.api.as_str().to_string(),
+                api: review.api,
                 origin: Origin::Adopted,
                 admitted_at_ms: now,
                 generation: 0,

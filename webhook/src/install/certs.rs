@@ -23,10 +23,10 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-/// The DNS name in the webhook's client certificate; agents let only it push.
-pub const WEBHOOK_IDENTITY: &str = "imagegate-webhook";
 /// The DNS name in the agents' serving certificate; the webhook checks it.
-pub const AGENT_IDENTITY: &str = "imagegate-agent";
+pub use imagegate_proto::AGENT_IDENTITY;
+/// The DNS name in the webhook's client certificate; agents let only it push.
+pub use imagegate_proto::WEBHOOK_IDENTITY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{PushLabels, Pusher};
 use imagegate_plumbing::errors::error_chain;
+use imagegate_proto::source::SourceKey;
 
 use crate::ledger::{Approval, Origin};
 
@@ -216,11 +217,10 @@ async fn held_generation(
             status: Box::new(status),
         })?
         .into_inner();
-    let suffix = format!("/{ledger_id}");
     Ok(status
         .sources
         .iter()
-        .find(|s| s.source.ends_with(&suffix))
+        .find(|s| SourceKey::parse(&s.source).is_ok_and(|key| key.ledger == ledger_id))
         .map_or(0, |s| s.generation))
 }
 
@@ -343,7 +343,7 @@ mod tests {
             name: Some(format!("app-{n}")),
             user: None,
             rule: "team".into(),
-            api: "AdmissionReview".into(),
+            api: crate::review::Api::AdmissionReview,
             origin: Origin::Admission,
             admitted_at_ms: 1,
             generation: n as u64 + 1,

@@ -26,6 +26,7 @@ use quick_cache::sync::Cache;
 use imagegate_proto::{
     MAX_INDEX_CHILDREN,
     digest::Digest,
+    media_types,
     platform::{Child, Platform},
 };
 
@@ -34,16 +35,7 @@ use crate::{
     registry::{self, Credentials, RegistryClient, RegistryError},
 };
 
-const INDEX_MEDIA_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-const MANIFEST_MEDIA_TYPES: [&str; 4] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    INDEX_MEDIA_TYPES[0],
-    INDEX_MEDIA_TYPES[1],
-];
+const MANIFEST_MEDIA_TYPES: [&str; 4] = media_types::MANIFESTS;
 
 /// How the resolver behaves; flags of `serve`.
 #[derive(Clone, Debug)]
