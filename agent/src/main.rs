@@ -2,7 +2,7 @@
 //! socket, killing processes in enforce mode).
 
 use std::{
-    io::{self, IsTerminal, Write},
+    io::{self, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -33,12 +33,9 @@ use imagegate_agent::{
     store::{Retention, Store},
     verdict::Exemptions,
 };
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Notify,
-};
+use imagegate_plumbing::process::LogFormat;
+use tokio::sync::Notify;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 /// Watches container starts on this node with eBPF and flags every container
 /// whose image digest was never admitted.
@@ -52,8 +49,8 @@ struct Args {
     run: RunArgs,
 
     /// Format of the agent's own log lines (on standard error).
-    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value_t = Format::Text, global = true)]
-    log_format: Format,
+    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,7 +244,7 @@ enum Format {
 async fn main() -> Result<()> {
     imagegate_plumbing::allocator::return_large_blocks_when_freed();
     let args = Args::parse();
-    init_logs(args.log_format);
+    imagegate_plumbing::process::init_logs(args.log_format);
     match args.command {
         Some(Command::State { state_dir, table }) => print_state(&state_dir, table),
         None if args.run.print_events => print_events(&args.run).await,
@@ -417,7 +414,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // Tests and the demo wait for this line.
     info!(mode = ?args.mode, "ready: watching container starts");
     Engine::new(config, parts)
-        .run(probe, shutdown_signal())
+        .run(probe, imagegate_plumbing::process::shutdown_signal())
         .await?;
     let _ = stop_tx.send(true);
     info!("stopping");
@@ -595,21 +592,6 @@ async fn serve_metrics(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut sigterm = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "no SIGTERM handler; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm.recv() => {}
-    }
-}
-
 fn print_state(state_dir: &Path, table: StateTable) -> Result<()> {
     let path = state_dir.join("state.redb");
     if !path.exists() {
@@ -644,7 +626,7 @@ async fn print_events(args: &RunArgs) -> Result<()> {
     })?;
     // Tests and the demo wait for this line before they exec anything.
     info!("ready: sched/sched_process_exec attached");
-    let shutdown = shutdown_signal();
+    let shutdown = imagegate_plumbing::process::shutdown_signal();
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
     let stdout = io::stdout();
@@ -690,19 +672,6 @@ fn write_execs(out: &mut impl Write, events: &[&Exec], format: Format) -> io::Re
     }
     // Whoever reads a pipe sees each batch at once.
     out.flush()
-}
-
-fn init_logs(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, not in files or pipes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(io::stderr().is_terminal())
-        .with_writer(io::stderr);
-    match format {
-        Format::Text => builder.init(),
-        Format::Json => builder.json().init(),
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! - [`errors`]: an error and its causes on one line;
 //! - [`files`]: noticing that files changed (policy, certificates,
 //!   approvals);
+//! - [`process`]: log set-up and the stop signal;
 //! - [`tls`]: TLS server configurations that follow their files;
 //! - [`allocator`]: giving memory back to the system after a burst;
 //! - [`budget`]: a budget shared by all clients, of which one address may
@@ -20,4 +21,5 @@ pub mod errors;
 pub mod files;
 pub mod http;
 pub mod idle;
+pub mod process;
 pub mod tls;

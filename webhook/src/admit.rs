@@ -137,6 +137,71 @@ pub fn approvals(
         .collect()
 }
 
+/// What `/mutate` does to a review: JSONPatch operations that pin each
+/// image the policy lets run to the digest it resolved to.
+#[derive(Debug)]
+pub struct Pinned {
+    /// What was done, for the response.
+    pub message: String,
+    pub operations: Vec<serde_json::Value>,
+}
+
+impl Pinned {
+    pub fn nothing(message: String) -> Self {
+        Self {
+            message,
+            operations: Vec::new(),
+        }
+    }
+}
+
+/// Pins `review`'s images (`name:tag@sha256:...`; the tag stays for
+/// humans). Images that already carry a digest are left alone, and so is
+/// everything when the object carries the policy's pin annotation set to
+/// `"false"` or the deciding rule has `pinDigests: false`. Never denies:
+/// denying is the validator's job.
+pub async fn pin(policy: &Policy, resolver: Option<&Resolver>, review: &Review) -> Pinned {
+    let Some(resolver) = resolver else {
+        return Pinned::nothing("not pinned: digest resolution is off".into());
+    };
+    if review
+        .subject
+        .annotations
+        .get(&policy.pin_annotation)
+        .map(String::as_str)
+        == Some("false")
+    {
+        return Pinned::nothing(format!("not pinned: {}=\"false\"", policy.pin_annotation));
+    }
+    let (decisions, _) = decide_images(policy, Some(resolver), review).await;
+    let mut operations = Vec::new();
+    for (image, decision) in review.images.iter().zip(&decisions) {
+        let (Some(pointer), Ok(reference), Some(digest)) = (
+            &image.pointer,
+            &decision.reference,
+            decision.resolved.as_ref().map(|r| &r.digest),
+        ) else {
+            continue;
+        };
+        if reference.digest.is_some() || !decision.verdict.allows() || !policy.pins(&decision.rule)
+        {
+            continue;
+        }
+        operations.push(serde_json::json!({
+            "op": "replace",
+            "path": pointer,
+            "value": format!("{}@{digest}", image.image),
+        }));
+    }
+    if operations.is_empty() {
+        return Pinned::nothing("nothing to pin".into());
+    }
+    Pinned {
+        message: format!("pinned {} image(s) to their digests", operations.len()),
+        operations,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,11 @@
 //! `imagegate-webhook`: the admission webhook server, and an offline
 //! checker that makes the same decisions.
 
-use std::{
-    io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use imagegate_plumbing::process::LogFormat;
 use imagegate_plumbing::tls::{ClientCerts, ReloadingTls, Settings as TlsSettings, TlsFiles};
 use imagegate_webhook::{
     adopt::{self, cluster::Apiserver},
@@ -25,12 +24,8 @@ use imagegate_webhook::{
         metrics::Metrics,
     },
 };
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-};
+use tokio::sync::watch;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 /// Checks container images at admission.
 #[derive(Debug, Parser)]
@@ -41,12 +36,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,7 +343,7 @@ struct CheckArgs {
 fn main() -> ExitCode {
     imagegate_plumbing::allocator::return_large_blocks_when_freed();
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    imagegate_plumbing::process::init_logs(cli.log_format);
     match cli.command {
         Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -655,7 +644,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls,
         app,
         &limits,
-        shutdown_signal(),
+        imagegate_plumbing::process::shutdown_signal(),
         args.shutdown_grace,
     )
     .await;
@@ -679,34 +668,6 @@ async fn expire_ledger(ledger: Arc<Ledger>) {
             Ok(Err(e)) => tracing::error!("ledger expiry failed: {e}"),
             Err(e) => tracing::error!("ledger expiry task failed: {e}"),
         }
-    }
-}
-
-/// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("interrupt received"),
-    }
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! HTTP handlers: thin. Decoding is in `review`, the admission sequence in
-//! `admit`; these decode, run it, encode, count and log.
+//! `admit`; these decode, run it, and encode. Request metrics and the
+//! request's span are the router's layer (`super::observe`); a handler
+//! only records the review's uid in that span once it has read it.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use base64::Engine;
 
@@ -12,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tracing::{debug, info, warn};
+use tracing::{Span, debug, info, warn};
 
 use super::{AppState, metrics::DecisionLabels};
 use crate::{
@@ -29,8 +31,7 @@ const NO_POLICY: &str = "imagegate has no valid policy loaded; every image is de
 
 /// `POST /image_policy`: ImageReview.
 pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let (code, response) = match image_review::decode(&body) {
+    match image_review::decode(&body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Err(reason)) => {
             warn!("ImageReview denied: {reason}");
@@ -52,17 +53,12 @@ pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             };
             json(image_review::Response::new(allowed, reason, annotations))
         }
-    };
-    state
-        .metrics
-        .observe("image_policy", code.as_u16(), started.elapsed());
-    response
+    }
 }
 
 /// `POST /validate` and `POST /`: AdmissionReview.
 pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let (code, response) = match admission::decode(&body) {
+    match admission::decode(&body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Decoded::Unreadable {
             api_version,
@@ -71,6 +67,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         }) => unreadable(api_version, uid, reason),
         Ok(Decoded::Review(request)) => {
             let request = *request;
+            Span::current().record("uid", request.uid.as_str());
             match &request.review {
                 Err(why) => {
                     debug!(uid = %request.uid, operation = %request.operation, "allowed without checks: {why}");
@@ -107,17 +104,14 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                 },
             }
         }
-    };
-    state
-        .metrics
-        .observe("validate", code.as_u16(), started.elapsed());
-    response
+    }
 }
 
 /// An AdmissionReview whose uid could be read but not the rest: denied with
 /// that uid, so `failurePolicy: Ignore` cannot turn the error into an allow.
-fn unreadable(api_version: String, uid: String, reason: String) -> (StatusCode, Response) {
-    warn!(%uid, "AdmissionReview denied: {reason}");
+fn unreadable(api_version: String, uid: String, reason: String) -> Response {
+    Span::current().record("uid", uid.as_str());
+    warn!("AdmissionReview denied: {reason}");
     json(admission::Response::deny(api_version, uid, 400, reason))
 }
 
@@ -205,19 +199,13 @@ struct ErrorBody {
     error: String,
 }
 
-fn bad_request(error: String) -> (StatusCode, Response) {
+fn bad_request(error: String) -> Response {
     debug!("bad request: {error}");
-    (
-        StatusCode::BAD_REQUEST,
-        (StatusCode::BAD_REQUEST, json_bytes(&ErrorBody { error })).into_response(),
-    )
+    (StatusCode::BAD_REQUEST, json_bytes(&ErrorBody { error })).into_response()
 }
 
-fn json<T: Serialize>(value: T) -> (StatusCode, Response) {
-    (
-        StatusCode::OK,
-        (StatusCode::OK, json_bytes(&value)).into_response(),
-    )
+fn json<T: Serialize>(value: T) -> Response {
+    (StatusCode::OK, json_bytes(&value)).into_response()
 }
 
 fn json_bytes<T: Serialize>(value: &T) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
@@ -233,8 +221,7 @@ fn json_bytes<T: Serialize>(value: &T) -> ([(header::HeaderName, &'static str); 
 /// the deciding rule has `pinDigests: false`. Denying is the validator's
 /// job: the mutator only denies what it cannot read.
 pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let (code, response) = match admission::decode(&body) {
+    match admission::decode(&body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Decoded::Unreadable {
             api_version,
@@ -243,73 +230,29 @@ pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response
         }) => unreadable(api_version, uid, reason),
         Ok(Decoded::Review(request)) => {
             let request = *request;
-            let (allowed, message, patch) = match &request.review {
-                Err(why) => (true, format!("not pinned: {why}"), None),
-                Ok(review) => match pin_patch(&state, review).await {
-                    Ok((message, patch)) => (true, message, patch),
-                    Err(message) => (false, message, None),
-                },
+            Span::current().record("uid", request.uid.as_str());
+            let pinned = match (&request.review, state.policy.current()) {
+                (Err(why), _) => admit::Pinned::nothing(format!("not pinned: {why}")),
+                (Ok(_), None) => {
+                    return json(admission::Response::deny(
+                        request.api_version,
+                        request.uid,
+                        500,
+                        NO_POLICY.to_string(),
+                    ));
+                }
+                (Ok(review), Some(policy)) => {
+                    admit::pin(&policy, state.resolver.as_deref(), review).await
+                }
             };
-            let mut answer = if allowed {
-                admission::Response::allow(request.api_version, request.uid, message)
-            } else {
-                admission::Response::deny(request.api_version, request.uid, 500, message)
-            };
-            if let Some(patch) = patch {
-                answer = answer.with_patch(patch);
+            let mut answer =
+                admission::Response::allow(request.api_version, request.uid, pinned.message);
+            if !pinned.operations.is_empty() {
+                // Serialising JSON values cannot fail.
+                let patch = serde_json::to_vec(&pinned.operations).unwrap_or_default();
+                answer = answer.with_patch(base64::engine::general_purpose::STANDARD.encode(patch));
             }
             json(answer)
         }
-    };
-    state
-        .metrics
-        .observe("mutate", code.as_u16(), started.elapsed());
-    response
-}
-
-/// The base64 JSONPatch pinning `review`'s images, and a message saying
-/// what was done.
-async fn pin_patch(state: &AppState, review: &Review) -> Result<(String, Option<String>), String> {
-    let Some(policy) = state.policy.current() else {
-        return Err(NO_POLICY.to_string());
-    };
-    let Some(resolver) = &state.resolver else {
-        return Ok(("not pinned: digest resolution is off".to_string(), None));
-    };
-    let policy_annotation = review.subject.annotations.get(&policy.pin_annotation);
-    if policy_annotation.map(String::as_str) == Some("false") {
-        return Ok((
-            format!("not pinned: {}=\"false\"", policy.pin_annotation),
-            None,
-        ));
     }
-    let (decisions, _) = admit::decide_images(&policy, Some(resolver), review).await;
-    let mut operations = Vec::new();
-    for (image, decision) in review.images.iter().zip(&decisions) {
-        let (Some(pointer), Ok(reference), Some(digest)) = (
-            &image.pointer,
-            &decision.reference,
-            decision.resolved.as_ref().map(|r| &r.digest),
-        ) else {
-            continue;
-        };
-        if reference.digest.is_some() || !decision.verdict.allows() || !policy.pins(&decision.rule)
-        {
-            continue;
-        }
-        operations.push(serde_json::json!({
-            "op": "replace",
-            "path": pointer,
-            "value": format!("{}@{digest}", image.image),
-        }));
-    }
-    if operations.is_empty() {
-        return Ok(("nothing to pin".to_string(), None));
-    }
-    let message = format!("pinned {} image(s) to their digests", operations.len());
-    let patch = serde_json::to_vec(&operations).map_err(|e| e.to_string())?;
-    Ok((
-        message,
-        Some(base64::engine::general_purpose::STANDARD.encode(patch)),
-    ))
 }
