@@ -125,8 +125,8 @@ pub async fn review(
     policy: &Policy,
     resolver: Option<&Resolver>,
     body: &[u8],
-) -> Result<Vec<ImageReport>, String> {
-    let review = decode_any(body)?;
+) -> Result<Vec<ImageReport>, Unreviewable> {
+    let review = decode_any(body).map_err(Unreviewable)?;
     Ok(admit::decide(policy, resolver, &review)
         .await
         .images
@@ -134,6 +134,11 @@ pub async fn review(
         .map(ImageReport::from)
         .collect())
 }
+
+/// A body that is neither an AdmissionReview nor an ImageReview, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreviewable(String);
 
 fn decode_any(body: &[u8]) -> Result<Review, String> {
     #[derive(serde::Deserialize)]

@@ -417,7 +417,9 @@ fn run_check(args: CheckArgs) -> u8 {
             };
             let reviewed = match body {
                 Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                Ok(body) => runtime.block_on(check::review(&policy, resolver, &body)),
+                Ok(body) => runtime
+                    .block_on(check::review(&policy, resolver, &body))
+                    .map_err(|e| e.to_string()),
             };
             match reviewed {
                 Ok(reports) => reports,

@@ -21,13 +21,22 @@ pub struct RegistryPattern {
     pub written: String,
 }
 
+/// A registry pattern that is not one; says what to write instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(String);
+
 impl RegistryPattern {
     /// `*`: every registry.
     pub fn is_any(&self) -> bool {
         self.host == ANY_REGISTRY
     }
 
-    pub fn parse(written: &str) -> Result<Self, String> {
+    pub fn parse(written: &str) -> Result<Self, PatternError> {
+        Self::parse_text(written).map_err(PatternError)
+    }
+
+    fn parse_text(written: &str) -> Result<Self, String> {
         if written == ANY_REGISTRY {
             return Ok(Self {
                 host: ANY_REGISTRY.into(),

@@ -87,8 +87,17 @@ pub struct RegistryClient {
     kept: Kept,
 }
 
+/// The registry client could not be built (a CA bundle, the TLS set-up).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
 impl RegistryClient {
-    pub fn new(settings: Settings) -> Result<Self, String> {
+    pub fn new(settings: Settings) -> Result<Self, ClientError> {
+        Self::build(settings).map_err(ClientError)
+    }
+
+    fn build(settings: Settings) -> Result<Self, String> {
         let builder = || {
             reqwest::Client::builder()
                 .timeout(settings.timeout)

@@ -8,6 +8,11 @@ use base64::Engine;
 use serde::Deserialize;
 
 /// A file that cannot be used as credentials.
+/// A Docker config that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("cannot read {path}: {source}")]
@@ -45,13 +50,18 @@ impl Credentials {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|reason| CredentialsError::Format {
+        Self::parse(&text).map_err(|e| CredentialsError::Format {
             path: path.display().to_string(),
-            reason,
+            reason: e.0,
         })
     }
 
-    pub fn parse(json: &[u8]) -> Result<Self, String> {
+    /// Credentials from a Docker config's JSON.
+    pub fn parse(json: &[u8]) -> Result<Self, FormatError> {
+        Self::parse_text(json).map_err(FormatError)
+    }
+
+    fn parse_text(json: &[u8]) -> Result<Self, String> {
         let config: DockerConfig = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let mut by_host = HashMap::new();
         for (key, entry) in config.auths {
@@ -131,9 +141,9 @@ mod tests {
     fn bad_files_say_what_is_wrong() {
         assert!(Credentials::parse(b"{").is_err());
         let e = Credentials::parse(br#"{"auths": {"r": {"auth": "!!"}}}"#).unwrap_err();
-        assert!(e.contains("not base64"), "{e}");
+        assert!(e.to_string().contains("not base64"), "{e}");
         let e = Credentials::parse(br#"{"auths": {"r": {}}}"#).unwrap_err();
-        assert!(e.contains("neither auth nor username"), "{e}");
+        assert!(e.to_string().contains("neither auth nor username"), "{e}");
         assert!(
             Credentials::parse(br#"{}"#)
                 .unwrap()

@@ -19,7 +19,7 @@ pub mod body;
 pub mod client;
 pub mod credentials;
 
-pub use client::{Fetched, Head, RegistryClient, RegistryError, Settings};
+pub use client::{ClientError, Fetched, Head, RegistryClient, RegistryError, Settings};
 pub use credentials::Credentials;
 
 /// Largest manifest or index read: the distribution registry's own limit

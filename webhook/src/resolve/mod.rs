@@ -197,7 +197,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(settings: Settings, metrics: ResolverMetrics) -> Result<Self, String> {
+    pub fn new(settings: Settings, metrics: ResolverMetrics) -> Result<Self, registry::ClientError> {
         let registry = RegistryClient::new(registry::Settings {
             timeout: settings.timeout,
             plain_http: settings.plain_http.clone(),

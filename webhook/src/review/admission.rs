@@ -340,7 +340,16 @@ fn object_images(
 /// A Pod as the apiserver lists it, as the review admission would have
 /// made of its CREATE: the same images, namespace, labels and annotations,
 /// decided by the same code. `None` when the item cannot be read as a Pod.
-pub fn pod_review(item: &serde_json::Value) -> Result<Review, String> {
+pub fn pod_review(item: &serde_json::Value) -> Result<Review, PodError> {
+    pod_review_text(item).map_err(PodError)
+}
+
+/// A listed pod that cannot be reviewed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PodError(String);
+
+fn pod_review_text(item: &serde_json::Value) -> Result<Review, String> {
     let object: Object =
         serde_json::from_value(item.clone()).map_err(|e| format!("the pod cannot be read: {e}"))?;
     let metadata = object.metadata.as_ref();
