@@ -253,8 +253,11 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    // Every task spawned below stops when this turns true (at SIGTERM).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(imagegate_plumbing::allocator::trim_every(
         imagegate_plumbing::allocator::TRIM_EVERY,
+        stop_rx.clone(),
     ));
     check_requirements(&args)?;
     let layout = Layout::detect()?;
@@ -291,8 +294,6 @@ async fn run(args: RunArgs) -> Result<()> {
     report_startup(&args, &layout, &probe, &store);
     let kernel = kernel_status(&args, &layout, &probe);
 
-    // Every task spawned below stops when this turns true (at SIGTERM).
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let approvals_changed = Arc::new(Notify::new());
     let events = events::channel();
     // The store's one writer; it stops once every handle is dropped.

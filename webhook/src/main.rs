@@ -441,8 +441,11 @@ fn run_check(args: CheckArgs) -> u8 {
 
 #[tokio::main]
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Every task spawned below stops when this turns true (at SIGTERM).
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(imagegate_plumbing::allocator::trim_every(
         imagegate_plumbing::allocator::TRIM_EVERY,
+        stop_rx.clone(),
     ));
     // Exactly one crypto provider, installed before anything uses rustls.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -492,7 +495,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await
     .context("loading the serving certificate")?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(policy.clone().watch(
         policy_seen,
         args.reload_interval,
@@ -530,7 +532,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     if let Some(ledger) = ledger.clone() {
-        tokio::spawn(expire_ledger(ledger));
+        tokio::spawn(expire_ledger(ledger, stop_rx.clone()));
     }
     if !args.agents.is_empty() || args.agent_service.is_some() {
         let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
@@ -655,10 +657,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// Drops approvals past their retention, every few minutes.
-async fn expire_ledger(ledger: Arc<Ledger>) {
+async fn expire_ledger(ledger: Arc<Ledger>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         let ledger = ledger.clone();
         match tokio::task::spawn_blocking(move || {
             ledger.expire(imagegate_plumbing::clock::now_ms())
