@@ -18,7 +18,11 @@
 //! - [`store`]: approvals, containers and violations on disk;
 //! - [`approvals_file`]: approvals from a local file;
 //! - [`retention`]: what the store keeps, and for how long;
-//! - [`engine`]: the loop from events to verdicts to actions;
+//! - [`engine`]: the loop from events to verdicts to actions: a pure state
+//!   machine, identification, the store's one writer, and the runner;
+//! - [`events`]: verdicts, violations and execs published to `WatchEvents`;
+//! - [`api`]: the gRPC API (`imagegate.v1.AgentService`), its listeners and
+//!   their bounds;
 //! - [`settle`]: when enforce mode may start killing;
 //! - [`enforce`]: killing a violating container's processes;
 //! - [`metrics`]: Prometheus metrics;

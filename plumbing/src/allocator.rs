@@ -36,10 +36,7 @@ pub fn return_large_blocks_when_freed() {
 /// middle of the heap and in the worker threads' arenas, which only
 /// `malloc_trim` releases (it walks every arena, a few microseconds when
 /// little is free). <https://man7.org/linux/man-pages/man3/malloc_trim.3.html>
-pub async fn trim_every(
-    every: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn trim_every(every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -1,6 +1,6 @@
 //! imagegate's admission webhook.
 //!
-//! - [`reference`]: image references, parsed and normalised;
+//! - [`reference`](mod@reference): image references, parsed and normalised;
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
 //! - [`policy_store`]: the policy in force, reloaded when its file changes;

@@ -4,6 +4,12 @@
 //! from the configured CA) and, optionally, a plaintext listener that only
 //! binds loopback (for grpcurl on the node or through `kubectl
 //! port-forward`; it cannot push).
+//!
+//! - [`service`]: the service itself (approvals in, state out);
+//! - [`convert`]: wire types to the agent's [`crate::model`] and back;
+//! - [`tls`]: the mTLS listener (plumbing's reloading configuration) and
+//!   each connection's peer certificate;
+//! - [`bounded`]: connection and stream bounds per listener.
 
 pub mod bounded;
 pub mod convert;

@@ -1,5 +1,5 @@
 //! The store's one writer: a thread that owns the [`StoreWriter`] and
-//! carries out [`Write`] commands in the order they were sent. The engine
+//! carries out its commands in the order they were sent. The engine
 //! sends it verdicts (so blocking redb commits never run on the event
 //! loop), the API sends it pushed approvals and waits for the answer, the
 //! approvals file and retention send theirs. Nothing else can write: the

@@ -6,8 +6,8 @@
 //! everything else is read from disk when asked for.
 //!
 //! Reads are on [`Store`], shared by everyone; writes are on the one
-//! [`StoreWriter`] that [`Store::open`] hands out ([`write`]); retention's
-//! scan and drop are in [`prune`], paged lists in [`pages`].
+//! [`StoreWriter`] that [`Store::open`] hands out (`write`); retention's
+//! scan and drop are in `prune`, paged lists in `pages`.
 
 mod pages;
 mod prune;

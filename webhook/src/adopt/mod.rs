@@ -15,6 +15,8 @@
 //! stays unapproved, and running pods the policy would deny now are not
 //! adopted: agents flag them, so an operator sees them before switching to
 //! enforce.
+//!
+//! - [`cluster`]: the apiserver's pod list (kube-rs), behind `PodSource`.
 
 pub mod cluster;
 

@@ -1,5 +1,11 @@
 //! The policy: loaded from YAML, validated with errors that name the field,
 //! compiled into matchers, and applied to reviews ([`decide`]).
+//!
+//! - [`file`](mod@file): the YAML as written (serde types, no logic);
+//! - [`matchers`]: registry patterns and globs, compiled;
+//! - [`decide`]: one decision per image, summed up per review;
+//! - `resolution`: which images are resolved and what an outcome does to a
+//!   decision.
 
 pub mod decide;
 pub mod file;

@@ -10,6 +10,10 @@
 //!
 //! Agents come from a static list and from the A/AAAA records of a
 //! headless Service, re-resolved periodically: each record is one agent.
+//!
+//! - `link`: one agent: connect, sync from its generation, push;
+//! - `discovery`: the agents, from the static list and the headless
+//!   Service's records.
 
 mod discovery;
 mod link;

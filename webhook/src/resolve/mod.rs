@@ -6,6 +6,8 @@
 //! expansion (at most [`MAX_INDEX_CHILDREN`] platforms), and metrics.
 //! [`Resolver::resolve_each`] runs one review's lookups and returns their
 //! outcomes; what they mean for a decision is the policy's to say.
+//!
+//! - `each`: one review's lookups, concurrently and bounded.
 
 mod each;
 
@@ -197,7 +199,10 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(settings: Settings, metrics: ResolverMetrics) -> Result<Self, registry::ClientError> {
+    pub fn new(
+        settings: Settings,
+        metrics: ResolverMetrics,
+    ) -> Result<Self, registry::ClientError> {
         let registry = RegistryClient::new(registry::Settings {
             timeout: settings.timeout,
             plain_http: settings.plain_http.clone(),

@@ -1,6 +1,11 @@
 //! What the webhook is asked to review, whichever API the request came
 //! through. The two decoders turn their wire formats into [`Review`]; the
 //! policy only ever sees this type.
+//!
+//! - [`admission`]: AdmissionReview v1 and v1beta1;
+//! - [`image_review`]: ImageReview (`imagepolicy.k8s.io/v1alpha1`);
+//! - `pod_spec`: every image a pod spec or template names, with its JSON
+//!   pointer.
 
 pub mod admission;
 pub mod image_review;
