@@ -1,5 +1,8 @@
 //! `imagegate-agent`: the node agent. Runs as root (eBPF, containerd's
 //! socket, killing processes in enforce mode).
+//!
+//! Over 500 lines: most of it is the flags, whose doc comments are the
+//! `--help` text operators read.
 
 use std::{
     io::{self, Write},

@@ -7,6 +7,9 @@
 //! `ctr run` in a non-Kubernetes namespace, as someone with node access
 //! would. The agent's verdicts are read from its JSON log lines and, after
 //! it stops, from its store with `imagegate-agent state`.
+//!
+//! Over 500 lines: each scenario needs the real registry, containerd and
+//! agent; they share that set-up.
 
 use std::{
     path::Path,

@@ -1,6 +1,9 @@
 //! The agent's gRPC API through the real grpcurl (no proto files: server
 //! reflection), on its mTLS and plaintext listeners, with a real containerd
 //! container to report on. Root: the agent loads eBPF.
+//!
+//! Over 500 lines: each test starts the real agent and asks it through the
+//! real grpcurl; the scenarios share that set-up.
 
 use std::{
     io::Read,

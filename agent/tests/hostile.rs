@@ -8,6 +8,9 @@
 //! container started meanwhile must still be judged.
 //!
 //! Needs root (eBPF and the cgroup): run through `sudo -E cargo xtask test`.
+//!
+//! Over 500 lines: each attack needs its own client and its own measurement;
+//! they share the agent they run against.
 
 use std::{
     net::{IpAddr, SocketAddr},

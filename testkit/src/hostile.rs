@@ -3,6 +3,9 @@
 //! loopback address (`127.0.0.2`, ...: all of 127/8 reaches `lo`), as a pod
 //! would from its own, so per-address bounds can tell it from the
 //! well-behaved client on `127.0.0.1`, as they tell it from the apiserver.
+//!
+//! Over 500 lines: each attacker is short; they share the loopback-address
+//! and connection helpers, and the bench and the tests use all of them.
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -25,6 +25,9 @@
 //! pod (the test reports status itself, see [`Kubelet::pod_json`]),
 //! restarts by policy, eviction, image garbage collection, volume
 //! ownership changes for `fsGroup` beyond the supplemental group.
+//!
+//! Over 500 lines: one stand-in for the kubelet's pod lifecycle (sandbox,
+//! network, mounts, environment, probes); its parts share the pod's state.
 
 use std::{
     collections::{BTreeMap, HashMap},

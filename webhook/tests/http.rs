@@ -1,5 +1,8 @@
 //! HTTP tests through the public router: fixtures from a real apiserver,
 //! every container kind and template, bad input.
+//!
+//! Over 500 lines: one test per kind of review the apiserver sends, all
+//! through the same router.
 
 mod common;
 

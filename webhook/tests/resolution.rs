@@ -2,6 +2,9 @@
 //! loopback): plain HTTP, HTTPS with a private CA and Basic auth, a
 //! multi-arch index, a moved tag, wrong credentials, a registry that is
 //! down or hangs, concurrent lookups, and the webhook's answers.
+//!
+//! Over 500 lines: one scenario per registry behaviour, all against the same
+//! real registry set-up.
 
 mod common;
 

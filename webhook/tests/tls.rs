@@ -2,6 +2,9 @@
 //! client certificates, certificate reload under load (including a
 //! Kubernetes Secret volume's `..data` symlink swap), policy hot reload,
 //! graceful shutdown.
+//!
+//! Over 500 lines: each scenario runs the real binary with real clients; they
+//! share the certificate and process helpers.
 
 mod common;
 

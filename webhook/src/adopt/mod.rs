@@ -17,6 +17,8 @@
 //! enforce.
 //!
 //! - [`cluster`]: the apiserver's pod list (kube-rs), behind `PodSource`.
+//!
+//! Over 500 lines with its unit tests (the module itself is under 300).
 
 pub mod cluster;
 

@@ -2,6 +2,9 @@
 //! 32 and 128 connections, `/validate` (a two-container Pod) and
 //! `/image_policy`, against a Flask webhook of the kind tutorials show under
 //! gunicorn with 2 workers, in the same run.
+//!
+//! Over 500 lines: the load generator and the Flask comparison server are
+//! kept together so the two are driven with the same settings.
 
 use std::{
     net::TcpListener,
