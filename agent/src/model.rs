@@ -55,10 +55,10 @@ pub struct ContainerIdentity {
     pub image: String,
     /// The image's target digest (a manifest, or an index for a
     /// multi-platform image); `None` if the image record is gone.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// When `digest` is an index: the digest of this node's platform
     /// manifest in it.
-    pub platform_digest: Option<String>,
+    pub platform_digest: Option<Digest>,
     /// Kubernetes pod, for containers CRI created (as CRI records it, not
     /// as labels claim).
     pub pod: Option<PodRef>,
@@ -178,8 +178,8 @@ pub struct ContainerRecord {
     pub runtime_namespace: Option<String>,
     pub id: Option<String>,
     pub image: Option<String>,
-    pub digest: Option<String>,
-    pub platform_digest: Option<String>,
+    pub digest: Option<Digest>,
+    pub platform_digest: Option<Digest>,
     pub pod: Option<PodRef>,
     pub cgroup: String,
     pub verdict: ContainerVerdict,
@@ -199,7 +199,7 @@ pub struct Violation {
     pub container: String,
     pub pod: Option<PodRef>,
     pub image: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// `never-admitted`, or `unknown` for a container that could not be
     /// identified (flagged, never passed silently).
     pub verdict: ContainerVerdict,

@@ -37,7 +37,10 @@ use tonic::{Code, Request, transport::Channel};
 
 use imagegate_plumbing::errors::error_chain;
 
-use crate::model::{ContainerIdentity, PodRef};
+use crate::{
+    digest::Digest,
+    model::{ContainerIdentity, PodRef},
+};
 
 /// Every RPC gets this long; containerd answers in milliseconds.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -231,8 +234,10 @@ impl Containerd {
             namespace: namespace.to_string(),
             id: container.id,
             image: container.image,
-            digest,
-            platform_digest,
+            // containerd checks the digests it stores; one that does not
+            // parse is no digest to judge (the verdict says unknown).
+            digest: digest.and_then(|d| Digest::parse(&d).ok()),
+            platform_digest: platform_digest.and_then(|d| Digest::parse(&d).ok()),
             pod,
             sandbox,
         }))

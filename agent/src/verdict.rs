@@ -89,10 +89,10 @@ impl Exemptions {
                 pod.namespace
             ));
         }
-        let digests = [c.digest.as_deref(), c.platform_digest.as_deref()];
+        let digests = [c.digest.as_ref(), c.platform_digest.as_ref()];
         self.images
             .iter()
-            .find(|(_, d)| digests.contains(&Some(d.as_str())))
+            .find(|(_, d)| digests.contains(&Some(d)))
             .map(|(written, _)| format!("image digest exempt ({written})"))
     }
 }
@@ -128,14 +128,14 @@ pub fn decide(
             reason,
         };
     };
-    if let Some(caveats) = approved(digest) {
+    if let Some(caveats) = approved(digest.as_str()) {
         return Judgement {
             kind: ContainerVerdict::Admitted,
             reason: format!("digest {digest} was admitted{}", caveats_said(caveats)),
         };
     }
     if let Some(platform) = &container.platform_digest
-        && let Some(caveats) = approved(platform)
+        && let Some(caveats) = approved(platform.as_str())
     {
         return Judgement {
             kind: ContainerVerdict::Admitted,
@@ -179,12 +179,18 @@ mod tests {
     use super::*;
     use crate::model::PodRef;
 
-    fn container(digest: Option<&str>) -> ContainerIdentity {
+    /// A valid digest named by a short text, for readable tests.
+    fn dg(name: &str) -> Digest {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        Digest::parse(&format!("sha256:{hex:0<64}")).expect("a digest")
+    }
+
+    fn container(digest: Option<Digest>) -> ContainerIdentity {
         ContainerIdentity {
             namespace: "k8s.io".into(),
             id: "abc".into(),
             image: "registry.test/team/app:1".into(),
-            digest: digest.map(String::from),
+            digest,
             platform_digest: None,
             pod: Some(PodRef {
                 namespace: "shop".into(),
@@ -196,15 +202,20 @@ mod tests {
         }
     }
 
-    fn approved(list: &'static [&'static str]) -> impl Fn(&str) -> Option<Caveats> {
-        move |d| list.contains(&d).then(Caveats::default)
+    fn approved(names: &'static [&'static str]) -> impl Fn(&str) -> Option<Caveats> {
+        move |d| {
+            names
+                .iter()
+                .any(|n| dg(n).as_str() == d)
+                .then(Caveats::default)
+        }
     }
 
     #[test]
     fn an_approved_digest_is_admitted() {
         let v = decide(
-            &container(Some("sha256:a")),
-            approved(&["sha256:a"]),
+            &container(Some(dg("a"))),
+            approved(&["a"]),
             &Exemptions::none(),
         );
         assert_eq!(v.kind, ContainerVerdict::Admitted);
@@ -213,13 +224,13 @@ mod tests {
     #[test]
     fn an_unapproved_digest_is_pending_with_the_reason() {
         let v = decide(
-            &container(Some("sha256:b")),
-            approved(&["sha256:a"]),
+            &container(Some(dg("b"))),
+            approved(&["a"]),
             &Exemptions::none(),
         );
         assert_eq!(v.kind, ContainerVerdict::Pending);
         assert!(
-            v.reason.contains("sha256:b") && v.reason.contains("never admitted"),
+            v.reason.contains(dg("b").as_str()) && v.reason.contains("never admitted"),
             "{}",
             v.reason
         );
@@ -227,20 +238,20 @@ mod tests {
 
     #[test]
     fn an_index_is_admitted_by_its_platform_manifest() {
-        let mut c = container(Some("sha256:index"));
-        c.platform_digest = Some("sha256:amd64".into());
-        let v = decide(&c, approved(&["sha256:amd64"]), &Exemptions::none());
+        let mut c = container(Some(dg("index")));
+        c.platform_digest = Some(dg("amd64"));
+        let v = decide(&c, approved(&["amd64"]), &Exemptions::none());
         assert_eq!(v.kind, ContainerVerdict::Admitted);
         let v = decide(&c, approved(&[]), &Exemptions::none());
-        assert!(v.reason.contains("sha256:amd64"), "{}", v.reason);
+        assert!(v.reason.contains(dg("amd64").as_str()), "{}", v.reason);
     }
 
     #[test]
     fn an_unverified_approval_is_said() {
         let v = decide(
-            &container(Some("sha256:a")),
+            &container(Some(dg("a"))),
             |d| {
-                (d == "sha256:a").then_some(Caveats {
+                (d == dg("a").as_str()).then_some(Caveats {
                     unverified: true,
                     break_glass: true,
                     expires_at_ms: None,
@@ -261,7 +272,7 @@ mod tests {
 
     #[test]
     fn exemptions_by_sandbox_namespace_and_image() {
-        let mut c = container(Some("sha256:b"));
+        let mut c = container(Some(dg("b")));
         c.sandbox = true;
         let ex = Exemptions::new(true, vec![], vec![], vec![]).unwrap();
         assert_eq!(
@@ -287,13 +298,13 @@ mod tests {
 
         // By digest only: a name is a claim.
         let d = |n: char| format!("sha256:{}", n.to_string().repeat(64));
-        let mut c = container(Some(&d('b')));
+        let mut c = container(Some(Digest::parse(&d('b')).unwrap()));
         let ex = Exemptions::new(false, vec![], vec![], vec![format!("pause@{}", d('b'))]).unwrap();
         assert_eq!(
             decide(&c, approved(&[]), &ex).kind,
             ContainerVerdict::Exempt
         );
-        c.digest = Some(d('c'));
+        c.digest = Some(Digest::parse(&d('c')).unwrap());
         assert_eq!(
             decide(&c, approved(&[]), &ex).kind,
             ContainerVerdict::Pending

@@ -58,7 +58,7 @@ fn fill_store(path: &Path, count: usize) {
             runtime_namespace: Some("k8s.io".into()),
             id: Some(format!("gone-{n:06}")),
             image: Some("registry.test/app:1".into()),
-            digest: Some(format!("sha256:{n:064x}")),
+            digest: imagegate_agent::digest::Digest::parse(&format!("sha256:{n:064x}")).ok(),
             platform_digest: None,
             pod: None,
             cgroup: format!("/gone/{n}"),

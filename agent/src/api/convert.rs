@@ -210,8 +210,8 @@ pub fn container_out(record: &ContainerRecord) -> pb::Container {
         runtime_namespace: record.runtime_namespace.clone().unwrap_or_default(),
         id: record.id.clone().unwrap_or_default(),
         image: record.image.clone().unwrap_or_default(),
-        digest: record.digest.clone().unwrap_or_default(),
-        platform_digest: record.platform_digest.clone().unwrap_or_default(),
+        digest: text(&record.digest),
+        platform_digest: text(&record.platform_digest),
         pod: pod_out(&record.pod),
         cgroup: record.cgroup.clone(),
         verdict: verdict_out(record.verdict) as i32,
@@ -222,6 +222,11 @@ pub fn container_out(record: &ContainerRecord) -> pb::Container {
     }
 }
 
+/// A digest on the wire: empty when there is none.
+fn text(digest: &Option<Digest>) -> String {
+    digest.as_ref().map(Digest::to_string).unwrap_or_default()
+}
+
 pub fn violation_out(violation: &Violation) -> pb::Violation {
     pb::Violation {
         seq: violation.seq,
@@ -229,7 +234,7 @@ pub fn violation_out(violation: &Violation) -> pb::Violation {
         container: violation.container.clone(),
         pod: pod_out(&violation.pod),
         image: violation.image.clone().unwrap_or_default(),
-        digest: violation.digest.clone().unwrap_or_default(),
+        digest: text(&violation.digest),
         verdict: verdict_out(violation.verdict) as i32,
         reason: violation.reason.clone(),
         enforced: violation.enforced,

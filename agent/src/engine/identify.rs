@@ -223,7 +223,9 @@ mod tests {
             namespace: "k8s.io".into(),
             id: ID.into(),
             image: "registry.example/app:1".into(),
-            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            digest: Some(
+                crate::digest::Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            ),
             platform_digest: None,
             pod: None,
             sandbox: false,

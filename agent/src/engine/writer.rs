@@ -234,7 +234,7 @@ fn conclude(store: &StoreWriter, listeners: &Listeners, concluded: Concluded) {
                 container = %stored.container,
                 verdict = stored.verdict.as_str(),
                 image = stored.image.as_deref().unwrap_or(""),
-                digest = stored.digest.as_deref().unwrap_or(""),
+                digest = stored.digest.as_ref().map_or("", |d| d.as_str()),
                 reason = %stored.reason,
                 enforced,
                 "violation"
@@ -253,7 +253,7 @@ fn conclude(store: &StoreWriter, listeners: &Listeners, concluded: Concluded) {
         container = %record.key,
         verdict = record.verdict.as_str(),
         image = record.image.as_deref().unwrap_or(""),
-        digest = record.digest.as_deref().unwrap_or(""),
+        digest = record.digest.as_ref().map_or("", |d| d.as_str()),
         pod,
         cgroup = %record.cgroup,
         reason = %record.reason,

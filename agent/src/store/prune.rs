@@ -75,9 +75,7 @@ impl Store {
                         .into_iter()
                         .flatten()
                     {
-                        if let Ok(digest) = Digest::parse(digest) {
-                            in_use.insert(&digest);
-                        }
+                        in_use.insert(digest);
                     }
                 }
             }

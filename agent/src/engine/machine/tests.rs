@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::{
+    digest::Digest,
     model::{Caveats, Mode, PodRef},
     verdict::Exemptions,
 };
@@ -13,16 +14,16 @@ const GRACE: Duration = Duration::from_secs(10);
 const KEY: u64 = 42;
 const OWN_KEY: u64 = 7;
 
-fn digest(n: u8) -> String {
-    format!("sha256:{}", format!("{n:02x}").repeat(32))
+fn digest(n: u8) -> Digest {
+    Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).expect("a digest")
 }
 
 #[derive(Default)]
 struct FakeApprovals(HashMap<String, Caveats>);
 
 impl FakeApprovals {
-    fn approve(&mut self, digest: &str) {
-        self.0.insert(digest.into(), Caveats::default());
+    fn approve(&mut self, digest: Digest) {
+        self.0.insert(digest.to_string(), Caveats::default());
     }
 }
 
@@ -80,7 +81,7 @@ fn machine_with(mode: Mode, exemptions: Exemptions) -> Machine {
     )
 }
 
-fn identity(digest: Option<String>, pod_namespace: &str) -> ContainerIdentity {
+fn identity(digest: Option<Digest>, pod_namespace: &str) -> ContainerIdentity {
     ContainerIdentity {
         namespace: "k8s.io".into(),
         id: "c1".into(),
@@ -173,7 +174,7 @@ fn an_approval_arriving_within_grace_admits_without_a_violation() {
     let mut m = machine(Mode::Enforce);
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     world.advance(Duration::from_secs(3));
-    world.approvals.approve(&digest(1));
+    world.approvals.approve(digest(1));
     let effects = m.on_approvals_changed(&world.env());
     assert_eq!(effects[0], Effect::SetAction(KEY, Action::Ignore));
     let done = concluded(&effects);
@@ -192,7 +193,7 @@ fn an_approval_arriving_after_the_violation_admits_and_says_so() {
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     world.advance(GRACE);
     m.on_deadlines(&world.env());
-    world.approvals.approve(&digest(1));
+    world.approvals.approve(digest(1));
     let effects = m.on_approvals_changed(&world.env());
     let done = concluded(&effects);
     assert_eq!(done[0].record.verdict, ContainerVerdict::Admitted);
@@ -243,7 +244,7 @@ fn enforce_once_settled_files_the_violation_as_enforced_and_kills() {
 #[test]
 fn a_settled_agent_never_kills_an_approved_exempt_or_host_cgroup() {
     let mut world = World::new(true);
-    world.approvals.approve(&digest(1));
+    world.approvals.approve(digest(1));
     let exemptions = Exemptions::new(false, Vec::new(), vec!["kube-system".into()], Vec::new())
         .expect("exemptions");
     let mut m = machine_with(Mode::Enforce, exemptions);
@@ -505,7 +506,7 @@ fn a_running_container_already_judged_is_not_looked_up_again() {
 #[test]
 fn a_sweep_forgets_gone_cgroups_but_keeps_containers_still_in_grace() {
     let mut world = World::new(false);
-    world.approvals.approve(&digest(1));
+    world.approvals.approve(digest(1));
     let mut m = machine(Mode::Audit);
     m.host(1, "/system.slice/gone.service".into());
     start(&mut m, 2, identity(Some(digest(1)), "app"), &world);
