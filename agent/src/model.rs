@@ -220,3 +220,18 @@ pub enum Action {
     /// Refused in the kernel (enforce mode, a violation).
     Kill,
 }
+
+/// When enforce mode may kill, as the store keeps it (see `settle`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleRecord {
+    /// The agent's first start on this node (with this state folder).
+    pub first_start_ms: u64,
+    pub settled: Option<Settled>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub at_ms: u64,
+    /// Why, in words: which webhook's cluster set, or the window.
+    pub by: String,
+}

@@ -16,30 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use imagegate_plumbing::clock::now_ms;
 
 use crate::{
-    model::Mode,
+    model::{Mode, SettleRecord, Settled},
     store::{StoreError, StoreWriter},
 };
-
-/// What the store keeps.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettleRecord {
-    /// The agent's first start on this node (with this state folder).
-    pub first_start_ms: u64,
-    pub settled: Option<Settled>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settled {
-    pub at_ms: u64,
-    /// Why, in words: which webhook's cluster set, or the window.
-    pub by: String,
-}
 
 /// Whether violations are stopped now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,8 +30,8 @@ use imagegate_plumbing::clock::now_ms;
 
 use crate::{
     digest::{Digest, DigestSet},
+    model::SettleRecord,
     model::{Approval, Caveats, ContainerRecord, ContainerVerdict, Violation},
-    settle::SettleRecord,
 };
 
 /// Digest -> [`Approval`] (JSON).

@@ -8,8 +8,8 @@ use redb::ReadableTable;
 
 use super::*;
 use crate::{
+    model::SettleRecord,
     model::{Approval, Caveats, ContainerRecord, Violation},
-    settle::SettleRecord,
 };
 
 /// The store's only writer. It reads too (through [`Store`]).
