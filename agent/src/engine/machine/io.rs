@@ -1,0 +1,132 @@
+//! What goes into the state machine and what comes out: its
+//! configuration, the world it reads for one step ([`Env`]), what
+//! identification found ([`Identified`]), and the [`Effect`]s the runner
+//! carries out.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    model::{
+        Action, Caveats, ContainerIdentity, ContainerRecord, ContainerVerdict, Mode, Violation,
+    },
+    verdict::Exemptions,
+};
+
+/// What the machine is configured with.
+pub struct Config {
+    pub mode: Mode,
+    /// Time a container may run unapproved before it is flagged, because
+    /// approvals can arrive just after a pod is created.
+    pub grace: Duration,
+    pub exemptions: Exemptions,
+    /// Enforce mode also stops containers containerd knows but whose image
+    /// it cannot name.
+    pub enforce_unknown: bool,
+}
+
+impl Config {
+    /// Whether enforce mode stops a container with this record (once the
+    /// agent has settled): never admitted, or (when asked) known to
+    /// containerd with no image to judge. A container the agent could not
+    /// identify is never stopped.
+    pub fn stops(&self, record: &ContainerRecord) -> bool {
+        self.mode == Mode::Enforce
+            && match record.verdict {
+                ContainerVerdict::NeverAdmitted => true,
+                ContainerVerdict::Unknown => {
+                    self.enforce_unknown && record.runtime_namespace.is_some()
+                }
+                _ => false,
+            }
+    }
+}
+
+/// Which digests are approved now (the store's in-memory set; a map in
+/// the tests).
+pub trait Approvals {
+    fn approved(&self, digest: &str) -> Option<Caveats>;
+}
+
+/// What the world looks like for one step: the approvals, whether enforce
+/// mode kills yet (see `settle`), and the time.
+pub struct Env<'a> {
+    pub approvals: &'a dyn Approvals,
+    pub kills: bool,
+    pub now: Instant,
+    pub now_ms: u64,
+}
+
+/// What a step asks the runner to do, in order.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Ask containerd what runs in cgroup `key` (from an exec's process or
+    /// a new cgroup's path).
+    Identify {
+        key: u64,
+        pid: Option<u32>,
+        path: Option<String>,
+    },
+    /// Ask containerd about a container the start-up scan found running.
+    IdentifyRunning {
+        key: u64,
+        path: String,
+        namespace: String,
+        id: String,
+    },
+    SetAction(u64, Action),
+    /// The cgroup is gone: drop its kernel action.
+    ForgetAction(u64),
+    /// Store the record, and the violation if one is filed, then tell
+    /// watchers (stored first, told after: whoever sees a verdict finds
+    /// its record).
+    Concluded(Box<Concluded>),
+    /// An exec in a watched container, for watchers.
+    Exec {
+        record: Box<ContainerRecord>,
+        pid: u32,
+        filename: Option<String>,
+        killed: bool,
+    },
+    /// Kill the processes already running in the container's cgroup.
+    Kill {
+        container: String,
+        cgroup: String,
+    },
+    /// These container records' cgroups are gone.
+    MarkGone(Vec<String>),
+}
+
+/// A verdict to record.
+#[derive(Debug, PartialEq)]
+pub struct Concluded {
+    pub record: ContainerRecord,
+    /// A violation to file (numbered by the store).
+    pub violation: Option<Violation>,
+    /// From the container's first event to this verdict.
+    pub latency: Duration,
+}
+
+/// What containerd said about a cgroup.
+// Sent boxed (inside `Identified`), so the large variant costs no copies.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outcome {
+    Host,
+    /// The cgroup is gone (a short-lived process in a removed cgroup).
+    Gone,
+    /// A container; `previous` is its record from before a restart.
+    Container {
+        identity: ContainerIdentity,
+        previous: Option<ContainerRecord>,
+    },
+    Unknown(String),
+}
+
+#[derive(Debug)]
+pub struct Identified {
+    pub key: u64,
+    pub path: String,
+    /// When the machine first saw the cgroup.
+    pub first_event: Instant,
+    pub outcome: Outcome,
+}
