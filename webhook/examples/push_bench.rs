@@ -75,7 +75,8 @@ async fn start_agent(bin: &Path, dir: &Path, name: &str, tls_port: u16) -> Agent
         bin,
         [
             "--containerd-socket",
-            "/nonexistent/containerd.sock",
+            // containerd is not needed here: its folder is there, the socket is not.
+            "/tmp/imagegate-no-containerd.sock",
             "--state-dir",
             state.to_str().unwrap(),
             "--metrics-address",

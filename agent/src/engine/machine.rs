@@ -82,8 +82,17 @@ impl Machine {
         vec![Effect::SetAction(key, Action::Ignore)]
     }
 
-    /// An exec the kernel reported in cgroup `key`.
-    pub fn on_exec(&mut self, key: u64, exec: &Exec) -> Vec<Effect> {
+    /// The record of the container in cgroup `key`, once judged.
+    pub fn record(&self, key: u64) -> Option<&ContainerRecord> {
+        match self.tracked.get(&key) {
+            Some(Tracked::Container(watched)) => Some(&watched.record),
+            _ => None,
+        }
+    }
+
+    /// An exec the kernel reported in cgroup `key`; effects are added to
+    /// `effects` (the exec path: no allocation of its own).
+    pub fn on_exec(&mut self, key: u64, exec: Exec, effects: &mut Vec<Effect>) {
         match self.tracked.get(&key) {
             Some(Tracked::Container(watched)) => {
                 let killed = exec.action == KernelAction::Killed;
@@ -95,21 +104,21 @@ impl Machine {
                 } else {
                     debug!(container = %watched.record.key, verdict = watched.record.verdict.as_str(), pid = exec.pid, filename, "exec in a watched container");
                 }
-                vec![Effect::Exec {
-                    record: Box::new(watched.record.clone()),
+                effects.push(Effect::Exec {
+                    key,
                     pid: exec.pid,
-                    filename: exec.filename.clone(),
+                    filename: exec.filename,
                     killed,
-                }]
+                });
             }
-            Some(Tracked::Identifying | Tracked::Host(_)) => Vec::new(),
+            Some(Tracked::Identifying | Tracked::Host(_)) => {}
             None => {
                 self.tracked.insert(key, Tracked::Identifying);
-                vec![Effect::Identify {
+                effects.push(Effect::Identify {
                     key,
                     pid: Some(exec.tgid),
                     path: None,
-                }]
+                });
             }
         }
     }

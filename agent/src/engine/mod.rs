@@ -141,7 +141,7 @@ impl Engine {
                     received?;
                     let mut effects = Vec::new();
                     for event in batch.drain(..) {
-                        effects.extend(self.on_event(event));
+                        self.on_event(event, &mut effects);
                     }
                     effects
                 }
@@ -216,7 +216,7 @@ impl Engine {
         self.carry_out(effects).await;
     }
 
-    fn on_event(&mut self, event: ProbeEvent) -> Vec<Effect> {
+    fn on_event(&mut self, event: ProbeEvent, effects: &mut Vec<Effect>) {
         let counters = &self.parts.counters;
         let (kind, counter) = match &event {
             ProbeEvent::Exec(_) => ("exec", &counters.exec_events),
@@ -238,13 +238,13 @@ impl Engine {
                 if exec.action == crate::exec_event::KernelAction::Killed {
                     self.parts.metrics.kernel_kills.inc();
                 }
-                self.machine.on_exec(key, &exec)
+                self.machine.on_exec(key, exec, effects);
             }
             ProbeEvent::NewCgroup(cgroup) => match cgroup.path {
                 Some(path) if layout.is_key_hierarchy(cgroup.hierarchy) => {
-                    self.machine.on_new_cgroup(cgroup.id, path)
+                    effects.extend(self.machine.on_new_cgroup(cgroup.id, path));
                 }
-                _ => Vec::new(),
+                _ => {}
             },
         }
     }
@@ -308,13 +308,15 @@ impl Engine {
                     }
                 }
                 Effect::Exec {
-                    record,
+                    key,
                     pid,
                     filename,
                     killed,
                 } => {
                     let events = &self.parts.events;
-                    if events.receiver_count() > 0 {
+                    if events.receiver_count() > 0
+                        && let Some(record) = self.machine.record(key)
+                    {
                         let _ = events.send(AgentEvent {
                             kind: if killed {
                                 EventKind::ExecKilled
@@ -322,7 +324,7 @@ impl Engine {
                                 EventKind::Exec
                             },
                             at_ms: now_ms(),
-                            container: *record,
+                            container: record.clone(),
                             pid: Some(pid),
                             filename,
                         });

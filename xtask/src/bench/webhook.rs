@@ -54,11 +54,17 @@ impl Drop for Server {
 pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     setup::bench_tools(paths)?;
     let object = build::ebpf(paths)?;
+    // The server and the resolver's in-process bench (an example: a plain
+    // `--package` build leaves examples out, and a fresh tree had none).
     cmd::run(build::host_cargo(&object).current_dir(&paths.root).args([
         "build",
         "--release",
         "--package",
         "imagegate-webhook",
+        "--bin",
+        "imagegate-webhook",
+        "--example",
+        "resolver_bench",
     ]))?;
     let work = paths.target.join("bench").join("webhook");
     std::fs::create_dir_all(&work)?;

@@ -80,9 +80,11 @@ pub enum Effect {
     /// watchers (stored first, told after: whoever sees a verdict finds
     /// its record).
     Concluded(Box<Concluded>),
-    /// An exec in a watched container, for watchers.
+    /// An exec in the watched container of cgroup `key`, for watchers
+    /// (the runner reads the container's record only if anyone watches:
+    /// this is the exec path, and it allocates nothing).
     Exec {
-        record: Box<ContainerRecord>,
+        key: u64,
         pid: u32,
         filename: Option<String>,
         killed: bool,

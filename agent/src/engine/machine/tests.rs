@@ -439,21 +439,26 @@ fn a_cgroup_is_looked_up_once_and_execs_in_a_container_are_reported() {
         filename: Some("/bin/sh".into()),
         filename_truncated: false,
     };
+    let mut effects = Vec::new();
+    m.on_exec(KEY, exec.clone(), &mut effects);
     assert_eq!(
-        m.on_exec(KEY, &exec),
+        effects,
         vec![Effect::Identify {
             key: KEY,
             pid: Some(10),
             path: None
         }]
     );
-    assert!(m.on_exec(KEY, &exec).is_empty(), "a lookup is in flight");
+    effects.clear();
+    m.on_exec(KEY, exec.clone(), &mut effects);
+    assert!(effects.is_empty(), "a lookup is in flight");
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
-    let effects = m.on_exec(KEY, &exec);
+    m.on_exec(KEY, exec, &mut effects);
     assert!(
         matches!(
             &effects[..],
             [Effect::Exec {
+                key: KEY,
                 pid: 10,
                 killed: false,
                 ..
@@ -461,6 +466,7 @@ fn a_cgroup_is_looked_up_once_and_execs_in_a_container_are_reported() {
         ),
         "{effects:?}"
     );
+    assert_eq!(m.record(KEY).map(|r| r.key.as_str()), Some("k8s.io/c1"));
 }
 
 #[test]
