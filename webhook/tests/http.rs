@@ -8,15 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    body::Body,
-    http::{Request, StatusCode},
-};
-use common::{EXAMPLE_POLICY, admission_review, fixture, image_review, pod_spec};
-use http_body_util::BodyExt;
+use axum::{Router, http::StatusCode};
+use common::{EXAMPLE_POLICY, admission_review, app_with, fixture, image_review, pod_spec, send};
 use imagegate_webhook::{
-    policy::Policy,
     policy_store::{PolicyMetrics, PolicyStore},
     server::{
         AppState,
@@ -26,42 +20,12 @@ use imagegate_webhook::{
     },
 };
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const GOOD: &str = "nginx:1.25";
 const BAD: &str = "quay.io/evil/miner:1";
 
-fn app_with(policy_yaml: &str) -> Router {
-    let policy = Policy::from_yaml(policy_yaml).expect("valid policy");
-    router(Arc::new(AppState {
-        policy: PolicyStore::fixed(policy),
-        metrics: Arc::new(Metrics::new()),
-        resolver: None,
-        ledger: None,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-    }))
-}
-
 fn app() -> Router {
     app_with(EXAMPLE_POLICY)
-}
-
-async fn send(app: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .expect("request");
-    let response = app.clone().oneshot(request).await.expect("router answers");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, bytes.to_vec())
 }
 
 async fn post(app: &Router, path: &str, body: &Value) -> (StatusCode, Value) {

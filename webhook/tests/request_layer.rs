@@ -8,47 +8,12 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    body::Body,
-    http::{Request, StatusCode},
-};
-use common::{EXAMPLE_POLICY, fixture};
-use http_body_util::BodyExt;
-use imagegate_webhook::{
-    policy::Policy,
-    policy_store::PolicyStore,
-    server::{AppState, metrics::Metrics, router},
-};
+use axum::{Router, http::StatusCode};
+use common::{EXAMPLE_POLICY, app_with, fixture, send};
 use serde_json::Value;
-use tower::ServiceExt;
 
 fn app() -> Router {
-    router(Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(EXAMPLE_POLICY).expect("valid policy")),
-        metrics: Arc::new(Metrics::new()),
-        resolver: None,
-        ledger: None,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-    }))
-}
-
-async fn send(app: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .expect("request");
-    let response = app.clone().oneshot(request).await.expect("router answers");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, bytes.to_vec())
+    app_with(EXAMPLE_POLICY)
 }
 
 async fn post(app: &Router, path: &str, body: &Value) -> Value {

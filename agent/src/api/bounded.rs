@@ -131,7 +131,12 @@ where
     let slots = bounds.slots();
     tokio::spawn(async move {
         loop {
-            let (tcp, peer, slot) = slots.accept(&listener, name).await;
+            // The server dropped the stream (it stopped): stop accepting,
+            // which closes the listening socket too.
+            let (tcp, peer, slot) = tokio::select! {
+                accepted = slots.accept(&listener, name) => accepted,
+                _ = tx.closed() => return,
+            };
             let (tx, setup) = (tx.clone(), setup.clone());
             tokio::spawn(async move {
                 if let Some(io) = setup(tcp, peer).await {

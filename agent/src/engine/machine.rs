@@ -382,14 +382,7 @@ impl Machine {
     /// Pending containers whose grace window ended are violations now,
     /// unless their approval arrived.
     pub fn on_deadlines(&mut self, env: &Env) -> Vec<Effect> {
-        let due: Vec<u64> = self
-            .tracked
-            .iter()
-            .filter_map(|(key, t)| match t {
-                Tracked::Container(w) if w.deadline.is_some_and(|d| d <= env.now) => Some(*key),
-                _ => None,
-            })
-            .collect();
+        let due = self.containers_where(|w| w.deadline.is_some_and(|d| d <= env.now));
         let mut effects = Vec::new();
         for key in due {
             self.redecide(key, true, env, &mut effects);
@@ -399,21 +392,12 @@ impl Machine {
 
     /// Approvals arrived: pending and flagged containers are decided again.
     pub fn on_approvals_changed(&mut self, env: &Env) -> Vec<Effect> {
-        let waiting: Vec<u64> = self
-            .tracked
-            .iter()
-            .filter_map(|(key, t)| match t {
-                Tracked::Container(w)
-                    if matches!(
-                        w.record.verdict,
-                        ContainerVerdict::Pending | ContainerVerdict::NeverAdmitted
-                    ) =>
-                {
-                    Some(*key)
-                }
-                _ => None,
-            })
-            .collect();
+        let waiting = self.containers_where(|w| {
+            matches!(
+                w.record.verdict,
+                ContainerVerdict::Pending | ContainerVerdict::NeverAdmitted
+            )
+        });
         let mut effects = Vec::new();
         for key in waiting {
             self.redecide(key, false, env, &mut effects);
@@ -425,24 +409,28 @@ impl Machine {
     /// violations flagged while settling are stopped now.
     pub fn on_settled(&mut self, env: &Env) -> Vec<Effect> {
         let mut effects = self.on_approvals_changed(env);
-        let flagged: Vec<(u64, ContainerRecord)> = self
-            .tracked
-            .iter()
-            .filter_map(|(key, t)| match t {
-                Tracked::Container(w) if self.config.stops(&w.record) => {
-                    Some((*key, w.record.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let flagged = self.containers_where(|w| self.config.stops(&w.record));
         info!(
             flagged = flagged.len(),
             "settled: enforce mode stops violations from now on"
         );
-        for (key, record) in flagged {
-            self.enforce(key, &record, env, &mut effects);
+        for key in flagged {
+            if let Some(record) = self.record(key) {
+                self.enforce(key, record, env, &mut effects);
+            }
         }
         effects
+    }
+
+    /// The keys of the containers `keep` accepts.
+    fn containers_where(&self, keep: impl Fn(&Watched) -> bool) -> Vec<u64> {
+        self.tracked
+            .iter()
+            .filter_map(|(key, t)| match t {
+                Tracked::Container(w) if keep(w) => Some(*key),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Decides again for a container that was not approved: approved now,

@@ -126,7 +126,9 @@ impl Engine {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProbeError> {
         self.mark_host_roots().await;
-        self.spawn_scan();
+        // Aborted when `run` returns, however it returns: a scan still
+        // retrying an absent containerd must not outlive the engine.
+        let _scan = self.spawn_scan();
         tokio::pin!(shutdown);
         let mut batch = Vec::new();
         let mut lost_poll = tokio::time::interval(LOST_POLL);
@@ -264,11 +266,12 @@ impl Engine {
 
     /// The start-up scan: containers already running, each looked up as a
     /// container starting now would be. Retries until containerd answers.
-    fn spawn_scan(&self) {
+    fn spawn_scan(&self) -> tokio::task::JoinSet<()> {
         let runtime = self.parts.runtime.clone();
         let layout = self.parts.layout.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        let mut scan = tokio::task::JoinSet::new();
+        scan.spawn(async move {
             for task in identify::scan(runtime.as_ref()).await {
                 let Ok(path) = layout.path_of_process(task.pid) else {
                     continue;
@@ -284,6 +287,7 @@ impl Engine {
                 });
             }
         });
+        scan
     }
 
     /// Carries out the machine's effects in order: kernel actions and
@@ -377,39 +381,40 @@ impl Engine {
         let runtime = self.parts.runtime.clone();
         let layout = self.parts.layout.clone();
         let store = self.parts.store.clone();
-        let tx = self.tx.clone();
-        let first_event = Instant::now();
-        tokio::spawn(async move {
-            let (path, outcome) = match identify::cgroup_path(&layout, key, pid, path) {
+        self.report(key, async move {
+            match identify::cgroup_path(&layout, key, pid, path) {
                 None => (String::new(), Outcome::Gone),
                 Some(path) => {
                     let outcome =
                         identify::identify(runtime.as_ref(), &path, identify::stored(&store)).await;
                     (path, outcome)
                 }
-            };
-            let _ = tx.send(Message::Identified(Box::new(Identified {
-                key,
-                path,
-                first_event,
-                outcome,
-            })));
+            }
         });
     }
 
     fn spawn_identify_running(&self, key: u64, path: String, namespace: String, id: String) {
         let runtime = self.parts.runtime.clone();
         let store = self.parts.store.clone();
+        self.report(key, async move {
+            let stored = identify::stored(&store);
+            let outcome =
+                identify::identify_running(runtime.as_ref(), &namespace, &id, stored).await;
+            (path, outcome)
+        });
+    }
+
+    /// Runs an identification (its cgroup path and outcome) in a task of
+    /// its own and sends the result to the loop.
+    fn report(
+        &self,
+        key: u64,
+        identification: impl Future<Output = (String, Outcome)> + Send + 'static,
+    ) {
         let tx = self.tx.clone();
         let first_event = Instant::now();
         tokio::spawn(async move {
-            let outcome = identify::identify_running(
-                runtime.as_ref(),
-                &namespace,
-                &id,
-                identify::stored(&store),
-            )
-            .await;
+            let (path, outcome) = identification.await;
             let _ = tx.send(Message::Identified(Box::new(Identified {
                 key,
                 path,

@@ -267,14 +267,7 @@ impl Store {
     }
 
     pub fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
-        let txn = self.db.begin_read().map_err(store_err)?;
-        let table = txn.open_table(APPROVALS).map_err(store_err)?;
-        let mut out = Vec::with_capacity(table.len().map_err(store_err)? as usize);
-        for row in table.iter().map_err(store_err)? {
-            let (_, value) = row.map_err(store_err)?;
-            out.push(decode(value.value())?);
-        }
-        Ok(out)
+        self.all(APPROVALS)
     }
 
     /// One approval by digest (a point lookup).
@@ -359,20 +352,22 @@ impl Store {
     }
 
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(store_err)?;
-        let table = txn.open_table(CONTAINERS).map_err(store_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(store_err)? {
-            let (_, value) = row.map_err(store_err)?;
-            out.push(decode(value.value())?);
-        }
-        Ok(out)
+        self.all(CONTAINERS)
     }
 
     pub fn violations(&self) -> Result<Vec<Violation>, StoreError> {
+        self.all(VIOLATIONS)
+    }
+
+    /// Every record of `table`, in key order (for `print-state`; the API
+    /// reads pages).
+    fn all<K: redb::Key + 'static, T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(store_err)?;
-        let table = txn.open_table(VIOLATIONS).map_err(store_err)?;
-        let mut out = Vec::new();
+        let table = txn.open_table(table).map_err(store_err)?;
+        let mut out = Vec::with_capacity(table.len().map_err(store_err)? as usize);
         for row in table.iter().map_err(store_err)? {
             let (_, value) = row.map_err(store_err)?;
             out.push(decode(value.value())?);

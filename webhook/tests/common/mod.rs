@@ -8,11 +8,54 @@ pub use imagegate_testkit::{
     registry,
 };
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode},
+};
+use http_body_util::BodyExt;
+use imagegate_webhook::{
+    policy::Policy,
+    policy_store::PolicyStore,
+    server::{AppState, metrics::Metrics, router},
+};
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 pub const EXAMPLE_POLICY: &str = include_str!("../../../deploy/policy/example-policy.yaml");
+
+/// The webhook's routes with `policy_yaml`, no resolver and no ledger.
+pub fn app_with(policy_yaml: &str) -> Router {
+    let policy = Policy::from_yaml(policy_yaml).expect("valid policy");
+    router(Arc::new(AppState {
+        policy: PolicyStore::fixed(policy),
+        metrics: Arc::new(Metrics::new()),
+        resolver: None,
+        ledger: None,
+        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+    }))
+}
+
+/// One request through `app`, without a socket: the status and the body.
+pub async fn send(app: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, bytes.to_vec())
+}
 
 /// A fixture captured from a real kube-apiserver v1.28.7: `(http_path, body)`.
 pub fn fixture(name: &str) -> (String, Value) {

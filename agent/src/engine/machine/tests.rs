@@ -98,19 +98,18 @@ fn identity(digest: Option<Digest>, pod_namespace: &str) -> ContainerIdentity {
     }
 }
 
-fn container(key: u64, identity: ContainerIdentity, world: &World) -> (Identified, Env<'_>) {
-    (
-        Identified {
-            key,
-            path: "/kubepods/pod1/c1".into(),
-            first_event: world.start,
-            outcome: Outcome::Container {
-                identity,
-                previous: None,
-            },
-        },
-        world.env(),
-    )
+/// The cgroup of container `c1`.
+const C1_PATH: &str = "/kubepods/pod1/c1";
+
+/// What identification found for cgroup `key` at `path`, first seen at the
+/// world's start.
+fn identified(world: &World, key: u64, path: &str, outcome: Outcome) -> Identified {
+    Identified {
+        key,
+        path: path.into(),
+        first_event: world.start,
+        outcome,
+    }
 }
 
 /// Identifies a container in `machine` and returns the effects.
@@ -120,8 +119,39 @@ fn start(
     identity: ContainerIdentity,
     world: &World,
 ) -> Vec<Effect> {
-    let (identified, env) = container(key, identity, world);
-    machine.on_identified(identified, &env)
+    let outcome = Outcome::Container {
+        identity,
+        previous: None,
+    };
+    machine.on_identified(identified(world, key, C1_PATH, outcome), &world.env())
+}
+
+/// The record container `c1` (digest 1) left before the agent restarted.
+fn before_restart(verdict: ContainerVerdict, reason: &str, first_seen_ms: u64) -> ContainerRecord {
+    ContainerRecord {
+        key: "k8s.io/c1".into(),
+        runtime_namespace: Some("k8s.io".into()),
+        id: Some("c1".into()),
+        image: Some("registry.example/app:1".into()),
+        digest: Some(digest(1)),
+        platform_digest: None,
+        pod: None,
+        cgroup: C1_PATH.into(),
+        verdict,
+        reason: reason.into(),
+        first_seen_ms,
+        decided_at_ms: first_seen_ms,
+        gone_at_ms: None,
+    }
+}
+
+/// Container `c1` found again after a restart, with its record from before.
+fn restart(machine: &mut Machine, previous: ContainerRecord, world: &World) -> Vec<Effect> {
+    let outcome = Outcome::Container {
+        identity: identity(Some(digest(1)), "app"),
+        previous: Some(previous),
+    };
+    machine.on_identified(identified(world, KEY, C1_PATH, outcome), &world.env())
 }
 
 fn concluded(effects: &[Effect]) -> Vec<&Concluded> {
@@ -224,7 +254,7 @@ fn enforce_kills_a_violation_once_settled_and_not_before() {
             Effect::SetAction(KEY, Action::Kill),
             Effect::Kill {
                 container: "k8s.io/c1".into(),
-                cgroup: "/kubepods/pod1/c1".into()
+                cgroup: C1_PATH.into()
             }
         ]
     );
@@ -264,12 +294,7 @@ fn a_settled_agent_never_kills_an_approved_exempt_or_host_cgroup() {
     );
 
     let host = m.on_identified(
-        Identified {
-            key: 3,
-            path: "/system.slice/sshd.service".into(),
-            first_event: world.start,
-            outcome: Outcome::Host,
-        },
+        identified(&world, 3, "/system.slice/sshd.service", Outcome::Host),
         &world.env(),
     );
     assert_eq!(host, vec![Effect::SetAction(3, Action::Ignore)]);
@@ -304,13 +329,9 @@ fn the_agent_never_kills_its_own_cgroup() {
 fn an_unidentified_container_is_flagged_and_never_stopped() {
     let world = World::new(true);
     let mut m = machine(Mode::Enforce);
+    let unknown = Outcome::Unknown("containerd timed out".into());
     let effects = m.on_identified(
-        Identified {
-            key: KEY,
-            path: "/kubepods/pod1/c9".into(),
-            first_event: world.start,
-            outcome: Outcome::Unknown("containerd timed out".into()),
-        },
+        identified(&world, KEY, "/kubepods/pod1/c9", unknown),
         &world.env(),
     );
     let done = concluded(&effects);
@@ -345,34 +366,13 @@ fn enforce_unknown_stops_a_container_containerd_knows_without_an_image() {
 #[test]
 fn a_restart_keeps_a_flagged_verdict_without_filing_it_again() {
     let mut world = World::new(true);
-    let previous = ContainerRecord {
-        key: "k8s.io/c1".into(),
-        runtime_namespace: Some("k8s.io".into()),
-        id: Some("c1".into()),
-        image: Some("registry.example/app:1".into()),
-        digest: Some(digest(1)),
-        platform_digest: None,
-        pod: None,
-        cgroup: "/kubepods/pod1/c1".into(),
-        verdict: ContainerVerdict::NeverAdmitted,
-        reason: "flagged before the restart".into(),
-        first_seen_ms: 1_000,
-        decided_at_ms: 2_000,
-        gone_at_ms: None,
-    };
-    let mut m = machine(Mode::Enforce);
-    let effects = m.on_identified(
-        Identified {
-            key: KEY,
-            path: "/kubepods/pod1/c1".into(),
-            first_event: world.start,
-            outcome: Outcome::Container {
-                identity: identity(Some(digest(1)), "app"),
-                previous: Some(previous.clone()),
-            },
-        },
-        &world.env(),
+    let previous = before_restart(
+        ContainerVerdict::NeverAdmitted,
+        "flagged before the restart",
+        1_000,
     );
+    let mut m = machine(Mode::Enforce);
+    let effects = restart(&mut m, previous.clone(), &world);
     let done = concluded(&effects);
     assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
     assert_eq!(done[0].record.reason, previous.reason);
@@ -387,35 +387,10 @@ fn a_restart_keeps_a_flagged_verdict_without_filing_it_again() {
 #[test]
 fn the_grace_window_counts_from_the_first_sighting_across_restarts() {
     let world = World::new(false);
-    let previous = ContainerRecord {
-        key: "k8s.io/c1".into(),
-        runtime_namespace: Some("k8s.io".into()),
-        id: Some("c1".into()),
-        image: None,
-        digest: Some(digest(1)),
-        platform_digest: None,
-        pod: None,
-        cgroup: "/kubepods/pod1/c1".into(),
-        verdict: ContainerVerdict::Pending,
-        reason: String::new(),
-        // Seen 4 s before "now" (1,000,000 ms in the World).
-        first_seen_ms: 996_000,
-        decided_at_ms: 996_000,
-        gone_at_ms: None,
-    };
+    // Seen 4 s before "now" (1,000,000 ms in the World).
+    let previous = before_restart(ContainerVerdict::Pending, "", 996_000);
     let mut m = machine(Mode::Audit);
-    m.on_identified(
-        Identified {
-            key: KEY,
-            path: "/kubepods/pod1/c1".into(),
-            first_event: world.start,
-            outcome: Outcome::Container {
-                identity: identity(Some(digest(1)), "app"),
-                previous: Some(previous),
-            },
-        },
-        &world.env(),
-    );
+    restart(&mut m, previous, &world);
     assert_eq!(
         m.next_deadline(),
         Some(world.start + GRACE - Duration::from_secs(4))
