@@ -82,6 +82,7 @@ pub fn parse_lines<'a>(
                 break_glass: false,
                 expires_at_ms: None,
                 refreshed_at_ms: 0,
+                signers: Vec::new(),
             })
         }) {
             Ok(approval) => approvals.push(approval),

@@ -117,6 +117,20 @@ pub struct Approval {
     /// sender pushes again within its ledger's retention expire.
     #[serde(default)]
     pub refreshed_at_ms: u64,
+    /// Who signed the image, as the webhook verified it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<Signer>,
+}
+
+/// A verified signer of an admitted image (from the webhook).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signer {
+    /// The policy requirement it satisfied.
+    pub requirement: String,
+    /// A key (`key "name" (sha256:…)`) or a certificate identity.
+    pub identity: String,
+    /// How the signature was attached.
+    pub format: String,
 }
 
 impl Approval {

@@ -412,6 +412,7 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
                 origin: Origin::Admission,
                 admitted_at_ms: imagegate_plumbing::clock::now_ms(),
                 generation: 0,
+                signers: Vec::new(),
             });
             if chunk.len() == 5_000 {
                 ledger.record(&chunk).unwrap();

@@ -58,6 +58,7 @@ fn synthetic(n: usize) -> Approval {
         origin: imagegate_webhook::ledger::Origin::Admission,
         admitted_at_ms: imagegate_plumbing::clock::now_ms(),
         generation: 0,
+        signers: Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admission pipeline, in one place for every endpoint: review →
-//! policy → resolution → decision → approvals recorded in the ledger.
+//! policy → resolution → signatures → decision → approvals recorded in the
+//! ledger.
 //!
 //! Plain async functions over explicit inputs (no HTTP): the handlers of
 //! `/validate`, `/image_policy` and `/mutate` decode, call these, and
@@ -32,6 +33,12 @@ pub async fn decide_images(
         let asks: Vec<_> = images.iter().map(|d| policy.resolution_ask(d)).collect();
         let outcomes = resolver.resolve_each(&asks, policy.verify_digest).await;
         policy.apply_resolution(&mut images, outcomes, &mut annotations);
+        if policy.requires_signatures() {
+            let asks: Vec<_> = images.iter().map(|d| policy.signature_ask(d)).collect();
+            let outcomes = resolver.signatures().check_each(&asks).await;
+            drop(asks);
+            policy.apply_signatures(&mut images, outcomes, &mut annotations);
+        }
     }
     (images, annotations)
 }
@@ -132,6 +139,7 @@ pub fn approvals(
                 origin: Origin::Admission,
                 admitted_at_ms: now_ms,
                 generation: 0,
+                signers: d.signers.clone(),
             }
         })
         .collect()

@@ -40,6 +40,10 @@ pub struct ImageReport {
     /// The digest the registry resolved the image to (`--resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved: Option<String>,
+    /// Who signed it, per requirement of its rule (`--resolve`, which
+    /// looks signatures up too).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<crate::signature::Signer>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,6 +80,7 @@ impl From<&ImageDecision> for ImageReport {
             rule: d.rule.clone(),
             reason: d.reason.clone(),
             resolved: d.resolved.as_ref().map(|r| r.digest.to_string()),
+            signers: d.signers.clone(),
         }
     }
 }
@@ -175,6 +180,13 @@ pub fn print(reports: &[ImageReport], output: Output, out: &mut impl Write) -> s
                 match &r.resolved {
                     Some(digest) => writeln!(out, "{word} {} ({digest}): {}", r.image, r.reason)?,
                     None => writeln!(out, "{word} {}: {}", r.image, r.reason)?,
+                }
+                for s in &r.signers {
+                    writeln!(
+                        out,
+                        "      signed by {} ({}, {})",
+                        s.identity, s.requirement, s.format
+                    )?;
                 }
             }
         }

@@ -95,6 +95,9 @@ pub struct Approval {
     /// Set by the ledger: the generation of the write that stored it.
     #[serde(default)]
     pub generation: u64,
+    /// Who signed it, per signature or attestation requirement of its rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<crate::signature::Signer>,
 }
 
 fn verified_by_default() -> bool {
@@ -452,6 +455,7 @@ mod tests {
             origin: Origin::Admission,
             admitted_at_ms: at,
             generation: 0,
+            signers: Vec::new(),
         }
     }
 

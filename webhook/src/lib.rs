@@ -27,3 +27,4 @@ pub mod registry;
 pub mod resolve;
 pub mod review;
 pub mod server;
+pub mod signature;

@@ -13,7 +13,7 @@ use imagegate_plumbing::clock::now_ms;
 use crate::{
     digest::Digest,
     events::{AgentEvent, EventKind},
-    model::{Approval, ContainerRecord, ContainerVerdict, Origin, PodRef, Violation},
+    model::{Approval, ContainerRecord, ContainerVerdict, Origin, PodRef, Signer, Violation},
     settle::Enforcement,
 };
 
@@ -102,6 +102,15 @@ fn approval_in(
                 .ok()
                 .filter(|at| *at > 0),
             refreshed_at_ms: received_at_ms,
+            signers: approval
+                .signers
+                .into_iter()
+                .map(|s| Signer {
+                    requirement: s.requirement,
+                    identity: s.identity,
+                    format: s.format,
+                })
+                .collect(),
         };
         for (j, platform) in approval.platform_digests.iter().enumerate() {
             let platform =
@@ -168,7 +177,19 @@ pub fn approval_out(approval: &Approval) -> pb::Approval {
         digest_unverified: approval.unverified,
         break_glass: approval.break_glass,
         expires_at_unix_ms: approval.expires_at_ms.unwrap_or(0) as i64,
+        signers: signers_out(&approval.signers),
     }
+}
+
+pub fn signers_out(signers: &[Signer]) -> Vec<pb::Signer> {
+    signers
+        .iter()
+        .map(|s| pb::Signer {
+            requirement: s.requirement.clone(),
+            identity: s.identity.clone(),
+            format: s.format.clone(),
+        })
+        .collect()
 }
 
 pub fn verdict_out(kind: ContainerVerdict) -> pb::Verdict {
@@ -204,8 +225,11 @@ fn pod_out(pod: &Option<PodRef>) -> Option<pb::Pod> {
     })
 }
 
-pub fn container_out(record: &ContainerRecord) -> pb::Container {
+/// A container on the wire, with the signers of the approval that admitted
+/// it (`signers`, looked up by the caller).
+pub fn container_out(record: &ContainerRecord, signers: &[Signer]) -> pb::Container {
     pb::Container {
+        signers: signers_out(signers),
         key: record.key.clone(),
         runtime_namespace: record.runtime_namespace.clone().unwrap_or_default(),
         id: record.id.clone().unwrap_or_default(),
@@ -254,7 +278,8 @@ pub fn event_out(event: &AgentEvent) -> pb::Event {
     pb::Event {
         kind: event_kind_out(event.kind) as i32,
         at_unix_ms: event.at_ms as i64,
-        container: Some(container_out(&event.container)),
+        // Events go out as they happen; ListContainers adds the signers.
+        container: Some(container_out(&event.container, &[])),
         pid: event.pid.unwrap_or(0),
         filename: event.filename.clone().unwrap_or_default(),
     }

@@ -280,16 +280,32 @@ impl AgentService for AgentApi {
             (true, Some(v)) => Some(store.count_with_verdict(v).map_err(internal)?),
             (false, _) => None,
         };
-        let page = read(move || {
-            store.containers_page(after.as_deref(), &prefix, size, |c| {
+        let (page, containers) = read(move || {
+            let page = store.containers_page(after.as_deref(), &prefix, size, |c| {
                 verdict.is_none_or(|v| c.verdict == v)
                     && (namespace.is_empty()
                         || c.pod.as_ref().map(|p| p.namespace.as_str()) == Some(namespace.as_str()))
-            })
+            })?;
+            // Each admitted container with the signers of the approval that
+            // admitted it (its platform manifest's, else its image's).
+            let mut containers = Vec::with_capacity(page.items.len());
+            for c in &page.items {
+                let mut signers = Vec::new();
+                if c.verdict == crate::model::ContainerVerdict::Admitted {
+                    for digest in [&c.platform_digest, &c.digest].into_iter().flatten() {
+                        if let Some(a) = store.approval(digest.as_str())? {
+                            signers = a.signers;
+                            break;
+                        }
+                    }
+                }
+                containers.push(convert::container_out(c, &signers));
+            }
+            Ok((page, containers))
         })
         .await?;
         Ok(Response::new(pb::ListContainersResponse {
-            containers: page.items.iter().map(convert::container_out).collect(),
+            containers,
             next_page_token: page.next.unwrap_or_default(),
             total,
         }))

@@ -24,6 +24,7 @@ fn approval(n: u8) -> Approval {
         break_glass: false,
         expires_at_ms: None,
         refreshed_at_ms: 0,
+        signers: Vec::new(),
     }
 }
 

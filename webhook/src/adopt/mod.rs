@@ -134,6 +134,8 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 origin: Origin::Adopted,
                 admitted_at_ms: now,
                 generation: 0,
+                // Adopted from what runs: no signature was checked.
+                signers: Vec::new(),
             });
         }
     }

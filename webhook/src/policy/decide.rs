@@ -68,6 +68,9 @@ pub struct ImageDecision {
     /// What the image resolved to (its digest, an index's manifests);
     /// `None` when not resolved.
     pub resolved: Option<crate::resolve::Resolved>,
+    /// Who signed it, per signature or attestation requirement its rule
+    /// has (empty when the rule has none).
+    pub signers: Vec<crate::signature::Signer>,
 }
 
 /// The decision on a whole review.
@@ -126,6 +129,7 @@ impl Policy {
                                 u.image
                             ),
                             resolved: None,
+                            signers: Vec::new(),
                         }
                     }
                 })
@@ -173,6 +177,7 @@ impl Policy {
             }
             return ImageDecision {
                 resolved: None,
+                signers: Vec::new(),
                 image: image.to_string(),
                 reason: format!(
                     "{} allowed by rule {:?}",
@@ -187,6 +192,7 @@ impl Policy {
         match self.default_verdict {
             file::Fallback::Allow => ImageDecision {
                 resolved: None,
+                signers: Vec::new(),
                 image: image.to_string(),
                 reason: format!(
                     "{}: no rule matched; the policy's default verdict is allow",
@@ -239,6 +245,7 @@ impl Policy {
     ) -> ImageDecision {
         ImageDecision {
             resolved: None,
+            signers: Vec::new(),
             image: image.to_string(),
             reference,
             verdict: match mode {
@@ -262,6 +269,7 @@ impl Policy {
             .iter()
             .map(|u| ImageDecision {
                 resolved: None,
+                signers: Vec::new(),
                 image: u.image.clone(),
                 reference: Reference::parse_cached(&u.image),
                 verdict,

@@ -166,6 +166,85 @@ pub struct RuleFile {
     /// off for what they manage.
     #[serde(default = "yes")]
     pub pin_digests: bool,
+    /// Signatures each image this rule allows must carry (all of them).
+    #[serde(default)]
+    pub signatures: Vec<SignatureFile>,
+    /// Attestations each image this rule allows must carry (all of them).
+    #[serde(default)]
+    pub attestations: Vec<SignatureFile>,
+}
+
+/// Whom a signature (or an attestation: an in-toto statement of
+/// `predicateType` whose predicate meets `conditions`) must come from: keys
+/// the policy names, or a keyless identity under a trusted root (or both:
+/// either satisfies).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SignatureFile {
+    /// Named in denials and recorded with each approval.
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<KeyFile>,
+    pub keyless: Option<KeylessFile>,
+    /// A Sigstore `trusted_root.json`: the certificate authorities of
+    /// keyless certificates and the transparency logs' keys.
+    pub trusted_root: Option<std::path::PathBuf>,
+    /// `required` (default for keyless), `optional`, or `off` (default for
+    /// keys).
+    pub rekor: Option<crate::signature::requirement::Rekor>,
+    /// Distinct trusted signers needed (default 1).
+    #[serde(default = "one")]
+    pub threshold: usize,
+    /// Overrides the rule's mode for this requirement.
+    pub mode: Option<Mode>,
+    /// What a failed lookup (registry error, timeout) decides: `deny`
+    /// (default) or `allow` with an audit annotation.
+    #[serde(default)]
+    pub on_failure: Fallback,
+    /// Attestations only: the in-toto predicate type required.
+    pub predicate_type: Option<String>,
+    /// Attestations only: conditions the predicate must meet.
+    #[serde(default)]
+    pub conditions: Vec<ConditionFile>,
+}
+
+/// A condition on the predicate: at `path` (`metadata.scanFinishedOn`,
+/// `scanner.result[].severity`), one test.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConditionFile {
+    pub path: String,
+    /// The value is an RFC 3339 time no older than this (`24h`).
+    #[serde(default, with = "optional_duration")]
+    pub max_age: Option<std::time::Duration>,
+    /// No value is one of these (case-insensitive).
+    #[serde(default)]
+    pub deny_values: Vec<String>,
+}
+
+/// A public key (PEM), written in the policy or read from a file (a
+/// mounted Secret).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyFile {
+    pub name: String,
+    pub pem: Option<String>,
+    pub file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeylessFile {
+    /// The OIDC issuer the certificate names, exactly.
+    pub issuer: String,
+    /// The certificate's subject (email or URI), exactly ...
+    pub subject: Option<String>,
+    /// ... or matching this regular expression (anchored).
+    pub subject_reg_exp: Option<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Default, Deserialize)]

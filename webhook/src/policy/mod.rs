@@ -5,12 +5,15 @@
 //! - [`matchers`]: registry patterns and globs, compiled;
 //! - [`decide`]: one decision per image, summed up per review;
 //! - `resolution`: which images are resolved and what an outcome does to a
-//!   decision.
+//!   decision;
+//! - `signatures`: rules' signature and attestation requirements, compiled,
+//!   and what a check's outcome does to a decision.
 
 pub mod decide;
 pub mod file;
 pub mod matchers;
 mod resolution;
+mod signatures;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -80,6 +83,8 @@ pub struct Rule {
     pub require_digest: bool,
     pub mode: Option<Mode>,
     pub pin_digests: bool,
+    /// Signature and attestation requirements, all to be met.
+    pub requirements: Vec<std::sync::Arc<crate::signature::Requirement>>,
 }
 
 impl Policy {
@@ -199,6 +204,27 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
         let deny = RepositoryGlobs::new(&rule.repositories.deny)
             .map_err(|(j, e)| problems.push(format!("{at}.repositories.deny[{j}]: {e}")))
             .ok();
+        let mut requirements = signatures::compile(
+            &format!("{at}.signatures"),
+            rule.signatures,
+            false,
+            &mut problems,
+        );
+        requirements.extend(signatures::compile(
+            &format!("{at}.attestations"),
+            rule.attestations,
+            true,
+            &mut problems,
+        ));
+        let mut requirement_names = HashSet::new();
+        for r in &requirements {
+            if !requirement_names.insert(r.name.clone()) {
+                problems.push(format!(
+                    "{at}: the requirement name {:?} is used twice in this rule",
+                    r.name
+                ));
+            }
+        }
         if let (Some(namespaces), Some(allow), Some(deny)) = (namespaces, allow, deny) {
             rules.push(Rule {
                 name: rule.name,
@@ -212,6 +238,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
                 require_digest: rule.require_digest,
                 mode: rule.mode,
                 pin_digests: rule.pin_digests,
+                requirements,
             });
         }
     }

@@ -278,6 +278,15 @@ fn approval_out(approval: &Approval) -> pb::Approval {
         digest_unverified: !approval.verified,
         break_glass: approval.break_glass,
         expires_at_unix_ms: approval.expires_at_ms.unwrap_or(0) as i64,
+        signers: approval
+            .signers
+            .iter()
+            .map(|s| pb::Signer {
+                requirement: s.requirement.clone(),
+                identity: s.identity.clone(),
+                format: s.format.clone(),
+            })
+            .collect(),
         origin: match approval.origin {
             Origin::Admission => pb::Origin::Admission,
             Origin::Adopted => pb::Origin::Adopted,
@@ -345,6 +354,7 @@ mod tests {
             rule: "team".into(),
             api: crate::review::Api::AdmissionReview,
             origin: Origin::Admission,
+            signers: Vec::new(),
             admitted_at_ms: 1,
             generation: n as u64 + 1,
         }

@@ -174,7 +174,14 @@ impl RegistryClient {
     ) -> Result<Head, RegistryError> {
         let what = format!("{host}/{path}:{reference}");
         let response = self
-            .manifest_request(Method::HEAD, host, path, reference, accept, &what)
+            .request(
+                Method::HEAD,
+                host,
+                path,
+                &format!("manifests/{reference}"),
+                accept,
+                &what,
+            )
             .await?;
         let digest = match response.headers().get("docker-content-digest") {
             None => None,
@@ -206,7 +213,14 @@ impl RegistryClient {
     ) -> Result<Fetched, RegistryError> {
         let what = format!("the manifest {host}/{path}@{reference}");
         let response = self
-            .manifest_request(Method::GET, host, path, reference, accept, &what)
+            .request(
+                Method::GET,
+                host,
+                path,
+                &format!("manifests/{reference}"),
+                accept,
+                &what,
+            )
             .await?;
         let media_type = media_type(&response);
         let header = response
@@ -245,18 +259,83 @@ impl RegistryClient {
         })
     }
 
-    /// Sends a manifest request, answering an auth challenge once; the
-    /// response is a success, or the error it means.
-    async fn manifest_request(
+    /// GET `/v2/<path>/referrers/<digest>` (OCI 1.1): the referrers
+    /// index, at most [`MAX_MANIFEST_BYTES`]; `None` when the registry
+    /// answers 404 (it has no referrers API: look for the tag index).
+    pub async fn get_referrers(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &Digest,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let what = format!("the referrers of {host}/{path}@{digest}");
+        let response = match self
+            .request(
+                Method::GET,
+                host,
+                path,
+                &format!("referrers/{digest}"),
+                &[imagegate_proto::media_types::OCI_INDEX],
+                &what,
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(RegistryError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        read_bounded(response, MAX_MANIFEST_BYTES, &what)
+            .await
+            .map(Some)
+            .map_err(body_error)
+    }
+
+    /// GET `/v2/<path>/blobs/<digest>`, at most `limit` bytes, which must
+    /// hash to `digest`.
+    pub async fn get_blob(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Bytes, RegistryError> {
+        let what = format!("the blob {host}/{path}@{digest}");
+        let response = self
+            .request(
+                Method::GET,
+                host,
+                path,
+                &format!("blobs/{digest}"),
+                &["*/*"],
+                &what,
+            )
+            .await?;
+        let body = read_bounded(response, limit, &what)
+            .await
+            .map_err(body_error)?;
+        let actual = content_digest(digest.algorithm(), &body);
+        if actual != *digest {
+            return Err(RegistryError::Mismatch {
+                what,
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Sends a request for `/v2/<path>/<resource>`, answering an auth
+    /// challenge once; the response is a success, or the error it means.
+    async fn request(
         &self,
         method: Method,
         host: &str,
         path: &str,
-        reference: &str,
+        resource: &str,
         accept: &[&str],
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = format!("{}/v2/{path}/manifests/{reference}", self.base_url(host));
+        let url = format!("{}/v2/{path}/{resource}", self.base_url(host));
         let scope = format!("repository:{path}:pull");
         let http = self.http_for(host);
         let mut authorization = self.kept.get(host, &scope);
@@ -371,6 +450,14 @@ impl RegistryClient {
                 "{host} answered 401 without a challenge imagegate can answer (Basic or Bearer)"
             ))),
         }
+    }
+}
+
+fn body_error(e: BodyError) -> RegistryError {
+    match e {
+        BodyError::TooLarge { .. } => RegistryError::TooLarge(e.to_string()),
+        BodyError::TimedOut { .. } => RegistryError::TimedOut,
+        BodyError::Read { .. } => RegistryError::Other(e.to_string()),
     }
 }
 

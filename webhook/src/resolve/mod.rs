@@ -187,9 +187,11 @@ type Lookup = Result<Resolved, ResolveError>;
 
 pub struct Resolver {
     settings: Settings,
-    registry: RegistryClient,
-    /// Lookups in flight, all reviews together.
-    in_flight: tokio::sync::Semaphore,
+    registry: std::sync::Arc<RegistryClient>,
+    /// Lookups in flight, all reviews together (signature lookups too).
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Signature lookups: the same registry client, slots and TTLs.
+    signatures: crate::signature::Finder,
     /// Reference (normalised) -> outcome and when it stops being trusted.
     cache: Cache<String, (Lookup, Instant)>,
     /// Digest -> the platform digests it lists: content-addressed, so never
@@ -210,14 +212,34 @@ impl Resolver {
             credentials: settings.credentials.clone(),
         })?;
         let entries = settings.cache_entries.max(1) as usize;
+        let registry = std::sync::Arc::new(registry);
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            settings.max_lookups_in_flight.max(1),
+        ));
+        let signatures = crate::signature::Finder::new(
+            registry.clone(),
+            in_flight.clone(),
+            crate::signature::discover::Settings {
+                timeout: settings.timeout,
+                ttl: settings.ttl,
+                negative_ttl: settings.negative_ttl,
+                cache_entries: settings.cache_entries,
+            },
+        );
         Ok(Self {
             registry,
-            in_flight: tokio::sync::Semaphore::new(settings.max_lookups_in_flight.max(1)),
+            in_flight,
+            signatures,
             cache: Cache::new(entries),
             index_children: Cache::new(entries),
             settings,
             metrics,
         })
+    }
+
+    /// Signature lookups, within the same registry budget.
+    pub fn signatures(&self) -> &crate::signature::Finder {
+        &self.signatures
     }
 
     /// The digests `reference` names now. A reference with a digest is that

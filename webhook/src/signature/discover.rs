@@ -1,0 +1,412 @@
+//! Finding an image's signatures in its registry, as cosign does: the OCI
+//! 1.1 referrers API (or, where the registry has none, the `sha256-<hex>`
+//! tag index that stands in for it) for Sigstore bundles, and the
+//! `sha256-<hex>.sig` tag for legacy signatures. Through the resolver's
+//! registry client (its credentials, auth, deadlines and bounded reads),
+//! within one budget per lookup, cached by digest with the resolver's TTLs.
+//!
+//! Everything read is bounded: [`MAX_REFERRERS`] artifacts followed,
+//! [`MAX_LEGACY_SIGNATURES`] legacy layers read, blobs of at most
+//! [`MAX_BUNDLE_BYTES`]. Referrers are followed one level only (a referrer
+//! of a referrer is never fetched), so an index that lists itself cannot
+//! make a loop.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
+
+use futures_util::{StreamExt, stream};
+use imagegate_proto::{digest::Digest, media_types};
+use quick_cache::sync::Cache;
+use serde::Deserialize;
+
+use super::{
+    formats,
+    model::{Format, Found},
+};
+use crate::registry::{RegistryClient, RegistryError};
+
+/// Artifacts followed from a referrers list or tag index.
+pub const MAX_REFERRERS: usize = 32;
+/// Layers read from a legacy `.sig` manifest.
+pub const MAX_LEGACY_SIGNATURES: usize = 32;
+/// Largest bundle blob read (cosign's are a few KB).
+pub const MAX_BUNDLE_BYTES: usize = 256 * 1024;
+/// Largest simple-signing payload read.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Blobs fetched at once for one image.
+const BLOBS_AT_ONCE: usize = 8;
+
+/// How lookups behave: the resolver's settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub timeout: Duration,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub cache_entries: u64,
+}
+
+/// Why signatures could not be looked up (not: that there are none).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+type Lookup = Result<Arc<Found>, LookupError>;
+
+/// Looks up and caches signatures.
+pub struct Finder {
+    registry: Arc<RegistryClient>,
+    settings: Settings,
+    /// (repository, digest) -> what was found and until when it is trusted.
+    cache: Cache<(String, Digest), (Lookup, Instant)>,
+    /// Registry requests in flight, shared with resolution.
+    in_flight: Arc<Semaphore>,
+    /// Numbers each lookup's result, so verdicts on it can be remembered.
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+impl Finder {
+    pub fn new(
+        registry: Arc<RegistryClient>,
+        in_flight: Arc<Semaphore>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            registry,
+            cache: Cache::new(settings.cache_entries.max(1) as usize),
+            settings,
+            in_flight,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// What is attached to `host/path@digest`, from the cache while it is
+    /// fresh. Concurrent lookups of one digest share one request (the
+    /// cache's placeholder), and a lookup waits for a registry slot shared
+    /// with resolution.
+    pub async fn find(&self, host: &str, path: &str, digest: &Digest) -> Lookup {
+        let key = (format!("{host}/{path}"), digest.clone());
+        loop {
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok((lookup, until)) if Instant::now() < until => return lookup,
+                Ok((_, stale_since)) => {
+                    self.cache
+                        .remove_if(&key, |(_, until)| *until == stale_since);
+                }
+                Err(guard) => {
+                    let lookup = self.lookup(host, path, digest).await;
+                    let ttl = if lookup.is_ok() {
+                        self.settings.ttl
+                    } else {
+                        self.settings.negative_ttl
+                    };
+                    let _ = guard.insert((lookup.clone(), Instant::now() + ttl));
+                    return lookup;
+                }
+            }
+        }
+    }
+
+    /// One lookup, within the budget (waiting for a slot included).
+    async fn lookup(&self, host: &str, path: &str, digest: &Digest) -> Lookup {
+        let budget = self.settings.timeout;
+        let work = async {
+            let _permit = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| "the webhook is shutting down".to_string())?;
+            self.find_uncached(host, path, digest).await
+        };
+        match tokio::time::timeout(budget, work).await {
+            Ok(Ok(mut found)) => {
+                found.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                Ok(Arc::new(found))
+            }
+            Ok(Err(e)) => Err(LookupError(e)),
+            Err(_) => Err(LookupError(format!(
+                "looking up the signatures of {host}/{path}@{digest} timed out after {budget:?}"
+            ))),
+        }
+    }
+
+    async fn find_uncached(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &Digest,
+    ) -> Result<Found, String> {
+        let (bundles, legacy) = tokio::join!(
+            self.bundles(host, path, digest),
+            self.legacy(host, path, digest)
+        );
+        let mut found = bundles?;
+        let legacy = legacy?;
+        found.artifacts.extend(legacy.artifacts);
+        found.unreadable.extend(legacy.unreadable);
+        found.truncated |= legacy.truncated;
+        Ok(found)
+    }
+
+    /// A lookup failure: the registry did not answer what it serves.
+    fn failed(what: &str, e: RegistryError) -> String {
+        format!("the registry did not answer {what}: {e}")
+    }
+
+    async fn bundles(&self, host: &str, path: &str, digest: &Digest) -> Result<Found, String> {
+        let mut found = Found::default();
+        let (index, format) = match self.registry.get_referrers(host, path, digest).await {
+            Ok(Some(body)) => (Some(body), Format::BundleReferrer),
+            // No referrers API: the referrers tag schema.
+            Ok(None) => {
+                let tag = digest.to_string().replace(':', "-");
+                match self
+                    .registry
+                    .get_manifest(host, path, &tag, &[media_types::OCI_INDEX])
+                    .await
+                {
+                    Ok(fetched) => (Some(fetched.body), Format::BundleTagIndex),
+                    Err(RegistryError::NotFound(_)) => (None, Format::BundleTagIndex),
+                    Err(RegistryError::TooLarge(e)) => {
+                        found.unreadable.push(format!("the tag index {tag}: {e}"));
+                        (None, Format::BundleTagIndex)
+                    }
+                    Err(e) => return Err(Self::failed("the referrers tag index", e)),
+                }
+            }
+            Err(RegistryError::TooLarge(e)) => {
+                found.unreadable.push(format!("the referrers list: {e}"));
+                (None, Format::BundleReferrer)
+            }
+            Err(e) => return Err(Self::failed("the referrers API", e)),
+        };
+        let Some(index) = index else {
+            return Ok(found);
+        };
+        let index: Manifest = match serde_json::from_slice(&index) {
+            Ok(index) => index,
+            Err(e) => {
+                found
+                    .unreadable
+                    .push(format!("the referrers index is not an OCI index: {e}"));
+                return Ok(found);
+            }
+        };
+        let candidates: Vec<_> = index
+            .manifests
+            .iter()
+            .filter(|d| d.artifact_type.as_deref().is_none_or(formats::is_bundle))
+            .collect();
+        found.truncated = candidates.len() > MAX_REFERRERS;
+        // Futures made up front: a stream's `map` closure over borrowed
+        // descriptors trips rustc's higher-ranked lifetime check in the
+        // Send bound axum needs (rust-lang/rust#102211).
+        let fetches: Vec<_> = candidates
+            .into_iter()
+            .take(MAX_REFERRERS)
+            .map(|d| self.referrer(host, path, d, format))
+            .collect();
+        let results: Vec<_> = stream::iter(fetches)
+            .buffer_unordered(BLOBS_AT_ONCE)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(Some(artifact)) => found.artifacts.push(artifact),
+                Ok(None) => {}
+                Err(Unread::Unreadable(e)) => found.unreadable.push(e),
+                Err(Unread::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// One referrer manifest and its bundle; `None` when it holds no
+    /// bundle (another kind of artifact).
+    async fn referrer(
+        &self,
+        host: &str,
+        path: &str,
+        descriptor: &Descriptor,
+        format: Format,
+    ) -> Result<Option<super::model::Artifact>, Unread> {
+        let digest = Digest::parse(&descriptor.digest).map_err(|_| {
+            Unread::Unreadable(format!(
+                "a referrer names {:?}, which is not a digest",
+                descriptor.digest
+            ))
+        })?;
+        let fetched = self
+            .registry
+            .get_manifest(host, path, digest.as_str(), &[media_types::OCI_MANIFEST])
+            .await
+            .map_err(|e| Unread::from(&digest, e))?;
+        let manifest: Manifest = serde_json::from_slice(&fetched.body).map_err(|e| {
+            Unread::Unreadable(format!("the referrer {digest} is not an OCI manifest: {e}"))
+        })?;
+        if manifest
+            .media_type
+            .as_deref()
+            .is_some_and(|t| t != media_types::OCI_MANIFEST)
+        {
+            return Err(Unread::Unreadable(format!(
+                "the referrer {digest} is a {:?}, not an OCI manifest",
+                manifest.media_type.unwrap_or_default()
+            )));
+        }
+        let Some(layer) = manifest
+            .layers
+            .iter()
+            .find(|l| formats::is_bundle(&l.media_type))
+        else {
+            if manifest
+                .artifact_type
+                .as_deref()
+                .is_some_and(formats::is_bundle)
+            {
+                return Err(Unread::Unreadable(format!(
+                    "the referrer {digest} says it is a bundle but has no bundle layer"
+                )));
+            }
+            return Ok(None);
+        };
+        let blob = self
+            .blob(host, path, &layer.digest, MAX_BUNDLE_BYTES)
+            .await?;
+        formats::bundle(&digest, format, &blob)
+            .map(Some)
+            .map_err(|e| Unread::Unreadable(format!("the bundle in {digest}: {e}")))
+    }
+
+    async fn blob(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &str,
+        limit: usize,
+    ) -> Result<bytes::Bytes, Unread> {
+        let digest = Digest::parse(digest).map_err(|_| {
+            Unread::Unreadable(format!("a layer names {digest:?}, which is not a digest"))
+        })?;
+        self.registry
+            .get_blob(host, path, &digest, limit)
+            .await
+            .map_err(|e| Unread::from(&digest, e))
+    }
+
+    async fn legacy(&self, host: &str, path: &str, digest: &Digest) -> Result<Found, String> {
+        let mut found = Found::default();
+        let tag = format!("{}.sig", digest.to_string().replace(':', "-"));
+        let fetched = match self
+            .registry
+            .get_manifest(
+                host,
+                path,
+                &tag,
+                &[media_types::OCI_MANIFEST, media_types::DOCKER_MANIFEST],
+            )
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(RegistryError::NotFound(_)) => return Ok(found),
+            Err(RegistryError::TooLarge(e)) => {
+                found
+                    .unreadable
+                    .push(format!("the signature tag {tag}: {e}"));
+                return Ok(found);
+            }
+            Err(e) => return Err(Self::failed("the signature tag", e)),
+        };
+        let manifest: Manifest = match serde_json::from_slice(&fetched.body) {
+            Ok(m) => m,
+            Err(e) => {
+                found
+                    .unreadable
+                    .push(format!("the signature tag {tag} is not a manifest: {e}"));
+                return Ok(found);
+            }
+        };
+        let layers: Vec<_> = manifest
+            .layers
+            .iter()
+            .filter(|l| l.media_type == formats::SIMPLE_SIGNING)
+            .collect();
+        found.truncated = layers.len() > MAX_LEGACY_SIGNATURES;
+        let manifest_digest = fetched.digest;
+        let (manifest_digest, tag) = (&manifest_digest, &tag);
+        let fetches: Vec<_> = layers
+            .into_iter()
+            .take(MAX_LEGACY_SIGNATURES)
+            .map(|layer| async move {
+                let payload = self
+                    .blob(host, path, &layer.digest, MAX_PAYLOAD_BYTES)
+                    .await?;
+                formats::legacy(manifest_digest, &payload, &layer.annotations)
+                    .map_err(|e| Unread::Unreadable(format!("a signature in {tag}: {e}")))
+            })
+            .collect();
+        let results: Vec<_> = stream::iter(fetches)
+            .buffer_unordered(BLOBS_AT_ONCE)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(artifact) => found.artifacts.push(artifact),
+                Err(Unread::Unreadable(e)) => found.unreadable.push(e),
+                Err(Unread::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One artifact not read: unreadable (bad content: noted, the rest
+/// stands), or the registry failing (the whole lookup fails).
+enum Unread {
+    Unreadable(String),
+    Failed(String),
+}
+
+impl Unread {
+    fn from(digest: &Digest, e: RegistryError) -> Self {
+        match e {
+            RegistryError::TooLarge(_)
+            | RegistryError::Mismatch { .. }
+            | RegistryError::NotFound(_)
+            | RegistryError::InvalidDigest(_) => Self::Unreadable(format!("{digest}: {e}")),
+            e => Self::Failed(Finder::failed(&format!("for {digest}"), e)),
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The signature formats, as cosign writes them, turned into
+//! [`Artifact`]s: the legacy simple-signing layer of a `sha256-<hex>.sig`
+//! tag, and the Sigstore bundle (v0.1 to v0.3) with a DSSE envelope around
+//! an in-toto statement. Untrusted input: every field is checked, nothing
+//! here decides trust.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use imagegate_proto::digest::Digest;
+use serde::Deserialize;
+
+use super::{
+    model::{Artifact, COSIGN_SIGN_PREDICATE, Claim, ClaimKind, Format, Material},
+    rekor,
+};
+
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// Older bundle media types (`...bundle+json;version=0.1|0.2`).
+pub const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+
+pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+pub const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+pub const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+
+/// Whether a layer's or artifact's media type is a Sigstore bundle.
+pub fn is_bundle(media_type: &str) -> bool {
+    media_type.starts_with(BUNDLE_PREFIX)
+}
+
+/// A legacy signature: the simple-signing `payload` (a layer's blob) and
+/// the layer's annotations.
+pub fn legacy(
+    manifest: &Digest,
+    payload: &[u8],
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Artifact, String> {
+    #[derive(Deserialize)]
+    struct Payload {
+        critical: Critical,
+    }
+    #[derive(Deserialize)]
+    struct Critical {
+        image: Image,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    #[derive(Deserialize)]
+    struct Image {
+        #[serde(rename = "docker-manifest-digest")]
+        digest: String,
+    }
+    let parsed: Payload = serde_json::from_slice(payload)
+        .map_err(|e| format!("its simple-signing payload is not one: {e}"))?;
+    if parsed.critical.kind != "cosign container image signature" {
+        return Err(format!(
+            "its simple-signing payload is of type {:?}, not a cosign container image signature",
+            parsed.critical.kind
+        ));
+    }
+    let subject = Digest::parse(&parsed.critical.image.digest).map_err(|_| {
+        format!(
+            "its payload names {:?}, which is not a digest",
+            parsed.critical.image.digest
+        )
+    })?;
+    let signature = annotations
+        .get(ANNOTATION_SIGNATURE)
+        .ok_or_else(|| format!("the layer has no {ANNOTATION_SIGNATURE} annotation"))?;
+    let signature = STANDARD
+        .decode(signature.trim())
+        .map_err(|e| format!("its {ANNOTATION_SIGNATURE} annotation is not base64: {e}"))?;
+    let material = match annotations.get(ANNOTATION_CERTIFICATE) {
+        Some(pem) if !pem.trim().is_empty() => {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+                format!("its {ANNOTATION_CERTIFICATE} annotation is not a PEM certificate: {e}")
+            })?;
+            Material::Certificate { der: der.to_vec() }
+        }
+        _ => Material::Key { hint: None },
+    };
+    let tlog = match annotations.get(ANNOTATION_BUNDLE) {
+        Some(text) => vec![legacy_bundle(text)?],
+        None => Vec::new(),
+    };
+    Ok(Artifact {
+        format: Format::LegacyTag,
+        manifest: manifest.clone(),
+        signed: payload.to_vec(),
+        payload: payload.to_vec(),
+        signatures: vec![signature],
+        material,
+        tlog,
+        claim: Claim {
+            subjects: vec![subject],
+            kind: ClaimKind::ImageSignature,
+        },
+    })
+}
+
+/// cosign's legacy Rekor bundle annotation: a SET and the entry it signs.
+fn legacy_bundle(text: &str) -> Result<rekor::Entry, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Bundle {
+        signed_entry_timestamp: String,
+        payload: Payload,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Payload {
+        body: String,
+        integrated_time: i64,
+        log_index: i64,
+        #[serde(rename = "logID")]
+        log_id: String,
+    }
+    let bad = |e: String| format!("its {ANNOTATION_BUNDLE} annotation: {e}");
+    let bundle: Bundle = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    Ok(rekor::Entry {
+        log_index: bundle.payload.log_index,
+        log_id: from_hex(&bundle.payload.log_id).ok_or_else(|| bad("logID is not hex".into()))?,
+        integrated_time: bundle.payload.integrated_time,
+        body: STANDARD
+            .decode(&bundle.payload.body)
+            .map_err(|e| bad(format!("body is not base64: {e}")))?,
+        set: Some(
+            STANDARD
+                .decode(&bundle.signed_entry_timestamp)
+                .map_err(|e| bad(format!("SignedEntryTimestamp is not base64: {e}")))?,
+        ),
+        proof: None,
+    })
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleFile {
+    media_type: String,
+    verification_material: MaterialFile,
+    #[serde(default)]
+    dsse_envelope: Option<EnvelopeFile>,
+    #[serde(default)]
+    message_signature: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MaterialFile {
+    #[serde(default)]
+    public_key: Option<HintFile>,
+    #[serde(default)]
+    certificate: Option<RawBytesFile>,
+    #[serde(default)]
+    x509_certificate_chain: Option<ChainFile>,
+    #[serde(default)]
+    tlog_entries: Vec<TlogFile>,
+}
+
+#[derive(Deserialize)]
+struct HintFile {
+    #[serde(default)]
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBytesFile {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+struct ChainFile {
+    certificates: Vec<RawBytesFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TlogFile {
+    #[serde(deserialize_with = "rekor::int64")]
+    log_index: i64,
+    log_id: KeyIdFile,
+    #[serde(deserialize_with = "rekor::int64")]
+    integrated_time: i64,
+    #[serde(default)]
+    inclusion_promise: Option<PromiseFile>,
+    #[serde(default)]
+    inclusion_proof: Option<ProofFile>,
+    canonicalized_body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyIdFile {
+    key_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromiseFile {
+    signed_entry_timestamp: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProofFile {
+    #[serde(deserialize_with = "rekor::int64")]
+    log_index: i64,
+    root_hash: String,
+    #[serde(deserialize_with = "rekor::int64")]
+    tree_size: i64,
+    #[serde(default)]
+    hashes: Vec<String>,
+    #[serde(default)]
+    checkpoint: Option<CheckpointFile>,
+}
+
+#[derive(Deserialize)]
+struct CheckpointFile {
+    envelope: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeFile {
+    payload: String,
+    payload_type: String,
+    signatures: Vec<SignatureFile>,
+}
+
+#[derive(Deserialize)]
+struct SignatureFile {
+    sig: String,
+    #[serde(default)]
+    keyid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatementFile {
+    #[serde(rename = "_type")]
+    kind: String,
+    subject: Vec<SubjectFile>,
+    predicate_type: String,
+    #[serde(default)]
+    predicate: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct SubjectFile {
+    #[serde(default)]
+    digest: std::collections::BTreeMap<String, String>,
+}
+
+/// Most DSSE signatures read from one envelope.
+const MAX_ENVELOPE_SIGNATURES: usize = 16;
+/// Most log entries read from one bundle.
+const MAX_TLOG_ENTRIES: usize = 8;
+/// Most statement subjects read.
+const MAX_SUBJECTS: usize = 1024;
+
+/// DSSE's pre-authentication encoding: what is signed.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A Sigstore bundle found as `format` in manifest `manifest`.
+pub fn bundle(manifest: &Digest, format: Format, bytes: &[u8]) -> Result<Artifact, String> {
+    let b64 = |what: &str, text: &str| {
+        STANDARD
+            .decode(text)
+            .map_err(|e| format!("{what} is not base64: {e}"))
+    };
+    let file: BundleFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a Sigstore bundle: {e}"))?;
+    if !is_bundle(&file.media_type) {
+        return Err(format!(
+            "its mediaType {:?} is not a Sigstore bundle's",
+            file.media_type
+        ));
+    }
+    let Some(envelope) = file.dsse_envelope else {
+        return Err(if file.message_signature.is_some() {
+            "it signs a blob (messageSignature), not an image (a DSSE statement)".into()
+        } else {
+            "it holds no DSSE envelope".into()
+        });
+    };
+    let material = file.verification_material;
+    let hint = material.public_key.as_ref().and_then(|k| k.hint.clone());
+    let material_kind = match (material.certificate, material.x509_certificate_chain) {
+        (Some(cert), _) => Material::Certificate {
+            der: b64("verificationMaterial.certificate", &cert.raw_bytes)?,
+        },
+        (None, Some(chain)) => {
+            let first = chain
+                .certificates
+                .first()
+                .ok_or("its x509CertificateChain is empty")?;
+            Material::Certificate {
+                der: b64(
+                    "verificationMaterial.x509CertificateChain",
+                    &first.raw_bytes,
+                )?,
+            }
+        }
+        (None, None) => Material::Key {
+            hint: hint
+                .or_else(|| envelope.signatures.iter().find_map(|s| s.keyid.clone()))
+                .filter(|h| !h.is_empty()),
+        },
+    };
+    if material.tlog_entries.len() > MAX_TLOG_ENTRIES {
+        return Err(format!(
+            "it carries {} log entries, more than the {MAX_TLOG_ENTRIES} imagegate reads",
+            material.tlog_entries.len()
+        ));
+    }
+    let mut tlog = Vec::new();
+    for entry in material.tlog_entries {
+        let proof = match entry.inclusion_proof {
+            Some(p) if p.hashes.len() <= 64 => Some(rekor::Proof {
+                log_index: p.log_index,
+                tree_size: p.tree_size,
+                root_hash: b64("inclusionProof.rootHash", &p.root_hash)?,
+                hashes: p
+                    .hashes
+                    .iter()
+                    .map(|h| b64("inclusionProof.hashes", h))
+                    .collect::<Result<_, _>>()?,
+                checkpoint: p.checkpoint.map(|c| c.envelope),
+            }),
+            Some(_) => return Err("its inclusion proof is longer than any tree needs".into()),
+            None => None,
+        };
+        tlog.push(rekor::Entry {
+            log_index: entry.log_index,
+            log_id: b64("logId.keyId", &entry.log_id.key_id)?,
+            integrated_time: entry.integrated_time,
+            body: b64("canonicalizedBody", &entry.canonicalized_body)?,
+            set: entry
+                .inclusion_promise
+                .map(|p| {
+                    b64(
+                        "inclusionPromise.signedEntryTimestamp",
+                        &p.signed_entry_timestamp,
+                    )
+                })
+                .transpose()?,
+            proof,
+        });
+    }
+    if envelope.payload_type != IN_TOTO {
+        return Err(format!(
+            "its DSSE payload is {:?}, not an in-toto statement ({IN_TOTO})",
+            envelope.payload_type
+        ));
+    }
+    if envelope.signatures.is_empty() || envelope.signatures.len() > MAX_ENVELOPE_SIGNATURES {
+        return Err(format!(
+            "its DSSE envelope carries {} signatures (imagegate reads 1 to {MAX_ENVELOPE_SIGNATURES})",
+            envelope.signatures.len()
+        ));
+    }
+    let payload = b64("dsseEnvelope.payload", &envelope.payload)?;
+    let signatures = envelope
+        .signatures
+        .iter()
+        .map(|s| b64("dsseEnvelope.signatures[].sig", &s.sig))
+        .collect::<Result<Vec<_>, _>>()?;
+    let statement: StatementFile = serde_json::from_slice(&payload)
+        .map_err(|e| format!("its DSSE payload is not an in-toto statement: {e}"))?;
+    if !statement.kind.starts_with("https://in-toto.io/Statement/") {
+        return Err(format!(
+            "its statement's _type {:?} is not an in-toto statement",
+            statement.kind
+        ));
+    }
+    if statement.subject.len() > MAX_SUBJECTS {
+        return Err(format!(
+            "its statement names {} subjects, more than the {MAX_SUBJECTS} imagegate reads",
+            statement.subject.len()
+        ));
+    }
+    let subjects = statement
+        .subject
+        .iter()
+        .flat_map(|s| &s.digest)
+        .filter_map(|(algorithm, hex)| Digest::parse(&format!("{algorithm}:{hex}")).ok())
+        .collect();
+    let kind = if statement.predicate_type == COSIGN_SIGN_PREDICATE {
+        ClaimKind::ImageSignature
+    } else {
+        ClaimKind::Attestation {
+            predicate_type: statement.predicate_type,
+            predicate: statement.predicate,
+        }
+    };
+    Ok(Artifact {
+        format,
+        manifest: manifest.clone(),
+        signed: pae(&envelope.payload_type, &payload),
+        payload,
+        signatures,
+        material: material_kind,
+        tlog,
+        claim: Claim { subjects, kind },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn pae_is_dsse_v1() {
+        assert_eq!(
+            pae("application/example", b"hello world"),
+            b"DSSEv1 19 application/example 11 hello world"
+        );
+    }
+
+    #[test]
+    fn truncated_or_foreign_bundles_are_refused_with_a_reason() {
+        let digest = Digest::parse(D).unwrap();
+        let full = serde_json::json!({
+            "mediaType": BUNDLE_V03,
+            "verificationMaterial": {"publicKey": {"hint": "k"}},
+            "dsseEnvelope": {
+                "payload": STANDARD.encode(serde_json::to_vec(&serde_json::json!({
+                    "_type": "https://in-toto.io/Statement/v1",
+                    "subject": [{"name": "x", "digest": {"sha256": &D[7..]}}],
+                    "predicateType": COSIGN_SIGN_PREDICATE, "predicate": {}
+                })).unwrap()),
+                "payloadType": IN_TOTO,
+                "signatures": [{"sig": STANDARD.encode(b"sig"), "keyid": ""}]
+            }
+        })
+        .to_string();
+        let artifact = bundle(&digest, Format::BundleReferrer, full.as_bytes()).unwrap();
+        assert_eq!(artifact.claim.subjects, vec![digest.clone()]);
+        assert_eq!(artifact.claim.kind, ClaimKind::ImageSignature);
+        assert_eq!(
+            artifact.material,
+            Material::Key {
+                hint: Some("k".into())
+            }
+        );
+        for cut in [1, full.len() / 2, full.len() - 1] {
+            let e = bundle(&digest, Format::BundleReferrer, &full.as_bytes()[..cut]).unwrap_err();
+            assert!(e.contains("not a Sigstore bundle"), "{e}");
+        }
+        let other = full.replace(BUNDLE_V03, "application/json");
+        assert!(
+            bundle(&digest, Format::BundleReferrer, other.as_bytes())
+                .unwrap_err()
+                .contains("mediaType")
+        );
+        let payload_type = full.replace(IN_TOTO, "text/plain");
+        assert!(
+            bundle(&digest, Format::BundleReferrer, payload_type.as_bytes())
+                .unwrap_err()
+                .contains("in-toto")
+        );
+    }
+
+    #[test]
+    fn legacy_payloads_name_the_digest_they_sign() {
+        let digest = Digest::parse(D).unwrap();
+        let payload = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"r/x"}},"image":{{"docker-manifest-digest":"{D}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        );
+        let mut annotations = std::collections::HashMap::new();
+        let e = legacy(&digest, payload.as_bytes(), &annotations).unwrap_err();
+        assert!(e.contains(ANNOTATION_SIGNATURE), "{e}");
+        annotations.insert(ANNOTATION_SIGNATURE.to_string(), STANDARD.encode(b"s"));
+        let artifact = legacy(&digest, payload.as_bytes(), &annotations).unwrap();
+        assert_eq!(artifact.claim.subjects, vec![digest.clone()]);
+        assert_eq!(artifact.signatures, vec![b"s".to_vec()]);
+        let other_type = payload.replace("cosign container image signature", "atomic");
+        assert!(legacy(&digest, other_type.as_bytes(), &annotations).is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! Whether what was found satisfies a requirement: each artifact's claim
+//! must name the admitted digest, its signature must verify with a key the
+//! policy names or a certificate that chains to the policy's trusted root
+//! with the expected identity, its log entry must verify as the
+//! requirement says, and an attestation's predicate must meet its
+//! conditions. Pure: no I/O, the time is passed in.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use imagegate_proto::digest::Digest;
+
+use super::{
+    certificate::{self, Identity},
+    key::short,
+    model::{Artifact, ClaimKind, Found, Material, Signer},
+    rekor::{self, Binding},
+    requirement::{Condition, Rekor, Requirement, Test, What},
+};
+
+/// Checks `found` against `requirement` for `digest`: the signers that
+/// satisfy it, or why it is not satisfied (a sentence for the denial).
+pub fn evaluate(
+    requirement: &Requirement,
+    digest: &Digest,
+    found: &Found,
+    now: SystemTime,
+) -> Result<Vec<Signer>, String> {
+    let mut signers = BTreeMap::new();
+    let mut seen = Vec::new();
+    let mut relevant = 0;
+    for artifact in &found.artifacts {
+        if !is_wanted(requirement, &artifact.claim.kind) {
+            continue;
+        }
+        relevant += 1;
+        if !artifact.claim.subjects.contains(digest) {
+            let named = artifact
+                .claim
+                .subjects
+                .first()
+                .map(|d| short(d.as_str()))
+                .unwrap_or_else(|| "nothing".into());
+            seen.push(format!("one signs {named}, not this digest"));
+            continue;
+        }
+        match check(requirement, artifact, now) {
+            Ok(identity) => {
+                signers.insert(
+                    identity.clone(),
+                    Signer {
+                        requirement: requirement.name.clone(),
+                        identity,
+                        format: artifact.format.as_str().to_string(),
+                    },
+                );
+            }
+            Err(why) => seen.push(why),
+        }
+    }
+    if signers.len() >= requirement.threshold {
+        return Ok(signers.into_values().collect());
+    }
+    let noun = match &requirement.what {
+        What::Signature => "signature".to_string(),
+        What::Attestation { predicate_type, .. } => format!("attestation of type {predicate_type}"),
+    };
+    let wanted = if requirement.threshold > 1 {
+        format!(
+            "{} of the {} {noun}s needed by {}",
+            signers.len(),
+            requirement.threshold,
+            requirement.trusted()
+        )
+    } else {
+        format!("no {noun} by {}", requirement.trusted())
+    };
+    let mut what_was_found = if relevant == 0 {
+        format!("the image has no {noun}")
+    } else {
+        seen.dedup();
+        format!(
+            "found {relevant} {noun}{}: {}",
+            if relevant == 1 { "" } else { "s" },
+            seen.join("; ")
+        )
+    };
+    if !found.unreadable.is_empty() {
+        what_was_found.push_str(&format!(
+            "; {} unreadable: {}",
+            found.unreadable.len(),
+            found
+                .unreadable
+                .first()
+                .map(String::as_str)
+                .unwrap_or_default()
+        ));
+    }
+    if found.truncated {
+        what_was_found.push_str("; more are attached than imagegate reads");
+    }
+    Err(format!("{wanted} ({what_was_found})"))
+}
+
+fn is_wanted(requirement: &Requirement, kind: &ClaimKind) -> bool {
+    match (&requirement.what, kind) {
+        (What::Signature, ClaimKind::ImageSignature) => true,
+        (
+            What::Attestation { predicate_type, .. },
+            ClaimKind::Attestation {
+                predicate_type: p, ..
+            },
+        ) => predicate_type == p,
+        _ => false,
+    }
+}
+
+/// The identity of a trusted signature on `artifact`, or why it is not.
+fn check(
+    requirement: &Requirement,
+    artifact: &Artifact,
+    now: SystemTime,
+) -> Result<String, String> {
+    let mut why = Vec::new();
+    for signature in &artifact.signatures {
+        let result = match &artifact.material {
+            Material::Key { hint } => by_key(requirement, artifact, signature, hint.as_deref()),
+            Material::Certificate { der } => {
+                by_certificate(requirement, artifact, signature, der, now)
+            }
+        };
+        match result {
+            Ok(identity) => {
+                if let (
+                    What::Attestation { conditions, .. },
+                    ClaimKind::Attestation { predicate, .. },
+                ) = (&requirement.what, &artifact.claim.kind)
+                {
+                    for condition in conditions {
+                        meets(condition, predicate, now)
+                            .map_err(|e| format!("by {identity}, but {e}"))?;
+                    }
+                }
+                return Ok(identity);
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    Err(why.join("; "))
+}
+
+fn by_key(
+    requirement: &Requirement,
+    artifact: &Artifact,
+    signature: &[u8],
+    hint: Option<&str>,
+) -> Result<String, String> {
+    let Some(key) = requirement
+        .keys
+        .iter()
+        .find(|k| k.verifies(&artifact.signed, signature))
+    else {
+        return Err(match hint {
+            Some(hint) => format!("by key {}, not trusted here", short(hint)),
+            None => "by a key that is not trusted here".to_string(),
+        });
+    };
+    let identity = format!("key {:?} ({})", key.name, key.short_fingerprint());
+    logged(requirement, artifact, signature).map_err(|e| format!("by {identity}, but {e}"))?;
+    Ok(identity)
+}
+
+fn by_certificate(
+    requirement: &Requirement,
+    artifact: &Artifact,
+    signature: &[u8],
+    der: &[u8],
+    now: SystemTime,
+) -> Result<String, String> {
+    let leaf = certificate::read_leaf(der)?;
+    let who = leaf.identity.to_string();
+    let Some(keyless) = &requirement.keyless else {
+        return Err(format!(
+            "by certificate {who}; this requirement trusts keys only"
+        ));
+    };
+    if !leaf.key.verifies(&artifact.signed, signature) {
+        return Err(format!(
+            "one claiming {who} does not verify with its certificate"
+        ));
+    }
+    let Some(root) = &requirement.root else {
+        return Err("keyless, and the requirement has no trusted root".into());
+    };
+    let logged =
+        logged(requirement, artifact, signature).map_err(|e| format!("by {who}, but {e}"))?;
+    let at = logged.unwrap_or(now);
+    if at < leaf.not_before || at > leaf.not_after {
+        return Err(format!(
+            "by {who}, but signed at a time outside its certificate's validity ({})",
+            if logged.is_some() {
+                "the log's time"
+            } else {
+                "now; there is no log entry to say when it was signed"
+            }
+        ));
+    }
+    certificate::verify_chain(root, der, at).map_err(|e| format!("by {who}, but {e}"))?;
+    check_identity(keyless, &leaf.identity).map_err(|e| format!("by {who}: {e}"))?;
+    Ok(who)
+}
+
+fn check_identity(
+    keyless: &super::requirement::Keyless,
+    identity: &Identity,
+) -> Result<(), String> {
+    if identity.issuer != keyless.issuer {
+        return Err(format!(
+            "issuer {:?} is not the trusted {:?}",
+            identity.issuer, keyless.issuer
+        ));
+    }
+    if !keyless.subject.matches(&identity.subject) {
+        return Err(format!(
+            "subject {:?} is not {}",
+            identity.subject, keyless.subject
+        ));
+    }
+    Ok(())
+}
+
+/// The log entries as the requirement says: the time of signing when an
+/// entry with a SET verified; an error when one is required and none
+/// verifies, or one present does not.
+fn logged(
+    requirement: &Requirement,
+    artifact: &Artifact,
+    signature: &[u8],
+) -> Result<Option<SystemTime>, String> {
+    if requirement.rekor == Rekor::Off {
+        return Ok(None);
+    }
+    let binding = Binding {
+        payload: &artifact.payload,
+        signature,
+    };
+    let Some(root) = &requirement.root else {
+        return match requirement.rekor {
+            Rekor::Required => {
+                Err("a log entry is required and the requirement has no trusted root".into())
+            }
+            _ => Ok(None),
+        };
+    };
+    if artifact.tlog.is_empty() {
+        return match requirement.rekor {
+            Rekor::Required => Err("it has no transparency log entry (rekor: required)".into()),
+            _ => Ok(None),
+        };
+    }
+    let mut last = String::new();
+    for entry in &artifact.tlog {
+        match rekor::verify(root, entry, &binding) {
+            Ok(logged) => return Ok(logged.time),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The predicate's values at `path` (`a.b[].c`).
+fn values<'a>(predicate: &'a serde_json::Value, path: &str) -> Vec<&'a serde_json::Value> {
+    let mut current = vec![predicate];
+    for step in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, each) = match step.strip_suffix("[]") {
+            Some(name) => (name, true),
+            None => (step, false),
+        };
+        current = current
+            .into_iter()
+            .filter_map(|v| v.get(name))
+            .flat_map(|v| match (each, v.as_array()) {
+                (true, Some(items)) => items.iter().collect(),
+                _ => vec![v],
+            })
+            .collect();
+    }
+    current
+}
+
+fn meets(
+    condition: &Condition,
+    predicate: &serde_json::Value,
+    now: SystemTime,
+) -> Result<(), String> {
+    let found = values(predicate, &condition.path);
+    match &condition.test {
+        Test::MaxAge(max) => {
+            let Some(text) = found.first().and_then(|v| v.as_str()) else {
+                return Err(format!("its predicate has no time at {}", condition.path));
+            };
+            let at = humantime::parse_rfc3339_weak(text).map_err(|_| {
+                format!("its {} ({text:?}) is not an RFC 3339 time", condition.path)
+            })?;
+            let age = now.duration_since(at).unwrap_or_default();
+            if age > *max {
+                return Err(format!(
+                    "its {} is {} old, more than the {} allowed",
+                    condition.path,
+                    humantime::format_duration(std::time::Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(*max)
+                ));
+            }
+            Ok(())
+        }
+        Test::DenyValues(denied) => {
+            let hit = found
+                .iter()
+                .filter_map(|v| v.as_str())
+                .find(|v| denied.iter().any(|d| d.eq_ignore_ascii_case(v)));
+            match hit {
+                Some(v) => Err(format!(
+                    "its {} includes {v:?}, which the policy denies",
+                    condition.path
+                )),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
