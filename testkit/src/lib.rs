@@ -18,6 +18,7 @@ pub mod kubelet;
 pub mod network;
 pub mod process;
 pub mod registry;
+pub mod sigstore;
 
 /// Stops a test that needs root with the way to run it; `what` says why.
 pub fn require_root(what: &str) {

@@ -53,6 +53,12 @@ impl Registry {
         Self::start(LOOPBACK, None, None, None)
     }
 
+    /// Plain HTTP with htpasswd Basic auth (the npm Sigstore signer needs
+    /// an auth challenge, and speaks plain HTTP to 127.0.0.1 only).
+    pub fn plain_basic(user: &str, password: &str) -> Self {
+        Self::start(LOOPBACK, None, Some((user, password)), None)
+    }
+
     /// HTTPS with a certificate from `ca`, and htpasswd Basic auth.
     pub fn tls_basic(ca: &Ca, user: &str, password: &str) -> Self {
         Self::start(LOOPBACK, Some(ca), Some((user, password)), None)
@@ -343,6 +349,19 @@ impl Registry {
         .unwrap();
         let digest = sha256(&manifest);
         (manifest, digest)
+    }
+
+    /// Pushes a blob into `repo`; returns its digest.
+    pub async fn push_blob(&self, repo: &str, blob: &[u8]) -> String {
+        let (client, auth) = self.client();
+        let reference: Reference = format!("{}/{repo}:unused", self.host).parse().unwrap();
+        client.store_auth_if_needed(&self.host, &auth).await;
+        let digest = sha256(blob);
+        client
+            .push_blob(&reference, blob.to_vec(), &digest)
+            .await
+            .expect("push blob");
+        digest
     }
 
     /// PUTs a manifest under `reference` (a tag or a digest); returns its digest.

@@ -97,6 +97,7 @@ pub fn run(paths: &Paths) -> Result<()> {
     install_grpcurl(paths)?;
     install_helm(paths)?;
     install_go_reference(paths)?;
+    install_sigstore_signer(paths)?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
         Path::new(m).join("events").is_dir()
     })?;
@@ -422,6 +423,49 @@ fn is_bpffs(target: &str) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// The real Sigstore signer for the signature tests, from the npm registry,
+/// pinned: `@sigstore/sign` 4.1 and `@sigstore/oci` 0.6 are the newest that
+/// run on Debian's Node 20, and `@sigstore/oci` 0.6 needs `promise-retry`
+/// beside it without declaring it.
+fn install_sigstore_signer(paths: &Paths) -> Result<()> {
+    const PACKAGES: [&str; 4] = [
+        "@sigstore/sign@4.1.1",
+        "@sigstore/bundle@4.0.0",
+        "@sigstore/oci@0.6.0",
+        "promise-retry@2.0.1",
+    ];
+    let dir = paths.root.join(".tools").join("npm-sigstore");
+    let marker = dir.join("node_modules/@sigstore/oci/package.json");
+    if std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("\"version\": \"0.6.0\"")) {
+        println!("setup: the npm Sigstore signer is present");
+        return Ok(());
+    }
+    println!(
+        "setup: installing the npm Sigstore signer into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("package.json"),
+        "{\"name\": \"imagegate-test-signer\", \"private\": true}\n",
+    )?;
+    cmd::run(
+        Command::new("npm")
+            .current_dir(&dir)
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "--save-exact",
+            ])
+            .args(PACKAGES),
+    )
+    .context("npm install of the Sigstore signer (needs node, npm and the npm registry)")?;
+    ensure!(marker.exists(), "npm did not install {}", marker.display());
+    Ok(())
 }
 
 /// helm (and, if missing, kubectl) for the deploy tests. Neither is in

@@ -175,10 +175,12 @@ fn read_small(path: &Path) -> Result<String, String> {
 
 impl Policy {
     /// What to check for `decision`'s image: the requirements of the rule
-    /// that allowed it, for the digest it resolved to. Exemptions,
-    /// break-glass, audit verdicts, unchanged images and unresolved ones
-    /// are not checked (an unresolved image has no digest to check; its
-    /// resolution failure already decided).
+    /// that allowed it, for the digest it resolved to (or, with
+    /// `verifyDigest: false`, the digest as written: a trusted signature on
+    /// it says more than the registry would). Exemptions, break-glass,
+    /// audit verdicts, unchanged images and unresolved ones are not checked
+    /// (an unresolved image has no digest to check; its resolution failure
+    /// already decided).
     pub fn signature_ask<'a>(&'a self, decision: &'a ImageDecision) -> Option<Ask<'a>> {
         if decision.verdict != ImageVerdict::Allowed {
             return None;
@@ -188,7 +190,7 @@ impl Policy {
             return None;
         }
         let reference = decision.reference.as_ref().ok()?;
-        let resolved = decision.resolved.as_ref().filter(|r| r.verified)?;
+        let resolved = decision.resolved.as_ref()?;
         Some(Ask {
             reference,
             digest: &resolved.digest,

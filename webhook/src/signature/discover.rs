@@ -68,9 +68,12 @@ pub struct Finder {
     cache: Cache<(String, Digest), (Lookup, Instant)>,
     /// Registry requests in flight, shared with resolution.
     in_flight: Arc<Semaphore>,
-    /// Numbers each lookup's result, so verdicts on it can be remembered.
-    next_id: AtomicU64,
 }
+
+/// Numbers each lookup's result, so verdicts on it can be remembered: one
+/// counter for the process, so results of two finders (a resolver rebuilt,
+/// tests) never share a number.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -108,7 +111,6 @@ impl Finder {
             cache: Cache::new(settings.cache_entries.max(1) as usize),
             settings,
             in_flight,
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -152,7 +154,7 @@ impl Finder {
         };
         match tokio::time::timeout(budget, work).await {
             Ok(Ok(mut found)) => {
-                found.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                found.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 Ok(Arc::new(found))
             }
             Ok(Err(e)) => Err(LookupError(e)),
@@ -291,11 +293,10 @@ impl Finder {
             .iter()
             .find(|l| formats::is_bundle(&l.media_type))
         else {
-            if manifest
-                .artifact_type
-                .as_deref()
-                .is_some_and(formats::is_bundle)
-            {
+            let said_bundle = [&descriptor.artifact_type, &manifest.artifact_type]
+                .into_iter()
+                .any(|t| t.as_deref().is_some_and(formats::is_bundle));
+            if said_bundle {
                 return Err(Unread::Unreadable(format!(
                     "the referrer {digest} says it is a bundle but has no bundle layer"
                 )));
