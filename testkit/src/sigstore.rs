@@ -24,6 +24,8 @@ use ring::{
 };
 use serde_json::{Value, json};
 
+use crate::registry::Registry;
+
 /// Where the npm signer is installed.
 pub fn npm_modules() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,6 +147,93 @@ pub fn simple_signing_payload(repository: &str, digest: &str) -> Vec<u8> {
         "optional": null
     }))
     .unwrap()
+}
+
+/// Attaches `bundle` to `repo@digest` as @sigstore/oci does on a registry
+/// without the referrers API: a manifest whose layer is the bundle, listed
+/// in the `sha256-<hex>` tag index. Returns the tag index's entries so a
+/// test can add more.
+pub async fn attach_bundle(registry: &Registry, repo: &str, digest: &str, bundle: &[u8]) -> Value {
+    let empty = registry.push_blob(repo, b"{}").await;
+    let layer = registry.push_blob(repo, bundle).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "digest": layer, "size": bundle.len()}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1}
+    }))
+    .unwrap();
+    let manifest_digest = registry
+        .put_manifest(
+            repo,
+            &crate::registry::sha256(&manifest),
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await;
+    let entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"
+    });
+    put_tag_index(registry, repo, digest, vec![entry.clone()]).await;
+    entry
+}
+
+pub async fn put_tag_index(registry: &Registry, repo: &str, digest: &str, entries: Vec<Value>) {
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries
+    }))
+    .unwrap();
+    registry
+        .put_manifest(
+            repo,
+            &digest.replace(':', "-"),
+            &index,
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .await;
+}
+
+/// A legacy signature: `layers` (payload, annotations) under the
+/// `sha256-<hex>.sig` tag, in cosign's layout.
+pub async fn attach_legacy(
+    registry: &Registry,
+    repo: &str,
+    digest: &str,
+    layers: &[(Vec<u8>, Value)],
+) {
+    let empty = registry.push_blob(repo, b"{}").await;
+    let mut descriptors = Vec::new();
+    for (payload, annotations) in layers {
+        let blob = registry.push_blob(repo, payload).await;
+        descriptors.push(json!({
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "digest": blob,
+            "size": payload.len(),
+            "annotations": annotations
+        }));
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+        "layers": descriptors
+    }))
+    .unwrap();
+    registry
+        .put_manifest(
+            repo,
+            &format!("{}.sig", digest.replace(':', "-")),
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await;
 }
 
 /// A test certificate authority that issues certificates as Fulcio does:

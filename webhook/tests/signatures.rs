@@ -19,8 +19,8 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::registry::Registry;
 use imagegate_testkit::sigstore::{
-    Fulcio, KeyPair, Log, NpmSign, Signing, npm_sign, openssl_sign, simple_signing_payload,
-    trusted_root,
+    Fulcio, KeyPair, Log, NpmSign, Signing, attach_bundle, attach_legacy, npm_sign, openssl_sign,
+    put_tag_index, simple_signing_payload, trusted_root,
 };
 use imagegate_webhook::{
     check::{self, ImageReport},
@@ -111,88 +111,6 @@ fn sign_with_npm(
         predicate,
         credentials: (USER, PASSWORD),
     });
-}
-
-/// Attaches `bundle` to `repo@digest` as @sigstore/oci does on a registry
-/// without the referrers API: a manifest whose layer is the bundle, listed
-/// in the `sha256-<hex>` tag index. Returns the tag index's entries so a
-/// test can add more.
-async fn attach_bundle(registry: &Registry, repo: &str, digest: &str, bundle: &[u8]) -> Value {
-    let empty = registry.push_blob(repo, b"{}").await;
-    let layer = registry.push_blob(repo, bundle).await;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "digest": layer, "size": bundle.len()}],
-        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1}
-    }))
-    .unwrap();
-    let manifest_digest = registry
-        .put_manifest(
-            repo,
-            &imagegate_testkit::registry::sha256(&manifest),
-            &manifest,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
-        .await;
-    let entry = json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest,
-        "size": manifest.len(),
-        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"
-    });
-    put_tag_index(registry, repo, digest, vec![entry.clone()]).await;
-    entry
-}
-
-async fn put_tag_index(registry: &Registry, repo: &str, digest: &str, entries: Vec<Value>) {
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries
-    }))
-    .unwrap();
-    registry
-        .put_manifest(
-            repo,
-            &digest.replace(':', "-"),
-            &index,
-            "application/vnd.oci.image.index.v1+json",
-        )
-        .await;
-}
-
-/// A legacy signature: `layers` (payload, annotations) under the
-/// `sha256-<hex>.sig` tag, in cosign's layout.
-async fn attach_legacy(registry: &Registry, repo: &str, digest: &str, layers: &[(Vec<u8>, Value)]) {
-    let empty = registry.push_blob(repo, b"{}").await;
-    let mut descriptors = Vec::new();
-    for (payload, annotations) in layers {
-        let blob = registry.push_blob(repo, payload).await;
-        descriptors.push(json!({
-            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-            "digest": blob,
-            "size": payload.len(),
-            "annotations": annotations
-        }));
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
-        "layers": descriptors
-    }))
-    .unwrap();
-    registry
-        .put_manifest(
-            repo,
-            &format!("{}.sig", digest.replace(':', "-")),
-            &manifest,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
-        .await;
 }
 
 fn assert_denied(report: &ImageReport, needles: &[&str]) {
