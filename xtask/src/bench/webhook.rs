@@ -65,6 +65,8 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
         "imagegate-webhook",
         "--example",
         "resolver_bench",
+        "--example",
+        "signature_bench",
     ]))?;
     let work = paths.target.join("bench").join("webhook");
     std::fs::create_dir_all(&work)?;
@@ -291,6 +293,73 @@ fn resolution(paths: &Paths, work: &Path, report: &mut Report) -> Result<()> {
     );
     report.rows.extend(rows);
     drop(registry);
+    signatures(paths, report)
+}
+
+/// Signature figures: the signature stage against a loopback registry,
+/// cold (first lookup of a digest) and warm (cached), per image, and CPU
+/// per 10,000 warm reviews with and without a signature requirement.
+fn signatures(paths: &Paths, report: &mut Report) -> Result<()> {
+    println!("\n==> signature requirement (in process, docker-registry on loopback)");
+    let out = cmd::output(&mut Command::new(
+        paths
+            .target
+            .join("release")
+            .join("examples")
+            .join("signature_bench"),
+    ))?;
+    let figures: Value =
+        serde_json::from_str(out.trim()).context("parsing signature_bench output")?;
+    println!("{figures}");
+    let (cold, warm, cpu) = (&figures["cold"], &figures["warm"], &figures["cpu"]);
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::MAX);
+    report.check(
+        "signature requirement, warm (cached), added per image, p99 us (in process)",
+        f(&warm["p99_us"]),
+        "<=",
+        50.0,
+    );
+    report.check(
+        "signature requirement, cold (loopback registry), per image, p99 ms",
+        f(&cold["p99_ms"]),
+        "<=",
+        30.0,
+    );
+    report.rows.push(json!({
+        "scenario": "signatures: cold (lookup + verification), per image",
+        "server": "docker-registry (loopback)",
+        "connections": 1,
+        "requests": cold["images"],
+        "p50_ms": cold["p50_ms"],
+        "p99_ms": cold["p99_ms"],
+        "errors": 0,
+    }));
+    report.rows.push(json!({
+        "scenario": "signatures: warm (cached), per image, in process",
+        "server": "none (in process)",
+        "connections": 1,
+        "requests": warm["calls"],
+        "p50_ms": f(&warm["p50_us"]) / 1000.0,
+        "p99_ms": f(&warm["p99_us"]) / 1000.0,
+        "errors": 0,
+    }));
+    println!(
+        "CPU per {} warm one-image reviews: {:.3} s with a signature requirement, {:.3} s without",
+        cpu["reviews"],
+        f(&cpu["with_s"]),
+        f(&cpu["without_s"])
+    );
+    report.rows.push(json!({
+        "scenario": format!(
+            "signatures: CPU per 10k warm reviews, whole pipeline in process: {:.3} s with, {:.3} s without",
+            f(&cpu["with_s"]), f(&cpu["without_s"])
+        ),
+        "server": "none (in process)",
+        "connections": 1,
+        "requests": cpu["reviews"],
+        "cpu_seconds_per_10k": cpu["with_s"],
+        "errors": 0,
+    }));
     Ok(())
 }
 
