@@ -17,6 +17,7 @@ pub mod image;
 pub mod kubelet;
 pub mod network;
 pub mod process;
+pub mod referrers;
 pub mod registry;
 pub mod sigstore;
 

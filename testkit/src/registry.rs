@@ -89,7 +89,7 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(ip);
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n  relativeurls: true\n",
             dir.path().join("data").display()
         );
         let mut ca_file = None;

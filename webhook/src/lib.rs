@@ -5,12 +5,15 @@
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
 //! - [`policy_store`]: the policy in force, reloaded when its file changes;
 //! - [`admit`]: the admission pipeline every endpoint shares: policy,
-//!   resolution, decision, approvals recorded;
+//!   resolution, signatures, decision, approvals recorded;
 //! - [`server`]: the HTTPS server, its routes, limits and metrics;
 //! - [`check`]: the same decisions offline, for CI pipelines;
 //! - [`adopt`]: the admitted set rebuilt from the pods the cluster runs;
 //! - [`ledger`], [`push`]: admitted digests recorded, and pushed to agents;
 //! - [`resolve`]: tags to digests against the registries;
+//! - [`signature`]: signatures and attestations of the resolved digests,
+//!   found in the registries and verified against the policy's keys and
+//!   trusted roots;
 //! - [`registry`]: the OCI distribution API, every read bounded;
 //! - [`install`]: certificates and the apiserver's configuration files.
 

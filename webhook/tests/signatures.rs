@@ -214,6 +214,35 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_attached_as_oci_referrers_are_found_through_the_referrers_api() {
+    let registry = Registry::plain_basic(USER, PASSWORD);
+    // distribution 2.8 has no referrers API: the front adds it.
+    let front = imagegate_testkit::referrers::ReferrersFront::start(&registry.host).await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = KeyPair::generate();
+    let release_file = write_key(dir.path(), "release", &release);
+    let digest = registry.push_image("shop/api", "1", "referrer").await;
+    npm_sign(&NpmSign {
+        key: &release,
+        hint: &fingerprint(&release),
+        registry: &front.host,
+        repo: "shop/api",
+        digest: &digest,
+        subject_digest: &digest,
+        predicate_type: COSIGN_SIGN,
+        predicate: json!({}),
+        credentials: (USER, PASSWORD),
+    });
+    let resolver = resolver(&front.host, true);
+    let trusts = policy(&front.host, &by_key("release", &release_file));
+    let report = decide(&trusts, &resolver, &format!("{}/shop/api:1", front.host)).await;
+    assert!(report.allowed, "{report:?}");
+    // @sigstore/oci saw the API and wrote no tag index; imagegate read the
+    // referrers list.
+    assert_eq!(report.signers[0].format, "sigstore-bundle-referrer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_signatures_made_with_openssl_admit_and_count_towards_a_threshold() {
     let registry = Registry::plain_basic(USER, PASSWORD);
     let dir = tempfile::tempdir().unwrap();
