@@ -39,6 +39,10 @@ const OIDC: &str = "https://issuer.imagegate.test";
 const SUBJECT: &str = "release@imagegate.test";
 
 fn resolver(host: &str, credentials: bool) -> Resolver {
+    resolver_with_metrics(host, credentials).0
+}
+
+fn resolver_with_metrics(host: &str, credentials: bool) -> (Resolver, Metrics) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = Settings::default();
     settings.plain_http.push(host.to_string());
@@ -50,11 +54,22 @@ fn resolver(host: &str, credentials: bool) -> Resolver {
         settings.credentials = Credentials::parse(json.as_bytes()).unwrap();
     }
     let mut metrics = Metrics::new();
-    Resolver::new(
+    let resolver = Resolver::new(
         settings,
         imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
     )
-    .unwrap()
+    .unwrap();
+    (resolver, metrics)
+}
+
+/// The value of the metric line starting with `start`.
+fn metric(metrics: &Metrics, start: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A policy with one rule for `host` and the given `signatures` and
@@ -186,6 +201,21 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
             &format!("found 1 signature: by key {short}…, not trusted here"),
         ],
     );
+
+    // The same requirement in audit mode: admitted, with the reason as a
+    // warning, and no signer recorded.
+    let audited = policy(
+        &registry.host,
+        &format!("{}        mode: audit\n", by_key("other", &other_file)),
+    );
+    let report = decide(&audited, &resolver, &image("1")).await;
+    assert!(report.allowed, "{report:?}");
+    assert_eq!(report.verdict, "audit-denied");
+    assert!(
+        report.reason.contains("no signature by key \"other\""),
+        "{report:?}"
+    );
+    assert!(report.signers.is_empty());
 
     let report = decide(&trusts_release, &resolver, &image("2")).await;
     assert_denied(
@@ -760,7 +790,7 @@ async fn a_registry_that_fails_the_lookup_decides_by_on_failure() {
     let key_file = write_key(dir.path(), "release", &KeyPair::generate());
     registry.push_image("shop/web", "1", "down").await;
     let image = format!("{}/shop/web:1", registry.host);
-    let resolver = resolver(&registry.host, true);
+    let (resolver, metrics) = resolver_with_metrics(&registry.host, true);
     // Resolved (and cached) while the registry answered ...
     let plain = policy(&registry.host, "");
     assert!(decide(&plain, &resolver, &image).await.allowed);
@@ -781,6 +811,21 @@ async fn a_registry_that_fails_the_lookup_decides_by_on_failure() {
     );
     let report = decide(&allow, &resolver, &image).await;
     assert!(report.allowed, "{report:?}");
+    // One lookup went to the registry and failed; the second decision took
+    // the failure from the cache (negative TTL), not from the registry.
+    assert_eq!(
+        metric(
+            &metrics,
+            "imagegate_webhook_signature_lookups_total{outcome=\"failed\"}"
+        ),
+        1.0,
+        "{}",
+        metrics.render()
+    );
+    assert_eq!(
+        metric(&metrics, "imagegate_webhook_signature_cache_hits_total"),
+        1.0
+    );
 }
 
 fn registry_host(image: &str) -> String {

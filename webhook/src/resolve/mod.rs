@@ -144,6 +144,7 @@ pub struct ResolverMetrics {
     cache_hits: Counter,
     seconds: Histogram,
     invalid_children: Counter,
+    signatures: crate::signature::discover::LookupMetrics,
 }
 
 impl ResolverMetrics {
@@ -179,6 +180,7 @@ impl ResolverMetrics {
             cache_hits,
             seconds,
             invalid_children,
+            signatures: crate::signature::discover::LookupMetrics::register(registry),
         }
     }
 }
@@ -225,6 +227,7 @@ impl Resolver {
                 negative_ttl: settings.negative_ttl,
                 cache_entries: settings.cache_entries,
             },
+            metrics.signatures.clone(),
         );
         Ok(Self {
             registry,

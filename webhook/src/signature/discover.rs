@@ -20,6 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 use tokio::sync::Semaphore;
 
 use futures_util::{StreamExt, stream};
@@ -53,6 +57,40 @@ pub struct Settings {
     pub cache_entries: u64,
 }
 
+/// Signature lookup metrics, registered with the resolver's.
+#[derive(Clone)]
+pub struct LookupMetrics {
+    lookups: Family<OutcomeLabels, Counter>,
+    cache_hits: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl LookupMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let lookups = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "signature_lookups",
+            "Signature lookups that went to a registry, by outcome (found: the registry answered, \
+             with or without signatures; failed: it did not)",
+            lookups.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "signature_cache_hits",
+            "Signature lookups answered from the cache",
+            cache_hits.clone(),
+        );
+        Self {
+            lookups,
+            cache_hits,
+        }
+    }
+}
+
 /// Why signatures could not be looked up (not: that there are none).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -68,6 +106,7 @@ pub struct Finder {
     cache: Cache<(String, Digest), (Lookup, Instant)>,
     /// Registry requests in flight, shared with resolution.
     in_flight: Arc<Semaphore>,
+    metrics: LookupMetrics,
 }
 
 /// Numbers each lookup's result, so verdicts on it can be remembered: one
@@ -105,12 +144,14 @@ impl Finder {
         registry: Arc<RegistryClient>,
         in_flight: Arc<Semaphore>,
         settings: Settings,
+        metrics: LookupMetrics,
     ) -> Self {
         Self {
             registry,
             cache: Cache::new(settings.cache_entries.max(1) as usize),
             settings,
             in_flight,
+            metrics,
         }
     }
 
@@ -122,13 +163,21 @@ impl Finder {
         let key = (format!("{host}/{path}"), digest.clone());
         loop {
             match self.cache.get_value_or_guard_async(&key).await {
-                Ok((lookup, until)) if Instant::now() < until => return lookup,
+                Ok((lookup, until)) if Instant::now() < until => {
+                    self.metrics.cache_hits.inc();
+                    return lookup;
+                }
                 Ok((_, stale_since)) => {
                     self.cache
                         .remove_if(&key, |(_, until)| *until == stale_since);
                 }
                 Err(guard) => {
                     let lookup = self.lookup(host, path, digest).await;
+                    let outcome = if lookup.is_ok() { "found" } else { "failed" };
+                    self.metrics
+                        .lookups
+                        .get_or_create(&OutcomeLabels { outcome })
+                        .inc();
                     let ttl = if lookup.is_ok() {
                         self.settings.ttl
                     } else {
