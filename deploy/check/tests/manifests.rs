@@ -40,6 +40,8 @@ fn every_rendered_object_validates_in_every_variant() {
             "agent.exemptImages={registry.k8s.io/pause@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097}",
             "agent.enforceUnknown=true",
             "image.pullSecrets[0].name=pull",
+            "signatures.keysSecret=release-keys",
+            "signatures.trustedRootConfigMap=sigstore-root",
         ][..],
     ] {
         let objects = if sets.first() == Some(&"certs.source=cert-manager") {
@@ -534,4 +536,34 @@ fn the_binaries_accept_every_flag_the_manifests_pass() {
             );
         }
     }
+}
+
+#[test]
+fn signature_trust_material_is_mounted_where_the_policy_names_it() {
+    let objects = render(&[
+        "signatures.keysSecret=release-keys",
+        "signatures.trustedRootConfigMap=sigstore-root",
+    ]);
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    let mounted = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("{path} not mounted: {mounts:?}"))["name"]
+            .clone()
+    };
+    let volumes = pod["volumes"].as_array().unwrap();
+    let volume = |name: &Value| volumes.iter().find(|v| v["name"] == *name).unwrap().clone();
+    let keys = volume(&mounted("/etc/imagegate/keys"));
+    assert_eq!(keys["secret"]["secretName"], "release-keys");
+    let root = volume(&mounted("/etc/imagegate/sigstore"));
+    assert_eq!(root["configMap"]["name"], "sigstore-root");
+    // Off by default: nothing mounted.
+    let objects = render(&[]);
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    let mounts =
+        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
+    assert!(!mounts.contains("/etc/imagegate/keys") && !mounts.contains("sigstore"));
 }
