@@ -55,6 +55,11 @@ pub struct PolicyStore {
     /// Namespaces exempt whatever the file says (`--exempt-namespace`).
     exempt: Vec<String>,
     current: ArcSwapOption<Policy>,
+    /// What the policy in force was built from: the policy file's bytes
+    /// and each file it named with the bytes compile read. Polling starts
+    /// from these, so a file that changed while the policy was built is
+    /// seen as changed.
+    built_from: std::sync::Mutex<files::Contents>,
 }
 
 impl PolicyStore {
@@ -70,6 +75,7 @@ impl PolicyStore {
             path,
             exempt,
             current: ArcSwapOption::empty(),
+            built_from: Default::default(),
         });
         let contents = files::read_all(std::slice::from_ref(&store.path)).await;
         let initial = files::seen(&contents);
@@ -83,6 +89,7 @@ impl PolicyStore {
             path: PathBuf::new(),
             exempt: Vec::new(),
             current: ArcSwapOption::from_pointee(policy),
+            built_from: Default::default(),
         })
     }
 
@@ -98,19 +105,57 @@ impl PolicyStore {
         metrics: PolicyMetrics,
         shutdown: watch::Receiver<bool>,
     ) {
-        let paths = vec![self.path.clone()];
-        files::poll_files(paths, initial, interval, shutdown, |contents| {
-            self.apply(contents.into_iter().next(), &metrics);
-        })
-        .await;
+        // The policy file and the files it names (signature keys, trusted
+        // roots): a rotated key reloads the policy as an edit does. When a
+        // reload names other files, polling starts over with the new list.
+        let mut initial = Some(initial);
+        loop {
+            let named = self.named_files();
+            let mut paths = vec![self.path.clone()];
+            paths.extend(named.iter().cloned());
+            let built_from = self.built_from.lock().unwrap().clone();
+            let start = match initial.take() {
+                Some(initial) if named.is_empty() => initial,
+                _ if built_from.len() == paths.len() => built_from,
+                _ => files::seen(&files::read_all(&paths).await),
+            };
+            let (restart, restarted) = watch::channel(false);
+            let mut stop = shutdown.clone();
+            let poll = files::poll_files(paths, start, interval, restarted, |contents| {
+                self.apply(contents.into_iter().next(), &metrics);
+                if self.named_files() != named {
+                    let _ = restart.send(true);
+                }
+            });
+            tokio::select! {
+                _ = poll => {}
+                _ = stop.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// The files the policy in force names.
+    fn named_files(&self) -> Vec<PathBuf> {
+        self.current().map(|p| p.named_files()).unwrap_or_default()
     }
 
     fn apply(&self, contents: Option<std::io::Result<Vec<u8>>>, metrics: &PolicyMetrics) {
         let path = self.path.display();
+        let mut read = Vec::new();
         let parsed = match contents {
             Some(Ok(bytes)) => match String::from_utf8(bytes) {
                 Ok(text) => {
-                    Policy::from_yaml_exempting(&text, &self.exempt).map_err(|e| e.to_string())
+                    let mut reader = |named: &std::path::Path| {
+                        let bytes = crate::policy::read_named_file(named);
+                        read.push((named.to_path_buf(), bytes.as_ref().ok().cloned()));
+                        bytes
+                    };
+                    let policy = Policy::from_yaml_reading(&text, &self.exempt, &mut reader)
+                        .map_err(|e| e.to_string());
+                    policy.map(|p| (p, text.into_bytes()))
                 }
                 Err(_) => Err("the file is not UTF-8".to_string()),
             },
@@ -118,8 +163,18 @@ impl PolicyStore {
             None => Err("no file".to_string()),
         };
         match parsed {
-            Ok(policy) => {
+            Ok((policy, text)) => {
                 info!(policy = %path, rules = policy.rules.len(), mode = ?policy.mode, "policy loaded");
+                // In the order `named_files` lists them (sorted, once each).
+                let mut built_from = vec![Some(text)];
+                for named in policy.named_files() {
+                    built_from.push(
+                        read.iter()
+                            .find(|(p, _)| *p == named)
+                            .and_then(|(_, b)| b.clone()),
+                    );
+                }
+                *self.built_from.lock().unwrap() = built_from;
                 self.current.store(Some(Arc::new(policy)));
                 metrics.loaded.set(1);
                 metrics.reload(true);

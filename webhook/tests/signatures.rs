@@ -875,3 +875,63 @@ fn invalid_requirements_are_refused_naming_the_field() {
     let e = problems("    signatures:\n      - name: s\n        rekor: sometimes\n");
     assert!(e.contains("rules[0].signatures[0].rekor"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_file_reloads_the_policy() {
+    use imagegate_webhook::policy_store::{PolicyMetrics, PolicyStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (KeyPair::generate(), KeyPair::generate());
+    let key_file = write_key(dir.path(), "release", &old);
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: prod\n    registries: [r.test]\n{}",
+            by_key("release", &key_file)
+        ),
+    )
+    .unwrap();
+    let mut metrics = Metrics::new();
+    let policy_metrics = PolicyMetrics::register(metrics.registry());
+    let (store, initial) = PolicyStore::load(policy_file, Vec::new(), &policy_metrics).await;
+    let fingerprint_in_force = || {
+        store.current().unwrap().rules[0].requirements[0].keys[0]
+            .fingerprint
+            .clone()
+    };
+    assert_eq!(fingerprint_in_force(), fingerprint(&old));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(store.clone().watch(
+        initial,
+        Duration::from_millis(20),
+        policy_metrics,
+        stopped,
+    ));
+    // Rotated as a Secret volume does: the new file renamed over the old.
+    let tmp = dir.path().join("release.pub.tmp");
+    std::fs::write(&tmp, &new.public_pem).unwrap();
+    std::fs::rename(&tmp, &key_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fingerprint_in_force() != fingerprint(&new) {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key was not loaded: {}",
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A key file replaced by garbage is refused; the policy in force stays.
+    std::fs::write(&tmp, "not a key").unwrap();
+    std::fs::rename(&tmp, &key_file).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fingerprint_in_force(), fingerprint(&new));
+    assert!(
+        metrics
+            .render()
+            .contains("imagegate_webhook_policy_reloads_total{result=\"failure\"} 1"),
+        "{}",
+        metrics.render()
+    );
+    stop.send(true).unwrap();
+    watcher.await.unwrap();
+}

@@ -100,6 +100,20 @@ impl Policy {
             .any(|pattern| reference.domain.eq_ignore_ascii_case(&pattern.host))
     }
 
+    /// The files the policy names (signature keys, trusted roots), read
+    /// when it loads: watched with the policy file.
+    pub fn named_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.requirements)
+            .flat_map(|r| r.files.iter().cloned())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Whether the rule named `name` lets `/mutate` pin what it allows.
     pub fn pins(&self, rule: &str) -> bool {
         self.rules
@@ -117,6 +131,17 @@ impl Policy {
     /// namespaces, from `--exempt-namespace`) added to the file's
     /// `exemptNamespaces`: the deployment decides those, not the policy.
     pub fn from_yaml_exempting(text: &str, exempt: &[String]) -> Result<Self, PolicyError> {
+        Self::from_yaml_reading(text, exempt, &mut read_named_file)
+    }
+
+    /// As [`Policy::from_yaml_exempting`], reading the files the policy
+    /// names (keys, trusted roots) through `read`: the policy store records
+    /// what was read, so what it watches is exactly what the policy holds.
+    pub fn from_yaml_reading(
+        text: &str,
+        exempt: &[String],
+        read: &mut dyn FnMut(&std::path::Path) -> Result<Vec<u8>, String>,
+    ) -> Result<Self, PolicyError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let file: PolicyFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -132,11 +157,33 @@ impl Policy {
         })?;
         let mut file = file;
         file.exempt_namespaces.extend(exempt.iter().cloned());
-        compile(file)
+        compile(file, read)
     }
 }
 
-fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
+/// Most bytes read from a file the policy names (a key, a trusted root).
+pub const MAX_NAMED_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a file the policy names, whole, within its bound.
+pub fn read_named_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_NAMED_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_NAMED_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than the {MAX_NAMED_FILE_BYTES} bytes imagegate reads",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+fn compile(
+    file: PolicyFile,
+    read: &mut dyn FnMut(&std::path::Path) -> Result<Vec<u8>, String>,
+) -> Result<Policy, PolicyError> {
     let mut problems = Vec::new();
     if file.api_version != file::API_VERSION {
         problems.push(format!(
@@ -209,12 +256,14 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyError> {
             rule.signatures,
             false,
             &mut problems,
+            read,
         );
         requirements.extend(signatures::compile(
             &format!("{at}.attestations"),
             rule.attestations,
             true,
             &mut problems,
+            read,
         ));
         let mut requirement_names = HashSet::new();
         for r in &requirements {

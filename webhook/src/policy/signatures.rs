@@ -20,6 +20,7 @@ pub fn compile(
     files: Vec<file::SignatureFile>,
     attestation: bool,
     problems: &mut Vec<String>,
+    read: &mut dyn FnMut(&Path) -> Result<Vec<u8>, String>,
 ) -> Vec<Arc<Requirement>> {
     let mut out = Vec::new();
     for (i, f) in files.into_iter().enumerate() {
@@ -34,7 +35,8 @@ pub fn compile(
         for (j, k) in f.keys.iter().enumerate() {
             let pem = match (&k.pem, &k.file) {
                 (Some(pem), None) => Ok(pem.clone()),
-                (None, Some(path)) => read_small(path),
+                (None, Some(path)) => read(path)
+                    .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string())),
                 _ => Err("give the key as `pem` or as `file`, one of them".to_string()),
             };
             match pem.and_then(|pem| PublicKey::from_pem(&k.name, &pem).map_err(|e| e.to_string()))
@@ -72,7 +74,12 @@ pub fn compile(
             }
         };
         let root = f.trusted_root.as_ref().and_then(|path| {
-            TrustedRoot::read(path)
+            read(path)
+                .and_then(|bytes| {
+                    let text =
+                        String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+                    TrustedRoot::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+                })
                 .map(Arc::new)
                 .map_err(|e| problems.push(format!("{at}.trustedRoot: {e}")))
                 .ok()
@@ -130,6 +137,12 @@ pub fn compile(
                 threshold: f.threshold,
                 mode: f.mode,
                 on_failure: f.on_failure,
+                files: f
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.file.clone())
+                    .chain(f.trusted_root.clone())
+                    .collect(),
                 verdicts: quick_cache::sync::Cache::new(req::VERDICTS_REMEMBERED),
             }));
         }
@@ -161,16 +174,6 @@ fn conditions(
         }
     }
     out
-}
-
-/// A key file (a mounted Secret): small, read whole.
-fn read_small(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(text)
 }
 
 impl Policy {

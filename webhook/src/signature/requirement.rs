@@ -34,6 +34,9 @@ pub struct Requirement {
     pub mode: Option<Mode>,
     /// What a failed lookup (registry error, timeout) decides.
     pub on_failure: Fallback,
+    /// The files it was read from (key files, the trusted root): a change
+    /// to one reloads the policy.
+    pub files: Vec<std::path::PathBuf>,
     /// Verdicts by (digest, lookup): a lookup's result is checked once,
     /// not on every review while it is cached.
     pub verdicts: Cache<(Digest, u64), Verdict>,

@@ -5,16 +5,13 @@
 //! TUF fetch, no network: a cluster without a route to Sigstore verifies
 //! with what its operator put there.
 
-use std::{path::Path, time::SystemTime};
+use std::time::SystemTime;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use rustls::pki_types::{CertificateDer, TrustAnchor};
 use serde::Deserialize;
 
 use super::key::PublicKey;
-
-/// Largest trust root read: Sigstore's public one is about 10 KB.
-const MAX_TRUSTED_ROOT_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct TrustedRoot {
@@ -124,16 +121,6 @@ fn validity(at: &str, valid_for: &Option<ValidForFile>) -> Result<Validity, Stri
 }
 
 impl TrustedRoot {
-    /// Reads and checks `path`. Errors name the file and the field.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        use std::io::Read;
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_TRUSTED_ROOT_BYTES).read_to_string(&mut text))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: File = serde_json::from_str(text)
             .map_err(|e| format!("not a Sigstore trusted root (JSON): {e}"))?;
