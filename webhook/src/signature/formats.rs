@@ -501,4 +501,50 @@ mod tests {
         let other_type = payload.replace("cosign container image signature", "atomic");
         assert!(legacy(&digest, other_type.as_bytes(), &annotations).is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever a registry serves as a bundle or a legacy payload, the
+        /// parsers answer a result, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let digest = Digest::parse(D).unwrap();
+            let _ = bundle(&digest, Format::BundleReferrer, &bytes);
+            let mut annotations = std::collections::HashMap::new();
+            annotations.insert(ANNOTATION_SIGNATURE.to_string(), String::from_utf8_lossy(&bytes).to_string());
+            annotations.insert(ANNOTATION_BUNDLE.to_string(), String::from_utf8_lossy(&bytes).to_string());
+            let _ = legacy(&digest, &bytes, &annotations);
+        }
+
+        /// A signed bundle with one byte changed is refused, or fails
+        /// verification, or still carries the very payload that was signed
+        /// (the byte was in an unsigned part: the hint, the key id).
+        #[test]
+        fn a_changed_byte_never_yields_another_verified_payload(at in 0usize..4096, to in proptest::num::u8::ANY) {
+            let digest = Digest::parse(D).unwrap();
+            let (pair, pem) = crate::signature::key::tests::p256();
+            let key = crate::signature::key::PublicKey::from_pem("k", &pem).unwrap();
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "_type": "https://in-toto.io/Statement/v1",
+                "subject": [{"name": "x", "digest": {"sha256": &D[7..]}}],
+                "predicateType": COSIGN_SIGN_PREDICATE, "predicate": {}
+            })).unwrap();
+            let sig = crate::signature::key::tests::sign(&pair, &pae(IN_TOTO, &payload));
+            let mut bytes = serde_json::to_vec(&serde_json::json!({
+                "mediaType": BUNDLE_V03,
+                "verificationMaterial": {"publicKey": {"hint": "k"}},
+                "dsseEnvelope": {
+                    "payload": STANDARD.encode(&payload),
+                    "payloadType": IN_TOTO,
+                    "signatures": [{"sig": STANDARD.encode(&sig), "keyid": ""}]
+                }
+            })).unwrap();
+            let at = at % bytes.len();
+            bytes[at] = to;
+            if let Ok(artifact) = bundle(&digest, Format::BundleReferrer, &bytes) {
+                let verified = artifact.signatures.iter().any(|s| key.verifies(&artifact.signed, s));
+                proptest::prop_assert!(!verified || artifact.payload == payload);
+                proptest::prop_assert_eq!(artifact.signed, pae(IN_TOTO, &artifact.payload));
+            }
+        }
+    }
 }

@@ -327,3 +327,59 @@ fn meets(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_read_nested_fields_and_every_array_element() {
+        let predicate =
+            json!({"a": {"b": [{"c": "x"}, {"c": "y"}, {"d": 1}]}, "t": "2026-01-01T00:00:00Z"});
+        let found: Vec<_> = values(&predicate, "a.b[].c").into_iter().cloned().collect();
+        assert_eq!(found, vec![json!("x"), json!("y")]);
+        assert_eq!(
+            values(&predicate, "t"),
+            vec![&json!("2026-01-01T00:00:00Z")]
+        );
+        assert!(values(&predicate, "a.missing").is_empty());
+    }
+
+    #[test]
+    fn conditions_say_what_failed() {
+        let now = humantime::parse_rfc3339("2026-01-03T00:00:00Z").unwrap();
+        let predicate = json!({"at": "2026-01-01T00:00:00Z", "sev": ["LOW", "critical"]});
+        let max_age = |hours: u64| Condition {
+            path: "at".into(),
+            test: Test::MaxAge(std::time::Duration::from_secs(hours * 3600)),
+        };
+        assert!(meets(&max_age(72), &predicate, now).is_ok());
+        let e = meets(&max_age(24), &predicate, now).unwrap_err();
+        assert!(
+            e.contains("its at is 2days old, more than the 1day allowed"),
+            "{e}"
+        );
+        let deny = Condition {
+            path: "sev[]".into(),
+            test: Test::DenyValues(vec!["CRITICAL".into()]),
+        };
+        let e = meets(&deny, &predicate, now).unwrap_err();
+        assert!(e.contains("includes \"critical\""), "{e}");
+        let missing = Condition {
+            path: "nowhere".into(),
+            test: Test::MaxAge(std::time::Duration::from_secs(1)),
+        };
+        assert!(
+            meets(&missing, &predicate, now)
+                .unwrap_err()
+                .contains("has no time at nowhere")
+        );
+        // A deny list on a missing field has nothing to deny.
+        let absent = Condition {
+            path: "nowhere".into(),
+            test: Test::DenyValues(vec!["x".into()]),
+        };
+        assert!(meets(&absent, &predicate, now).is_ok());
+    }
+}
