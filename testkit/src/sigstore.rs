@@ -240,7 +240,9 @@ pub async fn attach_legacy(
 /// code signing, the OIDC issuer in extension 1.3.6.1.4.1.57264.1.8, the
 /// subject as the SAN's email.
 pub struct Fulcio {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    root: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// Sigstore's public Fulcio issues from an intermediate; a test CA may.
+    intermediate: Option<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
 }
 
 /// A signing certificate and its key.
@@ -250,24 +252,56 @@ pub struct Signing {
     pub key: KeyPair,
 }
 
+fn ca_params(name: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(365);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+    params
+}
+
 impl Fulcio {
+    /// A root that issues signing certificates itself.
     pub fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(365);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
         let key = rcgen::KeyPair::generate().unwrap();
         Self {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+            root: rcgen::CertifiedIssuer::self_signed(ca_params(name), key).unwrap(),
+            intermediate: None,
         }
     }
 
-    pub fn der(&self) -> Vec<u8> {
-        self.issuer.der().to_vec()
+    /// A root and an intermediate under it that issues signing
+    /// certificates, as Sigstore's public Fulcio is set up.
+    pub fn with_intermediate(name: &str) -> Self {
+        let mut fulcio = Self::new(name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        fulcio.intermediate = Some(
+            rcgen::CertifiedIssuer::signed_by(
+                ca_params(&format!("{name} intermediate")),
+                key,
+                &fulcio.root,
+            )
+            .unwrap(),
+        );
+        fulcio
+    }
+
+    /// The chain a trusted root lists: the issuing intermediate (if any),
+    /// then the root.
+    pub fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.intermediate
+            .iter()
+            .chain(std::iter::once(&self.root))
+            .map(|c| c.der().to_vec())
+            .collect()
+    }
+
+    fn issuer(&self) -> &rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        self.intermediate.as_ref().unwrap_or(&self.root)
     }
 
     /// A certificate for `subject` (an email) from OIDC `issuer`, valid
@@ -296,7 +330,7 @@ impl Fulcio {
             value,
         )];
         let signing_key = rcgen::KeyPair::try_from(key.pkcs8.as_slice()).unwrap();
-        let cert = params.signed_by(&signing_key, &self.issuer).unwrap();
+        let cert = params.signed_by(&signing_key, self.issuer()).unwrap();
         Signing {
             der: cert.der().to_vec(),
             pem: cert.pem(),
@@ -496,7 +530,7 @@ pub fn trusted_root(authorities: &[&Fulcio], logs: &[&Log]) -> String {
         "certificateAuthorities": authorities.iter().map(|a| json!({
             "subject": {"organization": "imagegate.test", "commonName": "fulcio"},
             "uri": "https://fulcio.imagegate.test",
-            "certChain": {"certificates": [{"rawBytes": STANDARD.encode(a.der())}]},
+            "certChain": {"certificates": a.chain_der().iter().map(|d| json!({"rawBytes": STANDARD.encode(d)})).collect::<Vec<_>>()},
             "validFor": {"start": "2020-01-01T00:00:00Z"}
         })).collect::<Vec<_>>(),
         "ctlogs": [],

@@ -509,6 +509,42 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
         );
         assert_eq!(report.signers[0].format, format);
     }
+    // Sigstore's public Fulcio issues from an intermediate, which the
+    // trusted root lists before its root.
+    let tiered = Fulcio::with_intermediate("tiered fulcio");
+    let tiered_root = dir.path().join("tiered_root.json");
+    std::fs::write(&tiered_root, trusted_root(&[&tiered], &[&log])).unwrap();
+    let from_intermediate = registry
+        .push_image("ci/app", "intermediate", "intermediate")
+        .await;
+    let layer = keyless_legacy_layer(
+        &tiered,
+        &mut log,
+        SUBJECT,
+        now - time::Duration::minutes(1),
+        now.unix_timestamp(),
+        &simple_signing_payload(&repository, &from_intermediate),
+    );
+    attach_legacy(&registry, "ci/app", &from_intermediate, &[layer]).await;
+    let tiered_policy = keyless_policy(
+        &registry.host,
+        &tiered_root,
+        OIDC,
+        &format!("subject: {SUBJECT}"),
+    );
+    let report = decide(&tiered_policy, &resolver, &image("intermediate")).await;
+    assert!(report.allowed, "{report:?}");
+    // The first root does not cover it, nor does the tiered root cover the
+    // first one's certificates.
+    assert_denied(
+        &decide(&trusted, &resolver, &image("intermediate")).await,
+        &["does not chain"],
+    );
+    assert_denied(
+        &decide(&tiered_policy, &resolver, &image("legacy")).await,
+        &["does not chain"],
+    );
+
     let pattern = keyless_policy(
         &registry.host,
         &root_file,

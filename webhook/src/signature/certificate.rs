@@ -112,7 +112,10 @@ pub fn verify_chain(root: &TrustedRoot, der: &[u8], at: SystemTime) -> Result<()
             std::slice::from_ref(&authority.anchor),
             &authority.intermediates,
             UnixTime::since_unix_epoch(since),
-            webpki::KeyUsage::required(CODE_SIGNING),
+            // Code signing where an EKU is present, at every level: webpki
+            // checks the intermediates' EKU too, and `required` would refuse
+            // an intermediate without one, which Go's x509 (cosign) accepts.
+            webpki::KeyUsage::required_if_present(CODE_SIGNING),
             None,
             None,
         ) {
