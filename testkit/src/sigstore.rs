@@ -313,12 +313,31 @@ impl Fulcio {
         not_before: time::OffsetDateTime,
         minutes: i64,
     ) -> Signing {
+        self.certificate_for(
+            oidc_issuer,
+            subject,
+            not_before,
+            minutes,
+            rcgen::ExtendedKeyUsagePurpose::CodeSigning,
+        )
+    }
+
+    /// As [`Fulcio::certificate`], for another extended key usage (a
+    /// certificate a verifier must refuse for code signing).
+    pub fn certificate_for(
+        &self,
+        oidc_issuer: &str,
+        subject: &str,
+        not_before: time::OffsetDateTime,
+        minutes: i64,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Signing {
         let key = KeyPair::generate();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
             subject.to_string().try_into().unwrap(),
         )];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+        params.extended_key_usages = vec![usage];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.not_before = not_before;
         params.not_after = not_before + time::Duration::minutes(minutes);

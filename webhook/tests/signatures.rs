@@ -586,9 +586,54 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
         &["outside its certificate's validity (the log's time)"],
     );
     let report = decide(&trusted, &resolver, &image("foreign")).await;
-    assert_denied(&report, &["does not chain to the trusted root"]);
+    assert_denied(
+        &report,
+        &[
+            "does not chain to the trusted root at the time of signing (issued by a CA the trusted root does not list)",
+        ],
+    );
     let report = decide(&trusted, &resolver, &image("unlisted-log")).await;
     assert_denied(&report, &["which the trusted root does not list"]);
+
+    // A certificate for TLS servers, not code signing, from the trusted CA.
+    let server_cert = registry
+        .push_image("ci/app", "server-auth", "server-auth")
+        .await;
+    let certificate = fulcio.certificate_for(
+        OIDC,
+        SUBJECT,
+        now - time::Duration::minutes(1),
+        10,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let payload = simple_signing_payload(&repository, &server_cert);
+    let signature = certificate.key.sign(&payload);
+    let logged = log.append(
+        &Log::hashedrekord(&payload, &signature, &certificate.pem),
+        now.unix_timestamp(),
+    );
+    attach_legacy(
+        &registry,
+        "ci/app",
+        &server_cert,
+        &[(
+            payload,
+            json!({
+                "dev.cosignproject.cosign/signature": STANDARD.encode(&signature),
+                "dev.sigstore.cosign/certificate": certificate.pem,
+                "dev.sigstore.cosign/bundle": logged.legacy_annotation,
+            }),
+        )],
+    )
+    .await;
+    let report = decide(&trusted, &resolver, &image("server-auth")).await;
+    assert_denied(
+        &report,
+        &[
+            "does not chain to the trusted root",
+            "not issued for code signing",
+        ],
+    );
 
     // A bundle whose log entry was altered (the SET no longer matches).
     let tampered = registry.push_image("ci/app", "tampered", "tampered").await;

@@ -120,7 +120,7 @@ pub fn verify_chain(root: &TrustedRoot, der: &[u8], at: SystemTime) -> Result<()
             None,
         ) {
             Ok(_) => return Ok(()),
-            Err(e) => errors.push(format!("{e:?}")),
+            Err(e) => errors.push(describe(&e)),
         }
     }
     if root.authorities.is_empty() {
@@ -131,4 +131,19 @@ pub fn verify_chain(root: &TrustedRoot, der: &[u8], at: SystemTime) -> Result<()
         "the signing certificate does not chain to the trusted root at the time of signing ({})",
         errors.join(", ")
     ))
+}
+
+/// A chain error in words, for the denial.
+fn describe(error: &webpki::Error) -> String {
+    #[allow(deprecated)]
+    match error {
+        webpki::Error::UnknownIssuer => "issued by a CA the trusted root does not list".into(),
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            "a certificate of the chain is not valid at the time of signing".into()
+        }
+        webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "not issued for code signing".into()
+        }
+        other => format!("{other:?}"),
+    }
 }
