@@ -726,11 +726,7 @@ impl HugeRegistry {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (host, server) = crate::serve_on_loopback(app).await;
         Self {
             host,
             requests,

@@ -27,3 +27,14 @@ pub fn require_root(what: &str) {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "{what}: run `sudo -E cargo xtask test`");
 }
+
+/// Serves `app` over plain HTTP on 127.0.0.1 (a free port) until the
+/// returned task is dropped or aborted; returns `127.0.0.1:PORT`.
+pub async fn serve_on_loopback(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (host, server)
+}

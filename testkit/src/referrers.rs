@@ -56,11 +56,7 @@ impl ReferrersFront {
             .route("/v2/{*rest}", axum::routing::any(handle))
             .route("/v2/", axum::routing::any(handle_root))
             .with_state(front);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (host, server) = crate::serve_on_loopback(app).await;
         Self {
             host,
             _server: server,
@@ -145,9 +141,9 @@ async fn handle(
             .entry((name.to_string(), subject.to_string()))
             .or_default()
             .push(descriptor);
-        response
-            .headers_mut()
-            .insert("oci-subject", subject.parse().unwrap());
+        if let Ok(value) = subject.parse() {
+            response.headers_mut().insert("oci-subject", value);
+        }
     }
     response
 }

@@ -33,7 +33,7 @@ pub async fn decide_images(
         let asks: Vec<_> = images.iter().map(|d| policy.resolution_ask(d)).collect();
         let outcomes = resolver.resolve_each(&asks, policy.verify_digest).await;
         policy.apply_resolution(&mut images, outcomes, &mut annotations);
-        if policy.requires_signatures() {
+        if policy.requires_signatures {
             let asks: Vec<_> = images.iter().map(|d| policy.signature_ask(d)).collect();
             let outcomes = resolver.signatures().check_each(&asks).await;
             drop(asks);

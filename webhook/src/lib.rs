@@ -15,6 +15,8 @@
 //!   found in the registries and verified against the policy's keys and
 //!   trusted roots;
 //! - [`registry`]: the OCI distribution API, every read bounded;
+//! - [`ttl_cache`]: lookup outcomes cached with positive and negative TTLs,
+//!   one lookup per key at a time (resolution and signatures);
 //! - [`install`]: certificates and the apiserver's configuration files.
 
 pub mod admit;
@@ -31,3 +33,4 @@ pub mod resolve;
 pub mod review;
 pub mod server;
 pub mod signature;
+pub mod ttl_cache;

@@ -59,7 +59,7 @@ pub struct PolicyStore {
     /// and each file it named with the bytes compile read. Polling starts
     /// from these, so a file that changed while the policy was built is
     /// seen as changed.
-    built_from: std::sync::Mutex<files::Contents>,
+    built_from: arc_swap::ArcSwap<files::Contents>,
 }
 
 impl PolicyStore {
@@ -113,7 +113,7 @@ impl PolicyStore {
             let named = self.named_files();
             let mut paths = vec![self.path.clone()];
             paths.extend(named.iter().cloned());
-            let built_from = self.built_from.lock().unwrap().clone();
+            let built_from = files::Contents::clone(&self.built_from.load());
             let start = match initial.take() {
                 Some(initial) if named.is_empty() => initial,
                 _ if built_from.len() == paths.len() => built_from,
@@ -174,7 +174,7 @@ impl PolicyStore {
                             .and_then(|(_, b)| b.clone()),
                     );
                 }
-                *self.built_from.lock().unwrap() = built_from;
+                self.built_from.store(Arc::new(built_from));
                 self.current.store(Some(Arc::new(policy)));
                 metrics.loaded.set(1);
                 metrics.reload(true);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{body::Body, http::Request};
-use common::{Ca, admission_review, registry::Registry};
+use common::{Ca, admission_review, credentials, metric, registry::Registry, resolver};
 use http_body_util::BodyExt;
 use imagegate_webhook::{
     policy::Policy,
@@ -50,16 +50,6 @@ fn settings_for(registry: &Registry) -> Settings {
     settings
 }
 
-fn resolver(settings: Settings) -> (Resolver, Metrics) {
-    let mut metrics = Metrics::new();
-    let resolver = Resolver::new(
-        settings,
-        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
-    )
-    .unwrap();
-    (resolver, metrics)
-}
-
 /// The webhook's router with a resolver for `settings`, `policy` (YAML) and
 /// an optional ledger; and its metrics.
 fn webhook(
@@ -85,21 +75,6 @@ fn webhook(
 }
 
 /// A dockerconfigjson holding `user`/`password` for `host`.
-fn credentials(host: &str, user: &str, password: &str) -> Credentials {
-    let json =
-        format!(r#"{{"auths": {{"{host}": {{"username": "{user}", "password": "{password}"}}}}}}"#);
-    Credentials::parse(json.as_bytes()).unwrap()
-}
-
-fn metric(metrics: &Metrics, line_start: &str) -> f64 {
-    metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn resolves_a_tag_over_plain_http() {
     install_crypto();

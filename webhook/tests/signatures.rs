@@ -17,7 +17,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::registry::Registry;
+use common::{metric, registry::Registry};
 use imagegate_testkit::sigstore::{
     Fulcio, KeyPair, Log, NpmSign, Signing, attach_bundle, attach_legacy, npm_sign, openssl_sign,
     put_tag_index, simple_signing_payload, trusted_root,
@@ -25,7 +25,6 @@ use imagegate_testkit::sigstore::{
 use imagegate_webhook::{
     check::{self, ImageReport},
     policy::Policy,
-    registry::Credentials,
     resolve::{Resolver, Settings},
     server::metrics::Metrics,
 };
@@ -42,34 +41,14 @@ fn resolver(host: &str, credentials: bool) -> Resolver {
     resolver_with_metrics(host, credentials).0
 }
 
-fn resolver_with_metrics(host: &str, credentials: bool) -> (Resolver, Metrics) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+fn resolver_with_metrics(host: &str, with_credentials: bool) -> (Resolver, Metrics) {
     let mut settings = Settings::default();
     settings.plain_http.push(host.to_string());
     settings.timeout = Duration::from_secs(5);
-    if credentials {
-        let json = format!(
-            r#"{{"auths": {{"{host}": {{"username": "{USER}", "password": "{PASSWORD}"}}}}}}"#
-        );
-        settings.credentials = Credentials::parse(json.as_bytes()).unwrap();
+    if with_credentials {
+        settings.credentials = common::credentials(host, USER, PASSWORD);
     }
-    let mut metrics = Metrics::new();
-    let resolver = Resolver::new(
-        settings,
-        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
-    )
-    .unwrap();
-    (resolver, metrics)
-}
-
-/// The value of the metric line starting with `start`.
-fn metric(metrics: &Metrics, start: &str) -> f64 {
-    metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    common::resolver(settings)
 }
 
 /// A policy with one rule for `host` and the given `signatures` and
@@ -892,8 +871,21 @@ async fn a_registry_that_fails_the_lookup_decides_by_on_failure() {
     );
     let report = decide(&allow, &resolver, &image).await;
     assert!(report.allowed, "{report:?}");
-    // One lookup went to the registry and failed; the second decision took
-    // the failure from the cache (negative TTL), not from the registry.
+    // A requirement in audit mode does not deny on a failed lookup either:
+    // admitted, with the reason as a warning.
+    let audit = policy(
+        &registry_host(&image),
+        &format!("{}        mode: audit\n", by_key("release", &key_file)),
+    );
+    let report = decide(&audit, &resolver, &image).await;
+    assert!(report.allowed, "{report:?}");
+    assert_eq!(report.verdict, "audit-denied");
+    assert!(
+        report.reason.contains("could not look up its signatures"),
+        "{report:?}"
+    );
+    // One lookup went to the registry and failed; the two decisions after it
+    // took the failure from the cache (negative TTL), not from the registry.
     assert_eq!(
         metric(
             &metrics,
@@ -905,7 +897,7 @@ async fn a_registry_that_fails_the_lookup_decides_by_on_failure() {
     );
     assert_eq!(
         metric(&metrics, "imagegate_webhook_signature_cache_hits_total"),
-        1.0
+        2.0
     );
 }
 

@@ -49,6 +49,9 @@ pub struct Policy {
     /// Some rule reads object labels: decisions then depend on more than
     /// (namespace, image) and are not remembered.
     uses_labels: bool,
+    /// Some rule has signature or attestation requirements: reviews then
+    /// go through the signature stage.
+    pub requires_signatures: bool,
     /// Decisions by (namespace, image); see [`Policy::decide_image`]. Lives
     /// and dies with this policy, so a reload starts afresh.
     decisions: DecisionCache,
@@ -116,10 +119,12 @@ impl Policy {
 
     /// Whether the rule named `name` lets `/mutate` pin what it allows.
     pub fn pins(&self, rule: &str) -> bool {
-        self.rules
-            .iter()
-            .find(|r| r.name == rule)
-            .is_none_or(|r| r.pin_digests)
+        self.rule(rule).is_none_or(|r| r.pin_digests)
+    }
+
+    /// The rule named `name`.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 
     /// Parses and validates a policy document.
@@ -294,6 +299,7 @@ fn compile(
     match exempt_namespaces {
         Some(exempt_namespaces) if problems.is_empty() => Ok(Policy {
             uses_labels: rules.iter().any(|r| !r.object_labels.is_empty()),
+            requires_signatures: rules.iter().any(|r| !r.requirements.is_empty()),
             mode: file.mode,
             default_verdict: file.default_verdict,
             exempt_namespaces,

@@ -188,7 +188,7 @@ impl Policy {
         if decision.verdict != ImageVerdict::Allowed {
             return None;
         }
-        let rule = self.rules.iter().find(|r| r.name == decision.rule)?;
+        let rule = self.rule(&decision.rule)?;
         if rule.requirements.is_empty() {
             return None;
         }
@@ -199,12 +199,6 @@ impl Policy {
             digest: &resolved.digest,
             requirements: &rule.requirements,
         })
-    }
-
-    /// Whether some rule requires signatures: a decision needs a lookup
-    /// even when the image resolved from the cache.
-    pub fn requires_signatures(&self) -> bool {
-        self.rules.iter().any(|r| !r.requirements.is_empty())
     }
 
     /// Applies the signature `outcomes` (one per image): the signers of
@@ -220,41 +214,28 @@ impl Policy {
         let mut signed = Vec::new();
         let mut unsigned = Vec::new();
         for (decision, outcome) in images.iter_mut().zip(outcomes) {
-            let mode = self
-                .rules
-                .iter()
-                .find(|r| r.name == decision.rule)
-                .and_then(|r| r.mode)
-                .unwrap_or(self.mode);
-            let what = decision
-                .resolved
-                .as_ref()
-                .map(|r| match &decision.reference {
-                    Ok(reference) => {
-                        format!("{}/{}@{}", reference.domain, reference.path, r.digest)
-                    }
-                    Err(_) => decision.image.clone(),
-                })
-                .unwrap_or_else(|| decision.image.clone());
+            let rule = self.rule(&decision.rule);
+            let mode = rule.and_then(|r| r.mode).unwrap_or(self.mode);
+            let what = match (&decision.reference, &decision.resolved) {
+                (Ok(reference), Some(resolved)) => {
+                    format!("{}@{}", reference.repository(), resolved.digest)
+                }
+                _ => decision.image.clone(),
+            };
             let mut failures = Vec::new();
             match outcome {
                 Outcome::Skipped => continue,
                 Outcome::Failed(e) => {
                     unsigned.push(format!("{}: {e}", decision.image));
-                    let deny = self
-                        .rules
-                        .iter()
-                        .find(|r| r.name == decision.rule)
-                        .is_some_and(|r| {
-                            r.requirements
-                                .iter()
-                                .any(|q| q.on_failure == file::Fallback::Deny)
-                        });
-                    if deny {
-                        failures.push((
-                            mode,
-                            format!("could not look up its signatures: {e}; imagegate admits it once the registry answers"),
-                        ));
+                    // Each requirement that denies on failure fails, in
+                    // its own mode.
+                    let why = format!(
+                        "could not look up its signatures: {e}; imagegate admits it once the registry answers"
+                    );
+                    for requirement in rule.iter().flat_map(|r| &r.requirements) {
+                        if requirement.on_failure == file::Fallback::Deny {
+                            failures.push((requirement.mode.unwrap_or(mode), why.clone()));
+                        }
                     }
                 }
                 Outcome::Checked(checked) => {

@@ -230,12 +230,11 @@ impl RegistryClient {
             .and_then(|v| Digest::parse(v).ok());
         let body = read_bounded(response, MAX_MANIFEST_BYTES, &what)
             .await
-            .map_err(|e| match e {
-                BodyError::TooLarge { .. } => RegistryError::TooLarge(format!(
+            .map_err(|e| match body_error(e) {
+                RegistryError::TooLarge(e) => RegistryError::TooLarge(format!(
                     "{e}; the registry's own limit on a manifest is the same"
                 )),
-                BodyError::TimedOut { .. } => RegistryError::TimedOut,
-                BodyError::Read { .. } => RegistryError::Other(e.to_string()),
+                other => other,
             })?;
         let expected = Digest::parse(reference).ok().or(header);
         let digest = match &expected {

@@ -25,6 +25,8 @@ use prometheus_client::{
 };
 use quick_cache::sync::Cache;
 
+use crate::ttl_cache::Source;
+
 use imagegate_proto::{
     MAX_INDEX_CHILDREN,
     digest::Digest,
@@ -195,7 +197,7 @@ pub struct Resolver {
     /// Signature lookups: the same registry client, slots and TTLs.
     signatures: crate::signature::Finder,
     /// Reference (normalised) -> outcome and when it stops being trusted.
-    cache: Cache<String, (Lookup, Instant)>,
+    cache: crate::ttl_cache::TtlCache<String, Resolved, ResolveError>,
     /// Digest -> the platform digests it lists: content-addressed, so never
     /// stale; only bounded.
     index_children: Cache<Digest, Vec<Child>>,
@@ -233,7 +235,11 @@ impl Resolver {
             registry,
             in_flight,
             signatures,
-            cache: Cache::new(entries),
+            cache: crate::ttl_cache::TtlCache::new(
+                settings.cache_entries,
+                settings.ttl,
+                settings.negative_ttl,
+            ),
             index_children: Cache::new(entries),
             settings,
             metrics,
@@ -261,43 +267,27 @@ impl Resolver {
             });
         }
         let key = reference.to_string();
-        loop {
-            // One caller per key gets the guard and looks up; the others
-            // wait for its outcome (quick_cache's placeholder).
-            match self.cache.get_value_or_guard_async(&key).await {
-                Ok((outcome, trusted_until)) if Instant::now() < trusted_until => {
-                    self.metrics.cache_hits.inc();
-                    return outcome;
-                }
-                // Past its TTL: drop it (unless someone just replaced it)
-                // and ask again.
-                Ok((_, stale_since)) => {
+        let (outcome, source) = self
+            .cache
+            .get_or_lookup(&key, || self.lookup(reference))
+            .await;
+        match source {
+            Source::Cached => {
+                self.metrics.cache_hits.inc();
+            }
+            // The pinned form (`name:tag@digest`) that digest pinning
+            // writes is now known too: validating the mutated pod, even
+            // with verifyDigest, needs no second lookup.
+            Source::Looked(until) => {
+                if let (Ok(resolved), None) = (&outcome, &reference.digest) {
+                    let mut pinned = reference.clone();
+                    pinned.digest = Some(resolved.digest.clone());
                     self.cache
-                        .remove_if(&key, |(_, until)| *until == stale_since);
-                }
-                Err(guard) => {
-                    let outcome = self.lookup(reference).await;
-                    let ttl = if outcome.is_ok() {
-                        self.settings.ttl
-                    } else {
-                        self.settings.negative_ttl
-                    };
-                    let trusted_until = Instant::now() + ttl;
-                    let _ = guard.insert((outcome.clone(), trusted_until));
-                    // The pinned form (`name:tag@digest`) that digest
-                    // pinning writes is now known too: validating the
-                    // mutated pod, even with verifyDigest, needs no second
-                    // lookup.
-                    if let (Ok(resolved), None) = (&outcome, &reference.digest) {
-                        let mut pinned = reference.clone();
-                        pinned.digest = Some(resolved.digest.clone());
-                        self.cache
-                            .insert(pinned.to_string(), (outcome.clone(), trusted_until));
-                    }
-                    return outcome;
+                        .insert(pinned.to_string(), outcome.clone(), until);
                 }
             }
         }
+        outcome
     }
 
     /// One lookup against the registry, within the budget.

@@ -13,11 +13,12 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -28,14 +29,16 @@ use tokio::sync::Semaphore;
 
 use futures_util::{StreamExt, stream};
 use imagegate_proto::{digest::Digest, media_types};
-use quick_cache::sync::Cache;
 use serde::Deserialize;
 
 use super::{
     formats,
-    model::{Format, Found},
+    model::{Artifact, Format, Found},
 };
-use crate::registry::{RegistryClient, RegistryError};
+use crate::{
+    registry::{RegistryClient, RegistryError},
+    ttl_cache::{Source, TtlCache},
+};
 
 /// Artifacts followed from a referrers list or tag index.
 pub const MAX_REFERRERS: usize = 32;
@@ -103,7 +106,7 @@ pub struct Finder {
     registry: Arc<RegistryClient>,
     settings: Settings,
     /// (repository, digest) -> what was found and until when it is trusted.
-    cache: Cache<(String, Digest), (Lookup, Instant)>,
+    cache: TtlCache<(String, Digest), Arc<Found>, LookupError>,
     /// Registry requests in flight, shared with resolution.
     in_flight: Arc<Semaphore>,
     metrics: LookupMetrics,
@@ -148,7 +151,7 @@ impl Finder {
     ) -> Self {
         Self {
             registry,
-            cache: Cache::new(settings.cache_entries.max(1) as usize),
+            cache: TtlCache::new(settings.cache_entries, settings.ttl, settings.negative_ttl),
             settings,
             in_flight,
             metrics,
@@ -161,33 +164,23 @@ impl Finder {
     /// with resolution.
     pub async fn find(&self, host: &str, path: &str, digest: &Digest) -> Lookup {
         let key = (format!("{host}/{path}"), digest.clone());
-        loop {
-            match self.cache.get_value_or_guard_async(&key).await {
-                Ok((lookup, until)) if Instant::now() < until => {
-                    self.metrics.cache_hits.inc();
-                    return lookup;
-                }
-                Ok((_, stale_since)) => {
-                    self.cache
-                        .remove_if(&key, |(_, until)| *until == stale_since);
-                }
-                Err(guard) => {
-                    let lookup = self.lookup(host, path, digest).await;
-                    let outcome = if lookup.is_ok() { "found" } else { "failed" };
-                    self.metrics
-                        .lookups
-                        .get_or_create(&OutcomeLabels { outcome })
-                        .inc();
-                    let ttl = if lookup.is_ok() {
-                        self.settings.ttl
-                    } else {
-                        self.settings.negative_ttl
-                    };
-                    let _ = guard.insert((lookup.clone(), Instant::now() + ttl));
-                    return lookup;
-                }
+        let (lookup, source) = self
+            .cache
+            .get_or_lookup(&key, || self.lookup(host, path, digest))
+            .await;
+        match source {
+            Source::Cached => {
+                self.metrics.cache_hits.inc();
+            }
+            Source::Looked(_) => {
+                let outcome = if lookup.is_ok() { "found" } else { "failed" };
+                self.metrics
+                    .lookups
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc();
             }
         }
+        lookup
     }
 
     /// One lookup, within the budget (waiting for a slot included).
@@ -289,19 +282,7 @@ impl Finder {
             .take(MAX_REFERRERS)
             .map(|d| self.referrer(host, path, d, format))
             .collect();
-        let results: Vec<_> = stream::iter(fetches)
-            .buffer_unordered(BLOBS_AT_ONCE)
-            .collect()
-            .await;
-        for result in results {
-            match result {
-                Ok(Some(artifact)) => found.artifacts.push(artifact),
-                Ok(None) => {}
-                Err(Unread::Unreadable(e)) => found.unreadable.push(e),
-                Err(Unread::Failed(e)) => return Err(e),
-            }
-        }
-        Ok(found)
+        gather(fetches, found).await
     }
 
     /// One referrer manifest and its bundle; `None` when it holds no
@@ -312,7 +293,7 @@ impl Finder {
         path: &str,
         descriptor: &Descriptor,
         format: Format,
-    ) -> Result<Option<super::model::Artifact>, Unread> {
+    ) -> Result<Option<Artifact>, Unread> {
         let digest = Digest::parse(&descriptor.digest).map_err(|_| {
             Unread::Unreadable(format!(
                 "a referrer names {:?}, which is not a digest",
@@ -424,22 +405,33 @@ impl Finder {
                     .blob(host, path, &layer.digest, MAX_PAYLOAD_BYTES)
                     .await?;
                 formats::legacy(manifest_digest, &payload, &layer.annotations)
+                    .map(Some)
                     .map_err(|e| Unread::Unreadable(format!("a signature in {tag}: {e}")))
             })
             .collect();
-        let results: Vec<_> = stream::iter(fetches)
-            .buffer_unordered(BLOBS_AT_ONCE)
-            .collect()
-            .await;
-        for result in results {
-            match result {
-                Ok(artifact) => found.artifacts.push(artifact),
-                Err(Unread::Unreadable(e)) => found.unreadable.push(e),
-                Err(Unread::Failed(e)) => return Err(e),
-            }
-        }
-        Ok(found)
+        gather(fetches, found).await
     }
+}
+
+/// Runs `fetches`, [`BLOBS_AT_ONCE`] at a time, into `found`: artifacts
+/// kept, unreadable ones noted, a registry failure fails the lookup.
+async fn gather(
+    fetches: Vec<impl Future<Output = Result<Option<Artifact>, Unread>>>,
+    mut found: Found,
+) -> Result<Found, String> {
+    let results: Vec<_> = stream::iter(fetches)
+        .buffer_unordered(BLOBS_AT_ONCE)
+        .collect()
+        .await;
+    for result in results {
+        match result {
+            Ok(Some(artifact)) => found.artifacts.push(artifact),
+            Ok(None) => {}
+            Err(Unread::Unreadable(e)) => found.unreadable.push(e),
+            Err(Unread::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(found)
 }
 
 /// One artifact not read: unreadable (bad content: noted, the rest

@@ -99,10 +99,7 @@ impl PublicKey {
             ED25519 => Algorithm::Ed25519,
             other => return Err(KeyError::Unsupported(other.to_string())),
         };
-        let id: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, der)
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
+        let id = sha256(der);
         let fingerprint = format!("sha256:{}", hex(&id));
         Ok(Self {
             name: if name.is_empty() {
@@ -151,10 +148,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 #[cfg(test)]

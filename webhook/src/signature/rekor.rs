@@ -68,15 +68,16 @@ pub fn verify(root: &TrustedRoot, entry: &Entry, binding: &Binding<'_>) -> Resul
     }
     let mut time = None;
     if let Some(set) = &entry.set {
+        // The log's canonical JSON: keys sorted, no spaces (serde_json's
+        // map is sorted, without the preserve_order feature).
         let canonical = serde_json::json!({
             "body": STANDARD.encode(&entry.body),
             "integratedTime": entry.integrated_time,
             "logID": hex(&entry.log_id),
             "logIndex": entry.log_index,
-        });
-        // serde_json sorts object keys (no preserve_order), as the log's
-        // canonical JSON does.
-        let canonical = serde_json::to_vec(&canonical).expect("JSON");
+        })
+        .to_string()
+        .into_bytes();
         if !log.key.verifies(&canonical, set) {
             return Err(
                 "its transparency log entry's signed entry timestamp does not verify with the log's key".into(),

@@ -112,3 +112,39 @@ pub fn image_review(images: &[&str], annotations: Value) -> Value {
         "status": {"allowed": false}
     })
 }
+
+/// A resolver for `settings`, and the metrics it registers into.
+pub fn resolver(
+    settings: imagegate_webhook::resolve::Settings,
+) -> (imagegate_webhook::resolve::Resolver, Metrics) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut metrics = Metrics::new();
+    let resolver = imagegate_webhook::resolve::Resolver::new(
+        settings,
+        imagegate_webhook::resolve::ResolverMetrics::register(metrics.registry()),
+    )
+    .unwrap();
+    (resolver, metrics)
+}
+
+/// Registry credentials for `host`, as a pull secret holds them.
+pub fn credentials(
+    host: &str,
+    user: &str,
+    password: &str,
+) -> imagegate_webhook::registry::Credentials {
+    let json =
+        format!(r#"{{"auths": {{"{host}": {{"username": "{user}", "password": "{password}"}}}}}}"#);
+    imagegate_webhook::registry::Credentials::parse(json.as_bytes()).unwrap()
+}
+
+/// The value of the first metric line starting with `line_start` (0 when
+/// there is none).
+pub fn metric(metrics: &Metrics, line_start: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
