@@ -40,6 +40,12 @@ pub struct Metrics {
     /// Records dropped by retention, by kind (`container`, `violation`,
     /// `approval`).
     pub pruned: Family<EventLabels, Counter>,
+    /// Identifications dropped because too many were waiting.
+    pub identifications_dropped: Counter,
+    /// Identifications waiting for a free slot.
+    pub identifications_waiting: Gauge,
+    /// Scans of the runtime's running containers after dropped events.
+    pub rescans: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +116,25 @@ impl Metrics {
             "Records dropped by retention: gone containers, old violations, expired approvals",
             pruned.clone(),
         );
+        let identifications_dropped = Counter::default();
+        registry.register(
+            "identifications_dropped",
+            "cgroup lookups dropped because too many were waiting (a burst of cgroups); \
+             a scan of the runtime's running containers makes up for them",
+            identifications_dropped.clone(),
+        );
+        let identifications_waiting = Gauge::default();
+        registry.register(
+            "identifications_waiting",
+            "cgroup lookups waiting for a free slot",
+            identifications_waiting.clone(),
+        );
+        let rescans = Counter::default();
+        registry.register(
+            "rescans",
+            "Scans of the runtime's running containers after events were dropped",
+            rescans.clone(),
+        );
         Self {
             registry,
             events,
@@ -122,6 +147,9 @@ impl Metrics {
             approvals_rejected,
             tracked_cgroups,
             pruned,
+            identifications_dropped,
+            identifications_waiting,
+            rescans,
         }
     }
 

@@ -64,6 +64,10 @@ pub struct ContainerIdentity {
     pub pod: Option<PodRef>,
     /// A pod sandbox (pause) container that CRI created.
     pub sandbox: bool,
+    /// What the container's labels claim that CRI did not confirm in time
+    /// (`io.cri-containerd.kind=sandbox` with no such sandbox in CRI):
+    /// said in its verdict, never trusted.
+    pub unconfirmed_claim: Option<String>,
 }
 
 /// The Kubernetes names CRI puts on a container.

@@ -52,10 +52,10 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The label CRI puts on what it creates (`sandbox` or `container`): only
 /// a hint of when to wait for CRI's own record, never trusted itself.
 const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
-/// How long a container labelled as CRI's may take to appear in CRI's store
-/// (a sandbox is filed there only after its pause process started; a busy
-/// node may take a while).
-const CRI_RECORD_WAIT: Duration = Duration::from_secs(10);
+/// How often CRI is asked again for the record of a container labelled as
+/// CRI's (a sandbox is filed in CRI's store only once its pause process
+/// runs, so the agent may ask first).
+const CRI_RECORD_POLL: Duration = Duration::from_millis(50);
 
 /// A running container's init process, from the start-up scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,8 +171,15 @@ impl Containerd {
     }
 
     /// Finds container `id`, trying `first` (a namespace hint) before the
-    /// others.
-    pub async fn find(&self, id: &str, first: Option<&str>) -> Result<Lookup, RuntimeError> {
+    /// others. A container labelled as CRI's is waited for in CRI's store
+    /// until `cri_patience` at most (the caller passes the end of its grace
+    /// window: a label buys no time an unlabelled container does not get).
+    pub async fn find(
+        &self,
+        id: &str,
+        first: Option<&str>,
+        cri_patience: tokio::time::Instant,
+    ) -> Result<Lookup, RuntimeError> {
         let mut namespaces = self.namespaces().await?;
         if let Some(first) = first {
             match namespaces.iter().position(|n| n == first) {
@@ -182,18 +189,20 @@ impl Containerd {
             }
         }
         for namespace in namespaces {
-            if let Some(identity) = self.get(&namespace, id).await? {
+            if let Some(identity) = self.get(&namespace, id, cri_patience).await? {
                 return Ok(Lookup::Found(Box::new(identity)));
             }
         }
         Ok(Lookup::NotFound)
     }
 
-    /// Container `id` in `namespace`, with its image's digest.
+    /// Container `id` in `namespace`, with its image's digest (see
+    /// [`Containerd::find`] for `cri_patience`).
     pub async fn get(
         &self,
         namespace: &str,
         id: &str,
+        cri_patience: tokio::time::Instant,
     ) -> Result<Option<ContainerIdentity>, RuntimeError> {
         let request = GetContainerRequest { id: id.to_string() };
         let found = self
@@ -215,21 +224,30 @@ impl Containerd {
         let (digest, platform_digest) = self.image_digests(namespace, &container.image).await?;
         // Only CRI's own records say what a container is to Kubernetes, and
         // CRI keeps its containers in `k8s.io`.
-        let (pod, sandbox) = if namespace == CRI_NAMESPACE {
+        let claim = container.labels.get(CRI_KIND_LABEL);
+        let ((pod, sandbox), unconfirmed_claim) = if namespace == CRI_NAMESPACE {
             // CRI files a sandbox in its store only once its pause process
             // runs, so the agent may ask first: a container that says it
-            // is CRI's gets a few moments to be found there.
-            let claims_cri = container.labels.contains_key(CRI_KIND_LABEL);
+            // is CRI's is asked for again, within the caller's patience.
             let mut found = self.cri_identity(&container.id).await?;
-            let deadline = tokio::time::Instant::now() + CRI_RECORD_WAIT;
-            while claims_cri && found.0.is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            while claim.is_some()
+                && found.0.is_none()
+                && tokio::time::Instant::now() + CRI_RECORD_POLL <= cri_patience
+            {
+                tokio::time::sleep(CRI_RECORD_POLL).await;
                 found = self.cri_identity(&container.id).await?;
             }
-            found
+            let unconfirmed = found.0.is_none().then_some(claim).flatten();
+            (found, unconfirmed)
         } else {
-            (None, false)
+            ((None, false), claim)
         };
+        let unconfirmed_claim = unconfirmed_claim.map(|kind| {
+            format!(
+                "it is labelled {CRI_KIND_LABEL}={kind}, but CRI has no record of creating it, \
+                 so it is judged as any container in containerd namespace {namespace}"
+            )
+        });
         Ok(Some(ContainerIdentity {
             namespace: namespace.to_string(),
             id: container.id,
@@ -240,6 +258,7 @@ impl Containerd {
             platform_digest: platform_digest.and_then(|d| Digest::parse(&d).ok()),
             pod,
             sandbox,
+            unconfirmed_claim,
         }))
     }
 

@@ -150,10 +150,15 @@ pub fn decide(
         .as_ref()
         .map(|p| format!(" nor its platform manifest {p}"))
         .unwrap_or_default();
+    let claim = container
+        .unconfirmed_claim
+        .as_ref()
+        .map(|c| format!("; {c}"))
+        .unwrap_or_default();
     Judgement {
         kind: ContainerVerdict::Pending,
         reason: format!(
-            "image {} at digest {digest}{platform} was never admitted",
+            "image {} at digest {digest}{platform} was never admitted{claim}",
             container.image
         ),
     }
@@ -199,6 +204,7 @@ mod tests {
                 container: Some("app".into()),
             }),
             sandbox: false,
+            unconfirmed_claim: None,
         }
     }
 
@@ -231,6 +237,23 @@ mod tests {
         assert_eq!(v.kind, ContainerVerdict::Pending);
         assert!(
             v.reason.contains(dg("b").as_str()) && v.reason.contains("never admitted"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn a_claim_cri_did_not_confirm_exempts_nothing_and_is_said() {
+        let mut claims = container(Some(dg("b")));
+        claims.pod = None;
+        claims.unconfirmed_claim =
+            Some("it is labelled io.cri-containerd.kind=sandbox, but CRI has no record".into());
+        let exempt_all = Exemptions::new(true, vec![], vec!["shop".into()], vec![]).unwrap();
+        let v = decide(&claims, approved(&["a"]), &exempt_all);
+        assert_eq!(v.kind, ContainerVerdict::Pending);
+        assert!(
+            v.reason
+                .contains("never admitted; it is labelled io.cri-containerd.kind=sandbox"),
             "{}",
             v.reason
         );

@@ -713,6 +713,66 @@ async fn labels_and_tags_are_claims_that_exempt_nothing() {
     drop(world.registry);
 }
 
+/// Found: `ctr -n k8s.io run --label io.cri-containerd.kind=sandbox` (or
+/// `=container`) was first seen about 10 s after it started and decided
+/// about 12 s after, against 70 ms and 2 s without the label: the agent
+/// waited 10 s for a CRI record that never came, so in enforce mode such a
+/// container ran unjudged that long on every start. The wait for CRI's
+/// record now ends with the grace window: a label buys nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fake_cri_label_buys_no_time() {
+    let world = World::start().await;
+    let c = &world.containerd;
+    let dir = tempfile::tempdir().unwrap();
+    const GRACE: Duration = Duration::from_secs(1);
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[],
+        &["--mode", "enforce", "--settle", "0s", "--grace", "1s"],
+    );
+    let rogue = &world.rogue;
+    c.pull("k8s.io", rogue);
+    let mut took = Vec::new();
+    for label in [None, Some("sandbox"), Some("container")] {
+        let id = unique(label.unwrap_or("unlabelled"));
+        let flags = label
+            .map(|kind| {
+                vec![
+                    "--label".to_string(),
+                    format!("io.cri-containerd.kind={kind}"),
+                ]
+            })
+            .unwrap_or_default();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        c.run_with("k8s.io", &flags, rogue, &id, &[]);
+        let v = agent.verdict(&id, "never-admitted");
+        let decided = started.elapsed();
+        let reason = v["fields"]["reason"].as_str().unwrap();
+        if let Some(kind) = label {
+            assert!(
+                reason.contains(&format!(
+                    "labelled io.cri-containerd.kind={kind}, but CRI has no record of creating it"
+                )),
+                "{reason}"
+            );
+        }
+        assert_eq!(wait_stopped(c, "k8s.io", &id).await, Some(137), "{id}");
+        eprintln!("label {label:?}: never-admitted {decided:?} after `ctr run` started");
+        took.push(decided);
+    }
+    let unlabelled = took[0];
+    for (label, decided) in ["sandbox", "container"].iter().zip(&took[1..]) {
+        assert!(
+            *decided < unlabelled + Duration::from_millis(700) && *decided < GRACE * 3,
+            "a container labelled {label} was decided {decided:?} after it started, one without \
+             a label {unlabelled:?} (grace {GRACE:?})"
+        );
+    }
+    drop(world.registry);
+}
+
 /// Found: a container with no image (`ctr run --rootfs`) was `unknown` and
 /// never stopped, so enforce mode let it run. `--enforce-unknown` is the
 /// explicit choice; GetStatus says which is in force.

@@ -141,6 +141,20 @@ impl MemoryCgroup {
         self.read(file).trim().parse().unwrap_or(0)
     }
 
+    /// The most kernel memory ever charged (slab: dentries and inodes the
+    /// process's lookups made, among others), where the kernel keeps it
+    /// apart (cgroup v1's kmem accounting); `None` elsewhere.
+    pub fn kernel_peak_bytes(&self) -> Option<u64> {
+        match self.version {
+            Version::V1 => self
+                .read("memory.kmem.max_usage_in_bytes")
+                .trim()
+                .parse()
+                .ok(),
+            Version::V2 => None,
+        }
+    }
+
     /// Starts the peak over (where the kernel lets it be reset).
     pub fn reset_peak(&self) {
         let file = match self.version {
@@ -148,6 +162,9 @@ impl MemoryCgroup {
             Version::V2 => "memory.peak",
         };
         let _ = std::fs::write(self.path.join(file), "0");
+        if self.version == Version::V1 {
+            let _ = std::fs::write(self.path.join("memory.kmem.max_usage_in_bytes"), "0");
+        }
     }
 
     /// Processes the kernel's OOM killer killed in this cgroup.

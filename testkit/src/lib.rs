@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod ca;
 pub mod cgroup;
+pub mod cgroup_burst;
 pub mod containerd;
 pub mod dns;
 pub mod grpcurl;
@@ -15,6 +16,7 @@ pub mod hostile;
 pub mod https;
 pub mod image;
 pub mod kubelet;
+pub mod metrics;
 pub mod network;
 pub mod process;
 pub mod referrers;

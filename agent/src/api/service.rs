@@ -449,6 +449,8 @@ impl AgentService for AgentApi {
                 containers_pruned,
                 violations_pruned,
                 approvals_expired,
+                identifications_dropped: load(&c.identifications_dropped),
+                rescans: load(&c.rescans),
             }),
             sources,
             uptime_seconds: self.started.elapsed().as_secs(),

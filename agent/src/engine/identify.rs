@@ -1,11 +1,14 @@
 //! From a cgroup to what runs in it: its path (from the exec's process, the
 //! new cgroup's event, or the kernel's id), then containerd's answer,
-//! retried when containerd fails. The runtime is behind [`Runtime`], so the
-//! rules (a `/<namespace>/<name>` path containerd does not know is a host
-//! cgroup; a runtime's container id it does not know is a container it
-//! cannot tell) are tested with a fake.
+//! retried when containerd fails. The runtime and the cgroup tree are behind
+//! [`Runtime`] and [`CgroupTree`], so the rules (a `/<namespace>/<name>`
+//! path containerd does not know is a host cgroup; a runtime's container id
+//! it does not know is a container it cannot tell, if anything runs in it;
+//! a cgroup gone before its lookup is forgotten) are tested with fakes.
 
 use std::{future::Future, time::Duration};
+
+use tokio::time::Instant;
 
 use tracing::{info, warn};
 
@@ -26,11 +29,14 @@ pub const SCAN_RETRY: Duration = Duration::from_secs(5);
 
 /// The container runtime, as identification needs it.
 pub trait Runtime: Send + Sync + 'static {
-    /// The container `id`, looked for in `namespace` first when given.
+    /// The container `id`, looked for in `namespace` first when given;
+    /// a record the runtime's labels say CRI keeps is waited for until
+    /// `patience` at most.
     fn find(
         &self,
         id: &str,
         namespace: Option<&str>,
+        patience: Instant,
     ) -> impl Future<Output = Result<Lookup, RuntimeError>> + Send;
     /// The containers running now (their init processes).
     fn running_tasks(&self) -> impl Future<Output = Result<Vec<RunningTask>, RuntimeError>> + Send;
@@ -43,8 +49,9 @@ impl Runtime for Containerd {
         &self,
         id: &str,
         namespace: Option<&str>,
+        patience: Instant,
     ) -> impl Future<Output = Result<Lookup, RuntimeError>> + Send {
-        Containerd::find(self, id, namespace)
+        Containerd::find(self, id, namespace, patience)
     }
 
     fn running_tasks(&self) -> impl Future<Output = Result<Vec<RunningTask>, RuntimeError>> + Send {
@@ -56,40 +63,81 @@ impl Runtime for Containerd {
     }
 }
 
-/// The cgroup path of `key`: the one the new-cgroup event named, else the
-/// exec's process's (if it still names the same cgroup: the process may
-/// have moved), else the kernel's path for the id. `None`: gone.
+/// The cgroup tree, as identification needs it.
+pub trait CgroupTree: Send + Sync + 'static {
+    /// Whether the cgroup at `path` (in the key hierarchy) still exists.
+    fn exists(&self, path: &str) -> bool;
+    /// Whether any process is in it (false when it is gone).
+    fn populated(&self, path: &str) -> bool;
+}
+
+impl CgroupTree for Layout {
+    fn exists(&self, path: &str) -> bool {
+        self.key_of_path(path).is_ok()
+    }
+
+    fn populated(&self, path: &str) -> bool {
+        self.processes(path).is_ok_and(|pids| !pids.is_empty())
+    }
+}
+
+/// Whether a cgroup is not worth asking the runtime about yet: it was only
+/// created (no exec named it) and no process is in it. Anyone with a
+/// writable cgroup subtree can create thousands a second with container
+/// names; nothing runs in them, and when something does, its exec is
+/// reported and looked up (the kernel reports every exec in a cgroup it
+/// has no decision for). A real container's cgroup has its init process
+/// in it by the time the event is read: runc creates it with the process.
+pub fn nothing_runs_yet(cgroups: &impl CgroupTree, path: &str, pid: Option<u32>) -> bool {
+    pid.is_none() && !cgroups.populated(path)
+}
+
+/// The cgroup path of `key`: the one the new-cgroup event named (if it
+/// still exists: most of a burst of cgroups is gone before its turn, and
+/// is forgotten at once), else the exec's process's (if it still names the
+/// same cgroup: the process may have moved), else the kernel's path for
+/// the id. `None`: gone.
 pub fn cgroup_path(
     layout: &Layout,
     key: u64,
     pid: Option<u32>,
     path: Option<String>,
 ) -> Option<String> {
-    path.or_else(|| {
-        let path = layout.path_of_process(pid?).ok()?;
-        (layout.key_of_path(&path).ok()? == key).then_some(path)
-    })
-    .or_else(|| layout.path_of_key(key))
+    if let Some(path) = path {
+        return layout.exists(&path).then_some(path);
+    }
+    layout
+        .path_of_process(pid?)
+        .ok()
+        .filter(|path| layout.key_of_path(path).ok() == Some(key))
+        .or_else(|| layout.path_of_key(key))
 }
 
 /// What runs in the cgroup at `path`. `previous` reads a container's
-/// record from before a restart.
+/// record from before a restart; `patience` is how long a container that
+/// claims to be CRI's may be waited for in CRI's records.
 pub async fn identify(
     runtime: &impl Runtime,
+    cgroups: &impl CgroupTree,
     path: &str,
     previous: impl Fn(&str) -> Option<crate::model::ContainerRecord>,
+    patience: Instant,
 ) -> Outcome {
     let Some(found) = container_ref::parse(path) else {
         return Outcome::Host;
     };
     // A `/<namespace>/<name>` path is only a candidate: containerd not
     // knowing it makes it a host cgroup. A runtime's id that containerd does
-    // not know is a container it cannot tell.
+    // not know is a container it cannot tell, once something runs in it:
+    // an empty cgroup runs nothing (anyone can make one with any name), and
+    // the kernel reports its first exec, which is looked up again.
     let candidate = found.namespace.is_some();
-    match lookup(runtime, &found.id, found.namespace.as_deref()).await {
+    match lookup(runtime, &found.id, found.namespace.as_deref(), patience).await {
         Looked::NotFound if candidate => Outcome::Host,
+        Looked::NotFound if !cgroups.populated(path) => Outcome::Gone,
         Looked::NotFound => Outcome::Unknown(not_found_reason(&found.id, found.runtime, runtime)),
-        Looked::Found(identity) => with_previous(identity, previous),
+        Looked::Found(identity) => with_previous(*identity, previous),
+        Looked::Failed(_) if !cgroups.exists(path) => Outcome::Gone,
         Looked::Failed(reason) => Outcome::Unknown(reason),
     }
 }
@@ -100,12 +148,13 @@ pub async fn identify_running(
     namespace: &str,
     id: &str,
     previous: impl Fn(&str) -> Option<crate::model::ContainerRecord>,
+    patience: Instant,
 ) -> Outcome {
-    match lookup(runtime, id, Some(namespace)).await {
+    match lookup(runtime, id, Some(namespace), patience).await {
         Looked::NotFound => Outcome::Unknown(format!(
             "containerd listed task {namespace}/{id} but then had no such container"
         )),
-        Looked::Found(identity) => with_previous(identity, previous),
+        Looked::Found(identity) => with_previous(*identity, previous),
         Looked::Failed(reason) => Outcome::Unknown(reason),
     }
 }
@@ -124,20 +173,25 @@ pub fn stored(store: &Store) -> impl Fn(&str) -> Option<crate::model::ContainerR
 }
 
 enum Looked {
-    Found(ContainerIdentity),
+    Found(Box<ContainerIdentity>),
     NotFound,
     Failed(String),
 }
 
 /// Asks the runtime, retrying failures (not a "not found").
-async fn lookup(runtime: &impl Runtime, id: &str, namespace: Option<&str>) -> Looked {
+async fn lookup(
+    runtime: &impl Runtime,
+    id: &str,
+    namespace: Option<&str>,
+    patience: Instant,
+) -> Looked {
     let mut last_error = String::new();
     for attempt in 0..LOOKUP_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
-        match runtime.find(id, namespace).await {
-            Ok(Lookup::Found(identity)) => return Looked::Found(*identity),
+        match runtime.find(id, namespace, patience).await {
+            Ok(Lookup::Found(identity)) => return Looked::Found(identity),
             Ok(Lookup::NotFound) => return Looked::NotFound,
             Err(e) => last_error = e.to_string(),
         }
@@ -158,18 +212,16 @@ fn not_found_reason(id: &str, runtime: RuntimeHint, containerd: &impl Runtime) -
 }
 
 /// The containers running now; retries until the runtime answers once.
-pub async fn scan(runtime: &impl Runtime) -> Vec<RunningTask> {
+/// `why` the scan runs, for the log.
+pub async fn scan(runtime: &impl Runtime, why: &str) -> Vec<RunningTask> {
     loop {
         match runtime.running_tasks().await {
             Ok(tasks) => {
-                info!(
-                    running = tasks.len(),
-                    "start-up scan: containers already running"
-                );
+                info!(running = tasks.len(), why, "scan: containers running");
                 return tasks;
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?SCAN_RETRY, "start-up scan failed");
+                warn!(error = %e, why, retry_in = ?SCAN_RETRY, "scan of running containers failed");
                 tokio::time::sleep(SCAN_RETRY).await;
             }
         }
@@ -192,7 +244,12 @@ mod tests {
     }
 
     impl Runtime for FakeRuntime {
-        async fn find(&self, id: &str, _namespace: Option<&str>) -> Result<Lookup, RuntimeError> {
+        async fn find(
+            &self,
+            id: &str,
+            _namespace: Option<&str>,
+            _patience: Instant,
+        ) -> Result<Lookup, RuntimeError> {
             {
                 let mut failures = self.failures.lock().unwrap();
                 if *failures > 0 {
@@ -216,6 +273,39 @@ mod tests {
         }
     }
 
+    /// The cgroup tree: paths that exist, and which of them have processes.
+    struct FakeCgroups {
+        existing: Vec<String>,
+        populated: Vec<String>,
+    }
+
+    impl CgroupTree for FakeCgroups {
+        fn exists(&self, path: &str) -> bool {
+            self.existing.iter().any(|p| p == path)
+        }
+
+        fn populated(&self, path: &str) -> bool {
+            self.populated.iter().any(|p| p == path)
+        }
+    }
+
+    /// Every path exists and has a process in it.
+    struct Running;
+
+    impl CgroupTree for Running {
+        fn exists(&self, _: &str) -> bool {
+            true
+        }
+
+        fn populated(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    async fn identify_in(runtime: &FakeRuntime, path: &str) -> Outcome {
+        identify(runtime, &Running, path, none, Instant::now()).await
+    }
+
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn identity() -> ContainerIdentity {
@@ -229,6 +319,7 @@ mod tests {
             platform_digest: None,
             pod: None,
             sandbox: false,
+            unconfirmed_claim: None,
         }
     }
 
@@ -253,14 +344,14 @@ mod tests {
     #[tokio::test]
     async fn a_path_that_names_no_container_is_the_host() {
         let runtime = FakeRuntime::default();
-        let outcome = identify(&runtime, "/system.slice/sshd.service", none).await;
+        let outcome = identify_in(&runtime, "/system.slice/sshd.service").await;
         assert!(matches!(outcome, Outcome::Host), "{outcome:?}");
     }
 
     #[tokio::test]
     async fn a_runtime_id_containerd_does_not_know_is_unknown_never_host() {
         let runtime = FakeRuntime::default();
-        let outcome = identify(&runtime, &cri_path(), none).await;
+        let outcome = identify_in(&runtime, &cri_path()).await;
         let Outcome::Unknown(reason) = outcome else {
             panic!("{outcome:?}");
         };
@@ -273,20 +364,15 @@ mod tests {
     #[tokio::test]
     async fn a_namespace_path_containerd_does_not_know_is_the_host() {
         let runtime = FakeRuntime::default();
-        let outcome = identify(&runtime, "/k8s.io/not-a-container", none).await;
+        let outcome = identify_in(&runtime, "/k8s.io/not-a-container").await;
         assert!(matches!(outcome, Outcome::Host), "{outcome:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_retried_then_unknown_with_the_runtimes_error() {
-        let outcome = identify(&runtime_with(identity(), 2), &cri_path(), none).await;
+        let outcome = identify_in(&runtime_with(identity(), 2), &cri_path()).await;
         assert!(matches!(outcome, Outcome::Container { .. }), "{outcome:?}");
-        let outcome = identify(
-            &runtime_with(identity(), LOOKUP_ATTEMPTS),
-            &cri_path(),
-            none,
-        )
-        .await;
+        let outcome = identify_in(&runtime_with(identity(), LOOKUP_ATTEMPTS), &cri_path()).await;
         let Outcome::Unknown(reason) = outcome else {
             panic!("{outcome:?}");
         };
@@ -311,7 +397,8 @@ mod tests {
             gone_at_ms: None,
         };
         let previous = |key: &str| (key == before.key).then(|| before.clone());
-        let outcome = identify(&runtime_with(identity(), 0), &cri_path(), previous).await;
+        let runtime = runtime_with(identity(), 0);
+        let outcome = identify(&runtime, &Running, &cri_path(), previous, Instant::now()).await;
         let Outcome::Container {
             identity: found,
             previous,
@@ -325,10 +412,54 @@ mod tests {
 
     #[tokio::test]
     async fn a_listed_task_that_vanished_is_unknown() {
-        let outcome = identify_running(&FakeRuntime::default(), "k8s.io", "gone", none).await;
+        let runtime = FakeRuntime::default();
+        let outcome = identify_running(&runtime, "k8s.io", "gone", none, Instant::now()).await;
         assert!(
             matches!(&outcome, Outcome::Unknown(r) if r.contains("k8s.io/gone")),
             "{outcome:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_cgroup_named_like_a_container_the_runtime_does_not_know_is_forgotten() {
+        // Anyone with a writable cgroup subtree can name one so: until a
+        // process runs in it, there is nothing to judge (its first exec is
+        // reported and looked up again).
+        let runtime = FakeRuntime::default();
+        let empty = FakeCgroups {
+            existing: vec![cri_path()],
+            populated: vec![],
+        };
+        let outcome = identify(&runtime, &empty, &cri_path(), none, Instant::now()).await;
+        assert!(matches!(outcome, Outcome::Gone), "{outcome:?}");
+        // A container the runtime knows is judged whether or not anything
+        // runs in it yet.
+        let runtime = runtime_with(identity(), 0);
+        let outcome = identify(&runtime, &empty, &cri_path(), none, Instant::now()).await;
+        assert!(matches!(outcome, Outcome::Container { .. }), "{outcome:?}");
+    }
+
+    #[test]
+    fn only_a_created_cgroup_with_nothing_in_it_is_not_worth_a_lookup() {
+        let cgroups = FakeCgroups {
+            existing: vec!["/a".into(), "/b".into()],
+            populated: vec!["/b".into()],
+        };
+        assert!(nothing_runs_yet(&cgroups, "/a", None));
+        assert!(!nothing_runs_yet(&cgroups, "/b", None));
+        // An exec named it: something runs there, whatever the tree says
+        // a moment later.
+        assert!(!nothing_runs_yet(&cgroups, "/a", Some(7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cgroup_gone_while_the_runtime_failed_is_forgotten_not_unknown() {
+        let gone = FakeCgroups {
+            existing: vec![],
+            populated: vec![],
+        };
+        let runtime = runtime_with(identity(), LOOKUP_ATTEMPTS);
+        let outcome = identify(&runtime, &gone, &cri_path(), none, Instant::now()).await;
+        assert!(matches!(outcome, Outcome::Gone), "{outcome:?}");
     }
 }

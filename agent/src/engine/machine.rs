@@ -23,6 +23,13 @@ use crate::{
 
 pub use io::{Approvals, Concluded, Config, Effect, Env, Identified, Outcome};
 
+/// Most cgroups tracked in user space: the kernel filter holds as many
+/// (`CGROUP_ACTIONS`). Past it, host cgroups get their kernel action but
+/// are not remembered here (the filter's LRU ages them out), so however
+/// many cgroups someone creates and keeps, this map stays bounded; the
+/// runner sweeps gone ones early when it gets near.
+pub const MAX_TRACKED: usize = 65_536;
+
 enum Tracked {
     /// A lookup is in flight.
     Identifying,
@@ -76,9 +83,14 @@ impl Machine {
     }
 
     /// A cgroup known to be the host's (the root, the agent's own): its
-    /// execs are ignored in the kernel.
+    /// execs are ignored in the kernel. Remembered (to forget its kernel
+    /// action once it is gone) while there is room: see [`MAX_TRACKED`].
     pub fn host(&mut self, key: u64, path: String) -> Vec<Effect> {
-        self.tracked.insert(key, Tracked::Host(path));
+        if self.tracked.len() < MAX_TRACKED || self.tracked.contains_key(&key) {
+            self.tracked.insert(key, Tracked::Host(path));
+        } else {
+            self.tracked.remove(&key);
+        }
         vec![Effect::SetAction(key, Action::Ignore)]
     }
 
@@ -111,7 +123,10 @@ impl Machine {
                     killed,
                 });
             }
-            Some(Tracked::Identifying | Tracked::Host(_)) => {}
+            // Something runs there: its lookup should not wait behind
+            // cgroups that were only created.
+            Some(Tracked::Identifying) => effects.push(Effect::Hurry(key)),
+            Some(Tracked::Host(_)) => {}
             None => {
                 self.tracked.insert(key, Tracked::Identifying);
                 effects.push(Effect::Identify {
@@ -139,7 +154,8 @@ impl Machine {
         }]
     }
 
-    /// A container the start-up scan found running in cgroup `key`.
+    /// A container a scan of the runtime found running in cgroup `key`
+    /// (at start-up, or after events were dropped).
     pub fn on_running(
         &mut self,
         key: u64,
@@ -147,7 +163,10 @@ impl Machine {
         namespace: String,
         id: String,
     ) -> Vec<Effect> {
-        if matches!(self.tracked.get(&key), Some(Tracked::Container(_))) {
+        if matches!(
+            self.tracked.get(&key),
+            Some(Tracked::Container(_) | Tracked::Identifying)
+        ) {
             return Vec::new();
         }
         self.tracked.insert(key, Tracked::Identifying);
@@ -159,12 +178,22 @@ impl Machine {
         }]
     }
 
+    /// The runner could not queue the lookup of `key` (too many waiting):
+    /// forget it, so that the next exec there asks again (the kernel
+    /// reports every exec in a cgroup it has no decision for).
+    pub fn on_dropped(&mut self, key: u64) {
+        if matches!(self.tracked.get(&key), Some(Tracked::Identifying)) {
+            self.tracked.remove(&key);
+        }
+    }
+
     /// What containerd said about a cgroup.
     pub fn on_identified(&mut self, identified: Identified, env: &Env) -> Vec<Effect> {
         let Identified {
             key,
             path,
             first_event,
+            first_seen_ms,
             outcome,
         } = identified;
         let mut effects = Vec::new();
@@ -190,7 +219,7 @@ impl Machine {
                     cgroup: path,
                     verdict: ContainerVerdict::Unknown,
                     reason,
-                    first_seen_ms: env.now_ms,
+                    first_seen_ms,
                     decided_at_ms: env.now_ms,
                     gone_at_ms: None,
                 };
@@ -204,7 +233,7 @@ impl Machine {
                 self.conclude(key, watched, Filed::New, env, &mut effects);
             }
             Outcome::Container { identity, previous } => {
-                let first_seen_ms = previous.as_ref().map_or(env.now_ms, |p| p.first_seen_ms);
+                let first_seen_ms = previous.as_ref().map_or(first_seen_ms, |p| p.first_seen_ms);
                 let verdict = self.decide(&identity, env);
                 let mut record = ContainerRecord {
                     key: container_key(&identity.namespace, &identity.id),

@@ -4,14 +4,17 @@
 //!
 //! - [`machine`]: the state machine, events in and effects out, no I/O;
 //! - [`identify`]: from a cgroup to what containerd says runs in it;
+//! - [`queue`]: which identifications wait and which run (bounded);
 //! - [`writer`]: the store's one writer, a thread of its own;
 //! - this module: the runner, which feeds the machine and carries out its
-//!   effects. Identification runs in spawned tasks that report back
-//!   through a channel, and records go to the writer, so neither a slow
-//!   runtime nor a slow disk stalls reading the ring buffers.
+//!   effects. Identification runs in spawned tasks (a bounded number at
+//!   once) that report back through a channel, and records go to the
+//!   writer, so neither a slow runtime nor a slow disk stalls reading the
+//!   ring buffers, and no burst of cgroups makes the agent grow.
 
 pub mod identify;
 pub mod machine;
+pub mod queue;
 pub mod writer;
 
 use std::{
@@ -39,11 +42,27 @@ use crate::{
 };
 
 pub use machine::Config;
-use machine::{Effect, Env, Identified, Machine, Outcome};
+use machine::{Effect, Env, Identified, MAX_TRACKED, Machine, Outcome};
+use queue::{Lane, Pushed, Queue, Request, Subject};
 pub use writer::Writer;
 
 /// How often lost-event counters are copied into the metrics.
 const LOST_POLL: Duration = Duration::from_secs(1);
+/// Identifications running at once; each is a handful of runtime calls of
+/// a few milliseconds.
+const IDENTIFY_RUNNING: usize = 16;
+/// Identifications waiting, per lane (see `queue`); more are dropped,
+/// counted, and made up for by a re-scan of the runtime.
+const IDENTIFY_WAITING: usize = 4096;
+/// Re-scans of the runtime's running containers (after dropped events)
+/// are this far apart at least.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// Cgroups forgotten inline (created, nothing in them) per turn of the
+/// loop at most, so that a burst does not keep the loop from the rings.
+const INLINE_CHECKS_PER_TURN: usize = 512;
+/// Past this many tracked cgroups, gone ones are swept at once rather than
+/// at the next `forget_every`, at most once per `RESCAN_EVERY`.
+const SWEEP_EARLY_AT: usize = MAX_TRACKED / 2;
 
 /// Counts the status reports, kept apart from the Prometheus registry so
 /// they can be read without encoding it.
@@ -57,6 +76,11 @@ pub struct Counters {
     pub never_admitted: AtomicU64,
     pub exempt: AtomicU64,
     pub unknown: AtomicU64,
+    /// Identifications dropped because too many were waiting.
+    pub identifications_dropped: AtomicU64,
+    /// Scans of the runtime's running containers after events were dropped
+    /// (by the kernel or by the agent).
+    pub rescans: AtomicU64,
 }
 
 /// What the runner works with.
@@ -85,9 +109,12 @@ impl machine::Approvals for Store {
     }
 }
 
+// Unbounded channel, bounded use: at most `IDENTIFY_RUNNING` identified
+// messages are in flight, and a scan sends one message per running
+// container.
 enum Message {
     Identified(Box<Identified>),
-    /// A container the start-up scan found running.
+    /// A container a scan of the runtime found running.
     Running {
         key: u64,
         path: String,
@@ -96,11 +123,27 @@ enum Message {
     },
 }
 
+/// Scans of the runtime's running containers: one at start-up, then one
+/// whenever events were dropped (the kernel's rings overflowed, or the
+/// identification queue was full), so that a real container whose events
+/// were lost is still judged.
+struct Rescan {
+    wanted: bool,
+    why: &'static str,
+    task: Option<tokio::task::JoinHandle<()>>,
+    last: Option<Instant>,
+}
+
 pub struct Engine {
     machine: Machine,
     parts: Parts,
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Message>,
+    queue: Queue,
+    rescan: Rescan,
+    last_sweep: Instant,
+    /// Lost events as last polled: (exec, cgroup).
+    lost_seen: (u64, u64),
 }
 
 impl Engine {
@@ -116,6 +159,15 @@ impl Engine {
             parts,
             tx,
             rx,
+            queue: Queue::new(IDENTIFY_RUNNING, IDENTIFY_WAITING),
+            rescan: Rescan {
+                wanted: true,
+                why: "start-up",
+                task: None,
+                last: None,
+            },
+            last_sweep: Instant::now(),
+            lost_seen: (0, 0),
         }
     }
 
@@ -126,9 +178,6 @@ impl Engine {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProbeError> {
         self.mark_host_roots().await;
-        // Aborted when `run` returns, however it returns: a scan still
-        // retrying an absent containerd must not outlive the engine.
-        let _scan = self.spawn_scan();
         tokio::pin!(shutdown);
         let mut batch = Vec::new();
         let mut lost_poll = tokio::time::interval(LOST_POLL);
@@ -152,6 +201,7 @@ impl Engine {
                         self.machine.on_running(key, path, namespace, id)
                     }
                     Message::Identified(identified) => {
+                        self.queue.finished(identified.key);
                         if matches!(identified.outcome, Outcome::Container { .. } | Outcome::Unknown(_)) {
                             self.parts.metrics.identification_seconds
                                 .observe(identified.first_event.elapsed().as_secs_f64());
@@ -179,16 +229,25 @@ impl Engine {
                     self.poll_lost(&probe)?;
                     Vec::new()
                 }
-                _ = sweep.tick() => {
-                    let root = self.parts.layout.key_root().to_path_buf();
-                    let exists = |path: &str| root.join(path.trim_start_matches('/')).exists();
-                    let effects = self.machine.sweep(exists, now_ms());
-                    self.parts.metrics.tracked_cgroups.set(self.machine.tracked() as i64);
-                    effects
-                }
+                _ = sweep.tick() => self.sweep(),
+                // Identifications left waiting by the last turn's bound on
+                // inline checks, with slots free: another turn.
+                () = std::future::ready(()), if self.queue.can_start() => Vec::new(),
                 _ = &mut shutdown => break,
             };
             self.carry_out(effects).await;
+            self.start_identifications();
+            if self.machine.tracked() > SWEEP_EARLY_AT && self.last_sweep.elapsed() >= RESCAN_EVERY
+            {
+                let effects = self.sweep();
+                self.carry_out(effects).await;
+            }
+            self.maybe_rescan();
+        }
+        // A scan still retrying an absent runtime must not outlive the
+        // engine.
+        if let Some(task) = self.rescan.task.take() {
+            task.abort();
         }
         let (exec, cgroup) = probe.lost_events()?;
         info!(
@@ -251,8 +310,25 @@ impl Engine {
         }
     }
 
-    fn poll_lost(&self, probe: &Probe) -> Result<(), ProbeError> {
+    /// Forgets what the machine tracks for cgroups that are gone.
+    fn sweep(&mut self) -> Vec<Effect> {
+        let root = self.parts.layout.key_root().to_path_buf();
+        let exists = |path: &str| root.join(path.trim_start_matches('/')).exists();
+        let effects = self.machine.sweep(exists, now_ms());
+        self.last_sweep = Instant::now();
+        self.parts
+            .metrics
+            .tracked_cgroups
+            .set(self.machine.tracked() as i64);
+        effects
+    }
+
+    fn poll_lost(&mut self, probe: &Probe) -> Result<(), ProbeError> {
         let (exec, cgroup) = probe.lost_events()?;
+        if (exec, cgroup) != self.lost_seen {
+            self.lost_seen = (exec, cgroup);
+            self.want_rescan("the kernel dropped events (a ring buffer was full)");
+        }
         let counters = &self.parts.counters;
         counters.lost_exec_events.store(exec, Ordering::Relaxed);
         counters.lost_cgroup_events.store(cgroup, Ordering::Relaxed);
@@ -264,15 +340,47 @@ impl Engine {
         Ok(())
     }
 
-    /// The start-up scan: containers already running, each looked up as a
-    /// container starting now would be. Retries until containerd answers.
-    fn spawn_scan(&self) -> tokio::task::JoinSet<()> {
+    fn want_rescan(&mut self, why: &'static str) {
+        if !self.rescan.wanted {
+            self.rescan.wanted = true;
+            self.rescan.why = why;
+        }
+    }
+
+    /// Starts a wanted scan once none runs, the last was `RESCAN_EVERY`
+    /// ago, and the queue has room for what it finds.
+    fn maybe_rescan(&mut self) {
+        let rescan = &mut self.rescan;
+        if !rescan.wanted
+            || rescan.task.as_ref().is_some_and(|t| !t.is_finished())
+            || rescan.last.is_some_and(|at| at.elapsed() < RESCAN_EVERY)
+            || !self.queue.has_room(Lane::Urgent)
+        {
+            return;
+        }
+        if rescan.last.is_some() {
+            self.parts.counters.rescans.fetch_add(1, Ordering::Relaxed);
+            self.parts.metrics.rescans.inc();
+            info!(
+                why = rescan.why,
+                "scanning the runtime's running containers"
+            );
+        }
+        rescan.wanted = false;
+        rescan.last = Some(Instant::now());
+        let why = rescan.why;
+        self.rescan.task = Some(self.spawn_scan(why));
+    }
+
+    /// A scan: containers running now, each looked up as a container
+    /// starting now would be (those already judged or being looked up are
+    /// skipped by the machine). Retries until the runtime answers.
+    fn spawn_scan(&self, why: &'static str) -> tokio::task::JoinHandle<()> {
         let runtime = self.parts.runtime.clone();
         let layout = self.parts.layout.clone();
         let tx = self.tx.clone();
-        let mut scan = tokio::task::JoinSet::new();
-        scan.spawn(async move {
-            for task in identify::scan(runtime.as_ref()).await {
+        tokio::spawn(async move {
+            for task in identify::scan(runtime.as_ref(), why).await {
                 let Ok(path) = layout.path_of_process(task.pid) else {
                     continue;
                 };
@@ -286,8 +394,7 @@ impl Engine {
                     id: task.container_id,
                 });
             }
-        });
-        scan
+        })
     }
 
     /// Carries out the machine's effects in order: kernel actions and
@@ -296,13 +403,31 @@ impl Engine {
     async fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Identify { key, pid, path } => self.spawn_identify(key, pid, path),
+                // Something runs in a cgroup an exec names; one that was only
+                // created may never run anything.
+                Effect::Identify { key, pid, path } => {
+                    let lane = if pid.is_some() {
+                        Lane::Urgent
+                    } else {
+                        Lane::Speculative
+                    };
+                    self.enqueue(key, Subject::Cgroup { pid, path }, lane);
+                }
                 Effect::IdentifyRunning {
                     key,
                     path,
                     namespace,
                     id,
-                } => self.spawn_identify_running(key, path, namespace, id),
+                } => self.enqueue(
+                    key,
+                    Subject::Running {
+                        path,
+                        namespace,
+                        id,
+                    },
+                    Lane::Urgent,
+                ),
+                Effect::Hurry(key) => self.queue.hurry(key),
                 Effect::SetAction(key, action) => self.set_action(key, action),
                 Effect::ForgetAction(key) => self.parts.actions.remove(key),
                 Effect::Concluded(concluded) => {
@@ -377,48 +502,118 @@ impl Engine {
             .inc();
     }
 
-    fn spawn_identify(&self, key: u64, pid: Option<u32>, path: Option<String>) {
+    /// Queues an identification; one that does not fit is dropped: the
+    /// machine forgets the cgroup (its next exec asks again) and a re-scan
+    /// of the runtime makes up for it.
+    fn enqueue(&mut self, key: u64, subject: Subject, lane: Lane) {
+        let request = Request {
+            key,
+            subject,
+            first_event: Instant::now(),
+            first_seen_ms: now_ms(),
+        };
+        if self.queue.push(request, lane) == Pushed::Dropped {
+            self.machine.on_dropped(key);
+            self.parts
+                .counters
+                .identifications_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.parts.metrics.identifications_dropped.inc();
+            self.want_rescan("identifications were dropped (too many cgroups waiting)");
+        }
+    }
+
+    /// Starts waiting identifications while slots are free. A cgroup that
+    /// was only created and has nothing in it (most of a burst: empty, or
+    /// gone already) is forgotten here and now, without a task or a
+    /// runtime call.
+    fn start_identifications(&mut self) {
+        let mut checked = 0;
+        while checked < INLINE_CHECKS_PER_TURN
+            && let Some(request) = self.queue.start_next()
+        {
+            checked += 1;
+            if let Subject::Cgroup {
+                pid,
+                path: Some(path),
+            } = &request.subject
+                && identify::nothing_runs_yet(&self.parts.layout, path, *pid)
+            {
+                self.queue.finished(request.key);
+                let forgotten = Identified {
+                    key: request.key,
+                    path: String::new(),
+                    first_event: request.first_event,
+                    first_seen_ms: request.first_seen_ms,
+                    outcome: Outcome::Gone,
+                };
+                let effects = self.machine.on_identified(forgotten, &env(&self.parts));
+                debug_assert!(effects.is_empty(), "forgetting a cgroup has no effect");
+                continue;
+            }
+            self.spawn_identify(request);
+        }
+        self.parts
+            .metrics
+            .identifications_waiting
+            .set(self.queue.waiting() as i64);
+    }
+
+    /// Runs one identification in a task of its own; its outcome comes
+    /// back to the loop as a message. A container claiming to be CRI's is
+    /// waited for in CRI's records until its grace window ends, no longer.
+    fn spawn_identify(&self, request: Request) {
         let runtime = self.parts.runtime.clone();
         let layout = self.parts.layout.clone();
         let store = self.parts.store.clone();
-        self.report(key, async move {
-            match identify::cgroup_path(&layout, key, pid, path) {
-                None => (String::new(), Outcome::Gone),
-                Some(path) => {
-                    let outcome =
-                        identify::identify(runtime.as_ref(), &path, identify::stored(&store)).await;
+        let tx = self.tx.clone();
+        let patience = (request.first_event + self.machine.config().grace).into();
+        let Request {
+            key,
+            subject,
+            first_event,
+            first_seen_ms,
+        } = request;
+        tokio::spawn(async move {
+            let stored = identify::stored(&store);
+            let (path, outcome) = match subject {
+                Subject::Cgroup { pid, path } => {
+                    match identify::cgroup_path(&layout, key, pid, path) {
+                        None => (String::new(), Outcome::Gone),
+                        Some(path) => {
+                            let outcome = identify::identify(
+                                runtime.as_ref(),
+                                &layout,
+                                &path,
+                                stored,
+                                patience,
+                            )
+                            .await;
+                            (path, outcome)
+                        }
+                    }
+                }
+                Subject::Running {
+                    path,
+                    namespace,
+                    id,
+                } => {
+                    let outcome = identify::identify_running(
+                        runtime.as_ref(),
+                        &namespace,
+                        &id,
+                        stored,
+                        patience,
+                    )
+                    .await;
                     (path, outcome)
                 }
-            }
-        });
-    }
-
-    fn spawn_identify_running(&self, key: u64, path: String, namespace: String, id: String) {
-        let runtime = self.parts.runtime.clone();
-        let store = self.parts.store.clone();
-        self.report(key, async move {
-            let stored = identify::stored(&store);
-            let outcome =
-                identify::identify_running(runtime.as_ref(), &namespace, &id, stored).await;
-            (path, outcome)
-        });
-    }
-
-    /// Runs an identification (its cgroup path and outcome) in a task of
-    /// its own and sends the result to the loop.
-    fn report(
-        &self,
-        key: u64,
-        identification: impl Future<Output = (String, Outcome)> + Send + 'static,
-    ) {
-        let tx = self.tx.clone();
-        let first_event = Instant::now();
-        tokio::spawn(async move {
-            let (path, outcome) = identification.await;
+            };
             let _ = tx.send(Message::Identified(Box::new(Identified {
                 key,
                 path,
                 first_event,
+                first_seen_ms,
                 outcome,
             })));
         });

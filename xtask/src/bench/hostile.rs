@@ -2,7 +2,10 @@
 //! (slow bodies, half-sent heads, HTTP/2 stream floods) in a 256 MiB memory
 //! cgroup, measured by the `hostile_bench` example (as root): peak memory,
 //! and the latency of a well-behaved client during each attack against a
-//! quiet baseline of the same run.
+//! quiet baseline of the same run. Then the release agent under bursts of
+//! cgroups named like containers in a 128 MiB cgroup (`burst_bench`): its
+//! memory, what it dropped, and how soon a real container started in the
+//! middle of a burst was judged.
 
 use std::process::Command;
 
@@ -86,5 +89,100 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
         1.0,
     );
     report.raw.insert("hostile".into(), f);
+    agent_bursts(paths, report)
+}
+
+fn agent_bursts(paths: &Paths, report: &mut Report) -> Result<()> {
+    super::build_release(
+        paths,
+        &[
+            "--package",
+            "imagegate-agent",
+            "--bin",
+            "imagegate-agent",
+            "--example",
+            "burst_bench",
+        ],
+    )?;
+    let release = paths.target.join("release");
+    println!("\n==> hostile: the agent under bursts of container-like cgroups (128 MiB cgroup)");
+    let out = cmd::output(
+        Command::new(release.join("examples").join("burst_bench"))
+            .arg(release.join("imagegate-agent")),
+    )?;
+    let f: Value = serde_json::from_str(out.trim()).context("parsing burst_bench output")?;
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
+        "cgroups",
+        "burst s",
+        "rss MiB",
+        "peak",
+        "cg peak",
+        "kernel",
+        "dropped",
+        "lost",
+        "rescans",
+        "judged s"
+    );
+    let rounds = f["rounds"].as_array().cloned().unwrap_or_default();
+    for r in &rounds {
+        println!(
+            "{:>8} {:>9.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>8} {:>8} {:>9.2}",
+            r["cgroups"],
+            num(&r["create_s"]) + num(&r["remove_s"]),
+            num(&r["rss_before_mib"]),
+            num(&r["rss_peak_mib"]),
+            num(&r["cgroup_peak_mib"]),
+            num(&r["kernel_peak_mib"]),
+            r["identifications_dropped"],
+            num(&r["exec_events_lost"]) + num(&r["cgroup_events_lost"]),
+            r["rescans"],
+            num(&r["real_container_judged_s"]),
+        );
+        let what = format!("agent under a burst of {} cgroups", r["cgroups"]);
+        report.figure(
+            &what,
+            format!(
+                "RSS {:.1} -> peak {:.1} MiB (memory cgroup peak {:.1} MiB, of it kernel {:.1} \
+                 MiB); {} lookups dropped, {} exec and {} cgroup events lost in the kernel, {} \
+                 re-scans; a never-admitted container started 0.1 s in judged {:.2} s after \
+                 `ctr run` (grace 2 s); {} OOM kills",
+                num(&r["rss_before_mib"]),
+                num(&r["rss_peak_mib"]),
+                num(&r["cgroup_peak_mib"]),
+                num(&r["kernel_peak_mib"]),
+                r["identifications_dropped"],
+                r["exec_events_lost"],
+                r["cgroup_events_lost"],
+                r["rescans"],
+                num(&r["real_container_judged_s"]),
+                r["oom_kills"],
+            ),
+            "release agent in a 128 MiB memory cgroup, grace 2 s; the cgroups created then \
+             removed under the unified hierarchy by one thread (a third each: \
+             cri-containerd-<id>.scope, kubepods/.../<id>, containerd's /default/<name>); RSS \
+             from /proc every 10 ms; counts from the agent's /metrics",
+        );
+        report.check(
+            &format!("{what}: OOM kills"),
+            num(&r["oom_kills"]),
+            "<",
+            1.0,
+        );
+        report.check(
+            &format!("{what}: peak RSS MiB"),
+            num(&r["rss_peak_mib"]),
+            "<",
+            64.0,
+        );
+        report.check(
+            &format!("{what}: real container judged, s after `ctr run`"),
+            num(&r["real_container_judged_s"]),
+            "<",
+            5.0,
+        );
+    }
+    report.raw.insert("agent_bursts".into(), f);
     Ok(())
 }

@@ -66,7 +66,10 @@ pub enum Effect {
         pid: Option<u32>,
         path: Option<String>,
     },
-    /// Ask containerd about a container the start-up scan found running.
+    /// Something runs in cgroup `key`, whose lookup is waiting: move it
+    /// ahead of cgroups that were only created.
+    Hurry(u64),
+    /// Ask containerd about a container a scan found running.
     IdentifyRunning {
         key: u64,
         path: String,
@@ -130,5 +133,8 @@ pub struct Identified {
     pub path: String,
     /// When the machine first saw the cgroup.
     pub first_event: Instant,
+    /// The same, on the wall clock: the container's first sighting, from
+    /// which its grace window runs (not from when the lookup ended).
+    pub first_seen_ms: u64,
     pub outcome: Outcome,
 }

@@ -95,6 +95,7 @@ fn identity(digest: Option<Digest>, pod_namespace: &str) -> ContainerIdentity {
             container: Some("app".into()),
         }),
         sandbox: false,
+        unconfirmed_claim: None,
     }
 }
 
@@ -108,6 +109,7 @@ fn identified(world: &World, key: u64, path: &str, outcome: Outcome) -> Identifi
         key,
         path: path.into(),
         first_event: world.start,
+        first_seen_ms: 1_000_000,
         outcome,
     }
 }
@@ -426,7 +428,12 @@ fn a_cgroup_is_looked_up_once_and_execs_in_a_container_are_reported() {
     );
     effects.clear();
     m.on_exec(KEY, exec.clone(), &mut effects);
-    assert!(effects.is_empty(), "a lookup is in flight");
+    assert_eq!(
+        effects,
+        vec![Effect::Hurry(KEY)],
+        "a lookup is in flight: only hurried"
+    );
+    effects.clear();
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     m.on_exec(KEY, exec, &mut effects);
     assert!(
@@ -500,5 +507,66 @@ fn a_sweep_forgets_gone_cgroups_but_keeps_containers_still_in_grace() {
         "still in its grace window"
     );
     assert!(effects.contains(&Effect::MarkGone(vec!["k8s.io/c1".into()])));
+    assert_eq!(m.tracked(), 1);
+}
+
+#[test]
+fn the_grace_window_counts_from_the_first_event_not_the_end_of_the_lookup() {
+    // A lookup that took 8 s of a 10 s window (a busy runtime, a queue,
+    // a container waiting for CRI's record) leaves 2 s, not 10.
+    let mut world = World::new(false);
+    let mut m = machine(Mode::Audit);
+    world.advance(Duration::from_secs(8));
+    let effects = start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    assert_eq!(concluded(&effects)[0].record.first_seen_ms, 1_000_000);
+    assert_eq!(m.next_deadline(), Some(world.start + GRACE));
+    // One that took longer than the window is judged at once.
+    let mut m = machine(Mode::Audit);
+    world.advance(Duration::from_secs(4));
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    let effects = m.on_deadlines(&world.env());
+    assert_eq!(
+        concluded(&effects)[0].record.verdict,
+        ContainerVerdict::NeverAdmitted
+    );
+}
+
+#[test]
+fn a_dropped_lookup_is_forgotten_so_the_next_exec_asks_again() {
+    let mut m = machine(Mode::Audit);
+    let id = "0123456789abcdef".repeat(4);
+    let path = format!("/kubepods.slice/cri-containerd-{id}.scope");
+    assert_eq!(m.on_new_cgroup(2, path.clone()).len(), 1);
+    m.on_dropped(2);
+    assert_eq!(m.tracked(), 0);
+    assert_eq!(m.on_new_cgroup(2, path).len(), 1, "asked again");
+    // A judged container is not forgotten by a stale drop.
+    let world = World::new(false);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    m.on_dropped(KEY);
+    assert!(m.record(KEY).is_some());
+}
+
+#[test]
+fn a_rescan_does_not_look_up_a_cgroup_already_being_looked_up() {
+    let mut m = machine(Mode::Audit);
+    let id = "0123456789abcdef".repeat(4);
+    let path = format!("/kubepods.slice/cri-containerd-{id}.scope");
+    m.on_new_cgroup(2, path.clone());
+    assert!(m.on_running(2, path, "k8s.io".into(), id).is_empty());
+}
+
+#[test]
+fn host_cgroups_past_the_bound_get_their_action_but_are_not_remembered() {
+    let mut m = machine(Mode::Audit);
+    for key in 0..MAX_TRACKED as u64 + 10 {
+        let effects = m.host(key, format!("/burst/{key}"));
+        assert_eq!(effects, vec![Effect::SetAction(key, Action::Ignore)]);
+    }
+    assert_eq!(m.tracked(), MAX_TRACKED);
+    // Gone ones swept, there is room again.
+    m.sweep(|_| false, 0);
+    assert_eq!(m.tracked(), 0);
+    m.host(1, "/h".into());
     assert_eq!(m.tracked(), 1);
 }
