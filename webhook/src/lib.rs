@@ -3,6 +3,8 @@
 //! - [`reference`](mod@reference): image references, parsed and normalised;
 //! - [`review`]: ImageReview and AdmissionReview, decoded into one [`review::Review`];
 //! - [`policy`]: the policy file, validated, and the decisions it makes;
+//! - [`modes`]: enforce or audit, allow or deny on failure: the words the
+//!   policy and the signature stage share;
 //! - [`policy_store`]: the policy in force, reloaded when its file changes;
 //! - [`admit`]: the admission pipeline every endpoint shares: policy,
 //!   resolution, signatures, decision, approvals recorded;
@@ -24,6 +26,7 @@ pub mod adopt;
 pub mod check;
 pub mod install;
 pub mod ledger;
+pub mod modes;
 pub mod policy;
 pub mod policy_store;
 pub mod push;

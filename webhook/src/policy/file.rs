@@ -62,23 +62,7 @@ impl Default for ResolutionFile {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Audit,
-}
-
-/// What is decided when nothing else decides: `defaultVerdict` (no rule
-/// matched) and `resolution.onFailure` (the registry did not answer).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fallback {
-    Allow,
-    #[default]
-    Deny,
-}
+pub use crate::modes::{Fallback, Mode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

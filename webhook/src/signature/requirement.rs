@@ -18,7 +18,7 @@ use super::{
     trust_root::TrustedRoot,
     verify,
 };
-use crate::policy::{Mode, file::Fallback};
+use crate::modes::{Fallback, Mode};
 
 #[derive(Debug)]
 pub struct Requirement {
