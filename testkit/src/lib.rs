@@ -15,6 +15,7 @@ pub mod grpcurl;
 pub mod hostile;
 pub mod https;
 pub mod image;
+pub mod independent;
 pub mod kubelet;
 pub mod metrics;
 pub mod network;

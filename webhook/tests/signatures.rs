@@ -562,7 +562,7 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
     let report = decide(&trusted, &resolver, &image("expired")).await;
     assert_denied(
         &report,
-        &["outside its certificate's validity (the log's time)"],
+        &["(the transparency log's time), outside its certificate's validity"],
     );
     let report = decide(&trusted, &resolver, &image("foreign")).await;
     assert_denied(

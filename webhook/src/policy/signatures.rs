@@ -9,7 +9,7 @@ use super::{ImageDecision, ImageVerdict, Mode, Policy, file};
 use crate::signature::{
     Ask, Outcome, Requirement,
     key::PublicKey,
-    requirement::{self as req, Condition, Keyless, Rekor, Subject, Test, What},
+    requirement::{self as req, Condition, Keyless, Rekor, Sct, Subject, Test, What},
     trust_root::TrustedRoot,
 };
 
@@ -107,6 +107,19 @@ pub fn compile(
         if f.threshold == 0 {
             problems.push(format!("{at}.threshold: at least 1"));
         }
+        if keyless.is_none() && (f.verified_times.is_some() || f.sct.is_some()) {
+            problems.push(format!(
+                "{at}: `verifiedTimes` and `sct` are about keyless certificates; this requirement \
+                 trusts keys only"
+            ));
+        }
+        let verified_times = f.verified_times.unwrap_or(1);
+        if verified_times > crate::signature::timestamp::MAX_TIMESTAMPS + 1 {
+            problems.push(format!(
+                "{at}.verifiedTimes: at most {} (one log entry and the timestamps imagegate reads)",
+                crate::signature::timestamp::MAX_TIMESTAMPS + 1
+            ));
+        }
         let what = match (attestation, f.predicate_type) {
             (false, None) if f.conditions.is_empty() => What::Signature,
             (false, _) => {
@@ -134,6 +147,8 @@ pub fn compile(
                 keyless,
                 root,
                 rekor,
+                verified_times,
+                sct: f.sct.unwrap_or(Sct::Required),
                 threshold: f.threshold,
                 mode: f.mode,
                 on_failure: f.on_failure,

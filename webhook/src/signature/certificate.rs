@@ -91,26 +91,58 @@ fn subject(cert: &X509Certificate<'_>) -> Option<String> {
     })
 }
 
+/// The certificate that issued a signing certificate, as the trusted root
+/// (or the artifact's chain) holds it: what its SCTs are checked against.
+pub struct Issuer {
+    pub der: Vec<u8>,
+}
+
+/// Most intermediates taken from an artifact (`dev.sigstore.cosign/chain`,
+/// a bundle's `x509CertificateChain`). They are only candidates for the
+/// path: the root must be one the trusted root lists.
+pub const MAX_EXTRA_INTERMEDIATES: usize = 8;
+
 /// Checks that `der` chains to one of `root`'s authorities, for code
 /// signing, at `at` (the time of signing): within the certificate's
-/// validity, its issuers', and the authority's `validFor`.
-pub fn verify_chain(root: &TrustedRoot, der: &[u8], at: SystemTime) -> Result<(), String> {
+/// validity, its issuers', and the authority's `validFor`. `extra` are
+/// intermediates the artifact carries (never anchors). Returns the
+/// certificate's issuer.
+pub fn verify_chain(
+    root: &TrustedRoot,
+    der: &[u8],
+    extra: &[Vec<u8>],
+    at: SystemTime,
+) -> Result<Issuer, String> {
     let cert = CertificateDer::from(der);
     let leaf = webpki::EndEntityCert::try_from(&cert)
-        .map_err(|e| format!("the signing certificate cannot be read: {e}"))?;
+        .map_err(|_| "the signing certificate cannot be read (not DER X.509)".to_string())?;
     let since = at
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the time of signing is before 1970".to_string())?;
+    if root.authorities.is_empty() {
+        return Err("the trusted root lists no certificate authority".into());
+    }
+    let extra: Vec<CertificateDer<'_>> = extra
+        .iter()
+        .take(MAX_EXTRA_INTERMEDIATES)
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
     let mut errors = Vec::new();
     for authority in &root.authorities {
         if !authority.valid.contains(at) {
-            errors.push("an authority not valid at the time of signing".to_string());
+            errors.push("its authority was not trusted at the time of signing".to_string());
             continue;
         }
+        let intermediates: Vec<CertificateDer<'_>> = authority
+            .intermediates
+            .iter()
+            .cloned()
+            .chain(extra.iter().cloned())
+            .collect();
         match leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             std::slice::from_ref(&authority.anchor),
-            &authority.intermediates,
+            &intermediates,
             UnixTime::since_unix_epoch(since),
             // Code signing where an EKU is present, at every level: webpki
             // checks the intermediates' EKU too, and `required` would refuse
@@ -119,31 +151,85 @@ pub fn verify_chain(root: &TrustedRoot, der: &[u8], at: SystemTime) -> Result<()
             None,
             None,
         ) {
-            Ok(_) => return Ok(()),
-            Err(e) => errors.push(describe(&e)),
+            Ok(path) => {
+                let issuer = path
+                    .intermediate_certificates()
+                    .next()
+                    .map(|c| c.der().to_vec())
+                    .or_else(|| issuer_in(&authority.chain, der))
+                    .ok_or("the signing certificate's issuer is not in the trusted root")?;
+                return Ok(Issuer { der: issuer });
+            }
+            Err(e) => errors.push(describe(&e, "at the time of signing", "code signing")),
         }
     }
-    if root.authorities.is_empty() {
-        return Err("the trusted root lists no certificate authority".into());
-    }
+    errors.sort();
     errors.dedup();
     Err(format!(
         "the signing certificate does not chain to the trusted root at the time of signing ({})",
-        errors.join(", ")
+        errors.join("; ")
     ))
 }
 
-/// A chain error in words, for the denial.
-fn describe(error: &webpki::Error) -> String {
+/// The certificate of `chain` whose subject is `der`'s issuer.
+fn issuer_in(chain: &[CertificateDer<'static>], der: &[u8]) -> Option<Vec<u8>> {
+    let (_, leaf) = X509Certificate::from_der(der).ok()?;
+    chain.iter().find_map(|candidate| {
+        let (_, c) = X509Certificate::from_der(candidate).ok()?;
+        (c.subject().as_raw() == leaf.issuer().as_raw()).then(|| candidate.to_vec())
+    })
+}
+
+/// A chain error in words, for a denial: what is wrong with the chain, and
+/// so what the operator can check. `when` says at what time it was checked
+/// (`at the time of signing`), `usage` what the chain is for (`code
+/// signing`).
+pub fn describe(error: &webpki::Error, when: &str, usage: &str) -> String {
+    use webpki::Error as E;
     #[allow(deprecated)]
     match error {
-        webpki::Error::UnknownIssuer => "issued by a CA the trusted root does not list".into(),
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-            "a certificate of the chain is not valid at the time of signing".into()
+        E::UnknownIssuer => "issued by a CA the trusted root does not list".into(),
+        E::CertExpired { .. } | E::CertNotValidYet { .. } => {
+            format!("a certificate of the chain is not valid {when}")
         }
-        webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
-            "not issued for code signing".into()
+        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => {
+            format!("a certificate of the chain is not issued for {usage}")
         }
-        other => format!("{other:?}"),
+        E::InvalidSignatureForPublicKey | E::SignatureAlgorithmMismatch => {
+            "a certificate of the chain carries a signature its issuer's key does not verify".into()
+        }
+        E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "a certificate of the chain is signed with an algorithm imagegate does not verify"
+                .into()
+        }
+        E::CaUsedAsEndEntity => "the signing certificate is a CA certificate".into(),
+        E::EndEntityUsedAsCa => {
+            "a certificate that is not a CA's appears as an issuer in the chain".into()
+        }
+        E::PathLenConstraintViolated | E::MaximumPathDepthExceeded => {
+            "the chain is longer than its CAs allow".into()
+        }
+        E::NameConstraintViolation => "a CA of the chain may not issue for this name".into(),
+        E::UnsupportedCriticalExtension => {
+            "a certificate of the chain has a critical extension imagegate does not know".into()
+        }
+        E::BadDer
+        | E::BadDerTime
+        | E::TrailingData(_)
+        | E::MalformedExtensions
+        | E::ExtensionValueInvalid
+        | E::UnsupportedCertVersion
+        | E::InvalidSerialNumber => "a certificate of the chain is not well-formed DER".into(),
+        E::InvalidCertValidity => {
+            "a certificate of the chain has an invalid validity period".into()
+        }
+        E::MaximumSignatureChecksExceeded | E::MaximumPathBuildCallsExceeded => {
+            "the chain took more checks than imagegate allows (too many candidate certificates)"
+                .into()
+        }
+        _ => "the chain does not verify".into(),
     }
 }

@@ -1,16 +1,24 @@
-//! The signature formats, as cosign writes them, turned into
-//! [`Artifact`]s: the legacy simple-signing layer of a `sha256-<hex>.sig`
-//! tag, and the Sigstore bundle (v0.1 to v0.3) with a DSSE envelope around
-//! an in-toto statement. Untrusted input: every field is checked, nothing
-//! here decides trust.
+//! The signature formats, as cosign and Sigstore's clients write them,
+//! turned into [`Artifact`]s:
+//!
+//! - the legacy simple-signing layer of a `sha256-<hex>.sig` tag, with its
+//!   certificate, chain, Rekor bundle and RFC 3161 timestamp annotations;
+//! - the DSSE envelope layer of a `sha256-<hex>.att` tag (`cosign attest`
+//!   before v3), with the same annotations;
+//! - the Sigstore bundle (v0.1 to v0.3): a DSSE envelope around an in-toto
+//!   statement (images), or a message signature over a blob (given the
+//!   blob), with Rekor v1 and v2 entries and RFC 3161 timestamps.
+//!
+//! Untrusted input: every field is checked, nothing here decides trust.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use imagegate_proto::digest::Digest;
 use serde::Deserialize;
 
 use super::{
+    key::sha256,
     model::{Artifact, COSIGN_SIGN_PREDICATE, Claim, ClaimKind, Format, Material},
-    rekor,
+    rekor, timestamp,
 };
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -18,10 +26,14 @@ pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// Older bundle media types (`...bundle+json;version=0.1|0.2`).
 pub const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
 pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+/// The media type of a `.att` layer: a DSSE envelope.
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 
 pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 pub const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+pub const ANNOTATION_CHAIN: &str = "dev.sigstore.cosign/chain";
 pub const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+pub const ANNOTATION_TIMESTAMP: &str = "dev.sigstore.cosign/rfc3161timestamp";
 
 /// Whether a layer's or artifact's media type is a Sigstore bundle.
 pub fn is_bundle(media_type: &str) -> bool {
@@ -70,33 +82,99 @@ pub fn legacy(
     let signature = STANDARD
         .decode(signature.trim())
         .map_err(|e| format!("its {ANNOTATION_SIGNATURE} annotation is not base64: {e}"))?;
-    let material = match annotations.get(ANNOTATION_CERTIFICATE) {
-        Some(pem) if !pem.trim().is_empty() => {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-                format!("its {ANNOTATION_CERTIFICATE} annotation is not a PEM certificate: {e}")
-            })?;
-            Material::Certificate { der: der.to_vec() }
-        }
-        _ => Material::Key { hint: None },
-    };
-    let tlog = match annotations.get(ANNOTATION_BUNDLE) {
-        Some(text) => vec![legacy_bundle(text)?],
-        None => Vec::new(),
-    };
+    let annotated = Annotated::read(annotations)?;
     Ok(Artifact {
         format: Format::LegacyTag,
         manifest: manifest.clone(),
         signed: payload.to_vec(),
         payload: payload.to_vec(),
         signatures: vec![signature],
-        material,
-        tlog,
+        material: annotated.material,
+        chain: annotated.chain,
+        tlog: annotated.tlog,
+        timestamps: annotated.timestamps,
         claim: Claim {
             subjects: vec![subject],
             kind: ClaimKind::ImageSignature,
         },
     })
+}
+
+/// A `.att` layer (`cosign attest` before v3): `envelope` (the layer's
+/// blob, a DSSE envelope) and the layer's annotations.
+pub fn legacy_attestation(
+    manifest: &Digest,
+    envelope: &[u8],
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Artifact, String> {
+    let file: EnvelopeFile = serde_json::from_slice(envelope)
+        .map_err(|e| format!("its layer is not a DSSE envelope: {e}"))?;
+    let opened = open_envelope(file)?;
+    let annotated = Annotated::read(annotations)?;
+    Ok(Artifact {
+        format: Format::LegacyAttestationTag,
+        manifest: manifest.clone(),
+        signed: opened.signed,
+        payload: opened.payload,
+        signatures: opened.signatures,
+        material: match annotated.material {
+            Material::Key { .. } => Material::Key { hint: opened.hint },
+            certificate => certificate,
+        },
+        chain: annotated.chain,
+        tlog: annotated.tlog,
+        timestamps: annotated.timestamps,
+        claim: opened.claim,
+    })
+}
+
+/// What cosign's layer annotations carry besides the signature.
+struct Annotated {
+    material: Material,
+    chain: Vec<Vec<u8>>,
+    tlog: Vec<rekor::Entry>,
+    timestamps: Vec<Vec<u8>>,
+}
+
+impl Annotated {
+    fn read(annotations: &std::collections::HashMap<String, String>) -> Result<Self, String> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let material = match annotations.get(ANNOTATION_CERTIFICATE) {
+            Some(pem) if !pem.trim().is_empty() => {
+                let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
+                    format!("its {ANNOTATION_CERTIFICATE} annotation is not a PEM certificate")
+                })?;
+                Material::Certificate { der: der.to_vec() }
+            }
+            _ => Material::Key { hint: None },
+        };
+        // Intermediates (and often the root) of the certificate's chain:
+        // candidates for the path, never anchors.
+        let chain = match annotations.get(ANNOTATION_CHAIN) {
+            Some(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+                .take(super::certificate::MAX_EXTRA_INTERMEDIATES)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| format!("its {ANNOTATION_CHAIN} annotation is not PEM certificates"))?
+                .into_iter()
+                .map(|c| c.to_vec())
+                .collect(),
+            None => Vec::new(),
+        };
+        let tlog = match annotations.get(ANNOTATION_BUNDLE) {
+            Some(text) => vec![legacy_bundle(text)?],
+            None => Vec::new(),
+        };
+        let timestamps = match annotations.get(ANNOTATION_TIMESTAMP) {
+            Some(text) => vec![legacy_timestamp(text)?],
+            None => Vec::new(),
+        };
+        Ok(Self {
+            material,
+            chain,
+            tlog,
+            timestamps,
+        })
+    }
 }
 
 /// cosign's legacy Rekor bundle annotation: a SET and the entry it signs.
@@ -121,7 +199,7 @@ fn legacy_bundle(text: &str) -> Result<rekor::Entry, String> {
     Ok(rekor::Entry {
         log_index: bundle.payload.log_index,
         log_id: from_hex(&bundle.payload.log_id).ok_or_else(|| bad("logID is not hex".into()))?,
-        integrated_time: bundle.payload.integrated_time,
+        integrated_time: Some(bundle.payload.integrated_time),
         body: STANDARD
             .decode(&bundle.payload.body)
             .map_err(|e| bad(format!("body is not base64: {e}")))?,
@@ -131,7 +209,22 @@ fn legacy_bundle(text: &str) -> Result<rekor::Entry, String> {
                 .map_err(|e| bad(format!("SignedEntryTimestamp is not base64: {e}")))?,
         ),
         proof: None,
+        checkpoint_required: false,
     })
+}
+
+/// cosign's timestamp annotation: `{"SignedRFC3161Timestamp": base64}`.
+fn legacy_timestamp(text: &str) -> Result<Vec<u8>, String> {
+    #[derive(Deserialize)]
+    struct Annotation {
+        #[serde(rename = "SignedRFC3161Timestamp")]
+        signed: String,
+    }
+    let bad = |e: String| format!("its {ANNOTATION_TIMESTAMP} annotation: {e}");
+    let annotation: Annotation = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    STANDARD
+        .decode(annotation.signed)
+        .map_err(|e| bad(format!("not base64: {e}")))
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
@@ -152,7 +245,7 @@ struct BundleFile {
     #[serde(default)]
     dsse_envelope: Option<EnvelopeFile>,
     #[serde(default)]
-    message_signature: Option<serde_json::Value>,
+    message_signature: Option<MessageSignatureFile>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +259,8 @@ struct MaterialFile {
     x509_certificate_chain: Option<ChainFile>,
     #[serde(default)]
     tlog_entries: Vec<TlogFile>,
+    #[serde(default)]
+    timestamp_verification_data: Option<TimestampDataFile>,
 }
 
 #[derive(Deserialize)]
@@ -187,12 +282,26 @@ struct ChainFile {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct TimestampDataFile {
+    #[serde(default)]
+    rfc3161_timestamps: Vec<SignedTimestampFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedTimestampFile {
+    signed_timestamp: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct TlogFile {
     #[serde(deserialize_with = "rekor::int64")]
     log_index: i64,
     log_id: KeyIdFile,
-    #[serde(deserialize_with = "rekor::int64")]
-    integrated_time: i64,
+    /// Rekor v2 entries have none.
+    #[serde(default, deserialize_with = "rekor::optional_int64")]
+    integrated_time: Option<i64>,
     #[serde(default)]
     inclusion_promise: Option<PromiseFile>,
     #[serde(default)]
@@ -248,6 +357,20 @@ struct SignatureFile {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct MessageSignatureFile {
+    #[serde(default)]
+    message_digest: Option<HashOutputFile>,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+struct HashOutputFile {
+    algorithm: String,
+    digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct StatementFile {
     #[serde(rename = "_type")]
     kind: String,
@@ -283,92 +406,23 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A Sigstore bundle found as `format` in manifest `manifest`.
-pub fn bundle(manifest: &Digest, format: Format, bytes: &[u8]) -> Result<Artifact, String> {
-    let b64 = |what: &str, text: &str| {
-        STANDARD
-            .decode(text)
-            .map_err(|e| format!("{what} is not base64: {e}"))
-    };
-    let file: BundleFile =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a Sigstore bundle: {e}"))?;
-    if !is_bundle(&file.media_type) {
-        return Err(format!(
-            "its mediaType {:?} is not a Sigstore bundle's",
-            file.media_type
-        ));
-    }
-    let Some(envelope) = file.dsse_envelope else {
-        return Err(if file.message_signature.is_some() {
-            "it signs a blob (messageSignature), not an image (a DSSE statement)".into()
-        } else {
-            "it holds no DSSE envelope".into()
-        });
-    };
-    let material = file.verification_material;
-    let hint = material.public_key.as_ref().and_then(|k| k.hint.clone());
-    let material_kind = match (material.certificate, material.x509_certificate_chain) {
-        (Some(cert), _) => Material::Certificate {
-            der: b64("verificationMaterial.certificate", &cert.raw_bytes)?,
-        },
-        (None, Some(chain)) => {
-            let first = chain
-                .certificates
-                .first()
-                .ok_or("its x509CertificateChain is empty")?;
-            Material::Certificate {
-                der: b64(
-                    "verificationMaterial.x509CertificateChain",
-                    &first.raw_bytes,
-                )?,
-            }
-        }
-        (None, None) => Material::Key {
-            hint: hint
-                .or_else(|| envelope.signatures.iter().find_map(|s| s.keyid.clone()))
-                .filter(|h| !h.is_empty()),
-        },
-    };
-    if material.tlog_entries.len() > MAX_TLOG_ENTRIES {
-        return Err(format!(
-            "it carries {} log entries, more than the {MAX_TLOG_ENTRIES} imagegate reads",
-            material.tlog_entries.len()
-        ));
-    }
-    let mut tlog = Vec::new();
-    for entry in material.tlog_entries {
-        let proof = match entry.inclusion_proof {
-            Some(p) if p.hashes.len() <= 64 => Some(rekor::Proof {
-                log_index: p.log_index,
-                tree_size: p.tree_size,
-                root_hash: b64("inclusionProof.rootHash", &p.root_hash)?,
-                hashes: p
-                    .hashes
-                    .iter()
-                    .map(|h| b64("inclusionProof.hashes", h))
-                    .collect::<Result<_, _>>()?,
-                checkpoint: p.checkpoint.map(|c| c.envelope),
-            }),
-            Some(_) => return Err("its inclusion proof is longer than any tree needs".into()),
-            None => None,
-        };
-        tlog.push(rekor::Entry {
-            log_index: entry.log_index,
-            log_id: b64("logId.keyId", &entry.log_id.key_id)?,
-            integrated_time: entry.integrated_time,
-            body: b64("canonicalizedBody", &entry.canonicalized_body)?,
-            set: entry
-                .inclusion_promise
-                .map(|p| {
-                    b64(
-                        "inclusionPromise.signedEntryTimestamp",
-                        &p.signed_entry_timestamp,
-                    )
-                })
-                .transpose()?,
-            proof,
-        });
-    }
+fn b64(what: &str, text: &str) -> Result<Vec<u8>, String> {
+    STANDARD
+        .decode(text)
+        .map_err(|e| format!("{what} is not base64: {e}"))
+}
+
+/// A DSSE envelope around an in-toto statement, opened: what is signed,
+/// the statement and what it claims.
+struct Opened {
+    signed: Vec<u8>,
+    payload: Vec<u8>,
+    signatures: Vec<Vec<u8>>,
+    hint: Option<String>,
+    claim: Claim,
+}
+
+fn open_envelope(envelope: EnvelopeFile) -> Result<Opened, String> {
     if envelope.payload_type != IN_TOTO {
         return Err(format!(
             "its DSSE payload is {:?}, not an in-toto statement ({IN_TOTO})",
@@ -387,6 +441,11 @@ pub fn bundle(manifest: &Digest, format: Format, bytes: &[u8]) -> Result<Artifac
         .iter()
         .map(|s| b64("dsseEnvelope.signatures[].sig", &s.sig))
         .collect::<Result<Vec<_>, _>>()?;
+    let hint = envelope
+        .signatures
+        .iter()
+        .find_map(|s| s.keyid.clone())
+        .filter(|h| !h.is_empty());
     let statement: StatementFile = serde_json::from_slice(&payload)
         .map_err(|e| format!("its DSSE payload is not an in-toto statement: {e}"))?;
     if !statement.kind.starts_with("https://in-toto.io/Statement/") {
@@ -415,15 +474,191 @@ pub fn bundle(manifest: &Digest, format: Format, bytes: &[u8]) -> Result<Artifac
             predicate: statement.predicate,
         }
     };
-    Ok(Artifact {
-        format,
-        manifest: manifest.clone(),
+    Ok(Opened {
         signed: pae(&envelope.payload_type, &payload),
         payload,
         signatures,
-        material: material_kind,
-        tlog,
+        hint,
         claim: Claim { subjects, kind },
+    })
+}
+
+/// A bundle's version from its media type: `...bundle+json;version=0.1`
+/// or `...bundle.v0.3+json` (`(0, 0)` when unreadable).
+fn bundle_version(media_type: &str) -> (u32, u32) {
+    let version = media_type
+        .split_once(";version=")
+        .map(|(_, v)| v.to_string())
+        .or_else(|| {
+            media_type
+                .strip_prefix("application/vnd.dev.sigstore.bundle.v")
+                .and_then(|rest| rest.strip_suffix("+json"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// A Sigstore bundle found as `format` in manifest `manifest`: a DSSE
+/// statement (a message signature signs a blob, not an image).
+pub fn bundle(manifest: &Digest, format: Format, bytes: &[u8]) -> Result<Artifact, String> {
+    parse_bundle(manifest, format, bytes, None)
+}
+
+/// A Sigstore bundle for `blob`: a DSSE statement naming its digest, or a
+/// message signature over it (the conformance corpus; `sigstore sign`).
+pub fn bundle_for_blob(bytes: &[u8], blob: &[u8]) -> Result<Artifact, String> {
+    let digest = Digest::parse(&format!("sha256:{}", super::key::hex(&sha256(blob))))
+        .map_err(|_| "the blob's digest".to_string())?;
+    parse_bundle(&digest, Format::Bundle, bytes, Some(blob))
+}
+
+fn parse_bundle(
+    manifest: &Digest,
+    format: Format,
+    bytes: &[u8],
+    blob: Option<&[u8]>,
+) -> Result<Artifact, String> {
+    let file: BundleFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a Sigstore bundle: {e}"))?;
+    if !is_bundle(&file.media_type) {
+        return Err(format!(
+            "its mediaType {:?} is not a Sigstore bundle's",
+            file.media_type
+        ));
+    }
+    let checkpoint_required = bundle_version(&file.media_type) >= (0, 2);
+    let material = file.verification_material;
+    let hint = material.public_key.as_ref().and_then(|k| k.hint.clone());
+    let (certificate, chain) = match (material.certificate, material.x509_certificate_chain) {
+        (Some(cert), _) => (
+            Some(b64("verificationMaterial.certificate", &cert.raw_bytes)?),
+            Vec::new(),
+        ),
+        (None, Some(chain)) => {
+            let mut certificates = chain
+                .certificates
+                .iter()
+                .take(1 + super::certificate::MAX_EXTRA_INTERMEDIATES)
+                .map(|c| b64("verificationMaterial.x509CertificateChain", &c.raw_bytes));
+            let leaf = certificates
+                .next()
+                .ok_or("its x509CertificateChain is empty")??;
+            (Some(leaf), certificates.collect::<Result<Vec<_>, _>>()?)
+        }
+        (None, None) => (None, Vec::new()),
+    };
+    if material.tlog_entries.len() > MAX_TLOG_ENTRIES {
+        return Err(format!(
+            "it carries {} log entries, more than the {MAX_TLOG_ENTRIES} imagegate reads",
+            material.tlog_entries.len()
+        ));
+    }
+    let mut tlog = Vec::new();
+    for entry in material.tlog_entries {
+        let proof = match entry.inclusion_proof {
+            Some(p) if p.hashes.len() <= rekor::MAX_PROOF_HASHES => Some(rekor::Proof {
+                log_index: p.log_index,
+                tree_size: p.tree_size,
+                root_hash: b64("inclusionProof.rootHash", &p.root_hash)?,
+                hashes: p
+                    .hashes
+                    .iter()
+                    .map(|h| b64("inclusionProof.hashes", h))
+                    .collect::<Result<_, _>>()?,
+                checkpoint: p.checkpoint.map(|c| c.envelope),
+            }),
+            Some(_) => return Err("its inclusion proof is longer than any tree needs".into()),
+            None => None,
+        };
+        tlog.push(rekor::Entry {
+            log_index: entry.log_index,
+            log_id: b64("logId.keyId", &entry.log_id.key_id)?,
+            integrated_time: entry.integrated_time.filter(|t| *t != 0),
+            body: b64("canonicalizedBody", &entry.canonicalized_body)?,
+            set: entry
+                .inclusion_promise
+                .map(|p| {
+                    b64(
+                        "inclusionPromise.signedEntryTimestamp",
+                        &p.signed_entry_timestamp,
+                    )
+                })
+                .transpose()?,
+            proof,
+            checkpoint_required,
+        });
+    }
+    let stamps = material
+        .timestamp_verification_data
+        .map(|t| t.rfc3161_timestamps)
+        .unwrap_or_default();
+    if stamps.len() > timestamp::MAX_TIMESTAMPS {
+        return Err(format!(
+            "it carries {} timestamps, more than the {} imagegate reads",
+            stamps.len(),
+            timestamp::MAX_TIMESTAMPS
+        ));
+    }
+    let timestamps = stamps
+        .iter()
+        .map(|t| b64("rfc3161Timestamps[].signedTimestamp", &t.signed_timestamp))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (signed, payload, signatures, envelope_hint, claim) =
+        match (file.dsse_envelope, file.message_signature, blob) {
+            (Some(envelope), _, _) => {
+                let opened = open_envelope(envelope)?;
+                (
+                    opened.signed,
+                    opened.payload,
+                    opened.signatures,
+                    opened.hint,
+                    opened.claim,
+                )
+            }
+            (None, Some(message), Some(blob)) => {
+                if let Some(digest) = &message.message_digest {
+                    let named = b64("messageSignature.messageDigest.digest", &digest.digest)?;
+                    if digest.algorithm != "SHA2_256" || named != sha256(blob) {
+                        return Err("its message digest is not the blob's".into());
+                    }
+                }
+                (
+                    blob.to_vec(),
+                    blob.to_vec(),
+                    vec![b64("messageSignature.signature", &message.signature)?],
+                    None,
+                    Claim {
+                        subjects: vec![manifest.clone()],
+                        kind: ClaimKind::ImageSignature,
+                    },
+                )
+            }
+            (None, Some(_), None) => {
+                return Err(
+                    "it signs a blob (messageSignature), not an image (a DSSE statement)".into(),
+                );
+            }
+            (None, None, _) => return Err("it holds no DSSE envelope".into()),
+        };
+    let material_kind = match certificate {
+        Some(der) => Material::Certificate { der },
+        None => Material::Key {
+            hint: hint.or(envelope_hint).filter(|h| !h.is_empty()),
+        },
+    };
+    Ok(Artifact {
+        format,
+        manifest: manifest.clone(),
+        signed,
+        payload,
+        signatures,
+        material: material_kind,
+        chain,
+        tlog,
+        timestamps,
+        claim,
     })
 }
 

@@ -27,6 +27,47 @@ pub enum KeyError {
     Unsupported(String),
 }
 
+/// The hash a signature scheme applies to the message before signing
+/// (ECDSA and RSA; Ed25519 hashes in its own way and ignores it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    /// The digest of `bytes`.
+    pub fn digest(self, bytes: &[u8]) -> Vec<u8> {
+        let algorithm = match self {
+            Self::Sha256 => &ring::digest::SHA256,
+            Self::Sha384 => &ring::digest::SHA384,
+            Self::Sha512 => &ring::digest::SHA512,
+        };
+        ring::digest::digest(algorithm, bytes).as_ref().to_vec()
+    }
+
+    /// From a hash algorithm's OID (NIST's SHA-2 arc).
+    pub fn from_oid(oid: &str) -> Option<Self> {
+        match oid {
+            "2.16.840.1.101.3.4.2.1" => Some(Self::Sha256),
+            "2.16.840.1.101.3.4.2.2" => Some(Self::Sha384),
+            "2.16.840.1.101.3.4.2.3" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
+    /// From Sigstore's protobuf name (`SHA2_256`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "SHA2_256" => Some(Self::Sha256),
+            "SHA2_384" => Some(Self::Sha384),
+            "SHA2_512" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Algorithm {
     EcdsaP256,
@@ -71,6 +112,30 @@ impl PublicKey {
         let (_, spki) =
             SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError::Der(e.to_string()))?;
         Self::from_parsed(name, &spki, der)
+    }
+
+    /// A PKCS#1 RSAPublicKey (DER), as Sigstore's trusted roots give some
+    /// logs' keys (`PKCS1_RSA_PKCS1V5`). Its id and fingerprint are of the
+    /// PKCS#1 bytes (the root names such logs by their listed id).
+    pub fn from_pkcs1_rsa(name: &str, der: &[u8]) -> Result<Self, KeyError> {
+        let id = sha256(der);
+        let fingerprint = format!("sha256:{}", hex(&id));
+        // ring reads the modulus when verifying; a quick shape check here
+        // refuses what is not a DER SEQUENCE at all.
+        if der.first() != Some(&0x30) {
+            return Err(KeyError::Der("not a PKCS#1 RSAPublicKey".into()));
+        }
+        Ok(Self {
+            name: if name.is_empty() {
+                fingerprint.clone()
+            } else {
+                name.to_string()
+            },
+            fingerprint,
+            id,
+            algorithm: Algorithm::Rsa,
+            raw: der.to_vec(),
+        })
     }
 
     /// A key parsed inside a certificate; `der` is its SubjectPublicKeyInfo.
@@ -118,15 +183,49 @@ impl PublicKey {
     /// are ASN.1 DER (what cosign and Sigstore write), hashed with the
     /// curve's hash; RSA is PKCS#1 v1.5 with SHA-256.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        let algorithm: &dyn VerificationAlgorithm = match self.algorithm {
-            Algorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
-            Algorithm::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
-            Algorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::Ed25519 => &signature::ED25519,
+        self.verifies_with(self.default_hash(), message, signature)
+    }
+
+    /// The hash signatures by this key use unless something says
+    /// otherwise: the curve's (P-256: SHA-256, P-384: SHA-384), SHA-256
+    /// for RSA, SHA-512 (inside Ed25519) for Ed25519.
+    pub fn default_hash(&self) -> Hash {
+        match self.algorithm {
+            Algorithm::EcdsaP384 => Hash::Sha384,
+            Algorithm::Ed25519 => Hash::Sha512,
+            Algorithm::EcdsaP256 | Algorithm::Rsa => Hash::Sha256,
+        }
+    }
+
+    /// Whether `signature` is this key's over `message` hashed with `hash`
+    /// (a CMS signer, a certificate transparency log or a log entry names
+    /// the hash separately: a P-384 key may sign SHA-256 digests). SHA-512
+    /// with ECDSA is not offered by ring, and is refused.
+    pub fn verifies_with(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
+        let algorithm: &dyn VerificationAlgorithm = match (self.algorithm, hash) {
+            (Algorithm::EcdsaP256, Hash::Sha256) => &signature::ECDSA_P256_SHA256_ASN1,
+            (Algorithm::EcdsaP256, Hash::Sha384) => &signature::ECDSA_P256_SHA384_ASN1,
+            (Algorithm::EcdsaP384, Hash::Sha256) => &signature::ECDSA_P384_SHA256_ASN1,
+            (Algorithm::EcdsaP384, Hash::Sha384) => &signature::ECDSA_P384_SHA384_ASN1,
+            (Algorithm::EcdsaP256 | Algorithm::EcdsaP384, Hash::Sha512) => return false,
+            (Algorithm::Rsa, Hash::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
+            (Algorithm::Rsa, Hash::Sha384) => &signature::RSA_PKCS1_2048_8192_SHA384,
+            (Algorithm::Rsa, Hash::Sha512) => &signature::RSA_PKCS1_2048_8192_SHA512,
+            (Algorithm::Ed25519, _) => &signature::ED25519,
         };
         UnparsedPublicKey::new(algorithm, &self.raw)
             .verify(message, signature)
             .is_ok()
+    }
+
+    pub fn is_ed25519(&self) -> bool {
+        self.algorithm == Algorithm::Ed25519
+    }
+
+    /// The raw key bytes (for Ed25519: the 32-byte key that signed notes
+    /// hash into their key ids).
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     /// `sha256:ab12cd34…`: enough of the fingerprint for a message.

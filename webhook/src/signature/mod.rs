@@ -26,6 +26,8 @@ pub mod key;
 pub mod model;
 pub mod rekor;
 pub mod requirement;
+pub mod sct;
+pub mod timestamp;
 pub mod trust_root;
 pub mod verify;
 

@@ -16,6 +16,12 @@ pub enum Format {
     /// A Sigstore bundle listed in the `sha256-<hex>` tag index, where the
     /// registry has no referrers API.
     BundleTagIndex,
+    /// cosign's `sha256-<hex>.att` tag (`cosign attest` before v3): DSSE
+    /// envelopes as layers.
+    LegacyAttestationTag,
+    /// A bundle given directly (not found in a registry): the conformance
+    /// corpus, `check` of a file.
+    Bundle,
 }
 
 impl Format {
@@ -24,6 +30,8 @@ impl Format {
             Self::LegacyTag => "cosign-legacy-tag",
             Self::BundleReferrer => "sigstore-bundle-referrer",
             Self::BundleTagIndex => "sigstore-bundle-tag-index",
+            Self::LegacyAttestationTag => "cosign-legacy-attestation-tag",
+            Self::Bundle => "sigstore-bundle",
         }
     }
 }
@@ -75,7 +83,13 @@ pub struct Artifact {
     pub payload: Vec<u8>,
     pub signatures: Vec<Vec<u8>>,
     pub material: Material,
+    /// Certificates the artifact carries besides the signing one
+    /// (`dev.sigstore.cosign/chain`, a bundle's `x509CertificateChain`):
+    /// candidates for the path to the trusted root, never anchors.
+    pub chain: Vec<Vec<u8>>,
     pub tlog: Vec<rekor::Entry>,
+    /// RFC 3161 timestamp responses (DER) over the signature.
+    pub timestamps: Vec<Vec<u8>>,
     pub claim: Claim,
 }
 

@@ -28,6 +28,12 @@ pub struct Requirement {
     pub keyless: Option<Keyless>,
     pub root: Option<Arc<TrustedRoot>>,
     pub rekor: Rekor,
+    /// Keyless: verified times of signing needed (SETs, RFC 3161
+    /// timestamps); 0 checks the certificate at the present time when there
+    /// is none.
+    pub verified_times: usize,
+    /// Keyless: whether the certificate's SCT must verify.
+    pub sct: Sct,
     /// Distinct trusted signers needed.
     pub threshold: usize,
     /// Overrides the rule's mode for this requirement.
@@ -49,6 +55,39 @@ pub const VERDICTS_REMEMBERED: usize = 16 * 1024;
 pub type Verdict = Result<Vec<Signer>, String>;
 
 impl Requirement {
+    /// A requirement with the policy's defaults for whom it trusts: what a
+    /// policy entry naming only `keys`, `keyless` and `trustedRoot`
+    /// compiles to (a log entry required for keyless, none for keys; one
+    /// verified time of signing and an SCT for keyless; one signer).
+    pub fn new(
+        name: &str,
+        what: What,
+        keys: Vec<PublicKey>,
+        keyless: Option<Keyless>,
+        root: Option<Arc<TrustedRoot>>,
+    ) -> Self {
+        let rekor = if keyless.is_some() {
+            Rekor::Required
+        } else {
+            Rekor::Off
+        };
+        Self {
+            name: name.to_string(),
+            what,
+            keys,
+            keyless,
+            root,
+            rekor,
+            verified_times: 1,
+            sct: Sct::Required,
+            threshold: 1,
+            mode: None,
+            on_failure: Fallback::Deny,
+            files: Vec::new(),
+            verdicts: Cache::new(VERDICTS_REMEMBERED),
+        }
+    }
+
     /// [`verify::evaluate`], remembered per lookup.
     pub fn evaluate_cached(&self, digest: &Digest, found: &Found, now: SystemTime) -> Verdict {
         let key = (digest.clone(), found.id);
@@ -110,6 +149,17 @@ pub enum Rekor {
     /// A log entry is verified when there is one.
     Optional,
     /// Log entries are not read; a certificate must be valid now.
+    Off,
+}
+
+/// Certificate transparency of keyless signing certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sct {
+    /// An SCT from a CT log of the trusted root must verify (cosign's
+    /// default).
+    Required,
+    /// SCTs are not read (a private CA that does not log).
     Off,
 }
 

@@ -3,7 +3,16 @@
 //! policy names or a certificate that chains to the policy's trusted root
 //! with the expected identity, its log entry must verify as the
 //! requirement says, and an attestation's predicate must meet its
-//! conditions. Pure: no I/O, the time is passed in.
+//! conditions.
+//!
+//! A keyless certificate is checked at the time of signing, and that time
+//! must be verified: by a log entry's signed entry timestamp (Rekor v1)
+//! and/or RFC 3161 timestamps from the trusted root's timestamp
+//! authorities (the only source with Rekor v2), as many as the requirement
+//! asks (`verifiedTimes`, 1 by default, as cosign); the chain and the
+//! certificate's validity must hold at every one of them. Its signed
+//! certificate timestamp must verify against the root's CT logs unless the
+//! requirement says `sct: off`. Pure: no I/O, the time is passed in.
 
 use std::{collections::BTreeMap, time::SystemTime};
 
@@ -13,8 +22,10 @@ use super::{
     certificate::{self, Identity},
     key::short,
     model::{Artifact, ClaimKind, Found, Material, Signer},
-    rekor::{self, Binding},
-    requirement::{Condition, Rekor, Requirement, Test, What},
+    rekor::{self, Binding, body::Verifier},
+    requirement::{Condition, Rekor, Requirement, Sct, Test, What},
+    sct, timestamp,
+    trust_root::TrustedRoot,
 };
 
 /// Checks `found` against `requirement` for `digest`: the signers that
@@ -123,7 +134,9 @@ fn check(
     let mut why = Vec::new();
     for signature in &artifact.signatures {
         let result = match &artifact.material {
-            Material::Key { hint } => by_key(requirement, artifact, signature, hint.as_deref()),
+            Material::Key { hint } => {
+                by_key(requirement, artifact, signature, hint.as_deref(), now)
+            }
             Material::Certificate { der } => {
                 by_certificate(requirement, artifact, signature, der, now)
             }
@@ -153,6 +166,7 @@ fn by_key(
     artifact: &Artifact,
     signature: &[u8],
     hint: Option<&str>,
+    now: SystemTime,
 ) -> Result<String, String> {
     let Some(key) = requirement
         .keys
@@ -165,8 +179,19 @@ fn by_key(
         });
     };
     let identity = format!("key {:?} ({})", key.name, key.short_fingerprint());
-    logged(requirement, artifact, signature).map_err(|e| format!("by {identity}, but {e}"))?;
+    let binding = binding(artifact, signature, Verifier::Key { key_id: key.id });
+    logged(requirement, artifact, &binding, now).map_err(|e| format!("by {identity}, but {e}"))?;
     Ok(identity)
+}
+
+fn binding<'a>(artifact: &'a Artifact, signature: &'a [u8], verifier: Verifier<'a>) -> Binding<'a> {
+    Binding {
+        payload: &artifact.payload,
+        signed: &artifact.signed,
+        signature,
+        signatures: &artifact.signatures,
+        verifier,
+    }
 }
 
 fn by_certificate(
@@ -191,22 +216,105 @@ fn by_certificate(
     let Some(root) = &requirement.root else {
         return Err("keyless, and the requirement has no trusted root".into());
     };
+    let binding = binding(
+        artifact,
+        signature,
+        Verifier::Certificate {
+            der,
+            key_id: leaf.key.id,
+        },
+    );
     let logged =
-        logged(requirement, artifact, signature).map_err(|e| format!("by {who}, but {e}"))?;
-    let at = logged.unwrap_or(now);
-    if at < leaf.not_before || at > leaf.not_after {
-        return Err(format!(
-            "by {who}, but signed at a time outside its certificate's validity ({})",
-            if logged.is_some() {
-                "the log's time"
-            } else {
-                "now; there is no log entry to say when it was signed"
-            }
-        ));
+        logged(requirement, artifact, &binding, now).map_err(|e| format!("by {who}, but {e}"))?;
+    let times = times_of_signing(requirement, root, artifact, signature, logged, now)
+        .map_err(|e| format!("by {who}, but {e}"))?;
+    let mut issuer = None;
+    for (at, source) in &times {
+        if *at < leaf.not_before || *at > leaf.not_after {
+            return Err(format!(
+                "by {who}, but signed at {} ({source}), outside its certificate's validity ({} \
+                 to {})",
+                humantime::format_rfc3339_seconds(*at),
+                humantime::format_rfc3339_seconds(leaf.not_before),
+                humantime::format_rfc3339_seconds(leaf.not_after),
+            ));
+        }
+        issuer = Some(
+            certificate::verify_chain(root, der, &artifact.chain, *at)
+                .map_err(|e| format!("by {who}, but {e}"))?,
+        );
     }
-    certificate::verify_chain(root, der, at).map_err(|e| format!("by {who}, but {e}"))?;
+    if requirement.sct == Sct::Required
+        && let Some(issuer) = &issuer
+    {
+        sct::verify(root, der, &issuer.der).map_err(|e| format!("by {who}, but {e}"))?;
+    }
     check_identity(keyless, &leaf.identity).map_err(|e| format!("by {who}: {e}"))?;
     Ok(who)
+}
+
+/// The verified times of signing, each with where it comes from: the log's
+/// (from a SET) and the timestamp authorities'; at least as many as the
+/// requirement asks, or why not. With `verifiedTimes: 0` and none, the
+/// present time.
+fn times_of_signing(
+    requirement: &Requirement,
+    root: &TrustedRoot,
+    artifact: &Artifact,
+    signature: &[u8],
+    logged: Option<rekor::Logged>,
+    now: SystemTime,
+) -> Result<Vec<(SystemTime, String)>, String> {
+    let mut times: Vec<(SystemTime, String)> = logged
+        .and_then(|l| l.time)
+        .map(|t| (t, "the transparency log's time".to_string()))
+        .into_iter()
+        .collect();
+    let mut failed = Vec::new();
+    let mut seen = Vec::new();
+    for stamp in artifact.timestamps.iter().take(timestamp::MAX_TIMESTAMPS) {
+        // The same timestamp twice is one source of time, not two.
+        if seen.contains(&stamp) {
+            continue;
+        }
+        seen.push(stamp);
+        match timestamp::verify(root, stamp, signature) {
+            Ok(stamped) => times.push((
+                stamped.time,
+                format!("timestamp authority {}'s time", stamped.authority),
+            )),
+            Err(e) => failed.push(e),
+        }
+    }
+    if times.len() >= requirement.verified_times {
+        if times.is_empty() {
+            times.push((
+                now,
+                "the present time: nothing says when it was signed, and the requirement \
+                 accepts that (verifiedTimes: 0)"
+                    .to_string(),
+            ));
+        }
+        return Ok(times);
+    }
+    let wanted = requirement.verified_times;
+    let mut why = if artifact.timestamps.is_empty() && logged.and_then(|l| l.time).is_none() {
+        "nothing says when it was signed: it has no transparency log entry with a signed entry \
+         timestamp (Rekor v2 entries carry none) and no RFC 3161 timestamp; sign with a \
+         timestamp authority, or log it to a Rekor v1 log"
+            .to_string()
+    } else {
+        format!(
+            "{} verified time{} of signing, and the requirement needs {wanted}",
+            times.len(),
+            if times.len() == 1 { "" } else { "s" }
+        )
+    };
+    failed.dedup();
+    if !failed.is_empty() {
+        why.push_str(&format!(" ({})", failed.join("; ")));
+    }
+    Err(why)
 }
 
 fn check_identity(
@@ -228,21 +336,18 @@ fn check_identity(
     Ok(())
 }
 
-/// The log entries as the requirement says: the time of signing when an
-/// entry with a SET verified; an error when one is required and none
-/// verifies, or one present does not.
+/// The log entries as the requirement says: the entry that verified (its
+/// SET's time, if any), none when none is needed, or an error when one is
+/// required and none verifies, or one present does not.
 fn logged(
     requirement: &Requirement,
     artifact: &Artifact,
-    signature: &[u8],
-) -> Result<Option<SystemTime>, String> {
+    binding: &Binding<'_>,
+    now: SystemTime,
+) -> Result<Option<rekor::Logged>, String> {
     if requirement.rekor == Rekor::Off {
         return Ok(None);
     }
-    let binding = Binding {
-        payload: &artifact.payload,
-        signature,
-    };
     let Some(root) = &requirement.root else {
         return match requirement.rekor {
             Rekor::Required => {
@@ -259,8 +364,8 @@ fn logged(
     }
     let mut last = String::new();
     for entry in &artifact.tlog {
-        match rekor::verify(root, entry, &binding) {
-            Ok(logged) => return Ok(logged.time),
+        match rekor::verify(root, entry, binding, now) {
+            Ok(logged) => return Ok(Some(logged)),
             Err(e) => last = e,
         }
     }

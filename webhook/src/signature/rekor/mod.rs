@@ -1,8 +1,18 @@
-//! Transparency log entries (Rekor), verified offline against the trusted
-//! root's log keys: the signed entry timestamp (SET, the log's promise to
-//! include the entry, which also vouches for its time), the inclusion proof
-//! up to a signed checkpoint, and that the entry's body is about this very
-//! signature (otherwise any logged entry could be attached to anything).
+//! Transparency log entries (Rekor v1 and v2), verified offline against
+//! the trusted root's log keys:
+//!
+//! - v1: the signed entry timestamp (SET, the log's promise to include the
+//!   entry, which also vouches for its time) and/or an inclusion proof up
+//!   to a signed checkpoint;
+//! - v2 (tile-based logs): an inclusion proof up to a signed checkpoint,
+//!   and no time at all (the time of signing comes from a timestamp
+//!   authority);
+//!
+//! and, either way, that the entry's body is about this very signature
+//! ([`body`]; otherwise any logged entry could be attached to anything).
+
+pub mod body;
+pub mod checkpoint;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,21 +23,27 @@ use super::{
     key::{hex, sha256},
     trust_root::TrustedRoot,
 };
+pub use body::Binding;
 
 /// Most proof hashes read: a tree of 2^64 leaves needs 64.
-const MAX_PROOF_HASHES: usize = 64;
+pub const MAX_PROOF_HASHES: usize = 64;
 
 /// One log entry, as a bundle or a legacy signature carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub log_index: i64,
     pub log_id: Vec<u8>,
-    pub integrated_time: i64,
+    /// When the log says it integrated the entry: v1 only, and trusted only
+    /// when a SET signs it.
+    pub integrated_time: Option<i64>,
     /// The canonicalized body the log stored.
     pub body: Vec<u8>,
-    /// Signed entry timestamp.
+    /// Signed entry timestamp (v1).
     pub set: Option<Vec<u8>>,
     pub proof: Option<Proof>,
+    /// Bundles v0.2 and later must carry an inclusion proof with a signed
+    /// checkpoint (a SET alone is not enough).
+    pub checkpoint_required: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,13 +56,6 @@ pub struct Proof {
     pub checkpoint: Option<String>,
 }
 
-/// What the entry must be about.
-pub struct Binding<'a> {
-    /// The bytes that were signed (a legacy payload) or the DSSE payload.
-    pub payload: &'a [u8],
-    pub signature: &'a [u8],
-}
-
 /// An entry whose log and proofs verified.
 #[derive(Clone, Copy, Debug)]
 pub struct Logged {
@@ -54,25 +63,52 @@ pub struct Logged {
     pub time: Option<SystemTime>,
 }
 
-/// Checks `entry` against `root` and `binding`.
-pub fn verify(root: &TrustedRoot, entry: &Entry, binding: &Binding<'_>) -> Result<Logged, String> {
+/// Checks `entry` against `root` and `binding`; `now` bounds the time a
+/// SET may vouch for (a log does not integrate entries in the future).
+pub fn verify(
+    root: &TrustedRoot,
+    entry: &Entry,
+    binding: &Binding<'_>,
+    now: SystemTime,
+) -> Result<Logged, String> {
     let log = root.log(&entry.log_id).ok_or_else(|| {
         format!(
             "its transparency log entry is from log {}, which the trusted root does not list",
             super::key::short(&format!("sha256:{}", hex(&entry.log_id)))
         )
     })?;
-    bound_to(entry, binding)?;
-    if entry.set.is_none() && entry.proof.is_none() {
-        return Err("its transparency log entry has neither a signed entry timestamp nor an inclusion proof".into());
+    if entry.log_index < 0 {
+        return Err("its transparency log entry has a negative index".into());
+    }
+    body::bound_to(entry, binding)?;
+    let anchored_proof = entry
+        .proof
+        .as_ref()
+        .filter(|proof| proof.checkpoint.is_some());
+    if entry.checkpoint_required && anchored_proof.is_none() {
+        return Err(
+            "its transparency log entry has no inclusion proof with a signed checkpoint, which \
+             its bundle's version (0.2 and later) requires"
+                .into(),
+        );
+    }
+    if entry.set.is_none() && anchored_proof.is_none() {
+        return Err(
+            "its transparency log entry has neither a signed entry timestamp nor an inclusion \
+             proof with a signed checkpoint"
+                .into(),
+        );
     }
     let mut time = None;
     if let Some(set) = &entry.set {
+        let integrated = entry.integrated_time.ok_or(
+            "its transparency log entry has a signed entry timestamp but no integrated time",
+        )?;
         // The log's canonical JSON: keys sorted, no spaces (serde_json's
         // map is sorted, without the preserve_order feature).
         let canonical = serde_json::json!({
             "body": STANDARD.encode(&entry.body),
-            "integratedTime": entry.integrated_time,
+            "integratedTime": integrated,
             "logID": hex(&entry.log_id),
             "logIndex": entry.log_index,
         })
@@ -80,70 +116,41 @@ pub fn verify(root: &TrustedRoot, entry: &Entry, binding: &Binding<'_>) -> Resul
         .into_bytes();
         if !log.key.verifies(&canonical, set) {
             return Err(
-                "its transparency log entry's signed entry timestamp does not verify with the log's key".into(),
+                "its transparency log entry's signed entry timestamp does not verify with the \
+                 log's key"
+                    .into(),
             );
         }
-        let at = UNIX_EPOCH + Duration::from_secs(entry.integrated_time.max(0) as u64);
+        let at = UNIX_EPOCH + Duration::from_secs(integrated.max(0) as u64);
         if !log.valid.contains(at) {
             return Err(
                 "its transparency log entry is from a time the log's key was not valid".into(),
             );
         }
+        if at > now + CLOCK_SKEW {
+            return Err(format!(
+                "its transparency log entry says it was integrated at {}, in the future",
+                humantime::format_rfc3339_seconds(at)
+            ));
+        }
         time = Some(at);
     }
+    // A proof present is checked even without a checkpoint: a wrong one is
+    // tampering, whatever else vouches for the entry.
     if let Some(proof) = &entry.proof {
+        if proof.log_index < 0 {
+            return Err("its inclusion proof has a negative index".into());
+        }
         verify_inclusion(&entry.body, proof)?;
         if let Some(note) = &proof.checkpoint {
-            verify_checkpoint(log, note, proof)?;
+            checkpoint::verify(log, note, proof)?;
         }
     }
     Ok(Logged { time })
 }
 
-/// The entry's body names this signature and payload.
-fn bound_to(entry: &Entry, binding: &Binding<'_>) -> Result<(), String> {
-    #[derive(Deserialize)]
-    struct Body {
-        kind: String,
-        spec: serde_json::Value,
-    }
-    let body: Body = serde_json::from_slice(&entry.body)
-        .map_err(|e| format!("its transparency log entry's body is not JSON: {e}"))?;
-    let signature = STANDARD.encode(binding.signature);
-    let payload_hash = hex(&sha256(binding.payload));
-    let text = |v: &serde_json::Value, pointer: &str| {
-        v.pointer(pointer)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    let bound = match body.kind.as_str() {
-        "hashedrekord" => {
-            text(&body.spec, "/signature/content").as_deref() == Some(&signature)
-                && text(&body.spec, "/data/hash/value").as_deref() == Some(&payload_hash)
-        }
-        "dsse" => {
-            text(&body.spec, "/payloadHash/value").as_deref() == Some(&payload_hash)
-                && body
-                    .spec
-                    .pointer("/signatures")
-                    .and_then(|s| s.as_array())
-                    .is_some_and(|all| {
-                        all.iter()
-                            .any(|s| text(s, "/signature").as_deref() == Some(&signature))
-                    })
-        }
-        other => {
-            return Err(format!(
-                "its transparency log entry is of kind {other:?}; imagegate reads hashedrekord and dsse entries"
-            ));
-        }
-    };
-    if bound {
-        Ok(())
-    } else {
-        Err("its transparency log entry is about another signature or payload".into())
-    }
-}
+/// How far ahead of this node's clock a log's time may be.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 fn node(left: &[u8], right: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(1 + left.len() + right.len());
@@ -208,50 +215,6 @@ fn verify_inclusion(body: &[u8], proof: &Proof) -> Result<(), String> {
     Ok(())
 }
 
-/// A checkpoint (a signed note): `origin\nsize\nroot\n...\n\n— name sig`,
-/// signed by the log's key over the text before the blank line; it must
-/// name the proof's size and root.
-fn verify_checkpoint(
-    log: &super::trust_root::LogKey,
-    note: &str,
-    proof: &Proof,
-) -> Result<(), String> {
-    let bad = |why: &str| format!("its checkpoint {why}");
-    let (text, signatures) = note
-        .split_once("\n\n")
-        .ok_or_else(|| bad("is not a signed note"))?;
-    let signed = format!("{text}\n");
-    let mut lines = text.lines();
-    let _origin = lines.next();
-    let size: i64 = lines
-        .next()
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| bad("has no tree size"))?;
-    let root = lines
-        .next()
-        .and_then(|l| STANDARD.decode(l).ok())
-        .ok_or_else(|| bad("has no root hash"))?;
-    if size != proof.tree_size || root != proof.root_hash {
-        return Err(bad("is of another tree than the inclusion proof"));
-    }
-    let hint = &log.key.id[..4];
-    for line in signatures.lines() {
-        let Some(b64) = line.rsplit(' ').next() else {
-            continue;
-        };
-        let Ok(bytes) = STANDARD.decode(b64) else {
-            continue;
-        };
-        if bytes.len() > 4
-            && &bytes[..4] == hint
-            && log.key.verifies(signed.as_bytes(), &bytes[4..])
-        {
-            return Ok(());
-        }
-    }
-    Err(bad("is not signed by the log's key"))
-}
-
 /// An int64 that protobuf's JSON writes as a string (numbers accepted).
 pub fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     #[derive(Deserialize)]
@@ -264,6 +227,13 @@ pub fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Either::Number(n) => Ok(n),
         Either::Text(t) => t.parse().map_err(serde::de::Error::custom),
     }
+}
+
+/// [`int64`], absent allowed (Rekor v2 entries have no integrated time).
+pub fn optional_int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "int64")] i64);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(n)| n))
 }
 
 #[cfg(test)]

@@ -1,0 +1,302 @@
+//! Test transparency logs, as Sigstore runs them:
+//!
+//! - [`Log`] (Rekor v1): appends entries and answers each with a SET, an
+//!   inclusion proof in the tree as it then stands, and a signed checkpoint;
+//! - [`LogV2`] (Rekor v2, tile-based): an Ed25519 key named by its
+//!   signed-note key id, v0.0.2 bodies, an inclusion proof and a checkpoint,
+//!   and no integrated time, no SET (the time of signing comes from a
+//!   timestamp authority). The proofs travel in the bundle and are checked
+//!   offline, so the tiles themselves are not served.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use serde_json::{Value, json};
+
+use super::{KeyPair, hex, sha256};
+
+/// A test transparency log: appends entries, and answers each with a SET,
+/// an inclusion proof in the tree as it then stands, and a signed
+/// checkpoint, as Rekor does.
+pub struct Log {
+    key: KeyPair,
+    leaves: Vec<[u8; 32]>,
+}
+
+/// One logged entry, in a bundle's `tlogEntries` JSON form and cosign's
+/// legacy bundle annotation form.
+pub struct Logged {
+    pub bundle_entry: Value,
+    pub legacy_annotation: String,
+}
+
+fn node(left: &[u8], right: &[u8]) -> [u8; 32] {
+    let mut input = vec![1];
+    input.extend_from_slice(left);
+    input.extend_from_slice(right);
+    sha256(&input)
+}
+
+/// RFC 9162's tree hash of `leaves`.
+fn tree_hash(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => sha256(b""),
+        1 => leaves[0],
+        n => {
+            let k = n.next_power_of_two() / 2;
+            node(&tree_hash(&leaves[..k]), &tree_hash(&leaves[k..]))
+        }
+    }
+}
+
+/// RFC 9162's inclusion path of leaf `m` in `leaves`.
+fn path(m: usize, leaves: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    let n = leaves.len();
+    if n <= 1 {
+        return Vec::new();
+    }
+    let k = n.next_power_of_two() / 2;
+    if m < k {
+        let mut p = path(m, &leaves[..k]);
+        p.push(tree_hash(&leaves[k..]));
+        p
+    } else {
+        let mut p = path(m - k, &leaves[k..]);
+        p.push(tree_hash(&leaves[..k]));
+        p
+    }
+}
+
+impl Log {
+    /// A log holding `filler` unrelated entries already (so proofs have
+    /// hashes to check).
+    pub fn new(filler: usize) -> Self {
+        Self {
+            key: KeyPair::generate(),
+            leaves: (0..filler)
+                .map(|i| {
+                    let mut input = vec![0];
+                    input.extend_from_slice(format!("filler {i}").as_bytes());
+                    sha256(&input)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn id(&self) -> [u8; 32] {
+        sha256(&self.key.spki())
+    }
+
+    pub fn spki(&self) -> Vec<u8> {
+        self.key.spki()
+    }
+
+    /// A `hashedrekord` body (legacy signatures: the payload is signed).
+    pub fn hashedrekord(payload: &[u8], signature: &[u8], certificate_pem: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "0.0.1",
+            "kind": "hashedrekord",
+            "spec": {
+                "data": {"hash": {"algorithm": "sha256", "value": hex(&sha256(payload))}},
+                "signature": {
+                    "content": STANDARD.encode(signature),
+                    "publicKey": {"content": STANDARD.encode(certificate_pem)}
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    /// A `dsse` body (bundles: the envelope's payload and signature).
+    pub fn dsse(payload: &[u8], signature: &[u8], certificate_pem: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "payloadHash": {"algorithm": "sha256", "value": hex(&sha256(payload))},
+                "signatures": [{
+                    "signature": STANDARD.encode(signature),
+                    "verifier": STANDARD.encode(certificate_pem)
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    /// Appends `body`, integrated at `time` (seconds since the epoch).
+    pub fn append(&mut self, body: &[u8], time: i64) -> Logged {
+        let mut leaf = vec![0];
+        leaf.extend_from_slice(body);
+        self.leaves.push(sha256(&leaf));
+        let index = self.leaves.len() - 1;
+        let size = self.leaves.len();
+        let root = tree_hash(&self.leaves);
+        let hashes = path(index, &self.leaves);
+        let log_id = self.id();
+        let canonical = serde_json::to_vec(&json!({
+            "body": STANDARD.encode(body),
+            "integratedTime": time,
+            "logID": hex(&log_id),
+            "logIndex": index,
+        }))
+        .unwrap();
+        let set = self.key.sign(&canonical);
+        let note = format!("imagegate-test-log\n{size}\n{}\n", STANDARD.encode(root));
+        let mut signature = log_id[..4].to_vec();
+        signature.extend(self.key.sign(note.as_bytes()));
+        let checkpoint = format!(
+            "{note}\n\u{2014} imagegate-test-log {}\n",
+            STANDARD.encode(signature)
+        );
+        Logged {
+            bundle_entry: json!({
+                "logIndex": index.to_string(),
+                "logId": {"keyId": STANDARD.encode(log_id)},
+                "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                "integratedTime": time.to_string(),
+                "inclusionPromise": {"signedEntryTimestamp": STANDARD.encode(&set)},
+                "inclusionProof": {
+                    "logIndex": index.to_string(),
+                    "rootHash": STANDARD.encode(root),
+                    "treeSize": size.to_string(),
+                    "hashes": hashes.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
+                    "checkpoint": {"envelope": checkpoint}
+                },
+                "canonicalizedBody": STANDARD.encode(body)
+            }),
+            legacy_annotation: json!({
+                "SignedEntryTimestamp": STANDARD.encode(&set),
+                "Payload": {
+                    "body": STANDARD.encode(body),
+                    "integratedTime": time,
+                    "logIndex": index,
+                    "logID": hex(&log_id)
+                }
+            })
+            .to_string(),
+        }
+    }
+}
+
+/// A Rekor v2-shaped log.
+pub struct LogV2 {
+    key: Ed25519KeyPair,
+    /// Its name, the checkpoints' first line.
+    pub origin: String,
+    leaves: Vec<[u8; 32]>,
+}
+
+impl LogV2 {
+    /// A log named `origin` holding `filler` unrelated entries already.
+    pub fn new(origin: &str, filler: usize) -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        Self {
+            key: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+            origin: origin.to_string(),
+            leaves: (0..filler)
+                .map(|i| sha256(&[&[0u8][..], format!("v2 filler {i}").as_bytes()].concat()))
+                .collect(),
+        }
+    }
+
+    /// The DER SubjectPublicKeyInfo of its Ed25519 key.
+    pub fn spki(&self) -> Vec<u8> {
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(self.key.public_key().as_ref());
+        spki
+    }
+
+    /// Its log id: the signed-note key id, SHA-256 of the origin, a
+    /// newline, the Ed25519 key type byte (1) and the key.
+    pub fn id(&self) -> [u8; 32] {
+        let mut input = self.origin.as_bytes().to_vec();
+        input.push(b'\n');
+        input.push(1);
+        input.extend_from_slice(self.key.public_key().as_ref());
+        sha256(&input)
+    }
+
+    /// A `hashedrekord` 0.0.2 body: `digest` is the SHA-256 of what was
+    /// signed (for a DSSE envelope, of its PAE), the certificate verifies.
+    pub fn hashedrekord(digest: &[u8], signature: &[u8], certificate_der: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "0.0.2",
+            "kind": "hashedrekord",
+            "spec": {"hashedRekordV002": {
+                "data": {"algorithm": "SHA2_256", "digest": STANDARD.encode(digest)},
+                "signature": {
+                    "content": STANDARD.encode(signature),
+                    "verifier": {
+                        "x509Certificate": {"rawBytes": STANDARD.encode(certificate_der)},
+                        "keyDetails": "PKIX_ECDSA_P256_SHA_256"
+                    }
+                }
+            }}
+        }))
+        .unwrap()
+    }
+
+    /// A `dsse` 0.0.2 body: the payload's SHA-256 and the envelope's
+    /// signature with its certificate.
+    pub fn dsse(payload: &[u8], signature: &[u8], certificate_der: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "0.0.2",
+            "kind": "dsse",
+            "spec": {"dsseV002": {
+                "payloadHash": {"algorithm": "SHA2_256", "digest": STANDARD.encode(sha256(payload))},
+                "signatures": [{
+                    "content": STANDARD.encode(signature),
+                    "verifier": {
+                        "x509Certificate": {"rawBytes": STANDARD.encode(certificate_der)},
+                        "keyDetails": "PKIX_ECDSA_P256_SHA_256"
+                    }
+                }]
+            }}
+        }))
+        .unwrap()
+    }
+
+    /// Appends `body` (of `kind`); returns the bundle's `tlogEntries` item.
+    pub fn append(&mut self, kind: &str, body: &[u8]) -> Value {
+        self.leaves.push(sha256(&[&[0u8][..], body].concat()));
+        let index = self.leaves.len() - 1;
+        let size = self.leaves.len();
+        let root = tree_hash(&self.leaves);
+        let hashes = path(index, &self.leaves);
+        let note = format!("{}\n{size}\n{}\n", self.origin, STANDARD.encode(root));
+        let mut signature = self.id()[..4].to_vec();
+        signature.extend_from_slice(self.key.sign(note.as_bytes()).as_ref());
+        let checkpoint = format!(
+            "{note}\n\u{2014} {} {}\n",
+            self.origin,
+            STANDARD.encode(signature)
+        );
+        json!({
+            "logIndex": index.to_string(),
+            "logId": {"keyId": STANDARD.encode(self.id())},
+            "kindVersion": {"kind": kind, "version": "0.0.2"},
+            "inclusionProof": {
+                "logIndex": index.to_string(),
+                "rootHash": STANDARD.encode(root),
+                "treeSize": size.to_string(),
+                "hashes": hashes.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
+                "checkpoint": {"envelope": checkpoint}
+            },
+            "canonicalizedBody": STANDARD.encode(body)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_roots_agree_with_a_hand_built_tree() {
+        let l: Vec<[u8; 32]> = (0..5u8).map(|i| sha256(&[0, i])).collect();
+        let root = node(&node(&node(&l[0], &l[1]), &node(&l[2], &l[3])), &l[4]);
+        assert_eq!(tree_hash(&l), root);
+        assert_eq!(path(2, &l), vec![l[3], node(&l[0], &l[1]), l[4]]);
+    }
+}
