@@ -108,21 +108,38 @@ pub fn sigstore_python_verify(case: &Case<'_>, identity: &str, issuer: &str) -> 
     verdict(out)
 }
 
-/// @sigstore/verify's verdict on a bundle signed with `key_pem`, with the
-/// thresholds given (log entries, timestamps).
-pub fn sigstore_js_verify(
-    case: &Case<'_>,
-    key_pem: &str,
-    tlog_threshold: usize,
-    timestamp_threshold: usize,
-) -> Verdict {
+/// Whom @sigstore/verify trusts.
+pub enum Signer<'a> {
+    /// A key (PEM).
+    Key(&'a str),
+    /// A keyless identity: the certificate's subject and OIDC issuer.
+    Identity { subject: &'a str, issuer: &'a str },
+}
+
+/// How many of each @sigstore/verify requires: log entries, verified
+/// timestamps (a SET's time counts), SCTs.
+pub struct Thresholds {
+    pub tlog: usize,
+    pub timestamps: usize,
+    pub sct: usize,
+}
+
+/// @sigstore/verify's verdict.
+pub fn sigstore_js_verify(case: &Case<'_>, signer: Signer<'_>, thresholds: Thresholds) -> Verdict {
     let mut options = json!({
         "bundle": case.bundle,
         "trustedRoot": case.trusted_root,
-        "keyPem": key_pem,
-        "tlogThreshold": tlog_threshold,
-        "timestampThreshold": timestamp_threshold,
+        "tlogThreshold": thresholds.tlog,
+        "timestampThreshold": thresholds.timestamps,
+        "ctlogThreshold": thresholds.sct,
     });
+    match signer {
+        Signer::Key(pem) => options["keyPem"] = json!(pem),
+        Signer::Identity { subject, issuer } => {
+            options["identity"] = json!(subject);
+            options["issuer"] = json!(issuer);
+        }
+    }
     if case.input.starts_with("sha256:") {
         options["digest"] = json!(case.input);
     } else {
@@ -141,13 +158,17 @@ pub fn sigstore_js_verify(
 fn verdict(out: std::process::Output) -> Verdict {
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // Everything it said, on one line, but the hint to run it verbosely
+    // (sigstore-python wraps its messages over several lines).
+    let said = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("--verbose") && !l.contains("detailed error"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(" ");
     Verdict {
         verified: out.status.success(),
-        said: text
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or_default()
-            .to_string(),
+        said,
     }
 }

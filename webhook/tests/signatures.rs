@@ -17,48 +17,20 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{metric, registry::Registry};
+use common::{
+    metric,
+    registry::Registry,
+    signing::{
+        COSIGN_SIGN, OIDC, PASSWORD, SUBJECT, USER, VULN, agree, assert_denied, decide,
+        key_verdict, keyless_policy, keyless_verdict, policy, resolver, resolver_with_metrics,
+    },
+};
 use imagegate_testkit::sigstore::{
     Fulcio, KeyPair, Log, NpmSign, Signing, attach_bundle, attach_legacy, npm_sign, openssl_sign,
     put_tag_index, simple_signing_payload, trusted_root,
 };
-use imagegate_webhook::{
-    check::{self, ImageReport},
-    policy::Policy,
-    resolve::{Resolver, Settings},
-    server::metrics::Metrics,
-};
+use imagegate_webhook::{policy::Policy, resolve::Resolver, server::metrics::Metrics};
 use serde_json::{Value, json};
-
-const USER: &str = "signer";
-const PASSWORD: &str = "s3cret";
-const COSIGN_SIGN: &str = "https://sigstore.dev/cosign/sign/v1";
-const VULN: &str = "https://cosign.sigstore.dev/attestation/vuln/v1";
-const OIDC: &str = "https://issuer.imagegate.test";
-const SUBJECT: &str = "release@imagegate.test";
-
-fn resolver(host: &str, credentials: bool) -> Resolver {
-    resolver_with_metrics(host, credentials).0
-}
-
-fn resolver_with_metrics(host: &str, with_credentials: bool) -> (Resolver, Metrics) {
-    let mut settings = Settings::default();
-    settings.plain_http.push(host.to_string());
-    settings.timeout = Duration::from_secs(5);
-    if with_credentials {
-        settings.credentials = common::credentials(host, USER, PASSWORD);
-    }
-    common::resolver(settings)
-}
-
-/// A policy with one rule for `host` and the given `signatures` and
-/// `attestations` (YAML lists, already indented for the rule).
-fn policy(host: &str, requirements: &str) -> Policy {
-    let yaml = format!(
-        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: prod\n    registries: [\"{host}\"]\n{requirements}"
-    );
-    Policy::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
-}
 
 /// `signatures:` with one key requirement named `name` trusting `key_file`.
 fn by_key(name: &str, key_file: &Path) -> String {
@@ -74,17 +46,13 @@ fn write_key(dir: &Path, name: &str, key: &KeyPair) -> std::path::PathBuf {
     path
 }
 
-async fn decide(policy: &Policy, resolver: &Resolver, image: &str) -> ImageReport {
-    let mut reports = check::images(policy, Some(resolver), "shop", &[image.to_string()]).await;
-    reports.pop().unwrap()
-}
-
 /// `sha256:<hex>` of a key's SubjectPublicKeyInfo: the hint the npm signer
 /// is given, as `cosign` users name keys.
 fn fingerprint(key: &KeyPair) -> String {
     imagegate_testkit::registry::sha256(&key.spki())
 }
 
+/// Signs and attaches with the npm signer; returns the bundle (JSON).
 fn sign_with_npm(
     registry: &Registry,
     key: &KeyPair,
@@ -93,7 +61,7 @@ fn sign_with_npm(
     subject: &str,
     predicate_type: &str,
     predicate: Value,
-) {
+) -> Value {
     npm_sign(&NpmSign {
         key,
         hint: &fingerprint(key),
@@ -104,19 +72,8 @@ fn sign_with_npm(
         predicate_type,
         predicate,
         credentials: (USER, PASSWORD),
-    });
-}
-
-fn assert_denied(report: &ImageReport, needles: &[&str]) {
-    assert!(!report.allowed, "expected a denial: {report:?}");
-    assert!(report.signers.is_empty(), "{report:?}");
-    for needle in needles {
-        assert!(
-            report.reason.contains(needle),
-            "{needle:?} not in: {}",
-            report.reason
-        );
-    }
+    })["bundle"]
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +86,7 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
     let signed = registry.push_image("shop/web", "1", "signed").await;
     let wrong_subject = registry.push_image("shop/web", "2", "wrong-subject").await;
     let unsigned = registry.push_image("shop/web", "3", "unsigned").await;
-    sign_with_npm(
+    let signed_bundle = sign_with_npm(
         &registry,
         &release,
         "shop/web",
@@ -139,7 +96,7 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
         json!({}),
     );
     // Attached to one image, about another.
-    sign_with_npm(
+    let wrong_subject_bundle = sign_with_npm(
         &registry,
         &release,
         "shop/web",
@@ -165,9 +122,13 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
     // distribution 2.8 has no referrers API: @sigstore/oci wrote the tag
     // index, and imagegate found the bundle there.
     assert_eq!(signer.format, "sigstore-bundle-tag-index");
+    let theirs = key_verdict(&signed_bundle, &release.public_pem, &signed);
+    agree("release key", &report, &theirs, "@sigstore/verify");
 
     let trusts_other = policy(&registry.host, &by_key("other", &other_file));
     let report = decide(&trusts_other, &resolver, &image("1")).await;
+    let theirs = key_verdict(&signed_bundle, &other.public_pem, &signed);
+    agree("other key", &report, &theirs, "@sigstore/verify");
     let short = &fingerprint(&release)[..19];
     assert_denied(
         &report,
@@ -201,6 +162,8 @@ async fn bundles_from_the_npm_signer_admit_with_the_right_key_only() {
         &report,
         &["found 1 signature: one signs sha256:", "not this digest"],
     );
+    let theirs = key_verdict(&wrong_subject_bundle, &release.public_pem, &wrong_subject);
+    agree("another subject", &report, &theirs, "@sigstore/verify");
 
     let report = decide(&trusts_release, &resolver, &image("3")).await;
     assert_eq!(report.resolved.as_deref(), Some(unsigned.as_str()));
@@ -391,16 +354,6 @@ fn keyless_bundle(
     .unwrap()
 }
 
-fn keyless_policy(host: &str, root: &Path, issuer: &str, subject: &str) -> Policy {
-    policy(
-        host,
-        &format!(
-            "    signatures:\n      - name: ci\n        keyless:\n          issuer: {issuer}\n          {subject}\n        trustedRoot: {}\n",
-            root.display()
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_signatures_verify_offline_against_the_trusted_root() {
     let registry = Registry::plain_basic(USER, PASSWORD);
@@ -426,13 +379,8 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
     attach_legacy(&registry, "ci/app", &legacy, &[layer]).await;
     // 2: bundle v0.3 with the certificate, SET, inclusion proof, checkpoint.
     let bundled = registry.push_image("ci/app", "bundle", "bundle").await;
-    attach_bundle(
-        &registry,
-        "ci/app",
-        &bundled,
-        &keyless_bundle(&fulcio, &mut log, &bundled, now),
-    )
-    .await;
+    let bundle_bytes = keyless_bundle(&fulcio, &mut log, &bundled, now);
+    attach_bundle(&registry, "ci/app", &bundled, &bundle_bytes).await;
     // 3: a certificate that had expired when the log saw the signature.
     let expired = registry.push_image("ci/app", "expired", "expired").await;
     let layer = keyless_legacy_layer(
@@ -488,6 +436,9 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
         );
         assert_eq!(report.signers[0].format, format);
     }
+    let report = decide(&trusted, &resolver, &image("bundle")).await;
+    let theirs = keyless_verdict(&bundle_bytes, &root_file, &bundled);
+    agree("keyless bundle", &report, &theirs, "sigstore-python");
     // Sigstore's public Fulcio issues from an intermediate, which the
     // trusted root lists before its root.
     let tiered = Fulcio::with_intermediate("tiered fulcio");
@@ -629,6 +580,8 @@ async fn keyless_signatures_verify_offline_against_the_trusted_root() {
     .await;
     let report = decide(&trusted, &resolver, &image("tampered")).await;
     assert_denied(&report, &["signed entry timestamp does not verify"]);
+    let theirs = keyless_verdict(&serde_json::to_vec(&bundle).unwrap(), &root_file, &tampered);
+    agree("tampered bundle", &report, &theirs, "sigstore-python");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

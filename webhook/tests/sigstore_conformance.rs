@@ -156,7 +156,15 @@ fn imagegate_and_the_independent_verifiers_agree_with_sigstores_conformance_corp
         let (verifier, theirs) = match read_text(&case.dir.join("key.pub")) {
             Some(pem) => (
                 "@sigstore/verify",
-                independent::sigstore_js_verify(&check, &pem, 1, 0),
+                independent::sigstore_js_verify(
+                    &check,
+                    independent::Signer::Key(&pem),
+                    independent::Thresholds {
+                        tlog: 1,
+                        timestamps: 0,
+                        sct: 0,
+                    },
+                ),
             ),
             None => (
                 "sigstore-python",

@@ -105,6 +105,9 @@ pub fn ca_params(name: &str) -> rcgen::CertificateParams {
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    // Real CAs' certificates name their issuer's key; verifiers following
+    // the Web PKI's profile (sigstore-python's) require it below a root.
+    params.use_authority_key_identifier_extension = true;
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(365);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
     params
@@ -210,19 +213,25 @@ impl Fulcio {
         )];
         params.extended_key_usages = vec![issue.usage];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
         params.not_before = issue.not_before;
         params.not_after = issue.not_before + time::Duration::minutes(issue.minutes);
         // One serial for the precertificate and the certificate.
         params.serial_number = Some(rcgen::SerialNumber::from_slice(
             &sha256(key.public_pem.as_bytes())[..16],
         ));
-        // A DER UTF8String, as Fulcio writes the issuer.
+        // The issuer twice, as Fulcio writes it: raw in the deprecated
+        // extension .1.1 (which some verifiers still read), a DER
+        // UTF8String in .1.8.
         let mut value = vec![0x0c, oidc_issuer.len() as u8];
         value.extend_from_slice(oidc_issuer.as_bytes());
-        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
-            &[1, 3, 6, 1, 4, 1, 57264, 1, 8],
-            value,
-        )];
+        params.custom_extensions = vec![
+            rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 57264, 1, 1],
+                oidc_issuer.as_bytes().to_vec(),
+            ),
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 8], value),
+        ];
         if issue.logged {
             // The precertificate: the certificate without its SCT list (the
             // DER a verifier rebuilds by removing the extension).

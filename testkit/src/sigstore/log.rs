@@ -108,10 +108,19 @@ impl Log {
 
     /// A `dsse` body (bundles: the envelope's payload and signature).
     pub fn dsse(payload: &[u8], signature: &[u8], certificate_pem: &str) -> Vec<u8> {
+        // Rekor also stores the hash of the envelope as it canonicalized it
+        // (which a verifier cannot recompute, and does not check).
+        let envelope = json!({
+            "payload": STANDARD.encode(payload),
+            "payloadType": "application/vnd.in-toto+json",
+            "signatures": [{"sig": STANDARD.encode(signature)}]
+        })
+        .to_string();
         serde_json::to_vec(&json!({
             "apiVersion": "0.0.1",
             "kind": "dsse",
             "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": hex(&sha256(envelope.as_bytes()))},
                 "payloadHash": {"algorithm": "sha256", "value": hex(&sha256(payload))},
                 "signatures": [{
                     "signature": STANDARD.encode(signature),
@@ -120,6 +129,59 @@ impl Log {
             }
         }))
         .unwrap()
+    }
+
+    /// A `rekord` body (cosign before 1.5): the payload's hash, the
+    /// signature, the certificate.
+    pub fn rekord(payload: &[u8], signature: &[u8], certificate_pem: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "0.0.1",
+            "kind": "rekord",
+            "spec": {
+                "data": {"hash": {"algorithm": "sha256", "value": hex(&sha256(payload))}},
+                "signature": {
+                    "format": "x509",
+                    "content": STANDARD.encode(signature),
+                    "publicKey": {"content": STANDARD.encode(certificate_pem)}
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    /// An `intoto` body of `version` 0.0.1 (`cosign attest` 1.x: the
+    /// payload's hash and the key) or 0.0.2 (2.x: also the envelope's
+    /// signature, which Rekor stores base64-encoded twice).
+    pub fn intoto(
+        version: &str,
+        envelope: &[u8],
+        payload: &[u8],
+        signature: &[u8],
+        certificate_pem: &str,
+    ) -> Vec<u8> {
+        let spec = match version {
+            "0.0.1" => json!({
+                "content": {
+                    "hash": {"algorithm": "sha256", "value": hex(&sha256(envelope))},
+                    "payloadHash": {"algorithm": "sha256", "value": hex(&sha256(payload))}
+                },
+                "publicKey": STANDARD.encode(certificate_pem)
+            }),
+            _ => json!({
+                "content": {
+                    "envelope": {
+                        "payloadType": "application/vnd.in-toto+json",
+                        "signatures": [{
+                            "sig": STANDARD.encode(STANDARD.encode(signature)),
+                            "publicKey": STANDARD.encode(certificate_pem)
+                        }]
+                    },
+                    "hash": {"algorithm": "sha256", "value": hex(&sha256(envelope))},
+                    "payloadHash": {"algorithm": "sha256", "value": hex(&sha256(payload))}
+                }
+            }),
+        };
+        serde_json::to_vec(&json!({"apiVersion": version, "kind": "intoto", "spec": spec})).unwrap()
     }
 
     /// Appends `body`, integrated at `time` (seconds since the epoch).
@@ -140,11 +202,16 @@ impl Log {
         }))
         .unwrap();
         let set = self.key.sign(&canonical);
-        let note = format!("imagegate-test-log\n{size}\n{}\n", STANDARD.encode(root));
+        // As Rekor v1 writes them: the origin names the host and the tree,
+        // the signature the host (its baseUrl's, which verifiers match).
+        let note = format!(
+            "rekor.imagegate.test - 2605736670972794746\n{size}\n{}\n",
+            STANDARD.encode(root)
+        );
         let mut signature = log_id[..4].to_vec();
         signature.extend(self.key.sign(note.as_bytes()));
         let checkpoint = format!(
-            "{note}\n\u{2014} imagegate-test-log {}\n",
+            "{note}\n\u{2014} rekor.imagegate.test {}\n",
             STANDARD.encode(signature)
         );
         Logged {
@@ -257,6 +324,18 @@ impl LogV2 {
         .unwrap()
     }
 
+    /// `note` (a checkpoint's text, ending in a newline) signed by this
+    /// log: a whole signed note.
+    pub fn sign_note(&self, note: &str) -> String {
+        let mut signature = self.id()[..4].to_vec();
+        signature.extend_from_slice(self.key.sign(note.as_bytes()).as_ref());
+        format!(
+            "{note}\n\u{2014} {} {}\n",
+            self.origin,
+            STANDARD.encode(signature)
+        )
+    }
+
     /// Appends `body` (of `kind`); returns the bundle's `tlogEntries` item.
     pub fn append(&mut self, kind: &str, body: &[u8]) -> Value {
         self.leaves.push(sha256(&[&[0u8][..], body].concat()));
@@ -265,13 +344,7 @@ impl LogV2 {
         let root = tree_hash(&self.leaves);
         let hashes = path(index, &self.leaves);
         let note = format!("{}\n{size}\n{}\n", self.origin, STANDARD.encode(root));
-        let mut signature = self.id()[..4].to_vec();
-        signature.extend_from_slice(self.key.sign(note.as_bytes()).as_ref());
-        let checkpoint = format!(
-            "{note}\n\u{2014} {} {}\n",
-            self.origin,
-            STANDARD.encode(signature)
-        );
+        let checkpoint = self.sign_note(&note);
         json!({
             "logIndex": index.to_string(),
             "logId": {"keyId": STANDARD.encode(self.id())},

@@ -224,12 +224,50 @@ pub async fn attach_legacy(
     digest: &str,
     layers: &[(Vec<u8>, Value)],
 ) {
+    attach_beside(
+        registry,
+        repo,
+        digest,
+        "sig",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        layers,
+    )
+    .await;
+}
+
+/// Legacy attestations: `layers` (DSSE envelopes, annotations) under the
+/// `sha256-<hex>.att` tag, as `cosign attest` wrote them before v3.
+pub async fn attach_legacy_attestation(
+    registry: &Registry,
+    repo: &str,
+    digest: &str,
+    layers: &[(Vec<u8>, Value)],
+) {
+    attach_beside(
+        registry,
+        repo,
+        digest,
+        "att",
+        "application/vnd.dsse.envelope.v1+json",
+        layers,
+    )
+    .await;
+}
+
+async fn attach_beside(
+    registry: &Registry,
+    repo: &str,
+    digest: &str,
+    suffix: &str,
+    media_type: &str,
+    layers: &[(Vec<u8>, Value)],
+) {
     let empty = registry.push_blob(repo, b"{}").await;
     let mut descriptors = Vec::new();
     for (payload, annotations) in layers {
         let blob = registry.push_blob(repo, payload).await;
         descriptors.push(json!({
-            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "mediaType": media_type,
             "digest": blob,
             "size": payload.len(),
             "annotations": annotations
@@ -245,7 +283,7 @@ pub async fn attach_legacy(
     registry
         .put_manifest(
             repo,
-            &format!("{}.sig", digest.replace(':', "-")),
+            &format!("{}.{suffix}", digest.replace(':', "-")),
             &manifest,
             "application/vnd.oci.image.manifest.v1+json",
         )

@@ -39,6 +39,7 @@ impl Tsa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
         let mut eku =

@@ -1,7 +1,8 @@
 //! Finding an image's signatures in its registry, as cosign does: the OCI
 //! 1.1 referrers API (or, where the registry has none, the `sha256-<hex>`
-//! tag index that stands in for it) for Sigstore bundles, and the
-//! `sha256-<hex>.sig` tag for legacy signatures. Through the resolver's
+//! tag index that stands in for it) for Sigstore bundles, the
+//! `sha256-<hex>.sig` tag for legacy signatures and the `sha256-<hex>.att`
+//! tag for legacy attestations (`cosign attest` before v3). Through the resolver's
 //! registry client (its credentials, auth, deadlines and bounded reads),
 //! within one budget per lookup, cached by digest with the resolver's TTLs.
 //!
@@ -212,15 +213,17 @@ impl Finder {
         path: &str,
         digest: &Digest,
     ) -> Result<Found, String> {
-        let (bundles, legacy) = tokio::join!(
+        let (bundles, signatures, attestations) = tokio::join!(
             self.bundles(host, path, digest),
-            self.legacy(host, path, digest)
+            self.legacy(host, path, digest, Legacy::Signatures),
+            self.legacy(host, path, digest, Legacy::Attestations),
         );
         let mut found = bundles?;
-        let legacy = legacy?;
-        found.artifacts.extend(legacy.artifacts);
-        found.unreadable.extend(legacy.unreadable);
-        found.truncated |= legacy.truncated;
+        for legacy in [signatures?, attestations?] {
+            found.artifacts.extend(legacy.artifacts);
+            found.unreadable.extend(legacy.unreadable);
+            found.truncated |= legacy.truncated;
+        }
         Ok(found)
     }
 
@@ -357,9 +360,19 @@ impl Finder {
             .map_err(|e| Unread::from(&digest, e))
     }
 
-    async fn legacy(&self, host: &str, path: &str, digest: &Digest) -> Result<Found, String> {
+    async fn legacy(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &Digest,
+        kind: Legacy,
+    ) -> Result<Found, String> {
         let mut found = Found::default();
-        let tag = format!("{}.sig", digest.to_string().replace(':', "-"));
+        let tag = format!(
+            "{}.{}",
+            digest.to_string().replace(':', "-"),
+            kind.tag_suffix()
+        );
         let fetched = match self
             .registry
             .get_manifest(
@@ -373,26 +386,24 @@ impl Finder {
             Ok(fetched) => fetched,
             Err(RegistryError::NotFound(_)) => return Ok(found),
             Err(RegistryError::TooLarge(e)) => {
-                found
-                    .unreadable
-                    .push(format!("the signature tag {tag}: {e}"));
+                found.unreadable.push(format!("the tag {tag}: {e}"));
                 return Ok(found);
             }
-            Err(e) => return Err(Self::failed("the signature tag", e)),
+            Err(e) => return Err(Self::failed(kind.what(), e)),
         };
         let manifest: Manifest = match serde_json::from_slice(&fetched.body) {
             Ok(m) => m,
             Err(e) => {
                 found
                     .unreadable
-                    .push(format!("the signature tag {tag} is not a manifest: {e}"));
+                    .push(format!("the tag {tag} is not a manifest: {e}"));
                 return Ok(found);
             }
         };
         let layers: Vec<_> = manifest
             .layers
             .iter()
-            .filter(|l| l.media_type == formats::SIMPLE_SIGNING)
+            .filter(|l| l.media_type == kind.layer_media_type())
             .collect();
         found.truncated = layers.len() > MAX_LEGACY_SIGNATURES;
         let manifest_digest = fetched.digest;
@@ -401,15 +412,64 @@ impl Finder {
             .into_iter()
             .take(MAX_LEGACY_SIGNATURES)
             .map(|layer| async move {
-                let payload = self
-                    .blob(host, path, &layer.digest, MAX_PAYLOAD_BYTES)
+                let blob = self
+                    .blob(host, path, &layer.digest, kind.layer_limit())
                     .await?;
-                formats::legacy(manifest_digest, &payload, &layer.annotations)
+                let parsed = match kind {
+                    Legacy::Signatures => {
+                        formats::legacy(manifest_digest, &blob, &layer.annotations)
+                    }
+                    Legacy::Attestations => {
+                        formats::legacy_attestation(manifest_digest, &blob, &layer.annotations)
+                    }
+                };
+                parsed
                     .map(Some)
-                    .map_err(|e| Unread::Unreadable(format!("a signature in {tag}: {e}")))
+                    .map_err(|e| Unread::Unreadable(format!("a layer of {tag}: {e}")))
             })
             .collect();
         gather(fetches, found).await
+    }
+}
+
+/// cosign's tags beside an image, before bundles.
+#[derive(Clone, Copy)]
+enum Legacy {
+    /// `sha256-<hex>.sig`: simple-signing payloads.
+    Signatures,
+    /// `sha256-<hex>.att`: DSSE envelopes of in-toto statements.
+    Attestations,
+}
+
+impl Legacy {
+    fn tag_suffix(self) -> &'static str {
+        match self {
+            Self::Signatures => "sig",
+            Self::Attestations => "att",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Signatures => "the signature tag",
+            Self::Attestations => "the attestation tag",
+        }
+    }
+
+    fn layer_media_type(self) -> &'static str {
+        match self {
+            Self::Signatures => formats::SIMPLE_SIGNING,
+            Self::Attestations => formats::DSSE_ENVELOPE,
+        }
+    }
+
+    /// A simple-signing payload is small; an envelope carries a whole
+    /// statement (an SBOM's can be large), as bundles do.
+    fn layer_limit(self) -> usize {
+        match self {
+            Self::Signatures => MAX_PAYLOAD_BYTES,
+            Self::Attestations => MAX_BUNDLE_BYTES,
+        }
     }
 }
 

@@ -31,6 +31,9 @@ pub mod timestamp;
 pub mod trust_root;
 pub mod verify;
 
+#[cfg(test)]
+mod tampered;
+
 use std::{sync::Arc, time::SystemTime};
 
 use futures_util::future::join_all;

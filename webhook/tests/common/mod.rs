@@ -24,6 +24,8 @@ use imagegate_webhook::{
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+pub mod signing;
+
 pub const EXAMPLE_POLICY: &str = include_str!("../../../deploy/policy/example-policy.yaml");
 
 /// The webhook's routes with `policy_yaml`, no resolver and no ledger.
