@@ -8,7 +8,11 @@
 //! - warm: the signature stage once the lookup is cached, per image, call by
 //!   call in process (what a signature requirement adds to an admission);
 //! - cpu: process CPU seconds for 10,000 one-image reviews through the
-//!   whole pipeline, warm, with the requirement and without it.
+//!   whole pipeline, warm, with the requirement and without it;
+//! - keyless_v1, keyless_v2_tsa: cold and warm again for keyless bundles as
+//!   Sigstore issues them (a certificate with an SCT from the test Fulcio's
+//!   CT log; Rekor v1 with a SET, inclusion proof and checkpoint; or Rekor
+//!   v2 with a checkpoint and an RFC 3161 timestamp, by `openssl ts`).
 //!
 //! Usage: signature_bench (root: it starts docker-registry)
 
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use imagegate_testkit::{
     registry::Registry,
-    sigstore::{KeyPair, attach_bundle},
+    sigstore::{
+        Fulcio, Issue, KeyPair, KeylessBundle, Log, LogTo, LogV2, TrustedRoot, Tsa, attach_bundle,
+    },
 };
 use imagegate_webhook::{
     admit,
@@ -30,6 +36,8 @@ use imagegate_webhook::{
 use serde_json::json;
 
 const IMAGES: usize = 200;
+const OIDC: &str = "https://issuer.imagegate.test";
+const SUBJECT: &str = "bench@imagegate.test";
 const WARM_CALLS: usize = 100_000;
 const CPU_REVIEWS: usize = 10_000;
 
@@ -122,10 +130,47 @@ async fn main() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
 
-    // Resolution cached first, so the cold figure is the signature stage.
+    let (_, cold, warm) = stage(&without, &with, &resolver, &images).await?;
+
+    let mut cpu = serde_json::Map::new();
+    for (label, policy) in [("without_s", &without), ("with_s", &with)] {
+        let started = cpu_seconds();
+        for i in 0..CPU_REVIEWS {
+            let decision =
+                admit::decide(policy, Some(&resolver), &review(&images[i % images.len()])).await;
+            anyhow::ensure!(decision.allowed, "{}", decision.message);
+        }
+        cpu.insert(label.into(), json!(cpu_seconds() - started));
+    }
+    println!(
+        "{}",
+        json!({
+            "cold": {"images": cold.len(), "p50_ms": percentile(&cold, 0.5), "p99_ms": percentile(&cold, 0.99), "max_ms": percentile(&cold, 1.0)},
+            "warm": {"calls": warm.len(), "p50_us": percentile(&warm, 0.5) * 1e3, "p99_us": percentile(&warm, 0.99) * 1e3},
+            "cpu": {"reviews": CPU_REVIEWS, "without_s": cpu["without_s"], "with_s": cpu["with_s"]},
+            "keyless_v1": keyless(&registry, &resolver, &without, dir.path(), false).await?,
+            "keyless_v2_tsa": keyless(&registry, &resolver, &without, dir.path(), true).await?,
+        })
+    );
+    Ok(())
+}
+
+/// The signature stage for `images` (resolution cached first, so the cold
+/// figure is the stage alone): per image cold (lookup and verification),
+/// then warm (cached) for [`WARM_CALLS`] calls. Every image must verify.
+async fn stage(
+    without: &Policy,
+    with: &Policy,
+    resolver: &Resolver,
+    images: &[String],
+) -> anyhow::Result<(
+    Vec<imagegate_webhook::policy::ImageDecision>,
+    Vec<Duration>,
+    Vec<Duration>,
+)> {
     let mut decisions = Vec::new();
-    for image in &images {
-        let (mut d, _) = admit::decide_images(&without, Some(&resolver), &review(image)).await;
+    for image in images {
+        let (mut d, _) = admit::decide_images(without, Some(resolver), &review(image)).await;
         anyhow::ensure!(d[0].resolved.is_some(), "{image} did not resolve");
         decisions.push(d.remove(0));
     }
@@ -148,24 +193,74 @@ async fn main() -> anyhow::Result<()> {
         std::hint::black_box(outcomes);
     }
     warm.sort();
+    Ok((decisions, cold, warm))
+}
 
-    let mut cpu = serde_json::Map::new();
-    for (label, policy) in [("without_s", &without), ("with_s", &with)] {
-        let started = cpu_seconds();
-        for i in 0..CPU_REVIEWS {
-            let decision =
-                admit::decide(policy, Some(&resolver), &review(&images[i % images.len()])).await;
-            anyhow::ensure!(decision.allowed, "{}", decision.message);
+/// Cold and warm figures for keyless bundles: Rekor v1 (SET, proof,
+/// checkpoint) or, with `v2`, Rekor v2 and a timestamp authority; every
+/// certificate with its SCT.
+async fn keyless(
+    registry: &Registry,
+    resolver: &Resolver,
+    without: &Policy,
+    dir: &std::path::Path,
+    v2: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let fulcio = Fulcio::with_intermediate("bench fulcio");
+    let tsa = Tsa::valid_now("bench-tsa");
+    let mut log = Log::new(1000);
+    let mut log_v2 = LogV2::new("log.bench.test", 1000);
+    let root = dir.join(if v2 { "root-v2.json" } else { "root-v1.json" });
+    std::fs::write(
+        &root,
+        TrustedRoot {
+            authorities: vec![&fulcio],
+            logs: vec![&log],
+            v2_logs: vec![&log_v2],
+            timestamp_authorities: vec![&tsa],
+            ..TrustedRoot::default()
         }
-        cpu.insert(label.into(), json!(cpu_seconds() - started));
+        .json(),
+    )?;
+    let repo = if v2 {
+        "bench/keyless-v2"
+    } else {
+        "bench/keyless-v1"
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut images = Vec::new();
+    for i in 0..IMAGES {
+        let tag = format!("k{i}");
+        let digest = registry
+            .push_image(repo, &tag, &format!("{repo}-{tag}"))
+            .await;
+        let bundle = KeylessBundle {
+            fulcio: &fulcio,
+            oidc_issuer: OIDC,
+            subject: SUBJECT,
+            certificate: Issue::at(now - time::Duration::minutes(1)),
+            digest: &digest,
+            predicate_type: "https://sigstore.dev/cosign/sign/v1",
+            log: if v2 {
+                LogTo::V2HashedRekord(&mut log_v2)
+            } else {
+                LogTo::V1(&mut log, now.unix_timestamp())
+            },
+            stamps: if v2 { vec![&tsa] } else { Vec::new() },
+            stamp_other: false,
+        }
+        .make();
+        attach_bundle(registry, repo, &digest, &bundle).await;
+        images.push(format!("{}/{repo}:{tag}", registry.host));
     }
-    println!(
-        "{}",
-        json!({
-            "cold": {"images": cold.len(), "p50_ms": percentile(&cold, 0.5), "p99_ms": percentile(&cold, 0.99), "max_ms": percentile(&cold, 1.0)},
-            "warm": {"calls": warm.len(), "p50_us": percentile(&warm, 0.5) * 1e3, "p99_us": percentile(&warm, 0.99) * 1e3},
-            "cpu": {"reviews": CPU_REVIEWS, "without_s": cpu["without_s"], "with_s": cpu["with_s"]},
-        })
-    );
-    Ok(())
+    let with = Policy::from_yaml(&format!(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nrules:\n  - name: bench\n    registries: ['{}']\n    signatures:\n      - name: ci\n        keyless:\n          issuer: {OIDC}\n          subject: {SUBJECT}\n        trustedRoot: {}\n",
+        registry.host,
+        root.display()
+    ))?;
+    let (_, cold, warm) = stage(without, &with, resolver, &images).await?;
+    Ok(json!({
+        "cold": {"images": cold.len(), "p50_ms": percentile(&cold, 0.5), "p99_ms": percentile(&cold, 0.99), "max_ms": percentile(&cold, 1.0)},
+        "warm": {"calls": warm.len(), "p50_us": percentile(&warm, 0.5) * 1e3, "p99_us": percentile(&warm, 0.99) * 1e3},
+    }))
 }

@@ -26,8 +26,8 @@ use common::{
     },
 };
 use imagegate_testkit::sigstore::{
-    Fulcio, KeyPair, Log, NpmSign, Signing, attach_bundle, attach_legacy, npm_sign, openssl_sign,
-    put_tag_index, simple_signing_payload, trusted_root,
+    Fulcio, Issue, KeyPair, KeylessBundle, Log, LogTo, NpmSign, Signing, attach_bundle,
+    attach_legacy, npm_sign, openssl_sign, put_tag_index, simple_signing_payload, trusted_root,
 };
 use imagegate_webhook::{policy::Policy, resolve::Resolver, server::metrics::Metrics};
 use serde_json::{Value, json};
@@ -324,34 +324,18 @@ fn keyless_bundle(
     digest: &str,
     now: time::OffsetDateTime,
 ) -> Vec<u8> {
-    let certificate = fulcio.certificate(OIDC, SUBJECT, now - time::Duration::minutes(1), 10);
-    let statement = serde_json::to_vec(&json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": "x", "digest": {"sha256": digest.trim_start_matches("sha256:")}}],
-        "predicateType": COSIGN_SIGN,
-        "predicate": {}
-    }))
-    .unwrap();
-    let pae =
-        imagegate_webhook::signature::formats::pae("application/vnd.in-toto+json", &statement);
-    let signature = certificate.key.sign(&pae);
-    let logged = log.append(
-        &Log::dsse(&statement, &signature, &certificate.pem),
-        now.unix_timestamp(),
-    );
-    serde_json::to_vec(&json!({
-        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "verificationMaterial": {
-            "certificate": {"rawBytes": STANDARD.encode(&certificate.der)},
-            "tlogEntries": [logged.bundle_entry]
-        },
-        "dsseEnvelope": {
-            "payload": STANDARD.encode(&statement),
-            "payloadType": "application/vnd.in-toto+json",
-            "signatures": [{"sig": STANDARD.encode(&signature), "keyid": ""}]
-        }
-    }))
-    .unwrap()
+    KeylessBundle {
+        fulcio,
+        oidc_issuer: OIDC,
+        subject: SUBJECT,
+        certificate: Issue::at(now - time::Duration::minutes(1)),
+        digest,
+        predicate_type: COSIGN_SIGN,
+        log: LogTo::V1(log, now.unix_timestamp()),
+        stamps: Vec::new(),
+        stamp_other: false,
+    }
+    .make()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,8 +26,8 @@ use common::{
 use imagegate_testkit::{
     independent::{self, Case, Signer, Thresholds, Verdict},
     sigstore::{
-        Fulcio, Issue, Log, LogV2, Signing, TrustedRoot, Tsa, attach_bundle, attach_legacy,
-        attach_legacy_attestation, simple_signing_payload,
+        Fulcio, Issue, KeylessBundle, Log, LogTo, LogV2, Signing, TrustedRoot, Tsa, attach_bundle,
+        attach_legacy, attach_legacy_attestation, simple_signing_payload,
     },
 };
 use imagegate_webhook::{resolve::Resolver, signature::formats::pae};
@@ -68,66 +68,27 @@ impl<'a> Make<'a> {
     }
 }
 
-/// A keyless bundle v0.3: a DSSE statement about the digest signed with a
-/// Fulcio certificate, its entry in `log`, its timestamps.
+/// A keyless bundle v0.3 on the Rekor v2 log, as `make` says.
 fn keyless_bundle(fulcio: &Fulcio, log: &mut LogV2, make: &Make<'_>) -> Vec<u8> {
-    let now = time::OffsetDateTime::now_utc();
-    let certificate = fulcio.issue(
-        OIDC,
-        SUBJECT,
-        Issue {
+    KeylessBundle {
+        fulcio,
+        oidc_issuer: OIDC,
+        subject: SUBJECT,
+        certificate: Issue {
             logged: make.logged_certificate,
-            ..Issue::at(now - time::Duration::minutes(1))
+            ..Issue::at(time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
         },
-    );
-    let statement = serde_json::to_vec(&json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": "app", "digest": {"sha256": make.digest.trim_start_matches("sha256:")}}],
-        "predicateType": COSIGN_SIGN,
-        "predicate": {}
-    }))
-    .unwrap();
-    let signed = pae(IN_TOTO, &statement);
-    let signature = certificate.key.sign(&signed);
-    let entries: Vec<Value> = match make.body {
-        Some(Body::HashedRekord) => vec![log.append(
-            "hashedrekord",
-            &LogV2::hashedrekord(
-                &imagegate_testkit::sigstore::sha256(&signed),
-                &signature,
-                &certificate.der,
-            ),
-        )],
-        Some(Body::Dsse) => vec![log.append(
-            "dsse",
-            &LogV2::dsse(&statement, &signature, &certificate.der),
-        )],
-        None => Vec::new(),
-    };
-    let stamped = if make.stamp_other {
-        b"another signature".to_vec()
-    } else {
-        signature.clone()
-    };
-    let timestamps: Vec<Value> = make
-        .stamps
-        .iter()
-        .map(|tsa| json!({"signedTimestamp": STANDARD.encode(tsa.timestamp(&stamped, false))}))
-        .collect();
-    serde_json::to_vec(&json!({
-        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "verificationMaterial": {
-            "certificate": {"rawBytes": STANDARD.encode(&certificate.der)},
-            "tlogEntries": entries,
-            "timestampVerificationData": {"rfc3161Timestamps": timestamps}
+        digest: make.digest,
+        predicate_type: COSIGN_SIGN,
+        log: match make.body {
+            Some(Body::HashedRekord) => LogTo::V2HashedRekord(log),
+            Some(Body::Dsse) => LogTo::V2Dsse(log),
+            None => LogTo::Nowhere,
         },
-        "dsseEnvelope": {
-            "payload": STANDARD.encode(&statement),
-            "payloadType": IN_TOTO,
-            "signatures": [{"sig": STANDARD.encode(&signature), "keyid": ""}]
-        }
-    }))
-    .unwrap()
+        stamps: make.stamps.clone(),
+        stamp_other: make.stamp_other,
+    }
+    .make()
 }
 
 /// The registry, a trusted root listing the test services, a resolver.

@@ -14,11 +14,13 @@
 //!   in a `trusted_root.json` ([`TrustedRoot`]) as Sigstore's public-good
 //!   instance lists its own.
 
+mod bundle;
 mod fulcio;
 mod log;
 mod root;
 mod tsa;
 
+pub use bundle::{KeylessBundle, LogTo};
 pub use fulcio::{CtLog, Fulcio, Issue, Signing};
 pub use log::{Log, LogV2, Logged};
 pub use root::{TrustedRoot, trusted_root};

@@ -16,11 +16,17 @@
 //! adopted: agents flag them, so an operator sees them before switching to
 //! enforce.
 //!
-//! - [`cluster`]: the apiserver's pod list (kube-rs), behind `PodSource`.
+//! Adopted images meet the rule's signature and attestation requirements,
+//! as admitted ones do ([`signatures`]): a tag moved under a running pod to
+//! an unsigned image is not adopted by a restart.
+//!
+//! - [`cluster`]: the apiserver's pod list (kube-rs), behind `PodSource`;
+//! - [`signatures`]: the signature stage, on what the nodes run.
 //!
 //! Over 500 lines with its unit tests (the module itself is under 300).
 
 pub mod cluster;
+pub mod signatures;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -56,6 +62,12 @@ pub struct Report {
     pub approvals: Vec<Approval>,
     /// `namespace/pod: image: reason` for images the policy denies now.
     pub denied: Vec<String>,
+    /// `namespace/pod: image: reason` for images whose signatures or
+    /// attestations do not meet their rule's requirements (enforce mode):
+    /// not adopted.
+    pub unsigned: Vec<String>,
+    /// The same in audit mode: adopted, with the reason.
+    pub audit_unsigned: Vec<String>,
     /// `namespace/pod: container: reason` for containers with no registry
     /// digest to record (not started yet, or an image id).
     pub without_digest: Vec<String>,
@@ -68,6 +80,7 @@ pub struct Report {
 /// when a resolver is given (a node may report either digest).
 pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Value]) -> Report {
     let mut report = Report::default();
+    let mut candidates = Vec::new();
     let now = now_ms();
     for item in pods {
         let phase = item["status"]["phase"].as_str().unwrap_or("");
@@ -112,7 +125,7 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                     continue;
                 }
             };
-            report.approvals.push(Approval {
+            let approval = Approval {
                 digest,
                 children: Vec::new(),
                 // What the node runs, as its kubelet reports it; the
@@ -134,14 +147,31 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 origin: Origin::Adopted,
                 admitted_at_ms: now,
                 generation: 0,
-                // Adopted from what runs: no signature was checked.
+                // Filled in by the signature check, if the rule has
+                // requirements.
                 signers: Vec::new(),
+            };
+            candidates.push(signatures::Candidate {
+                pod: name.clone(),
+                approval,
+                decision,
             });
         }
     }
-    if let Some(resolver) = resolver {
-        add_children(resolver, &mut report.approvals).await;
+    let Some(resolver) = resolver else {
+        // Without registry access admission checks no signature either.
+        report.approvals = candidates.into_iter().map(|c| c.approval).collect();
+        return report;
+    };
+    let mut approvals: Vec<Approval> = candidates.iter().map(|c| c.approval.clone()).collect();
+    add_children(resolver, &mut approvals).await;
+    for (c, approval) in candidates.iter_mut().zip(approvals) {
+        c.approval = approval;
     }
+    let checked = signatures::check(policy, resolver, candidates).await;
+    report.approvals = checked.adopted;
+    report.unsigned = checked.unsigned;
+    report.audit_unsigned = checked.audit_unsigned;
     report
 }
 
@@ -257,6 +287,18 @@ async fn once(
     for denied in &report.denied {
         warn!("running pod not adopted, the policy denies it now (agents flag it): {denied}");
     }
+    for unsigned in &report.unsigned {
+        warn!(
+            "running pod not adopted, its image does not meet its rule's signature requirements \
+             (agents flag it, and in enforce mode stop it once settled): {unsigned}"
+        );
+    }
+    for unsigned in &report.audit_unsigned {
+        warn!(
+            "running pod adopted in audit mode, though its image does not meet its rule's \
+             signature requirements: {unsigned}"
+        );
+    }
     for skipped in report.without_digest.iter().chain(&report.unreadable) {
         info!("running container not adopted: {skipped}");
     }
@@ -276,6 +318,7 @@ async fn once(
         pods = report.pods,
         adopted,
         denied = report.denied.len(),
+        unsigned = report.unsigned.len(),
         without_digest = report.without_digest.len(),
         generation,
         "rebuilt the admitted set from the cluster; agents settle once they hold it"

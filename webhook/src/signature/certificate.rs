@@ -45,7 +45,7 @@ pub struct Leaf {
 /// Reads a leaf certificate's key, identity and validity.
 pub fn read_leaf(der: &[u8]) -> Result<Leaf, String> {
     let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("the signing certificate is not DER X.509: {e}"))?;
+        .map_err(|_| "the signing certificate does not parse as DER X.509".to_string())?;
     let key = PublicKey::from_parsed("", cert.public_key(), cert.public_key().raw)
         .map_err(|e| format!("the signing certificate's key: {e}"))?;
     let identity = Identity {

@@ -106,8 +106,9 @@ type Lookup = Result<Arc<Found>, LookupError>;
 pub struct Finder {
     registry: Arc<RegistryClient>,
     settings: Settings,
-    /// (repository, digest) -> what was found and until when it is trusted.
-    cache: TtlCache<(String, Digest), Arc<Found>, LookupError>,
+    /// (repository, digest, legacy attestations looked up) -> what was
+    /// found and until when it is trusted.
+    cache: TtlCache<(String, Digest, bool), Arc<Found>, LookupError>,
     /// Registry requests in flight, shared with resolution.
     in_flight: Arc<Semaphore>,
     metrics: LookupMetrics,
@@ -160,14 +161,21 @@ impl Finder {
     }
 
     /// What is attached to `host/path@digest`, from the cache while it is
-    /// fresh. Concurrent lookups of one digest share one request (the
-    /// cache's placeholder), and a lookup waits for a registry slot shared
-    /// with resolution.
-    pub async fn find(&self, host: &str, path: &str, digest: &Digest) -> Lookup {
-        let key = (format!("{host}/{path}"), digest.clone());
+    /// fresh; cosign's `.att` tag too when `attestations` (bundles of
+    /// either kind are always read). Concurrent lookups of one digest share
+    /// one request (the cache's placeholder), and a lookup waits for a
+    /// registry slot shared with resolution.
+    pub async fn find(
+        &self,
+        host: &str,
+        path: &str,
+        digest: &Digest,
+        attestations: bool,
+    ) -> Lookup {
+        let key = (format!("{host}/{path}"), digest.clone(), attestations);
         let (lookup, source) = self
             .cache
-            .get_or_lookup(&key, || self.lookup(host, path, digest))
+            .get_or_lookup(&key, || self.lookup(host, path, digest, attestations))
             .await;
         match source {
             Source::Cached => {
@@ -185,7 +193,7 @@ impl Finder {
     }
 
     /// One lookup, within the budget (waiting for a slot included).
-    async fn lookup(&self, host: &str, path: &str, digest: &Digest) -> Lookup {
+    async fn lookup(&self, host: &str, path: &str, digest: &Digest, attestations: bool) -> Lookup {
         let budget = self.settings.timeout;
         let work = async {
             let _permit = self
@@ -193,7 +201,7 @@ impl Finder {
                 .acquire()
                 .await
                 .map_err(|_| "the webhook is shutting down".to_string())?;
-            self.find_uncached(host, path, digest).await
+            self.find_uncached(host, path, digest, attestations).await
         };
         match tokio::time::timeout(budget, work).await {
             Ok(Ok(mut found)) => {
@@ -212,11 +220,19 @@ impl Finder {
         host: &str,
         path: &str,
         digest: &Digest,
+        attestations: bool,
     ) -> Result<Found, String> {
+        let legacy_attestations = async {
+            if attestations {
+                self.legacy(host, path, digest, Legacy::Attestations).await
+            } else {
+                Ok(Found::default())
+            }
+        };
         let (bundles, signatures, attestations) = tokio::join!(
             self.bundles(host, path, digest),
             self.legacy(host, path, digest, Legacy::Signatures),
-            self.legacy(host, path, digest, Legacy::Attestations),
+            legacy_attestations,
         );
         let mut found = bundles?;
         for legacy in [signatures?, attestations?] {

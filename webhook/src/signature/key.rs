@@ -19,7 +19,7 @@ const ED25519: &str = "1.3.101.112";
 pub enum KeyError {
     #[error("not a PEM public key (\"-----BEGIN PUBLIC KEY-----\"): {0}")]
     Pem(String),
-    #[error("not a DER SubjectPublicKeyInfo: {0}")]
+    #[error("not a DER SubjectPublicKeyInfo ({0})")]
     Der(String),
     #[error(
         "a key of type {0} is not supported; use ECDSA P-256 or P-384, RSA (2048 bits or more) or Ed25519"
@@ -109,8 +109,8 @@ impl PublicKey {
 
     /// A DER SubjectPublicKeyInfo.
     pub fn from_spki(name: &str, der: &[u8]) -> Result<Self, KeyError> {
-        let (_, spki) =
-            SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError::Der(e.to_string()))?;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(der)
+            .map_err(|_| KeyError::Der(format!("{} bytes that do not parse as one", der.len())))?;
         Self::from_parsed(name, &spki, der)
     }
 
@@ -123,7 +123,7 @@ impl PublicKey {
         // ring reads the modulus when verifying; a quick shape check here
         // refuses what is not a DER SEQUENCE at all.
         if der.first() != Some(&0x30) {
-            return Err(KeyError::Der("not a PKCS#1 RSAPublicKey".into()));
+            return Err(KeyError::Der("nor a PKCS#1 RSAPublicKey".into()));
         }
         Ok(Self {
             name: if name.is_empty() {

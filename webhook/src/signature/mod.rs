@@ -69,8 +69,19 @@ impl Finder {
             let Some(ask) = ask else {
                 return Outcome::Skipped;
             };
+            // cosign's `.att` tag is read only when something asks for an
+            // attestation: one request less on every cold lookup otherwise.
+            let attestations = ask
+                .requirements
+                .iter()
+                .any(|r| matches!(r.what, requirement::What::Attestation { .. }));
             match self
-                .find(&ask.reference.domain, &ask.reference.path, ask.digest)
+                .find(
+                    &ask.reference.domain,
+                    &ask.reference.path,
+                    ask.digest,
+                    attestations,
+                )
                 .await
             {
                 Err(e) => Outcome::Failed(e),
