@@ -6,8 +6,11 @@
 //!   watched container-like cgroup (every exec goes to user space);
 //! - events sustained: two such loops at once in the watched cgroup, the
 //!   events the agent counted and the events the kernel dropped;
-//! - start -> verdict: containers started with `ctr run` from a loopback
-//!   registry, approval present, the agent's first-event-to-verdict time;
+//! - start -> verdict: pods started through CRI (as the kubelet does) and
+//!   containers started with `ctr run`, from a loopback registry, approval
+//!   present, the agent's first-event-to-verdict time; with a baseline
+//!   agent binary (a third argument), the same for it, rounds alternating
+//!   between the two so the machine's drift favours neither;
 //! - the agent's CPU per exec event and its peak RSS with 100,000 approvals.
 
 use std::{
@@ -30,9 +33,15 @@ struct Agent {
 
 impl Agent {
     fn start(binary: &Path, socket: &Path, extra: &[&str]) -> Self {
+        Self::start_as(binary, "--runtime-socket", socket, extra)
+    }
+
+    /// `socket_flag`: a baseline agent from before `--runtime-socket`
+    /// takes `--containerd-socket`.
+    fn start_as(binary: &Path, socket_flag: &str, socket: &Path, extra: &[&str]) -> Self {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(binary)
-            .arg("--containerd-socket")
+            .arg(socket_flag)
             .arg(socket)
             .arg("--state-dir")
             .arg(state.path())
@@ -107,6 +116,50 @@ impl Drop for Agent {
 }
 
 /// CPU seconds (user + system) of a process so far.
+/// One agent binary's start -> verdict figures.
+#[derive(Default)]
+struct Latencies {
+    /// The agent's latency_ms: first kernel event -> verdict.
+    ctr: Vec<f64>,
+    cri: Vec<f64>,
+    /// Wall clock from the start request to the verdict seen.
+    ctr_external: Vec<f64>,
+    cri_external: Vec<f64>,
+    cpu_seconds: f64,
+    containers: usize,
+}
+
+impl Latencies {
+    fn summary(mut self) -> Value {
+        let stats = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            json!({
+                "p50": percentile(v, 50.0),
+                "p99": percentile(v, 99.0),
+                "max": v.last().copied().unwrap_or(0.0),
+            })
+        };
+        json!({
+            "containers": self.containers,
+            "ctr": stats(&mut self.ctr),
+            "cri": stats(&mut self.cri),
+            "ctr_external": stats(&mut self.ctr_external),
+            "cri_external": stats(&mut self.cri_external),
+            "agent_cpu_ms_per_container": self.cpu_seconds * 1000.0 / self.containers.max(1) as f64,
+        })
+    }
+}
+
+fn wait_verdict(agent: &Agent, container: &str) -> Value {
+    let verdict = agent
+        .wait(Duration::from_secs(20), |l| {
+            l["fields"]["message"] == "verdict" && l["fields"]["container"] == container
+        })
+        .unwrap_or_else(|| panic!("no verdict for {container}"));
+    assert_eq!(verdict["fields"]["verdict"], "admitted", "{verdict}");
+    verdict
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -204,8 +257,12 @@ fn cgroup2_root() -> PathBuf {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let agent_bin = PathBuf::from(args.next().expect("usage: agent_bench AGENT [EXECS]"));
+    let agent_bin = PathBuf::from(
+        args.next()
+            .expect("usage: agent_bench AGENT [EXECS [BASELINE_AGENT]]"),
+    );
     let execs: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let baseline = args.next().map(PathBuf::from);
     let rounds = 8;
 
     let registry = Registry::plain();
@@ -274,35 +331,60 @@ async fn main() {
     let lost = agent.metric("imagegate_agent_lost_events{kind=\"exec\"}");
     drop(agent);
 
-    // 3. Start -> verdict, approval present.
+    // 3. Start -> verdict, approval present: CRI pods and `ctr run`
+    //    containers, one at a time; rounds alternate between this agent
+    //    and the baseline, if given.
     let dir = tempfile::tempdir().unwrap();
     let approvals = dir.path().join("approvals");
     std::fs::write(&approvals, format!("{app_digest}\n")).unwrap();
-    let agent = Agent::start(
-        &agent_bin,
-        &containerd.socket,
-        &["--approvals-file", approvals.to_str().unwrap()],
-    );
-    let mut latencies = Vec::new();
-    let mut external = Vec::new();
-    let containers = 30;
-    for i in 0..containers {
-        let id = format!("bench-{}-{i}", std::process::id());
-        let started = Instant::now();
-        containerd.run("default", &app, &id, &[]);
-        let verdict = agent
-            .wait(Duration::from_secs(20), |l| {
-                l["fields"]["message"] == "verdict"
-                    && l["fields"]["container"] == format!("default/{id}").as_str()
-            })
-            .expect("a verdict for every container");
-        assert_eq!(verdict["fields"]["verdict"], "admitted", "{verdict}");
-        external.push(started.elapsed().as_secs_f64() * 1000.0);
-        latencies.push(verdict["fields"]["latency_ms"].as_f64().unwrap());
+    let arms: Vec<(&str, &Path, &str)> =
+        std::iter::once(("this", agent_bin.as_path(), "--runtime-socket"))
+            .chain(
+                baseline
+                    .as_deref()
+                    .map(|b| ("baseline", b, "--containerd-socket")),
+            )
+            .collect();
+    let mut verdicts: std::collections::BTreeMap<&str, Latencies> = Default::default();
+    let per_round = 10;
+    for round in 0..3 {
+        for (name, binary, flag) in &arms {
+            let agent = Agent::start_as(
+                binary,
+                flag,
+                &containerd.socket,
+                &["--approvals-file", approvals.to_str().unwrap()],
+            );
+            let cpu_before = cpu_seconds(agent.pid());
+            let arm = verdicts.entry(name).or_default();
+            for i in 0..per_round {
+                let id = format!("bench-{}-{name}-{round}-{i}", std::process::id());
+                let started = Instant::now();
+                containerd.run("default", &app, &id, &[]);
+                let verdict = wait_verdict(&agent, &format!("default/{id}"));
+                arm.ctr_external
+                    .push(started.elapsed().as_secs_f64() * 1000.0);
+                arm.ctr
+                    .push(verdict["fields"]["latency_ms"].as_f64().unwrap());
+
+                let pod = format!("bench-{name}-{round}-{i}");
+                let started = Instant::now();
+                let cri = containerd.cri_run_pod("bench", &pod, &app).await;
+                let verdict = wait_verdict(&agent, &format!("k8s.io/{}", cri.container_id));
+                arm.cri_external
+                    .push(started.elapsed().as_secs_f64() * 1000.0);
+                arm.cri
+                    .push(verdict["fields"]["latency_ms"].as_f64().unwrap());
+            }
+            arm.cpu_seconds += cpu_seconds(agent.pid()) - cpu_before;
+            arm.containers += 2 * per_round;
+            drop(agent);
+        }
     }
-    drop(agent);
-    latencies.sort_by(f64::total_cmp);
-    external.sort_by(f64::total_cmp);
+    let start_to_verdict: serde_json::Map<String, Value> = verdicts
+        .into_iter()
+        .map(|(name, arm)| (name.to_string(), arm.summary()))
+        .collect();
 
     // 4. Peak RSS with 100,000 approvals.
     let many = 100_000;
@@ -347,14 +429,7 @@ async fn main() {
             "events_received": received,
             "events_lost": lost,
         },
-        "start_to_verdict_ms": {
-            "containers": containers,
-            "p50": percentile(&latencies, 50.0),
-            "p99": percentile(&latencies, 99.0),
-            "max": latencies.last().copied().unwrap_or(0.0),
-            "ctr_run_to_verdict_p50": percentile(&external, 50.0),
-            "ctr_run_to_verdict_p99": percentile(&external, 99.0),
-        },
+        "start_to_verdict_ms": start_to_verdict,
         "rss_mib_with_100k_approvals": rss_100k,
         "approvals_held": approvals_held,
     });

@@ -41,7 +41,7 @@ async fn main() {
         "agent",
         &binary,
         [
-            "--containerd-socket",
+            "--runtime-socket",
             containerd.socket.to_str().unwrap(),
             "--state-dir",
             state.path().to_str().unwrap(),

@@ -44,50 +44,43 @@ pub enum RuntimeHint {
 }
 
 /// The container a cgroup path belongs to, or `None` for a host cgroup.
+///
+/// The outermost part of the path that names a container decides: what is
+/// below it is that container's own sub-cgroups (crun puts a CRI-O
+/// container's processes in `crio-<id>.scope/container`; a container given
+/// its cgroup can make any folders in it, named like anything, another
+/// container's id too), so a process there is that container's.
 pub fn parse(path: &str) -> Option<ContainerRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let last = *parts.last()?;
     let pod_uid = parts.iter().find_map(|p| pod_uid(p));
     let under_kubepods = parts.first().is_some_and(|p| p.starts_with("kubepods"));
-
-    let name = last.strip_suffix(".scope").unwrap_or(last);
-    // Monitors and init scopes next to containers are host processes.
-    if name.starts_with("crio-conmon-") || name.starts_with("docker-init") {
-        return None;
-    }
-    for (prefix, runtime) in [
-        ("cri-containerd-", RuntimeHint::Containerd),
-        ("crio-", RuntimeHint::CriO),
-        ("docker-", RuntimeHint::Docker),
-        ("libpod-", RuntimeHint::Podman),
-    ] {
-        if let Some(id) = name.strip_prefix(prefix).filter(|id| is_hex_id(id)) {
-            return Some(ContainerRef {
-                id: id.to_string(),
-                runtime,
-                pod_uid,
-                namespace: None,
-            });
+    for (depth, part) in parts.iter().enumerate() {
+        match named(part) {
+            Named::Nothing => continue,
+            // A runtime's monitor (CRI-O's conmon) and what is below it
+            // are host processes.
+            Named::Monitor => return None,
+            Named::Container(id, hint) => {
+                let runtime = hint.unwrap_or(if under_kubepods {
+                    RuntimeHint::Kubernetes
+                } else if depth > 0 && parts[depth - 1] == "docker" {
+                    RuntimeHint::Docker
+                } else {
+                    RuntimeHint::Containerd
+                });
+                return Some(ContainerRef {
+                    id: id.to_string(),
+                    runtime,
+                    pod_uid,
+                    namespace: None,
+                });
+            }
         }
     }
-    if is_hex_id(name) {
-        let runtime = if under_kubepods {
-            RuntimeHint::Kubernetes
-        } else if parts.first() == Some(&"docker") {
-            RuntimeHint::Docker
-        } else {
-            RuntimeHint::Containerd
-        };
-        return Some(ContainerRef {
-            id: name.to_string(),
-            runtime,
-            pod_uid,
-            namespace: None,
-        });
-    }
     // `ctr run` and other clients of containerd's own API: the default
-    // cgroup is `/<namespace>/<id>`, and ids are free-form.
-    if parts.len() == 2 && !under_kubepods && !is_host_slice(parts[0]) && !parts[1].contains('.') {
+    // cgroup is `/<namespace>/<id>`, and ids are free-form. Only a
+    // candidate, which containerd confirms or not.
+    if parts.len() >= 2 && !under_kubepods && !is_host_slice(parts[0]) && !parts[1].contains('.') {
         return Some(ContainerRef {
             id: parts[1].to_string(),
             runtime: RuntimeHint::Containerd,
@@ -96,6 +89,34 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
         });
     }
     None
+}
+
+/// What one part of a cgroup path names.
+enum Named<'a> {
+    Nothing,
+    Monitor,
+    Container(&'a str, Option<RuntimeHint>),
+}
+
+fn named(part: &str) -> Named<'_> {
+    let name = part.strip_suffix(".scope").unwrap_or(part);
+    if name.starts_with("crio-conmon-") || name.starts_with("docker-init") {
+        return Named::Monitor;
+    }
+    for (prefix, runtime) in [
+        ("cri-containerd-", RuntimeHint::Containerd),
+        ("crio-", RuntimeHint::CriO),
+        ("docker-", RuntimeHint::Docker),
+        ("libpod-", RuntimeHint::Podman),
+    ] {
+        if let Some(id) = name.strip_prefix(prefix).filter(|id| is_hex_id(id)) {
+            return Named::Container(id, Some(runtime));
+        }
+    }
+    if is_hex_id(name) {
+        return Named::Container(name, None);
+    }
+    Named::Nothing
 }
 
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid with _>.slice` (systemd).
@@ -197,6 +218,40 @@ mod tests {
         }
         assert_eq!(parse("/system.slice/ssh.service"), None);
         assert_eq!(parse("/kubepods.slice/kubepods-besteffort.slice"), None);
+    }
+
+    #[test]
+    fn a_containers_own_sub_cgroups_are_that_container() {
+        let uid_ = UID.replace('-', "_");
+        let pod = format!("/kubepods.slice/kubepods-pod{uid_}.slice");
+        // crun's systemd sub-cgroup on CRI-O (cgroup v2).
+        let r = parsed(&format!("{pod}/crio-{ID}.scope/container"));
+        assert_eq!((r.id.as_str(), r.runtime), (ID, RuntimeHint::CriO));
+        assert_eq!(r.pod_uid.as_deref(), Some(UID));
+        // Folders a container made in its own cgroup, named like another
+        // container (or like a monitor), are still the outer container's.
+        let other = "a".repeat(64);
+        for inner in [
+            format!("cri-containerd-{other}.scope"),
+            other.clone(),
+            format!("crio-conmon-{other}.scope"),
+            "init.scope".to_string(),
+        ] {
+            let r = parsed(&format!("{pod}/cri-containerd-{ID}.scope/{inner}"));
+            assert_eq!(r.id, ID, "{inner}");
+            let r = parsed(&format!(
+                "/kubepods/besteffort/pod{UID}/{ID}/{inner}/deeper"
+            ));
+            assert_eq!(r.id, ID, "{inner}");
+        }
+        // Below a `ctr run` container: still a candidate of that name.
+        let r = parsed("/default/demo-app/sub");
+        assert_eq!(
+            (r.id.as_str(), r.namespace.as_deref()),
+            ("demo-app", Some("default"))
+        );
+        // Below a monitor: the host's.
+        assert_eq!(parse(&format!("{pod}/crio-conmon-{ID}.scope/sub")), None);
     }
 
     #[test]

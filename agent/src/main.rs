@@ -31,7 +31,7 @@ use imagegate_agent::{
     probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
     requirements::{self, Environment, KernelVersion},
     retention,
-    runtime::Containerd,
+    runtime::{self as node_runtime, NodeRuntime, RuntimeKind},
     settle::{Enforcement, Gate},
     store::{Retention, Store},
     verdict::Exemptions,
@@ -96,13 +96,22 @@ struct RunArgs {
     #[arg(long, env = "IMAGEGATE_BTF", default_value = VMLINUX_BTF)]
     btf: PathBuf,
 
-    /// containerd's socket.
-    #[arg(
-        long,
-        env = "IMAGEGATE_CONTAINERD_SOCKET",
-        default_value = "/run/containerd/containerd.sock"
-    )]
-    containerd_socket: PathBuf,
+    /// The container runtime: `containerd`, `cri-o`, or `auto` (the one
+    /// whose socket is there: --runtime-socket, or the default sockets of
+    /// both, asked its name through CRI).
+    #[arg(long, env = "IMAGEGATE_RUNTIME", value_enum, default_value_t = RuntimeKind::Auto)]
+    runtime: RuntimeKind,
+
+    /// The runtime's socket (CRI, and containerd's own API on containerd).
+    /// Default: /run/containerd/containerd.sock for containerd,
+    /// /var/run/crio/crio.sock for CRI-O (k3s:
+    /// /run/k3s/containerd/containerd.sock).
+    #[arg(long, env = "IMAGEGATE_RUNTIME_SOCKET")]
+    runtime_socket: Option<PathBuf>,
+
+    /// Earlier name of --runtime-socket; it says the runtime is containerd.
+    #[arg(long, env = "IMAGEGATE_CONTAINERD_SOCKET", hide = true)]
+    containerd_socket: Option<PathBuf>,
 
     /// Folder for the agent's state (approvals, containers, violations).
     #[arg(
@@ -237,6 +246,23 @@ struct RunArgs {
     prune_interval: Duration,
 }
 
+impl RunArgs {
+    /// The runtime asked for: `--containerd-socket` (its earlier flag) says
+    /// containerd.
+    fn runtime_kind(&self) -> RuntimeKind {
+        match (self.runtime, &self.containerd_socket) {
+            (RuntimeKind::Auto, Some(_)) => RuntimeKind::Containerd,
+            (kind, _) => kind,
+        }
+    }
+
+    fn runtime_socket(&self) -> Option<PathBuf> {
+        self.runtime_socket
+            .clone()
+            .or_else(|| self.containerd_socket.clone())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
@@ -263,6 +289,23 @@ async fn run(args: RunArgs) -> Result<()> {
         stop_rx.clone(),
     ));
     check_requirements(&args)?;
+    let (runtime_kind, runtime_socket) = node_runtime::detect(
+        args.runtime_kind(),
+        args.runtime_socket().as_deref(),
+        // Long enough for a runtime restarting beside the agent.
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let runtime = Arc::new(NodeRuntime::new(runtime_kind, &runtime_socket));
+    let runtime_version = runtime.cri.version().await.ok();
+    info!(
+        runtime = runtime_kind.as_str(),
+        socket = %runtime_socket.display(),
+        version = runtime_version.as_ref().map_or("(not answering yet)", |v| v.version.as_str()),
+        apis = if runtime.native.is_some() { "CRI and containerd's own" } else { "CRI" },
+        "container runtime"
+    );
     let layout = Layout::detect()?;
     let exemptions = Exemptions::new(
         args.exempt_sandbox,
@@ -348,7 +391,7 @@ async fn run(args: RunArgs) -> Result<()> {
         store: store.clone(),
         writer: writer.clone(),
         metrics: metrics.clone(),
-        runtime: Arc::new(Containerd::new(&args.containerd_socket)),
+        runtime: runtime.clone(),
         actions: probe.actions(),
         approvals_changed,
         events: events.clone(),
@@ -401,6 +444,18 @@ async fn run(args: RunArgs) -> Result<()> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             node,
             kernel,
+            runtime: imagegate_proto::v1::Runtime {
+                name: runtime_kind.as_str().to_string(),
+                socket: runtime_socket.display().to_string(),
+                version: runtime_version
+                    .map(|v| format!("{} {}", v.name, v.version))
+                    .unwrap_or_default(),
+                apis: if runtime.native.is_some() {
+                    vec!["CRI runtime.v1".into(), "containerd".into()]
+                } else {
+                    vec!["CRI runtime.v1".into()]
+                },
+            },
         },
         args.push_identity.clone(),
     );
@@ -496,7 +551,10 @@ fn check_requirements(args: &RunArgs) -> Result<()> {
         effective: requirements::effective_capabilities().ok(),
         tracefs: imagegate_agent::tracefs::root().is_ok(),
         cgroup_root_inode: key_root_inode,
-        containerd_socket: &args.containerd_socket,
+        runtime_sockets: &node_runtime::candidate_sockets(
+            args.runtime_kind(),
+            args.runtime_socket().as_deref(),
+        ),
         state_dir: &args.state_dir,
     });
     for warning in &report.warnings {

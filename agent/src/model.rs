@@ -48,7 +48,8 @@ impl ContainerVerdict {
 /// A container as containerd describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerIdentity {
-    /// The containerd namespace it lives in.
+    /// Where the runtime keeps it: a containerd namespace (`k8s.io` for
+    /// CRI), or `cri-o`.
     pub namespace: String,
     pub id: String,
     /// The image name the container was created from.
@@ -59,6 +60,11 @@ pub struct ContainerIdentity {
     /// When `digest` is an index: the digest of this node's platform
     /// manifest in it.
     pub platform_digest: Option<Digest>,
+    /// The image's other registry digests: one per other repository it was
+    /// pulled from (the same image, so an approval of any admits it).
+    pub other_digests: Vec<Digest>,
+    /// Why there is no digest, when there is none (said in the verdict).
+    pub no_digest_because: Option<String>,
     /// Kubernetes pod, for containers CRI created (as CRI records it, not
     /// as labels claim).
     pub pod: Option<PodRef>,

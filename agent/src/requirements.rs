@@ -149,7 +149,8 @@ pub struct Environment<'a> {
     /// The inode of the mount the cgroup filter keys on (1 when it is the
     /// host's root, not a container's own cgroup).
     pub cgroup_root_inode: Option<u64>,
-    pub containerd_socket: &'a Path,
+    /// The runtime sockets looked for (the one named, or the defaults).
+    pub runtime_sockets: &'a [std::path::PathBuf],
     pub state_dir: &'a Path,
 }
 
@@ -215,26 +216,39 @@ pub fn check(env: &Environment) -> Report {
                 .into(),
         ),
     }
-    let socket_folder = env.containerd_socket.parent().unwrap_or(Path::new("/"));
-    match std::fs::metadata(env.containerd_socket) {
-        Ok(m) if m.file_type().is_socket() => {}
-        Ok(_) => problems.push(format!(
-            "{} is not a socket: needed to ask containerd which image each container runs; \
-             check --containerd-socket",
-            env.containerd_socket.display()
-        )),
-        // The folder is there: containerd is not up yet (or restarting);
+    let socket = env.runtime_sockets.iter().find(|s| s.exists());
+    let folder = env
+        .runtime_sockets
+        .iter()
+        .find(|s| s.parent().is_some_and(Path::is_dir));
+    let named = env
+        .runtime_sockets
+        .iter()
+        .map(|s| s.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (socket, folder) {
+        (Some(socket), _) => {
+            if !std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+                problems.push(format!(
+                    "{} is not a socket: needed to ask the container runtime which image each \
+                     container runs; check --runtime-socket",
+                    socket.display()
+                ));
+            }
+        }
+        // The folder is there: the runtime is not up yet (or restarting);
         // the agent asks again until it answers.
-        Err(_) if socket_folder.is_dir() => warnings.push(format!(
-            "containerd's socket {} is not there yet: containers are identified once containerd \
-             answers",
-            env.containerd_socket.display()
+        (None, Some(socket)) => warnings.push(format!(
+            "the runtime's socket {} is not there yet: containers are identified once the \
+             runtime answers",
+            socket.display()
         )),
-        Err(e) => problems.push(format!(
-            "containerd's socket folder {} is not there ({e}): needed to ask containerd which \
-             image each container runs; mount the socket's folder from the host (hostPath) or \
-             set --containerd-socket (k3s: /run/k3s/containerd/containerd.sock)",
-            socket_folder.display()
+        (None, None) => problems.push(format!(
+            "no container runtime socket folder is there (looked for {named}): needed to ask the \
+             runtime (containerd or CRI-O) which image each container runs; mount the socket's \
+             folder from the host (hostPath) or set --runtime-socket (k3s: \
+             /run/k3s/containerd/containerd.sock)"
         )),
     }
     if let Err(e) = writable_dir(env.state_dir) {
@@ -312,29 +326,38 @@ mod tests {
     fn the_check_names_each_missing_thing_and_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let environment = |socket| Environment {
-            mode: Mode::Enforce,
-            btf: Path::new("/sys/kernel/btf/vmlinux"),
-            kernel: Some(KernelVersion(6, 18)),
-            effective: Some((1 << 39) | (1 << 38)),
-            tracefs: false,
-            cgroup_root_inode: Some(4242),
-            containerd_socket: socket,
-            state_dir: &state,
-        };
-        let missing_mount = dir.path().join("run-containerd/containerd.sock");
-        let report = check(&environment(&missing_mount));
+        fn environment<'a>(sockets: &'a [std::path::PathBuf], state: &'a Path) -> Environment<'a> {
+            Environment {
+                mode: Mode::Enforce,
+                btf: Path::new("/sys/kernel/btf/vmlinux"),
+                kernel: Some(KernelVersion(6, 18)),
+                effective: Some((1 << 39) | (1 << 38)),
+                tracefs: false,
+                cgroup_root_inode: Some(4242),
+                runtime_sockets: sockets,
+                state_dir: state,
+            }
+        }
+        let missing_mount = [
+            dir.path().join("run-containerd/containerd.sock"),
+            dir.path().join("run-crio/crio.sock"),
+        ];
+        let report = check(&environment(&missing_mount, &state));
         let text = report.problems.join("\n");
         assert_eq!(report.problems.len(), 4, "{text}");
         assert!(text.contains("CAP_KILL is missing"), "{text}");
         assert!(text.contains("tracefs is not mounted"), "{text}");
         assert!(text.contains("not the host's tree"), "{text}");
-        assert!(text.contains("containerd's socket folder"), "{text}");
+        assert!(
+            text.contains("no container runtime socket folder"),
+            "{text}"
+        );
+        assert!(text.contains("run-crio/crio.sock"), "{text}");
         // What is there is not reported.
         assert!(!text.contains("state folder"), "{text}");
         // The folder mounted, the socket not there yet: containerd may
         // still be starting, which is no reason to stop.
-        let report = check(&environment(&dir.path().join("containerd.sock")));
+        let report = check(&environment(&[dir.path().join("containerd.sock")], &state));
         assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     }

@@ -112,7 +112,9 @@ pub fn decide(
         };
     }
     let Some(digest) = &container.digest else {
-        let reason = if container.image.is_empty() {
+        let reason = if let Some(because) = &container.no_digest_because {
+            because.clone()
+        } else if container.image.is_empty() {
             "the container was started without an image (from a root filesystem): there is no \
              digest to judge"
                 .to_string()
@@ -144,6 +146,20 @@ pub fn decide(
                 caveats_said(caveats)
             ),
         };
+    }
+    // The same image pulled from another repository: another manifest
+    // digest for the same content.
+    for other in &container.other_digests {
+        if let Some(caveats) = approved(other.as_str()) {
+            return Judgement {
+                kind: ContainerVerdict::Admitted,
+                reason: format!(
+                    "digest {other} (the same image, as pulled from another repository) was \
+                     admitted{}",
+                    caveats_said(caveats)
+                ),
+            };
+        }
     }
     let platform = container
         .platform_digest
@@ -197,6 +213,8 @@ mod tests {
             image: "registry.test/team/app:1".into(),
             digest,
             platform_digest: None,
+            other_digests: Vec::new(),
+            no_digest_because: None,
             pod: Some(PodRef {
                 namespace: "shop".into(),
                 name: "app-1".into(),

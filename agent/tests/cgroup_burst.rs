@@ -39,7 +39,7 @@ async fn a_burst_of_container_like_cgroups_leaves_the_agent_bounded_and_judging(
         "agent",
         Path::new(env!("CARGO_BIN_EXE_imagegate-agent")),
         [
-            "--containerd-socket",
+            "--runtime-socket",
             containerd.socket.to_str().unwrap(),
             "--state-dir",
             state.path().to_str().unwrap(),

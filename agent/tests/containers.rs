@@ -87,7 +87,7 @@ struct Agent {
 impl Agent {
     fn start(containerd: &TestContainerd, state: &Path, extra: &[&str]) -> Self {
         let mut args = vec![
-            "--containerd-socket".to_string(),
+            "--runtime-socket".to_string(),
             containerd.socket.display().to_string(),
             "--state-dir".to_string(),
             state.display().to_string(),
@@ -604,6 +604,100 @@ async fn a_container_whose_image_is_gone_is_unknown_never_passed() {
         .wait_for(VERDICT_TIMEOUT, |l| l["fields"]["message"] == "violation")
         .expect("an unknown container is flagged");
     assert_eq!(violation["fields"]["verdict"], "unknown");
+    drop(world.registry);
+}
+
+/// Pods through the real containerd's CRI, judged by digest whatever CRI
+/// reports: a multi-arch tag (CRI names the index) approved only by this
+/// node's platform manifest; an image imported from a file, never pulled;
+/// one image pulled under a second repository name.
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_containers_are_judged_by_digest_never_by_name() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror_digest = world
+        .registry
+        .push_runnable_image("mirror/app", "copy", "app")
+        .await;
+    assert_eq!(mirror_digest, world.app_digest, "the same image, twice");
+    let mirror = format!("{}/mirror/app:copy", world.registry.host);
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => 1,
+        _ => 0,
+    };
+    let platform = world.multi_platforms[arch].clone();
+    let (agent, _) = agent_with_approvals(
+        &world,
+        dir.path(),
+        &[&platform, &world.app_digest],
+        &["--grace", "300ms"],
+    );
+    let c = &world.containerd;
+
+    let multi = c.cri_run_pod("shop", "multi", &world.multi).await;
+    let v = agent.verdict(&multi.container_id, "admitted");
+    assert_eq!(v["fields"]["pod"], "shop/multi");
+    assert_eq!(v["fields"]["digest"], world.multi_index.as_str(), "{v}");
+
+    c.pull("default", &world.rogue);
+    c.copy_by_file("default", "k8s.io", &world.rogue);
+    let imported = c
+        .cri_run_pod_with("shop", "imported", &world.rogue, false)
+        .await;
+    let v = agent.verdict(&imported.container_id, "never-admitted");
+    assert_eq!(v["fields"]["digest"], world.rogue_digest.as_str(), "{v}");
+
+    let mirrored = c.cri_run_pod("shop", "mirrored", &mirror).await;
+    let v = agent.verdict(&mirrored.container_id, "admitted");
+    assert_eq!(v["fields"]["digest"], world.app_digest.as_str(), "{v}");
+    assert!(
+        v["fields"]["image"]
+            .as_str()
+            .unwrap()
+            .contains("mirror/app"),
+        "{v}"
+    );
+    drop(world.registry);
+}
+
+/// A container given write access to its cgroup can make folders in it
+/// and move its processes there (crun itself runs a CRI-O container's
+/// processes in `<scope>/container`): a process in a sub-cgroup is still
+/// that container's, never the host's, whatever the folder is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_in_a_containers_own_sub_cgroup_is_that_container() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = &world.containerd;
+    let agent = Agent::start(c, &dir.path().join("state"), &["--grace", "100ms"]);
+    let rogue = c.cri_run_pod("shop", "nested", &world.rogue).await;
+    let v = agent.verdict(&rogue.container_id, "never-admitted");
+    let cgroup = v["fields"]["cgroup"].as_str().unwrap().to_string();
+    // Named like the pod sandbox's cgroup, which is exempt.
+    let inner = format!("{cgroup}/{}", rogue.sandbox_id);
+    let folder =
+        imagegate_testkit::cgroup_burst::unified_root().join(inner.trim_start_matches('/'));
+    std::fs::create_dir(&folder).unwrap();
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec /bin/sleep 1",
+            folder.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let nested = agent
+        .wait_for(VERDICT_TIMEOUT, |l| {
+            l["fields"]["message"] == "verdict" && l["fields"]["cgroup"] == inner.as_str()
+        })
+        .unwrap_or_else(|| panic!("no verdict for {inner}"));
+    assert_eq!(nested["fields"]["verdict"], "never-admitted", "{nested}");
+    assert_eq!(
+        nested["fields"]["container"],
+        format!("k8s.io/{}", rogue.container_id).as_str()
+    );
+    let _ = std::fs::remove_dir(&folder);
     drop(world.registry);
 }
 

@@ -82,7 +82,7 @@ impl Agent {
             "agent",
             Path::new(AGENT),
             extra.iter().copied().chain([
-                "--containerd-socket",
+                "--runtime-socket",
                 socket.to_str().unwrap(),
                 "--state-dir",
                 state.to_str().unwrap(),
@@ -407,6 +407,22 @@ async fn grpcurl_lists_describes_and_calls_every_method() {
             .map(|m| !m.is_empty()),
         Some(true)
     );
+    // The runtime, detected through CRI from the socket given.
+    assert_eq!(status["runtime"]["name"], "containerd", "{status}");
+    assert_eq!(
+        status["runtime"]["socket"],
+        containerd.socket.to_str().unwrap()
+    );
+    assert!(
+        status["runtime"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{status}"
+    );
+    assert_eq!(
+        status["runtime"]["apis"],
+        serde_json::json!(["CRI runtime.v1", "containerd"])
+    );
     assert_eq!(status["counters"]["approvals"], "5");
     assert_eq!(status["counters"]["neverAdmitted"], "1");
     assert_eq!(status["sources"][0]["source"], "imagegate-webhook/l1");
@@ -434,7 +450,7 @@ async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_
         "agent",
         Path::new(AGENT),
         [
-            "--containerd-socket",
+            "--runtime-socket",
             // containerd not running: its folder is there, the socket is not.
             "/tmp/imagegate-no-containerd.sock",
             "--state-dir",
@@ -538,7 +554,7 @@ async fn certificates_reload_health_has_its_own_listener_and_plaintext_stays_on_
     // The plaintext listener refuses any address but loopback.
     let out = std::process::Command::new(AGENT)
         .args([
-            "--containerd-socket",
+            "--runtime-socket",
             "/tmp/imagegate-no-containerd.sock",
             "--metrics-address",
             "off",

@@ -84,7 +84,7 @@ fn start(cgroup: &MemoryCgroup, socket: &Path, state: &Path) -> Agent {
         "agent",
         Path::new(env!("CARGO_BIN_EXE_imagegate-agent")),
         [
-            "--containerd-socket",
+            "--runtime-socket",
             socket.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),

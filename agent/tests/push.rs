@@ -73,7 +73,7 @@ impl AgentSlot {
             self.name,
             Path::new(AGENT),
             [
-                "--containerd-socket",
+                "--runtime-socket",
                 // containerd not running: its folder is there, the socket is not.
                 "/tmp/imagegate-no-containerd.sock",
                 "--state-dir",

@@ -203,7 +203,7 @@ impl Node {
                 "ca": {self.registry.host.clone(): self.registry_ca.pem()},
             },
             "agent": {
-                "containerdSocket": self.containerd.socket.display().to_string(),
+                "runtimeSocket": self.containerd.socket.display().to_string(),
                 "stateHostPath": self.dir.path().join("agent-state").display().to_string(),
             },
         });

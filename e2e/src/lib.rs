@@ -180,7 +180,7 @@ impl Stack {
                 // pod-shaped tests show it with a cluster's pods).
                 "--settle",
                 "0s",
-                "--containerd-socket",
+                "--runtime-socket",
                 &self.containerd.socket.display().to_string(),
                 "--state-dir",
                 &state,

@@ -146,6 +146,8 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
     // No webhook yet: enforce mode settles, flagging but killing nothing.
     let status = call(&api, "GetStatus", "{}");
     assert_eq!(status["mode"], "enforce");
+    // agent.runtime=auto: the pod asked the mounted socket, through CRI.
+    assert_eq!(status["runtime"]["name"], "containerd", "{status}");
     assert_eq!(
         status["enforcement"]["state"], "STATE_SETTLING",
         "{}",
@@ -431,7 +433,10 @@ async fn the_agent_pod_gets_exactly_what_it_needs() {
                 "cgroup",
                 &["not the host's tree", "no cgroup hierarchy"][..],
             ),
-            ("containerd", &["containerd's socket folder"][..]),
+            (
+                "runtime-socket",
+                &["no container runtime socket folder"][..],
+            ),
             ("state", &["state folder"][..]),
         ] {
             let mut without = pod.clone();

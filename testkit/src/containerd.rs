@@ -335,6 +335,19 @@ state = "{root}/state"
     /// (`/kubepods/besteffort/pod<uid>`) with one container of `image`
     /// (pulled first through CRI), started.
     pub async fn cri_run_pod(&self, namespace: &str, name: &str, image: &str) -> CriPod {
+        self.cri_run_pod_with(namespace, name, image, true).await
+    }
+
+    /// As [`Self::cri_run_pod`]; `pull: false` runs an image already on
+    /// the node (imported from a file), as the kubelet does with
+    /// `imagePullPolicy: Never`.
+    pub async fn cri_run_pod_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        image: &str,
+        pull: bool,
+    ) -> CriPod {
         let uid = pseudo_uuid(name);
         let mut runtime = RuntimeServiceClient::new(self.channel().await);
         let logs = self.dir.path().join("pods").join(&uid);
@@ -376,7 +389,9 @@ state = "{root}/state"
             .into_inner()
             .pod_sandbox_id;
         self.sandboxes.lock().unwrap().push(sandbox_id.clone());
-        self.cri_pull(image).await;
+        if pull {
+            self.cri_pull(image).await;
+        }
         let container_id = runtime
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: sandbox_id.clone(),

@@ -75,7 +75,7 @@ async fn start_agent(bin: &Path, dir: &Path, name: &str, tls_port: u16) -> Agent
         name,
         bin,
         [
-            "--containerd-socket",
+            "--runtime-socket",
             // containerd is not needed here: its folder is there, the socket is not.
             "/tmp/imagegate-no-containerd.sock",
             "--state-dir",

@@ -24,6 +24,7 @@ pub struct StaticStatus {
     pub version: String,
     pub node: String,
     pub kernel: pb::Kernel,
+    pub runtime: pb::Runtime,
 }
 
 /// `WatchEvents` streams open at once, all clients together.
@@ -434,6 +435,7 @@ impl AgentService for AgentApi {
             },
             node: self.status.node.clone(),
             kernel: Some(self.status.kernel.clone()),
+            runtime: Some(self.status.runtime.clone()),
             counters: Some(pb::Counters {
                 exec_events: load(&c.exec_events),
                 cgroup_events: load(&c.cgroup_events),

@@ -36,7 +36,7 @@ use crate::{
     metrics::{EventLabels, Metrics, VerdictLabels},
     model::{Action, Caveats, ContainerVerdict},
     probe::{CgroupActions, Probe, ProbeError, ProbeEvent},
-    runtime::Containerd,
+    runtime::NodeRuntime,
     settle::Gate,
     store::Store,
 };
@@ -94,7 +94,7 @@ pub struct Parts {
     pub store: Arc<Store>,
     pub writer: Writer,
     pub metrics: Arc<Metrics>,
-    pub runtime: Arc<Containerd>,
+    pub runtime: Arc<NodeRuntime>,
     pub actions: CgroupActions,
     /// Notified (by the writer) when approvals were added.
     pub approvals_changed: Arc<Notify>,

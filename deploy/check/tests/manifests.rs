@@ -419,6 +419,7 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
             .map(str::to_string)
     };
     let mut host_mounts = BTreeSet::new();
+    let mut runtime_folders = BTreeSet::new();
     for mount in mounts {
         let name = mount["name"].as_str().unwrap();
         let Some(host) = host_path_of(name) else {
@@ -428,9 +429,10 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         };
         let path = mount["mountPath"].as_str().unwrap();
         let read_only = mount["readOnly"] == true;
-        if path == "/run/containerd" {
-            assert!(read_only, "the containerd socket's folder is read-only");
+        if name.ends_with("-socket") {
+            assert!(read_only, "the runtime's socket folder is read-only");
             assert_eq!(host, path);
+            runtime_folders.insert(path.to_string());
             continue;
         }
         host_mounts.insert((path.to_string(), read_only));
@@ -443,6 +445,16 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         .map(|p| (p.path.to_string(), !p.writable))
         .collect();
     assert_eq!(host_mounts, needed);
+    // auto: both runtimes' default socket folders, where the agent looks.
+    let defaults: BTreeSet<String> = imagegate_agent::runtime::RuntimeKind::Auto
+        .default_sockets()
+        .iter()
+        .map(|s| Path::new(s).parent().unwrap().display().to_string())
+        .collect();
+    assert!(
+        runtime_folders.is_subset(&defaults) && runtime_folders.len() == 2,
+        "{runtime_folders:?} of {defaults:?}"
+    );
 
     // Probes through gRPC health, on the listener that serves only it,
     // bound to the pod's IP (where the kubelet probes), as metrics are.
@@ -487,6 +499,64 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
 }
 
 /// Every `--flag` the manifests pass is one the binary accepts.
+#[test]
+fn the_agent_mounts_the_runtime_it_is_told_and_refuses_one_it_does_not_know() {
+    let agent = |sets: &[&str]| {
+        let objects = render(sets);
+        let pod =
+            find(&objects, "DaemonSet", "imagegate-agent")["spec"]["template"]["spec"].clone();
+        let args: Vec<String> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let folders: Vec<(String, String)> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"].as_str().unwrap().ends_with("-socket"))
+            .map(|v| {
+                (
+                    v["hostPath"]["path"].as_str().unwrap().to_string(),
+                    v["hostPath"]["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        (args, folders)
+    };
+    let pair = |p: &str, t: &str| (p.to_string(), t.to_string());
+    let (args, folders) = agent(&[]);
+    assert!(args.contains(&"--runtime=auto".to_string()));
+    assert!(!args.iter().any(|a| a.starts_with("--runtime-socket")));
+    assert_eq!(
+        folders,
+        [
+            pair("/run/containerd", "DirectoryOrCreate"),
+            pair("/var/run/crio", "DirectoryOrCreate")
+        ]
+    );
+    let (args, folders) = agent(&["agent.runtime=cri-o"]);
+    assert!(args.contains(&"--runtime=cri-o".to_string()));
+    assert_eq!(folders, [pair("/var/run/crio", "Directory")]);
+    let (args, folders) = agent(&["agent.runtimeSocket=/run/k3s/containerd/containerd.sock"]);
+    assert!(args.contains(&"--runtime-socket=/run/k3s/containerd/containerd.sock".to_string()));
+    assert_eq!(folders, [pair("/run/k3s/containerd", "Directory")]);
+    // Values from before agent.runtime keep working.
+    let (args, folders) = agent(&["agent.containerdSocket=/run/other/containerd.sock"]);
+    assert!(args.contains(&"--runtime-socket=/run/other/containerd.sock".to_string()));
+    assert_eq!(folders, [pair("/run/other", "Directory")]);
+
+    let mut all = vec![format!("certs.caBundle={CA_BUNDLE}")];
+    all.push("agent.runtime=docker".into());
+    let sets: Vec<&str> = all.iter().map(String::as_str).collect();
+    let error = helm_template(&sets, &[]).unwrap_err().to_string();
+    assert!(
+        error.contains("agent.runtime is \"docker\": it must be auto, containerd or cri-o"),
+        "{error}"
+    );
+}
+
 #[test]
 fn the_binaries_accept_every_flag_the_manifests_pass() {
     let objects = render(&[

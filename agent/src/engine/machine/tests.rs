@@ -88,6 +88,8 @@ fn identity(digest: Option<Digest>, pod_namespace: &str) -> ContainerIdentity {
         image: "registry.example/app:1".into(),
         digest,
         platform_digest: None,
+        other_digests: Vec::new(),
+        no_digest_because: None,
         pod: Some(PodRef {
             namespace: pod_namespace.into(),
             name: "app-0".into(),

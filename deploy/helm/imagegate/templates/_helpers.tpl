@@ -99,3 +99,30 @@ namespaceSelector:
         - {{ . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The container runtime's socket folders the agent mounts (read-only), one
+"name path type" a line. A socket named (agent.runtimeSocket, or the
+earlier agent.containerdSocket): its folder, which must exist. A runtime
+named: its default folder. auto: both runtimes' default folders, created
+empty where absent, so one chart serves containerd and CRI-O nodes alike.
+The folder, not the socket: a restarted runtime makes a new socket, which
+a mount of the old one never shows.
+*/}}
+{{- define "imagegate.runtimeFolders" -}}
+{{- $runtime := .Values.agent.runtime -}}
+{{- if not (has $runtime (list "auto" "containerd" "cri-o")) -}}
+{{- fail (printf "agent.runtime is %q: it must be auto, containerd or cri-o" $runtime) -}}
+{{- end -}}
+{{- $socket := .Values.agent.runtimeSocket | default .Values.agent.containerdSocket -}}
+{{- if $socket -}}
+runtime-socket {{ dir $socket }} Directory
+{{- else if eq $runtime "containerd" -}}
+containerd-socket /run/containerd Directory
+{{- else if eq $runtime "cri-o" -}}
+crio-socket /var/run/crio Directory
+{{- else -}}
+containerd-socket /run/containerd DirectoryOrCreate
+crio-socket /var/run/crio DirectoryOrCreate
+{{- end -}}
+{{- end -}}
