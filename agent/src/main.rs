@@ -289,7 +289,11 @@ async fn run(args: RunArgs) -> Result<()> {
         stop_rx.clone(),
     ));
     check_requirements(&args)?;
-    let (runtime_kind, runtime_socket) = node_runtime::detect(
+    let node_runtime::Detected {
+        kind: runtime_kind,
+        socket: runtime_socket,
+        version: runtime_version,
+    } = node_runtime::detect(
         args.runtime_kind(),
         args.runtime_socket().as_deref(),
         // Long enough for a runtime restarting beside the agent.
@@ -298,7 +302,6 @@ async fn run(args: RunArgs) -> Result<()> {
     .await
     .map_err(anyhow::Error::msg)?;
     let runtime = Arc::new(NodeRuntime::new(runtime_kind, &runtime_socket));
-    let runtime_version = runtime.cri.version().await.ok();
     info!(
         runtime = runtime_kind.as_str(),
         socket = %runtime_socket.display(),

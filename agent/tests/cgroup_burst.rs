@@ -11,62 +11,24 @@
 
 use std::{path::Path, time::Duration};
 
-use imagegate_testkit::{
-    cgroup::MemoryCgroup,
-    cgroup_burst::{Subject, round},
-    containerd::TestContainerd,
-    process::Process,
-    registry::Registry,
-};
+use imagegate_testkit::cgroup_burst::{Stand, round};
 
-const CHART_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 const GRACE: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_container_like_cgroups_leaves_the_agent_bounded_and_judging() {
     imagegate_testkit::require_root("the agent loads eBPF programs and runs in a memory cgroup");
-    let registry = Registry::plain();
-    registry.push_runnable_image("pause", "1", "pause").await;
-    registry
-        .push_runnable_image("team/burst-rogue", "1", "burst-rogue")
-        .await;
-    let image = format!("{}/team/burst-rogue:1", registry.host);
-    let containerd = TestContainerd::start(&registry, &format!("{}/pause:1", registry.host));
-    containerd.pull("default", &image);
-    let state = tempfile::tempdir().unwrap();
-    let cgroup = MemoryCgroup::new("agent-burst", CHART_MEMORY_LIMIT);
-    let mut agent = Process::start_with(
-        "agent",
+    let grace = format!("{}ms", GRACE.as_millis());
+    let mut stand = Stand::start(
         Path::new(env!("CARGO_BIN_EXE_imagegate-agent")),
-        [
-            "--runtime-socket",
-            containerd.socket.to_str().unwrap(),
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "--grace",
-            &format!("{}ms", GRACE.as_millis()),
-            "--metrics-address",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
-        |command| cgroup.run_inside(command),
-    );
-    agent.wait_message("ready: watching container starts", Duration::from_secs(30));
-    let metrics = agent
-        .find(|l| l["fields"]["message"] == "metrics: serving /metrics and /healthz")
-        .expect("metrics address logged")["fields"]["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        "agent-burst",
+        &["--grace", &grace],
+    )
+    .await;
 
     let mut rounds = Vec::new();
     for (n, count) in [20_000, 40_000].into_iter().enumerate() {
-        let mut subject = Subject {
-            agent: &mut agent,
-            metrics: &metrics,
-            cgroup: &cgroup,
-        };
-        let figures = round(&mut subject, &containerd, &image, count, &format!("t{n}"));
+        let figures = round(&mut stand, count, &format!("t{n}"));
         let said = serde_json::to_string(&figures).unwrap();
         eprintln!("burst: {said}");
         assert!(figures.alive, "the agent died: {said}");
@@ -90,5 +52,5 @@ async fn a_burst_of_container_like_cgroups_leaves_the_agent_bounded_and_judging(
         rounds.push(figures);
     }
     eprintln!("{}", serde_json::to_string_pretty(&rounds).unwrap());
-    drop(registry);
+    drop(stand);
 }

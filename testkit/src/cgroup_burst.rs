@@ -21,6 +21,7 @@ use crate::{
     containerd::TestContainerd,
     metrics::{sample, scrape},
     process::Process,
+    registry::Registry,
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -128,12 +129,64 @@ impl Drop for Burst {
     }
 }
 
-/// An agent under test: its process (JSON log lines), its metrics address
-/// and the memory cgroup it runs in.
-pub struct Subject<'a> {
-    pub agent: &'a mut Process,
-    pub metrics: &'a str,
-    pub cgroup: &'a MemoryCgroup,
+/// The memory the chart gives the agent's pod.
+pub const CHART_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+
+/// What a burst is aimed at: a registry with a never-admitted runnable
+/// image, containerd, and the agent binary running in a memory cgroup of
+/// the chart's limit.
+pub struct Stand {
+    pub registry: Registry,
+    pub containerd: TestContainerd,
+    /// The never-admitted image, pulled into containerd's `default`.
+    pub image: String,
+    /// The agent's process (JSON log lines).
+    pub agent: Process,
+    pub metrics: String,
+    pub cgroup: MemoryCgroup,
+    _state: tempfile::TempDir,
+}
+
+impl Stand {
+    /// Starts it all; `name` names the memory cgroup, `extra` are more
+    /// agent flags.
+    pub async fn start(binary: &Path, name: &str, extra: &[&str]) -> Self {
+        let registry = Registry::plain();
+        registry.push_runnable_image("pause", "1", "pause").await;
+        registry
+            .push_runnable_image("team/burst-rogue", "1", name)
+            .await;
+        let image = format!("{}/team/burst-rogue:1", registry.host);
+        let containerd = TestContainerd::start(&registry, &format!("{}/pause:1", registry.host));
+        containerd.pull("default", &image);
+        let state = tempfile::tempdir().expect("a state folder");
+        let cgroup = MemoryCgroup::new(name, CHART_MEMORY_LIMIT);
+        let mut args = vec![
+            "--runtime-socket".to_string(),
+            containerd.socket.display().to_string(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+            "--metrics-address".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut agent =
+            Process::start_with("agent", binary, args, |command| cgroup.run_inside(command));
+        agent.wait_message("ready: watching container starts", Duration::from_secs(30));
+        let metrics = agent
+            .find(|l| l["fields"]["message"] == "metrics: serving /metrics and /healthz")
+            .and_then(|l| l["fields"]["address"].as_str().map(str::to_string))
+            .expect("metrics address logged");
+        Self {
+            registry,
+            containerd,
+            image,
+            agent,
+            metrics,
+            cgroup,
+            _state: state,
+        }
+    }
 }
 
 /// What one burst did to the agent.
@@ -166,19 +219,22 @@ pub struct Round {
     pub alive: bool,
 }
 
-/// Runs a burst of `count` cgroups against `subject`, with a real container
-/// (`image`, never admitted, in containerd namespace `default`) started in
-/// the middle of it, and measures.
-pub fn round(
-    subject: &mut Subject<'_>,
-    containerd: &TestContainerd,
-    image: &str,
-    count: usize,
-    tag: &str,
-) -> Round {
-    let pid = subject.agent.child.id();
+/// Runs a burst of `count` cgroups against the stand's agent, with a real
+/// container (its never-admitted image, in containerd namespace `default`)
+/// started in the middle of it, and measures.
+pub fn round(stand: &mut Stand, count: usize, tag: &str) -> Round {
+    let Stand {
+        containerd,
+        image,
+        agent,
+        metrics,
+        cgroup,
+        ..
+    } = stand;
+    let metrics = metrics.as_str();
+    let pid = agent.child.id();
     let rss_before = rss_bytes(pid).map_or(0, |(now, _)| now);
-    subject.cgroup.reset_peak();
+    cgroup.reset_peak();
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = std::thread::spawn({
         let sampling = sampling.clone();
@@ -200,7 +256,7 @@ pub fn round(
         ]
         .map(|name| sample(text, name))
     };
-    let before = counters(&scrape(subject.metrics));
+    let before = counters(&scrape(metrics));
 
     let mut burst = Burst::plan(&unified_root(), tag, count);
     let burster = std::thread::spawn(move || burst.run());
@@ -209,8 +265,7 @@ pub fn round(
     let started = Instant::now();
     containerd.run("default", image, &id, &[]);
     let real_container_started_s = started.elapsed().as_secs_f64();
-    let judged = subject
-        .agent
+    let judged = agent
         .wait_for(Duration::from_secs(60), |line| {
             line["fields"]["message"] == "verdict"
                 && line["fields"]["container"] == format!("default/{id}")
@@ -223,7 +278,7 @@ pub fn round(
     std::thread::sleep(Duration::from_secs(3));
     sampling.store(false, Ordering::Relaxed);
     let rss_peak = sampler.join().expect("the sampler");
-    let text = scrape(subject.metrics);
+    let text = scrape(metrics);
     let after = counters(&text);
     Round {
         cgroups: count,
@@ -232,8 +287,8 @@ pub fn round(
         remove_s: times.remove.as_secs_f64(),
         rss_before_mib: rss_before as f64 / MIB,
         rss_peak_mib: rss_peak as f64 / MIB,
-        cgroup_peak_mib: subject.cgroup.peak_bytes() as f64 / MIB,
-        kernel_peak_mib: subject.cgroup.kernel_peak_bytes().map(|b| b as f64 / MIB),
+        cgroup_peak_mib: cgroup.peak_bytes() as f64 / MIB,
+        kernel_peak_mib: cgroup.kernel_peak_bytes().map(|b| b as f64 / MIB),
         identifications_dropped: after[0] - before[0],
         rescans: after[1] - before[1],
         exec_events_lost: after[2] - before[2],
@@ -241,7 +296,7 @@ pub fn round(
         real_container_started_s,
         real_container_judged_s: judged,
         waiting_after: sample(&text, "imagegate_agent_identifications_waiting"),
-        oom_kills: subject.cgroup.oom_kills(),
-        alive: subject.agent.child.try_wait().ok().flatten().is_none(),
+        oom_kills: cgroup.oom_kills(),
+        alive: agent.child.try_wait().ok().flatten().is_none(),
     }
 }

@@ -46,7 +46,6 @@ enum Body {
 
 /// How a test bundle is made.
 struct Make<'a> {
-    digest: &'a str,
     body: Option<Body>,
     /// Timestamp authorities that stamp the signature.
     stamps: Vec<&'a Tsa>,
@@ -57,9 +56,8 @@ struct Make<'a> {
 }
 
 impl<'a> Make<'a> {
-    fn new(digest: &'a str, tsa: &'a Tsa) -> Self {
+    fn new(tsa: &'a Tsa) -> Self {
         Self {
-            digest,
             body: Some(Body::HashedRekord),
             stamps: vec![tsa],
             logged_certificate: true,
@@ -68,8 +66,8 @@ impl<'a> Make<'a> {
     }
 }
 
-/// A keyless bundle v0.3 on the Rekor v2 log, as `make` says.
-fn keyless_bundle(fulcio: &Fulcio, log: &mut LogV2, make: &Make<'_>) -> Vec<u8> {
+/// A keyless bundle v0.3 over `digest` on the Rekor v2 log, as `make` says.
+fn keyless_bundle(fulcio: &Fulcio, log: &mut LogV2, digest: &str, make: &Make<'_>) -> Vec<u8> {
     KeylessBundle {
         fulcio,
         oidc_issuer: OIDC,
@@ -78,7 +76,7 @@ fn keyless_bundle(fulcio: &Fulcio, log: &mut LogV2, make: &Make<'_>) -> Vec<u8> 
             logged: make.logged_certificate,
             ..Issue::at(time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
         },
-        digest: make.digest,
+        digest,
         predicate_type: COSIGN_SIGN,
         log: match make.body {
             Some(Body::HashedRekord) => LogTo::V2HashedRekord(log),
@@ -126,6 +124,21 @@ impl World {
         let file = self.dir.path().join(format!("{tag}.sigstore.json"));
         std::fs::write(&file, bundle).unwrap();
         file
+    }
+
+    /// A new image `ci/app:<tag>` with a keyless bundle made as `make`
+    /// says attached: its digest and the bundle's copy.
+    async fn sign(
+        &self,
+        tag: &str,
+        fulcio: &Fulcio,
+        log: &mut LogV2,
+        make: Make<'_>,
+    ) -> (String, PathBuf) {
+        let digest = self.push(tag).await;
+        let bundle = keyless_bundle(fulcio, log, &digest, &make);
+        let copy = self.attach(tag, &digest, &bundle).await;
+        (digest, copy)
     }
 
     fn image(&self, tag: &str) -> String {
@@ -190,14 +203,7 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
 
     // 1. hashedrekord 0.0.2 over the PAE, one timestamp: admitted, and
     //    sigstore-python agrees.
-    let v2_digest = w.push("v2").await;
-    let v2_bundle = w
-        .attach(
-            "v2",
-            &v2_digest,
-            &keyless_bundle(&fulcio, &mut log, &Make::new(&v2_digest, &tsa)),
-        )
-        .await;
+    let (v2_digest, v2_bundle) = w.sign("v2", &fulcio, &mut log, Make::new(&tsa)).await;
     let report = decide(&policy, &w.resolver, &w.image("v2")).await;
     assert!(report.allowed, "{report:?}");
     assert_eq!(
@@ -213,16 +219,15 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
 
     // 2. dsse 0.0.2: admitted; sigstore-python does not read dsse 0.0.2
     //    entries, @sigstore/verify does.
-    let dsse_digest = w.push("v2-dsse").await;
-    let make = Make {
-        body: Some(Body::Dsse),
-        ..Make::new(&dsse_digest, &tsa)
-    };
-    let dsse_bundle = w
-        .attach(
+    let (dsse_digest, dsse_bundle) = w
+        .sign(
             "v2-dsse",
-            &dsse_digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                body: Some(Body::Dsse),
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("v2-dsse")).await;
@@ -235,16 +240,15 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
     );
 
     // 3. No timestamp: a v2 entry says nothing of when it was signed.
-    let digest = w.push("v2-no-time").await;
-    let make = Make {
-        stamps: vec![],
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach(
+    let (digest, bundle) = w
+        .sign(
             "v2-no-time",
-            &digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                stamps: vec![],
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("v2-no-time")).await;
@@ -264,16 +268,15 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
 
     // 4. A timestamp from an authority the trusted root does not list.
     let stranger = Tsa::valid_now("stranger-tsa");
-    let digest = w.push("untrusted-tsa").await;
-    let make = Make {
-        stamps: vec![&stranger],
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach(
+    let (digest, bundle) = w
+        .sign(
             "untrusted-tsa",
-            &digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                stamps: vec![&stranger],
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("untrusted-tsa")).await;
@@ -292,16 +295,15 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
     );
 
     // 5. A timestamp over another signature (the wrong imprint).
-    let digest = w.push("wrong-imprint").await;
-    let make = Make {
-        stamp_other: true,
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach(
+    let (digest, bundle) = w
+        .sign(
             "wrong-imprint",
-            &digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                stamp_other: true,
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("wrong-imprint")).await;
@@ -336,7 +338,8 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
     let mut forged: Value = serde_json::from_slice(&keyless_bundle(
         &fulcio,
         &mut log,
-        &Make::new(&digest, &tsa),
+        &digest,
+        &Make::new(&tsa),
     ))
     .unwrap();
     let checkpoint = &mut forged["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["checkpoint"]
@@ -370,13 +373,16 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
 
     // 8. A certificate that was never logged to a CT log: denied by
     //    default, as cosign does; admitted with `sct: off`.
-    let digest = w.push("no-sct").await;
-    let make = Make {
-        logged_certificate: false,
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach("no-sct", &digest, &keyless_bundle(&fulcio, &mut log, &make))
+    let (digest, bundle) = w
+        .sign(
+            "no-sct",
+            &fulcio,
+            &mut log,
+            Make {
+                logged_certificate: false,
+                ..Make::new(&tsa)
+            },
+        )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("no-sct")).await;
     assert_denied(
@@ -399,17 +405,16 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
         &subject,
         "        sct: off\n",
     );
-    let digest = w.push("no-sct-dsse").await;
-    let make = Make {
-        logged_certificate: false,
-        body: Some(Body::Dsse),
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach(
+    let (digest, bundle) = w
+        .sign(
             "no-sct-dsse",
-            &digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                logged_certificate: false,
+                body: Some(Body::Dsse),
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&policy, &w.resolver, &w.image("no-sct-dsse")).await;
@@ -466,17 +471,16 @@ async fn keyless_bundles_on_rekor_v2_take_their_time_from_a_timestamp_authority(
         &js(&two_root, &dsse_bundle, &dsse_digest, 2, 1),
         "@sigstore/verify",
     );
-    let digest = w.push("two-stamps").await;
-    let make = Make {
-        stamps: vec![&tsa, &second],
-        body: Some(Body::Dsse),
-        ..Make::new(&digest, &tsa)
-    };
-    let bundle = w
-        .attach(
+    let (digest, bundle) = w
+        .sign(
             "two-stamps",
-            &digest,
-            &keyless_bundle(&fulcio, &mut log, &make),
+            &fulcio,
+            &mut log,
+            Make {
+                stamps: vec![&tsa, &second],
+                body: Some(Body::Dsse),
+                ..Make::new(&tsa)
+            },
         )
         .await;
     let report = decide(&twice, &w.resolver, &w.image("two-stamps")).await;

@@ -390,7 +390,7 @@ fn digest_in(reference: &str) -> Option<Digest> {
 /// `imageRef` names, and the image's repo digests (one per repository it
 /// was pulled from). `imageRef` may be only an image id: for an image
 /// loaded onto the node rather than pulled, and on CRI-O after a runtime
-/// restart (cri-o#9986); then the repo digests are all there is, and on
+/// restart (before cri-o#9925); then the repo digests are all there is, and on
 /// containerd its image store may still hold the manifest's digest. An
 /// index names this node's platform manifest where containerd's content
 /// store has the index. No digest at all is said, never guessed.
@@ -547,6 +547,15 @@ mod tests {
                 platforms: HashMap::new(),
                 failures: Mutex::new(0),
             }
+        }
+
+        /// An image ImageStatus answers for when asked with `asked`.
+        fn image(&mut self, asked: &str, id: &str, repo_digests: Vec<String>) {
+            let image = CriImage {
+                id: id.to_string(),
+                repo_digests,
+            };
+            self.images.insert(asked.to_string(), image);
         }
 
         fn fail(&self) -> Result<(), RuntimeError> {
@@ -776,18 +785,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_image_ref_that_is_an_image_id_is_resolved_through_the_repo_digests() {
-        // CRI-O after a runtime restart (cri-o#9986), or any runtime for an
+        // CRI-O after a runtime restart (before cri-o#9925), or any runtime for an
         // image it knows by id: the repo digests ImageStatus gives.
         let id = format!("sha256:{}", "c".repeat(64));
         let mut runtime = FakeRuntime::new(RuntimeKind::CriO);
         pod_container(&mut runtime, "registry.example/app:1", &id);
-        runtime.images.insert(
-            id.clone(),
-            CriImage {
-                id: id.clone(),
-                repo_digests: vec![format!("registry.example/app@{}", dg(1))],
-            },
-        );
+        runtime.image(&id, &id, vec![format!("registry.example/app@{}", dg(1))]);
         let identity = container(identify_in(&runtime, &crio_path()).await);
         assert_eq!(identity.digest, Some(dg(1)));
         assert_eq!(identity.no_digest_because, None);
@@ -800,13 +803,7 @@ mod tests {
         let id = format!("sha256:{}", "c".repeat(64));
         let mut runtime = FakeRuntime::new(RuntimeKind::CriO);
         pod_container(&mut runtime, "registry.example/app:1", &id);
-        runtime.images.insert(
-            id.clone(),
-            CriImage {
-                id: id.clone(),
-                repo_digests: vec![],
-            },
-        );
+        runtime.image(&id, &id, vec![]);
         let identity = container(identify_in(&runtime, &crio_path()).await);
         assert_eq!(identity.digest, None);
         let because = identity.no_digest_because.clone().unwrap();
@@ -821,13 +818,7 @@ mod tests {
         // On containerd its image store still holds the manifest's digest.
         let mut runtime = FakeRuntime::new(RuntimeKind::Containerd);
         pod_container(&mut runtime, "registry.example/app:1", &id);
-        runtime.images.insert(
-            id.clone(),
-            CriImage {
-                id: id.clone(),
-                repo_digests: vec![],
-            },
-        );
+        runtime.image(&id, &id, vec![]);
         runtime.native_images.insert(
             "registry.example/app:1".into(),
             ImageDigests {
@@ -846,12 +837,10 @@ mod tests {
         let mut runtime = FakeRuntime::new(RuntimeKind::CriO);
         let image_ref = format!("mirror.example/app@{}", dg(1));
         pod_container(&mut runtime, "registry.example/app:1", &image_ref);
-        runtime.images.insert(
-            image_ref.clone(),
-            CriImage {
-                id: "sha256:config".into(),
-                repo_digests: vec![image_ref.clone(), format!("registry.example/app@{}", dg(2))],
-            },
+        runtime.image(
+            &image_ref,
+            "sha256:config",
+            vec![image_ref.clone(), format!("registry.example/app@{}", dg(2))],
         );
         let identity = container(identify_in(&runtime, &crio_path()).await);
         assert_eq!(identity.digest, Some(dg(1)));

@@ -54,17 +54,9 @@ impl Cri {
     /// Container `id`, if CRI created it.
     pub async fn container(&self, id: &str) -> Result<Option<CriContainer>, RuntimeError> {
         let listed = self
-            .socket
-            .call("CRI ListContainers", async |channel| {
-                let reply = RuntimeServiceClient::new(channel)
-                    .list_containers(ListContainersRequest {
-                        filter: Some(ContainerFilter {
-                            id: id.to_string(),
-                            ..Default::default()
-                        }),
-                    })
-                    .await?;
-                Ok(reply.into_inner().containers)
+            .list(ContainerFilter {
+                id: id.to_string(),
+                ..Default::default()
             })
             .await?;
         // The filter may match by prefix: only the exact id counts.
@@ -81,24 +73,35 @@ impl Cri {
             }))
     }
 
+    async fn list(
+        &self,
+        filter: ContainerFilter,
+    ) -> Result<Vec<k8s_cri::v1::Container>, RuntimeError> {
+        self.socket
+            .call("CRI ListContainers", async |channel| {
+                let reply = RuntimeServiceClient::new(channel)
+                    .list_containers(ListContainersRequest {
+                        filter: Some(filter),
+                    })
+                    .await?;
+                Ok(reply.into_inner().containers)
+            })
+            .await
+    }
+
     /// The pod of sandbox `id`, if CRI created such a sandbox.
     pub async fn sandbox(&self, id: &str) -> Result<Option<PodRef>, RuntimeError> {
         let status = self
             .socket
-            .call(
-                "CRI PodSandboxStatus",
-                async |channel| match RuntimeServiceClient::new(channel)
+            .call("CRI PodSandboxStatus", async |channel| {
+                let reply = RuntimeServiceClient::new(channel)
                     .pod_sandbox_status(PodSandboxStatusRequest {
                         pod_sandbox_id: id.to_string(),
                         verbose: false,
                     })
-                    .await
-                {
-                    Ok(reply) => Ok(reply.into_inner().status),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status),
-                },
-            )
+                    .await;
+                Ok(found(reply)?.and_then(|r| r.into_inner().status))
+            })
             .await?;
         Ok(status.and_then(|s| pod_of(s.metadata)))
     }
@@ -107,9 +110,8 @@ impl Cri {
     pub async fn image(&self, image: &str) -> Result<Option<CriImage>, RuntimeError> {
         let found = self
             .socket
-            .call(
-                "CRI ImageStatus",
-                async |channel| match ImageServiceClient::new(channel)
+            .call("CRI ImageStatus", async |channel| {
+                let reply = ImageServiceClient::new(channel)
                     .image_status(ImageStatusRequest {
                         image: Some(ImageSpec {
                             image: image.to_string(),
@@ -117,13 +119,9 @@ impl Cri {
                         }),
                         verbose: false,
                     })
-                    .await
-                {
-                    Ok(reply) => Ok(reply.into_inner().image),
-                    Err(status) if status.code() == Code::NotFound => Ok(None),
-                    Err(status) => Err(status),
-                },
-            )
+                    .await;
+                Ok(found(reply)?.and_then(|r| r.into_inner().image))
+            })
             .await?;
         Ok(found.map(|i| CriImage {
             id: i.id,
@@ -136,18 +134,10 @@ impl Cri {
     /// `namespace`.
     pub async fn running_tasks(&self, namespace: &str) -> Result<Vec<RunningTask>, RuntimeError> {
         let listed = self
-            .socket
-            .call("CRI ListContainers", async |channel| {
-                let reply = RuntimeServiceClient::new(channel)
-                    .list_containers(ListContainersRequest {
-                        filter: Some(ContainerFilter {
-                            // CONTAINER_RUNNING
-                            state: Some(k8s_cri::v1::ContainerStateValue { state: 1 }),
-                            ..Default::default()
-                        }),
-                    })
-                    .await?;
-                Ok(reply.into_inner().containers)
+            .list(ContainerFilter {
+                // CONTAINER_RUNNING
+                state: Some(k8s_cri::v1::ContainerStateValue { state: 1 }),
+                ..Default::default()
             })
             .await?;
         let mut running = Vec::new();
@@ -173,6 +163,15 @@ impl Cri {
             }
         }
         Ok(running)
+    }
+}
+
+/// NotFound is an answer (no such thing), not a failure.
+fn found<T>(reply: Result<T, tonic::Status>) -> Result<Option<T>, tonic::Status> {
+    match reply {
+        Ok(reply) => Ok(Some(reply)),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(status),
     }
 }
 

@@ -202,7 +202,7 @@ pub async fn detect(
     kind: RuntimeKind,
     socket: Option<&Path>,
     appear: Duration,
-) -> Result<(RuntimeKind, PathBuf), String> {
+) -> Result<Detected, String> {
     let named = kind != RuntimeKind::Auto || socket.is_some();
     detect_in(kind, named, &candidate_sockets(kind, socket), appear).await
 }
@@ -212,7 +212,7 @@ async fn detect_in(
     named: bool,
     candidates: &[PathBuf],
     appear: Duration,
-) -> Result<(RuntimeKind, PathBuf), String> {
+) -> Result<Detected, String> {
     let listed = candidates
         .iter()
         .map(|p| p.display().to_string())
@@ -246,33 +246,46 @@ async fn detect_in(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    if kind != RuntimeKind::Auto {
-        return Ok((kind, path));
-    }
-    let by_path = if path.to_string_lossy().contains("crio") {
-        RuntimeKind::CriO
+    // Asked once: it names the runtime for `auto`, and GetStatus shows it.
+    let version = if path.exists() {
+        let cri = Cri::new(&path);
+        tokio::time::timeout(ASK_VERSION, cri.version())
+            .await
+            .ok()
+            .and_then(Result::ok)
     } else {
-        RuntimeKind::Containerd
+        None
     };
-    if !path.exists() {
-        return Ok((by_path, path));
-    }
-    let cri = Cri::new(&path);
-    match tokio::time::timeout(ASK_VERSION, cri.version()).await {
-        Ok(Ok(version)) => match kind_named(&version.name) {
-            Some(kind) => Ok((kind, path)),
-            None => Err(format!(
-                "the runtime at {} is {} {}: imagegate identifies containers on containerd \
-                     and CRI-O; name one with --runtime if this runtime is either",
+    let kind = match (kind, &version) {
+        (RuntimeKind::Auto, Some(version)) => kind_named(&version.name).ok_or_else(|| {
+            format!(
+                "the runtime at {} is {} {}: imagegate identifies containers on containerd and \
+                 CRI-O; name one with --runtime if this runtime is either",
                 path.display(),
                 version.name,
                 version.version
-            )),
-        },
+            )
+        })?,
         // Not answering yet (starting, restarting): the socket's path
         // tells, and identification asks again until it answers.
-        _ => Ok((by_path, path)),
-    }
+        (RuntimeKind::Auto, None) if path.to_string_lossy().contains("crio") => RuntimeKind::CriO,
+        (RuntimeKind::Auto, None) => RuntimeKind::Containerd,
+        (named, _) => named,
+    };
+    Ok(Detected {
+        kind,
+        socket: path,
+        version,
+    })
+}
+
+/// What [`detect`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Detected {
+    pub kind: RuntimeKind,
+    pub socket: PathBuf,
+    /// What the runtime answered CRI's Version with, if it answered.
+    pub version: Option<cri::Version>,
 }
 
 /// How long `auto` waits for CRI's Version before telling the runtime by
@@ -305,10 +318,7 @@ pub fn pod_of(metadata: Option<k8s_cri::v1::PodSandboxMetadata>) -> Option<PodRe
 mod tests {
     use super::*;
 
-    async fn detect_among(
-        candidates: &[PathBuf],
-        appear: Duration,
-    ) -> Result<(RuntimeKind, PathBuf), String> {
+    async fn detect_among(candidates: &[PathBuf], appear: Duration) -> Result<Detected, String> {
         detect_in(RuntimeKind::Auto, false, candidates, appear).await
     }
 
@@ -326,7 +336,10 @@ mod tests {
         std::fs::create_dir_all(crio.parent().unwrap()).unwrap();
         let wait = Duration::from_millis(100);
         let found = detect(RuntimeKind::Auto, Some(&crio), wait).await.unwrap();
-        assert_eq!(found, (RuntimeKind::CriO, crio.clone()));
+        assert_eq!(
+            (found.kind, found.socket),
+            (RuntimeKind::CriO, crio.clone())
+        );
         // Both runtimes' folders (as the chart mounts them for auto), no
         // socket in either: no guess, a clear error after waiting.
         let containerd = dir.path().join("containerd/containerd.sock");
@@ -349,13 +362,13 @@ mod tests {
         let found = detect_among(&[containerd.clone(), crio.clone()], Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(found.1, containerd);
+        assert_eq!(found.socket, containerd);
         drop(listener.await.unwrap());
         // Named: no guessing.
         let found = detect(RuntimeKind::Containerd, Some(&crio), wait)
             .await
             .unwrap();
-        assert_eq!(found.0, RuntimeKind::Containerd);
+        assert_eq!(found.kind, RuntimeKind::Containerd);
         // Nothing there at all: the error names what was looked for.
         let missing = dir.path().join("nowhere/containerd.sock");
         let error = detect(RuntimeKind::Auto, Some(&missing), wait)

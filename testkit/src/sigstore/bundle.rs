@@ -39,7 +39,9 @@ pub struct KeylessBundle<'a> {
     pub stamp_other: bool,
 }
 
-/// PAE, as DSSE signs.
+/// PAE, as DSSE signs. Written here again rather than taken from the
+/// webhook: the bundles the tests make must not share a mistake with the
+/// code that checks them.
 fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "DSSEv1 {} {} {} ",

@@ -19,7 +19,7 @@ use super::{KeyPair, hex, sha256};
 /// checkpoint, as Rekor does.
 pub struct Log {
     key: KeyPair,
-    leaves: Vec<[u8; 32]>,
+    tree: Tree,
 }
 
 /// One logged entry, in a bundle's `tlogEntries` JSON form and cosign's
@@ -66,19 +66,67 @@ fn path(m: usize, leaves: &[[u8; 32]]) -> Vec<[u8; 32]> {
     }
 }
 
+/// A log's Merkle tree: its leaf hashes.
+struct Tree {
+    leaves: Vec<[u8; 32]>,
+}
+
+/// Where an appended leaf sits: what its inclusion proof says.
+struct Appended {
+    index: usize,
+    size: usize,
+    root: [u8; 32],
+    hashes: Vec<[u8; 32]>,
+}
+
+impl Tree {
+    /// A tree of `filler` unrelated leaves (so proofs have hashes to
+    /// check), each the leaf of `"<label> <i>"`.
+    fn with_filler(label: &str, filler: usize) -> Self {
+        Self {
+            leaves: (0..filler)
+                .map(|i| leaf_hash(format!("{label} {i}").as_bytes()))
+                .collect(),
+        }
+    }
+
+    fn append(&mut self, body: &[u8]) -> Appended {
+        self.leaves.push(leaf_hash(body));
+        let index = self.leaves.len() - 1;
+        Appended {
+            index,
+            size: self.leaves.len(),
+            root: tree_hash(&self.leaves),
+            hashes: path(index, &self.leaves),
+        }
+    }
+}
+
+/// RFC 9162's leaf hash: SHA-256 of 0x00 and the entry.
+fn leaf_hash(body: &[u8]) -> [u8; 32] {
+    sha256(&[&[0u8][..], body].concat())
+}
+
+impl Appended {
+    /// The bundle's `inclusionProof`, with its signed `checkpoint`.
+    fn proof(&self, checkpoint: &str) -> Value {
+        json!({
+            "logIndex": self.index.to_string(),
+            "rootHash": STANDARD.encode(self.root),
+            "treeSize": self.size.to_string(),
+            "hashes": self.hashes.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
+            "checkpoint": {"envelope": checkpoint}
+        })
+    }
+}
+
 impl Log {
     /// A log holding `filler` unrelated entries already (so proofs have
     /// hashes to check).
     pub fn new(filler: usize) -> Self {
         Self {
             key: KeyPair::generate(),
-            leaves: (0..filler)
-                .map(|i| {
-                    let mut input = vec![0];
-                    input.extend_from_slice(format!("filler {i}").as_bytes());
-                    sha256(&input)
-                })
-                .collect(),
+            tree: Tree::with_filler("filler", filler),
         }
     }
 
@@ -186,13 +234,8 @@ impl Log {
 
     /// Appends `body`, integrated at `time` (seconds since the epoch).
     pub fn append(&mut self, body: &[u8], time: i64) -> Logged {
-        let mut leaf = vec![0];
-        leaf.extend_from_slice(body);
-        self.leaves.push(sha256(&leaf));
-        let index = self.leaves.len() - 1;
-        let size = self.leaves.len();
-        let root = tree_hash(&self.leaves);
-        let hashes = path(index, &self.leaves);
+        let appended = self.tree.append(body);
+        let (index, size) = (appended.index, appended.size);
         let log_id = self.id();
         let canonical = serde_json::to_vec(&json!({
             "body": STANDARD.encode(body),
@@ -206,7 +249,7 @@ impl Log {
         // the signature the host (its baseUrl's, which verifiers match).
         let note = format!(
             "rekor.imagegate.test - 2605736670972794746\n{size}\n{}\n",
-            STANDARD.encode(root)
+            STANDARD.encode(appended.root)
         );
         let mut signature = log_id[..4].to_vec();
         signature.extend(self.key.sign(note.as_bytes()));
@@ -221,13 +264,7 @@ impl Log {
                 "kindVersion": {"kind": "dsse", "version": "0.0.1"},
                 "integratedTime": time.to_string(),
                 "inclusionPromise": {"signedEntryTimestamp": STANDARD.encode(&set)},
-                "inclusionProof": {
-                    "logIndex": index.to_string(),
-                    "rootHash": STANDARD.encode(root),
-                    "treeSize": size.to_string(),
-                    "hashes": hashes.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
-                    "checkpoint": {"envelope": checkpoint}
-                },
+                "inclusionProof": appended.proof(&checkpoint),
                 "canonicalizedBody": STANDARD.encode(body)
             }),
             legacy_annotation: json!({
@@ -249,7 +286,7 @@ pub struct LogV2 {
     key: Ed25519KeyPair,
     /// Its name, the checkpoints' first line.
     pub origin: String,
-    leaves: Vec<[u8; 32]>,
+    tree: Tree,
 }
 
 impl LogV2 {
@@ -259,9 +296,7 @@ impl LogV2 {
         Self {
             key: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
             origin: origin.to_string(),
-            leaves: (0..filler)
-                .map(|i| sha256(&[&[0u8][..], format!("v2 filler {i}").as_bytes()].concat()))
-                .collect(),
+            tree: Tree::with_filler("v2 filler", filler),
         }
     }
 
@@ -338,24 +373,19 @@ impl LogV2 {
 
     /// Appends `body` (of `kind`); returns the bundle's `tlogEntries` item.
     pub fn append(&mut self, kind: &str, body: &[u8]) -> Value {
-        self.leaves.push(sha256(&[&[0u8][..], body].concat()));
-        let index = self.leaves.len() - 1;
-        let size = self.leaves.len();
-        let root = tree_hash(&self.leaves);
-        let hashes = path(index, &self.leaves);
-        let note = format!("{}\n{size}\n{}\n", self.origin, STANDARD.encode(root));
+        let appended = self.tree.append(body);
+        let note = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            appended.size,
+            STANDARD.encode(appended.root)
+        );
         let checkpoint = self.sign_note(&note);
         json!({
-            "logIndex": index.to_string(),
+            "logIndex": appended.index.to_string(),
             "logId": {"keyId": STANDARD.encode(self.id())},
             "kindVersion": {"kind": kind, "version": "0.0.2"},
-            "inclusionProof": {
-                "logIndex": index.to_string(),
-                "rootHash": STANDARD.encode(root),
-                "treeSize": size.to_string(),
-                "hashes": hashes.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
-                "checkpoint": {"envelope": checkpoint}
-            },
+            "inclusionProof": appended.proof(&checkpoint),
             "canonicalizedBody": STANDARD.encode(body)
         })
     }

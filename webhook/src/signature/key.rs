@@ -118,14 +118,20 @@ impl PublicKey {
     /// logs' keys (`PKCS1_RSA_PKCS1V5`). Its id and fingerprint are of the
     /// PKCS#1 bytes (the root names such logs by their listed id).
     pub fn from_pkcs1_rsa(name: &str, der: &[u8]) -> Result<Self, KeyError> {
-        let id = sha256(der);
-        let fingerprint = format!("sha256:{}", hex(&id));
         // ring reads the modulus when verifying; a quick shape check here
         // refuses what is not a DER SEQUENCE at all.
         if der.first() != Some(&0x30) {
             return Err(KeyError::Der("nor a PKCS#1 RSAPublicKey".into()));
         }
-        Ok(Self {
+        Ok(Self::named(name, der, Algorithm::Rsa, der.to_vec()))
+    }
+
+    /// A key identified by `der` (its id and fingerprint are its SHA-256),
+    /// called `name`, or its fingerprint when unnamed.
+    fn named(name: &str, der: &[u8], algorithm: Algorithm, raw: Vec<u8>) -> Self {
+        let id = sha256(der);
+        let fingerprint = format!("sha256:{}", hex(&id));
+        Self {
             name: if name.is_empty() {
                 fingerprint.clone()
             } else {
@@ -133,9 +139,9 @@ impl PublicKey {
             },
             fingerprint,
             id,
-            algorithm: Algorithm::Rsa,
-            raw: der.to_vec(),
-        })
+            algorithm,
+            raw,
+        }
     }
 
     /// A key parsed inside a certificate; `der` is its SubjectPublicKeyInfo.
@@ -164,19 +170,12 @@ impl PublicKey {
             ED25519 => Algorithm::Ed25519,
             other => return Err(KeyError::Unsupported(other.to_string())),
         };
-        let id = sha256(der);
-        let fingerprint = format!("sha256:{}", hex(&id));
-        Ok(Self {
-            name: if name.is_empty() {
-                fingerprint.clone()
-            } else {
-                name.to_string()
-            },
-            fingerprint,
-            id,
+        Ok(Self::named(
+            name,
+            der,
             algorithm,
-            raw: spki.subject_public_key.data.to_vec(),
-        })
+            spki.subject_public_key.data.to_vec(),
+        ))
     }
 
     /// Whether `signature` is this key's over `message`. ECDSA signatures
