@@ -7,7 +7,7 @@ use std::{env, error::Error, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["imagegate/v1/agent.proto"];
+const PROTOS: &[&str] = &["imagegate/v1/agent.proto", "imagegate/v1/feed.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     for proto in PROTOS {

@@ -1,5 +1,5 @@
 //! imagegate's node agent: watches container starts with eBPF, finds each
-//! container's image digest through containerd, and flags (or, in enforce
+//! container's image digest through the container runtime, and flags (or, in enforce
 //! mode, stops) every container whose digest was never admitted.
 //!
 //! Modules, each owning one thing:
@@ -12,7 +12,8 @@
 //! - [`exec_event`]: the probe's events as the rest of the agent sees them;
 //! - [`cgroups`]: the host's cgroup layout, ids to paths and back;
 //! - [`container_ref`]: from a cgroup path to a container id;
-//! - [`runtime`]: containerd's API: container, image, digest, labels;
+//! - [`runtime`]: the container runtime through CRI (containerd, CRI-O),
+//!   and containerd's own API where CRI cannot see;
 //! - [`digest`]: checked content digests;
 //! - [`verdict`]: admitted / never admitted / exempt / unknown;
 //! - [`store`]: approvals, containers and violations on disk;
@@ -21,6 +22,7 @@
 //! - [`engine`]: the loop from events to verdicts to actions: a pure state
 //!   machine, identification, the store's one writer, and the runner;
 //! - [`events`]: verdicts, violations and execs published to `WatchEvents`;
+//! - [`feed`]: following the webhooks' approval feeds (the agent dials);
 //! - [`api`]: the gRPC API (`imagegate.v1.AgentService`), its listeners and
 //!   their bounds;
 //! - [`settle`]: when enforce mode may start killing;
@@ -37,6 +39,7 @@ pub mod enforce;
 pub mod engine;
 pub mod events;
 pub mod exec_event;
+pub mod feed;
 pub mod kernel_offsets;
 pub mod metrics;
 pub mod model;

@@ -18,13 +18,13 @@ use imagegate_agent::{
     api::{
         self, Listeners,
         service::{AgentApi, StaticStatus},
-        tls::TlsFiles,
     },
     approvals_file,
     cgroups::{Layout, Mode as CgroupMode},
     engine::{self, Engine},
     events,
     exec_event::Exec,
+    feed,
     kernel_offsets::VMLINUX_BTF,
     metrics::Metrics,
     model::Mode,
@@ -36,6 +36,7 @@ use imagegate_agent::{
     store::{Retention, Store},
     verdict::Exemptions,
 };
+use imagegate_plumbing::grpc::mtls::TlsFiles;
 use imagegate_plumbing::process::LogFormat;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -211,6 +212,18 @@ struct RunArgs {
         default_value = imagegate_proto::WEBHOOK_IDENTITY
     )]
     push_identity: String,
+
+    /// A webhook's approval feed to follow (`host:port`; a headless
+    /// Service's name follows every replica it resolves to). Uses
+    /// --grpc-tls-cert/--grpc-tls-key as this agent's client certificate and
+    /// --grpc-client-ca for the webhook's. Repeatable.
+    #[arg(long = "webhook-feed", env = "IMAGEGATE_WEBHOOK_FEEDS", value_delimiter = ',', requires_all = ["grpc_tls_cert", "grpc_tls_key", "grpc_client_ca"])]
+    webhook_feeds: Vec<String>,
+
+    /// How often --webhook-feed names are resolved again (replicas come
+    /// and go).
+    #[arg(long, env = "IMAGEGATE_WEBHOOK_FEED_RESOLVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    webhook_feed_resolve_interval: Duration,
 
     /// A plaintext gRPC listener for queries from the node itself (grpcurl,
     /// `kubectl port-forward`); loopback addresses only; it cannot push.
@@ -432,6 +445,31 @@ async fn run(args: RunArgs) -> Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
     });
+    if let (false, Some(cert), Some(key), Some(ca)) = (
+        args.webhook_feeds.is_empty(),
+        &args.grpc_tls_cert,
+        &args.grpc_tls_key,
+        &args.grpc_client_ca,
+    ) {
+        info!(webhooks = ?args.webhook_feeds, "following the webhooks' approval feeds");
+        tokio::spawn(feed::run(
+            feed::Follower {
+                config: feed::FeedConfig {
+                    webhooks: args.webhook_feeds.clone(),
+                    resolve_every: args.webhook_feed_resolve_interval,
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    push_identity: args.push_identity.clone(),
+                    node: node.clone(),
+                },
+                store: store.clone(),
+                writer: writer.clone(),
+                metrics: metrics.clone(),
+            },
+            stop_rx.clone(),
+        ));
+    }
     let api = AgentApi::new(
         api::Shared {
             store,

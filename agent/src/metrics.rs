@@ -34,6 +34,10 @@ pub struct Metrics {
     pub approvals: Gauge,
     /// Pushed approvals refused (a digest the agent does not accept).
     pub approvals_rejected: Counter,
+    /// Webhook replicas whose approval feed the agent follows.
+    pub feeds: Gauge,
+    /// Approval feed streams reopened after they ended or failed.
+    pub feed_reconnects: Counter,
     /// cgroups the agent keeps state for (hosts and containers), as of the
     /// last sweep of the gone ones.
     pub tracked_cgroups: Gauge,
@@ -104,6 +108,18 @@ impl Metrics {
             "Pushed approvals refused because a field was not acceptable",
             approvals_rejected.clone(),
         );
+        let feeds = Gauge::default();
+        registry.register(
+            "feeds",
+            "Webhook replicas whose approval feed the agent follows: alert on 0",
+            feeds.clone(),
+        );
+        let feed_reconnects = Counter::default();
+        registry.register(
+            "feed_reconnects",
+            "Approval feed streams reopened after they ended or failed",
+            feed_reconnects.clone(),
+        );
         let tracked_cgroups = Gauge::default();
         registry.register(
             "tracked_cgroups",
@@ -145,6 +161,8 @@ impl Metrics {
             kernel_kills,
             approvals,
             approvals_rejected,
+            feeds,
+            feed_reconnects,
             tracked_cgroups,
             pruned,
             identifications_dropped,

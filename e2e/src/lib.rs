@@ -83,6 +83,8 @@ pub struct Stack {
     pub webhook: Option<Webhook>,
     agent_tls_port: u16,
     agent_plain_port: u16,
+    /// The webhook's approval feed, which the agent follows.
+    feed_port: u16,
 }
 
 impl Stack {
@@ -157,6 +159,7 @@ impl Stack {
             webhook: None,
             agent_tls_port: free_port(),
             agent_plain_port: free_port(),
+            feed_port: free_port(),
         })
     }
 
@@ -196,6 +199,8 @@ impl Stack {
                 &self.path("ca.pem"),
                 "--grpc-plaintext-address",
                 &format!("127.0.0.1:{}", self.agent_plain_port),
+                "--webhook-feed",
+                &format!("127.0.0.1:{}", self.feed_port),
             ],
         );
         process.wait_message("ready: watching container starts", READY);
@@ -272,8 +277,8 @@ impl Stack {
                 &format!("{}={}", self.registry.host, ca.display()),
                 "--ledger",
                 &self.path("ledger.redb"),
-                "--agent",
-                &format!("127.0.0.1:{}", self.agent_tls_port),
+                "--feed-listen",
+                &format!("127.0.0.1:{}", self.feed_port),
                 "--agent-ca",
                 &self.path("ca.pem"),
                 "--agent-client-cert",

@@ -11,14 +11,19 @@
 //!   hold only a part;
 //! - [`http`]: a bounded plain HTTP/1.1 server for small endpoints;
 //! - [`connections`]: a bound on connections open at once;
-//! - [`idle`]: closing connections that stop moving bytes.
+//! - [`discovery`]: one task per address some names resolve to;
+//! - [`idle`]: closing connections that stop moving bytes;
+//! - [`grpc`]: gRPC listeners with bounded connections and mTLS that knows
+//!   its peer (the agent's API, the webhook's approval feed).
 
 pub mod allocator;
 pub mod budget;
 pub mod clock;
 pub mod connections;
+pub mod discovery;
 pub mod errors;
 pub mod files;
+pub mod grpc;
 pub mod http;
 pub mod idle;
 pub mod process;

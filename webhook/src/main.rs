@@ -243,7 +243,17 @@ struct ServeArgs {
     /// Most approvals kept; the least recently admitted go first.
     #[arg(long, env = "IMAGEGATE_LEDGER_MAX_ENTRIES", default_value_t = 100_000)]
     ledger_max_entries: u64,
-    /// A node agent to push approvals to (`host:port`). Repeatable.
+    /// Serve the approval feed here (`0.0.0.0:50053`): node agents open one
+    /// stream each and receive approvals over it (mTLS: --agent-client-cert
+    /// is the feed's serving certificate, --agent-ca checks the agents').
+    #[arg(long, env = "IMAGEGATE_FEED_LISTEN")]
+    feed_listen: Option<SocketAddr>,
+    /// Feed connections open at once: one per node agent, with room for
+    /// reconnects; more are closed as they arrive.
+    #[arg(long, env = "IMAGEGATE_FEED_MAX_CONNECTIONS", default_value_t = 12_000)]
+    feed_max_connections: usize,
+    /// A node agent to dial and push approvals to (`host:port`), for agents
+    /// of releases before the feed. Repeatable.
     #[arg(long = "agent", env = "IMAGEGATE_AGENTS", value_delimiter = ',')]
     agents: Vec<String>,
     /// A headless Service whose A/AAAA records are the agents
@@ -256,7 +266,9 @@ struct ServeArgs {
     /// CA the agents' certificates chain to (PEM).
     #[arg(long, env = "IMAGEGATE_AGENT_CA")]
     agent_ca: Option<PathBuf>,
-    /// This webhook's client certificate for agents (PEM): its push identity.
+    /// This webhook's push identity (PEM, valid for `imagegate-webhook`):
+    /// the client certificate when dialing agents, the serving certificate
+    /// of the feed.
     #[arg(long, env = "IMAGEGATE_AGENT_CLIENT_CERT")]
     agent_client_cert: Option<PathBuf>,
     /// The key of --agent-client-cert (PEM).
@@ -537,6 +549,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(ledger) = ledger.clone() {
         tokio::spawn(expire_ledger(ledger, stop_rx.clone()));
     }
+    if let Some(listen) = args.feed_listen {
+        let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
+            ledger.clone(),
+            args.agent_ca.clone(),
+            args.agent_client_cert.clone(),
+            args.agent_client_key.clone(),
+        ) else {
+            bail!(
+                "the approval feed needs --ledger (what is sent), --agent-ca, \
+                 --agent-client-cert and --agent-client-key (mTLS)"
+            );
+        };
+        let address = push::feed::serve(
+            push::feed::FeedConfig {
+                listen,
+                cert,
+                key,
+                client_ca: ca,
+                max_connections: args.feed_max_connections,
+            },
+            ledger,
+            push_metrics.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
+        info!(listen = %address, "approval feed: node agents follow approvals here");
+    }
     if !args.agents.is_empty() || args.agent_service.is_some() {
         let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
             ledger.clone(),
@@ -560,7 +599,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 server_name: args.agent_server_name.clone(),
             },
             ledger,
-            metrics: push_metrics,
+            metrics: push_metrics.clone(),
         });
         info!(
             agents = ?args.agents,

@@ -7,14 +7,12 @@
 //!
 //! - [`service`]: the service itself (approvals in, state out);
 //! - [`convert`]: wire types to the agent's [`crate::model`] and back;
-//! - [`tls`]: the mTLS listener (plumbing's reloading configuration) and
-//!   each connection's peer certificate;
-//! - [`bounded`]: connection and stream bounds per listener.
+//!
+//! The listeners (bounded connections, mTLS knowing its peer) are
+//! plumbing's, shared with the webhook's approval feed.
 
-pub mod bounded;
 pub mod convert;
 pub mod service;
-pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -28,8 +26,32 @@ use tonic::transport::{
 };
 use tracing::{info, warn};
 
+use self::service::AgentApi;
 pub use self::service::Shared;
-use self::{bounded::ListenerBounds, service::AgentApi};
+use imagegate_plumbing::grpc::{
+    bounded::{self, ListenerBounds},
+    mtls as tls,
+};
+
+/// The mTLS listener: grpcurl, and webhook replicas of an older release
+/// pushing (today's webhooks are dialed by the agent instead).
+const MTLS: ListenerBounds = ListenerBounds {
+    connections: 64,
+    per_address: 16,
+    idle: Duration::from_secs(30),
+};
+/// The health listener: the kubelet's probes, one short connection each.
+const HEALTH: ListenerBounds = ListenerBounds {
+    connections: 32,
+    per_address: 16,
+    idle: Duration::from_secs(30),
+};
+/// The loopback listener: grpcurl on the node.
+const LOOPBACK: ListenerBounds = ListenerBounds {
+    connections: 32,
+    per_address: 32,
+    idle: Duration::from_secs(30),
+};
 
 /// HTTP/2 streams one connection may have open (advertised in SETTINGS,
 /// refused past it): `Health/Watch` and `WatchEvents` streams are cheap,
@@ -129,7 +151,7 @@ pub async fn serve(
     if let Some((address, files)) = listeners.tls {
         let (listener, local) = bind("--grpc-address", address).await?;
         let tls = tls::load(files, shutdown.clone()).await?;
-        let incoming = tls::incoming(tls, listener, ListenerBounds::MTLS);
+        let incoming = tls::incoming(tls, listener, MTLS);
         spawn_server(router(), incoming, shutdown.clone(), "mTLS");
         info!(address = %local, "gRPC: mTLS listener (AgentService, health, reflection)");
         bound.push(local);
@@ -146,7 +168,7 @@ pub async fn serve(
             .add_service(health_reflection);
         spawn_server(
             server,
-            plain(listener, ListenerBounds::HEALTH, "health"),
+            plain(listener, HEALTH, "health"),
             shutdown.clone(),
             "health",
         );
@@ -157,7 +179,7 @@ pub async fn serve(
         let (listener, local) = bind("--grpc-plaintext-address", address).await?;
         spawn_server(
             router(),
-            plain(listener, ListenerBounds::LOOPBACK, "plaintext"),
+            plain(listener, LOOPBACK, "plaintext"),
             shutdown.clone(),
             "plaintext",
         );

@@ -10,10 +10,9 @@ use imagegate_proto::{
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
-use super::{
-    convert,
-    tls::{TlsPeer, has_identity},
-};
+use imagegate_plumbing::grpc::mtls::{TlsPeer, has_identity};
+
+use super::convert;
 use crate::{
     digest::Digest, engine, events, metrics::Metrics, model::Mode, settle::Gate, store::Store,
 };
@@ -101,33 +100,55 @@ impl AgentApi {
         cluster_set_generation: Option<u64>,
         retention_seconds: u64,
     ) -> Result<(u32, u64, Vec<pb::Rejected>), Status> {
-        let checked = convert::approvals_in("approvals", approvals, &source.to_string())?;
-        if !checked.rejected.is_empty() {
-            self.ctx
-                .metrics
-                .approvals_rejected
-                .inc_by(checked.rejected.len() as u64);
-            tracing::warn!(
-                %source,
-                rejected = checked.rejected.len(),
-                first = %checked.rejected[0].reason,
-                "approvals refused; the others are kept"
-            );
-        }
-        let received = self
-            .ctx
-            .writer
-            .push(engine::writer::Push {
-                source,
-                approvals: checked.approvals,
-                generation,
-                cluster_set_generation,
-                retention_ms: retention_seconds.saturating_mul(1000),
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok((received.added as u32, received.generation, checked.rejected))
+        take_approvals(
+            &self.ctx.writer,
+            &self.ctx.metrics,
+            source,
+            approvals,
+            generation,
+            cluster_set_generation,
+            retention_seconds,
+        )
+        .await
     }
+}
+
+/// Checks approvals from `source` and hands them to the writer, whether
+/// they were pushed (the service) or followed (the feed): the valid ones
+/// are kept, the others refused with their reasons. Returns how many were
+/// new, the generation of `source` now held, and the refused.
+pub async fn take_approvals(
+    writer: &engine::Writer,
+    metrics: &Metrics,
+    source: SourceKey,
+    approvals: Vec<pb::Approval>,
+    generation: u64,
+    cluster_set_generation: Option<u64>,
+    retention_seconds: u64,
+) -> Result<(u32, u64, Vec<pb::Rejected>), Status> {
+    let checked = convert::approvals_in("approvals", approvals, &source.to_string())?;
+    if !checked.rejected.is_empty() {
+        metrics
+            .approvals_rejected
+            .inc_by(checked.rejected.len() as u64);
+        tracing::warn!(
+            %source,
+            rejected = checked.rejected.len(),
+            first = %checked.rejected[0].reason,
+            "approvals refused; the others are kept"
+        );
+    }
+    let received = writer
+        .push(engine::writer::Push {
+            source,
+            approvals: checked.approvals,
+            generation,
+            cluster_set_generation,
+            retention_ms: retention_seconds.saturating_mul(1000),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok((received.added as u32, received.generation, checked.rejected))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;

@@ -1,22 +1,25 @@
-//! Pushing approvals to every node agent, off the admission path.
+//! Getting approvals to every node agent, off the admission path. The
+//! ledger is the queue: what an agent lacks is read from it, so nothing is
+//! lost when an agent is slow, down or new, and the admission answer never
+//! waits (the handler records to the ledger, the ledger wakes the rest).
 //!
-//! The ledger is the queue: each agent has one task that follows the
-//! ledger's generation and sends the agent what it lacks, so an agent's
-//! backlog is bounded by the ledger itself and nothing is lost when an
-//! agent is slow, down or new. On each (re)connection the task asks the
-//! agent which generation of this ledger it holds and syncs from there;
-//! after that it pushes each new write. The admission answer never waits:
-//! the handler records to the ledger and the ledger wakes the tasks.
-//!
-//! Agents come from a static list and from the A/AAAA records of a
-//! headless Service, re-resolved periodically: each record is one agent.
-//!
-//! - `link`: one agent: connect, sync from its generation, push;
-//! - `discovery`: the agents, from the static list and the headless
-//!   Service's records.
+//! Two ways, one wire form ([`wire`]):
+//! - the feed (what the chart runs): agents open one stream to each webhook
+//!   replica ([`feed`]); one [`tail`] reads each new write once for all of
+//!   them. The webhook neither discovers nor dials agents, so its work per
+//!   write does not grow with DNS records or connection set-ups, and 5,000
+//!   nodes are 5,000 streams on a few replicas;
+//! - dialing (`--agent`, `--agent-service`): the webhook follows each agent
+//!   it is given ([`link`], [`discovery`]). Kept for agents of releases
+//!   before the feed, while a cluster upgrades, and for static set-ups of a
+//!   few nodes. A headless Service's DNS answer cannot carry thousands of
+//!   agents (a DNS message is at most 65,535 bytes: about 4,000 A records).
 
 mod discovery;
+pub mod feed;
 mod link;
+mod tail;
+mod wire;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -66,6 +69,16 @@ pub struct PushMetrics {
     pub pushed_approvals: Counter,
     /// Approvals an agent refused (each agent counts).
     pub pushes_rejected: Counter,
+    /// Feed streams open now (agents following).
+    pub followers: Gauge,
+    /// Feed messages handed to streams.
+    pub feed_messages: Counter,
+    /// Feed streams caught up from the ledger (new, or fallen behind).
+    pub feed_catch_ups: Counter,
+    /// Feed streams that fell behind the live batches.
+    pub feed_lagged: Counter,
+    /// Feed streams closed because the agent could not take a batch.
+    pub feed_slow_closed: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +108,31 @@ impl PushMetrics {
             "agent_rejected_approvals",
             "Approvals a node agent refused, each agent counted: alert on any",
             metrics.pushes_rejected.clone(),
+        );
+        registry.register(
+            "feed_followers",
+            "Node agents following the approval feed now",
+            metrics.followers.clone(),
+        );
+        registry.register(
+            "feed_messages",
+            "Approval batches sent over the feed",
+            metrics.feed_messages.clone(),
+        );
+        registry.register(
+            "feed_catch_ups",
+            "Feed streams caught up from the ledger (new agents, or behind)",
+            metrics.feed_catch_ups.clone(),
+        );
+        registry.register(
+            "feed_lagged",
+            "Feed streams that fell behind the live batches and caught up from the ledger",
+            metrics.feed_lagged.clone(),
+        );
+        registry.register(
+            "feed_slow_closed",
+            "Feed streams closed because the agent could not take a batch in time",
+            metrics.feed_slow_closed.clone(),
         );
         metrics
     }

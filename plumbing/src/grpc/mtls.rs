@@ -1,7 +1,7 @@
-//! The gRPC listener's TLS: the agent's serving certificate and the CA its
-//! clients' certificates must chain to, reloaded when the files change (a
+//! A gRPC listener's mTLS: the serving certificate and the CA clients'
+//! certificates must chain to, reloaded when the files change (a
 //! Secret volume swaps them through a symlink), and each connection's peer
-//! certificate handed to the service, which checks who may push.
+//! certificate handed to the service, which checks who may do what.
 
 use std::{
     io,
@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-pub use imagegate_plumbing::tls::TlsError;
-use imagegate_plumbing::tls::{ClientCerts, ReloadingTls, Settings, TlsFiles as Files};
+pub use crate::tls::TlsError;
+use crate::tls::{ClientCerts, ReloadingTls, Settings, TlsFiles as Files};
 use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},

@@ -1,8 +1,7 @@
-//! The bounds on the agent's gRPC listeners: connections open at once (in
-//! all and from one address), each closed once it moves no byte for a
-//! while. Anyone on the pod network can reach the mTLS and health
-//! listeners before a certificate is asked for, so none of this may grow
-//! with what a client opens.
+//! The bounds on a gRPC listener: connections open at once (in all and
+//! from one address), each closed once it moves no byte for a while.
+//! Anyone on the pod network can reach a listener before a certificate is
+//! asked for, so none of this may grow with what a client opens.
 
 use std::{
     io,
@@ -12,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use imagegate_plumbing::{
+use crate::{
     connections::{ConnectionSlots, Slot},
     idle::IdleTimeout,
 };
@@ -36,26 +35,6 @@ pub struct ListenerBounds {
 }
 
 impl ListenerBounds {
-    /// The mTLS listener: a few webhook replicas, and grpcurl.
-    pub const MTLS: Self = Self {
-        connections: 64,
-        per_address: 16,
-        idle: Duration::from_secs(30),
-    };
-    /// The health listener: the kubelet's probes, one short connection
-    /// each.
-    pub const HEALTH: Self = Self {
-        connections: 32,
-        per_address: 16,
-        idle: Duration::from_secs(30),
-    };
-    /// The loopback listener: grpcurl on the node.
-    pub const LOOPBACK: Self = Self {
-        connections: 32,
-        per_address: 32,
-        idle: Duration::from_secs(30),
-    };
-
     pub fn slots(&self) -> ConnectionSlots {
         ConnectionSlots::new(self.connections, self.per_address)
     }

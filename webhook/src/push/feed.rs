@@ -1,0 +1,284 @@
+//! `imagegate.v1.ApprovalFeed` on the webhook's mTLS feed listener: each
+//! node agent opens one stream. A stream is first caught up from the
+//! ledger (a bounded number at once: catching up is what reads the ledger
+//! and holds batches in memory), then follows the tail's live batches. A
+//! stream that falls behind the tail catches up again; one that cannot
+//! take a batch for [`SEND_TIMEOUT`] is closed, and the agent reopens it
+//! from what it holds. Admission never waits on any of this.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use imagegate_plumbing::grpc::{
+    bounded::ListenerBounds,
+    mtls::{self, TlsPeer, has_identity},
+};
+use imagegate_proto::{
+    AGENT_IDENTITY,
+    v1::{
+        self as pb,
+        approval_feed_server::{ApprovalFeed, ApprovalFeedServer},
+    },
+};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, transport::Server};
+use tracing::{debug, info, warn};
+
+use super::{
+    PushMetrics,
+    tail::{self, Live},
+    wire::{BatchLimits, batch},
+};
+use crate::ledger::Ledger;
+
+/// Streams catching up at once; the others wait their turn (they are
+/// behind anyway).
+pub const CATCH_UPS_AT_ONCE: usize = 8;
+/// A stream that cannot take a batch this long is closed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches queued per stream beyond what HTTP/2 holds.
+const STREAM_BUFFER: usize = 1;
+
+/// Where the feed listens and with which certificates.
+#[derive(Clone, Debug)]
+pub struct FeedConfig {
+    pub listen: SocketAddr,
+    /// The webhook's push identity (valid for `imagegate-webhook`): agents
+    /// check it as they would a pusher's.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA agents' certificates chain to.
+    pub client_ca: PathBuf,
+    /// Connections open at once: one per agent, with room for reconnects.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("binding the approval feed listener {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the approval feed's certificates: {0}")]
+    Tls(#[from] mtls::TlsError),
+}
+
+struct Shared {
+    ledger: Arc<Ledger>,
+    live: Live,
+    catch_ups: Semaphore,
+    metrics: PushMetrics,
+}
+
+pub struct Feed {
+    shared: Arc<Shared>,
+}
+
+/// Binds the feed listener and serves until `stop` turns true; returns the
+/// bound address.
+pub async fn serve(
+    config: FeedConfig,
+    ledger: Arc<Ledger>,
+    metrics: PushMetrics,
+    stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, FeedError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| FeedError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| FeedError::Bind {
+        address: config.listen,
+        source,
+    })?;
+    let tls = mtls::load(
+        mtls::TlsFiles {
+            cert: config.cert,
+            key: config.key,
+            client_ca: config.client_ca,
+        },
+        stop.clone(),
+    )
+    .await?;
+    let bounds = ListenerBounds {
+        connections: config.max_connections,
+        // An agent has one connection, two while it replaces a broken one.
+        per_address: 4,
+        // Keepalive pings (below) keep live streams moving.
+        idle: Duration::from_secs(60),
+    };
+    let incoming = mtls::incoming(tls, listener, bounds);
+    let feed = Feed {
+        shared: Arc::new(Shared {
+            live: tail::spawn(ledger.clone(), stop.clone()),
+            ledger,
+            catch_ups: Semaphore::new(CATCH_UPS_AT_ONCE),
+            metrics,
+        }),
+    };
+    let router = Server::builder()
+        .max_concurrent_streams(4)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(ApprovalFeedServer::new(feed));
+    let mut stop_serving = stop;
+    tokio::spawn(async move {
+        let done = async move {
+            let _ = stop_serving.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, done).await {
+            warn!(error = %e, "approval feed listener stopped");
+        }
+    });
+    Ok(local)
+}
+
+#[tonic::async_trait]
+impl ApprovalFeed for Feed {
+    type FollowStream = ReceiverStream<Result<pb::ApprovalBatch, Status>>;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let certificate = request
+            .extensions()
+            .get::<TlsPeer>()
+            .and_then(|peer| peer.certificate.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated("the feed needs an agent's client certificate")
+            })?;
+        if !has_identity(&certificate, AGENT_IDENTITY) {
+            return Err(Status::permission_denied(format!(
+                "only {AGENT_IDENTITY} may follow approvals; this client certificate is not valid \
+                 for that name"
+            )));
+        }
+        let body = request.into_inner();
+        let held = body.held.get(self.shared.ledger.id()).copied().unwrap_or(0);
+        // Subscribed before catching up: nothing written meanwhile falls
+        // between the two.
+        let live = self.shared.live.subscribe();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        debug!(node = %body.node, held, "agent follows the approval feed");
+        tokio::spawn(stream(self.shared.clone(), body.node, held, live, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::ApprovalBatch, Status>>;
+
+/// Why a stream ends.
+enum End {
+    /// The agent went, or could not take a batch in time.
+    Closed,
+}
+
+/// One agent's stream, until it goes.
+async fn stream(
+    shared: Arc<Shared>,
+    node: String,
+    mut held: u64,
+    mut live: broadcast::Receiver<Arc<pb::ApprovalBatch>>,
+    tx: Tx,
+) {
+    let metrics = &shared.metrics;
+    metrics.followers.inc();
+    let _followers = scopeguard(metrics.followers.clone());
+    'catch_up: loop {
+        if let Err(End::Closed) = catch_up(&shared, &node, &mut held, &tx).await {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(batch) if batch.since_generation > held => {
+                    // Written before this stream subscribed and after the
+                    // catch-up read: read it from the ledger.
+                    continue 'catch_up;
+                }
+                Ok(batch) if batch.generation < held => {}
+                Ok(batch) => {
+                    let generation = batch.generation;
+                    if send(&shared, &tx, (*batch).clone(), &node).await.is_err() {
+                        return;
+                    }
+                    held = held.max(generation);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(%node, missed, "feed stream behind the live batches; catching up");
+                    metrics.feed_lagged.inc();
+                    continue 'catch_up;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Sends what the ledger has after `held`, then where the ledger stands.
+async fn catch_up(shared: &Shared, node: &str, held: &mut u64, tx: &Tx) -> Result<(), End> {
+    let _turn = shared.catch_ups.acquire().await.map_err(|_| End::Closed)?;
+    shared.metrics.feed_catch_ups.inc();
+    loop {
+        let (records, generation, cluster_set) = match tail::read(&shared.ledger, Some(*held)).await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                warn!(%node, error = %e, "approval feed: cannot read the ledger; closing the stream");
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "the webhook cannot read its ledger: {e}"
+                    ))))
+                    .await;
+                return Err(End::Closed);
+            }
+        };
+        if records.is_empty() {
+            // Nothing after `held` up to `generation`: the agent holds it
+            // (records there expired), and learns of the cluster set.
+            if generation > *held || cluster_set.is_some() {
+                let to = generation.max(*held);
+                let message = tail::message(&shared.ledger, Vec::new(), *held, to, cluster_set);
+                send(shared, tx, message, node).await?;
+                *held = to;
+            }
+            return Ok(());
+        }
+        let (approvals, upto) = batch(&records, BatchLimits::FEED);
+        let message = tail::message(&shared.ledger, approvals, *held, upto, cluster_set);
+        send(shared, tx, message, node).await?;
+        *held = upto;
+    }
+}
+
+/// Hands one batch to the stream, or gives up on a stream that cannot
+/// take it in time.
+async fn send(shared: &Shared, tx: &Tx, message: pb::ApprovalBatch, node: &str) -> Result<(), End> {
+    let count = message.approvals.len() as u64;
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(message))).await {
+        Ok(Ok(())) => {
+            shared.metrics.feed_messages.inc();
+            shared.metrics.pushed_approvals.inc_by(count);
+            Ok(())
+        }
+        Ok(Err(_)) => Err(End::Closed),
+        Err(_) => {
+            info!(%node, "agent too slow to take approvals; closing its stream (it reopens from what it holds)");
+            shared.metrics.feed_slow_closed.inc();
+            Err(End::Closed)
+        }
+    }
+}
+
+/// Decrements the followers gauge when the stream ends, however it ends.
+fn scopeguard(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
+    struct Guard(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Guard(gauge)
+}

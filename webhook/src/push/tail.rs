@@ -1,0 +1,133 @@
+//! One reader of the ledger for every feed stream: each new write is read
+//! and made a wire batch once, then shared (an `Arc`) with every stream
+//! that is up to date. Thousands of agents cost one ledger read per write,
+//! not thousands.
+
+use std::{sync::Arc, time::Duration};
+
+use imagegate_proto::v1 as pb;
+use tokio::sync::{broadcast, watch};
+use tracing::warn;
+
+use super::wire::{BatchLimits, batch};
+use crate::ledger::Ledger;
+
+/// Batches kept for streams that are a little behind. A stream further
+/// behind is told it lagged and catches up from the ledger instead, so a
+/// slow agent never makes the webhook hold more than this.
+pub const LIVE_BATCHES: usize = 64;
+
+/// After a failed ledger read, try again this much later.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub type Live = broadcast::Sender<Arc<pb::ApprovalBatch>>;
+
+/// The live batches' sender; the tail runs until `stop` turns true.
+pub fn spawn(ledger: Arc<Ledger>, stop: watch::Receiver<bool>) -> Live {
+    let (live, _) = broadcast::channel(LIVE_BATCHES);
+    tokio::spawn(run(ledger, live.clone(), stop));
+    live
+}
+
+async fn run(ledger: Arc<Ledger>, live: Live, mut stop: watch::Receiver<bool>) {
+    let mut changes = ledger.subscribe();
+    // Streams start by catching up from the ledger; the tail carries what
+    // is written from now on.
+    let (mut last, mut told_cluster_set) = loop {
+        match read(&ledger, None).await {
+            Ok((_, generation, cluster_set)) => break (generation, cluster_set),
+            Err(e) => {
+                warn!(error = %e, "approval feed: cannot read the ledger; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    };
+    loop {
+        changes.borrow_and_update();
+        match read(&ledger, Some(last)).await {
+            Ok((records, _, cluster_set)) if records.is_empty() => {
+                if cluster_set.is_some() && cluster_set != told_cluster_set {
+                    // No new record, but the cluster set is now complete.
+                    let _ = live.send(Arc::new(message(
+                        &ledger,
+                        Vec::new(),
+                        last,
+                        last,
+                        cluster_set,
+                    )));
+                    told_cluster_set = cluster_set;
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            Ok((records, _, cluster_set)) => {
+                let (approvals, upto) = batch(&records, BatchLimits::FEED);
+                // No receiver is no error: no agent follows right now.
+                let _ = live.send(Arc::new(message(
+                    &ledger,
+                    approvals,
+                    last,
+                    upto,
+                    cluster_set,
+                )));
+                last = upto;
+                told_cluster_set = cluster_set;
+            }
+            Err(e) => {
+                warn!(error = %e, "approval feed: cannot read the ledger; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// The records after `since` (none if `since` is `None`), the ledger's
+/// generation and its cluster set mark, read off the runtime's threads.
+///
+/// The generation is read first: when no record follows `since`, nothing
+/// up to that generation is missing (records may have expired), so a
+/// follower may be told it holds it.
+pub async fn read(
+    ledger: &Arc<Ledger>,
+    since: Option<u64>,
+) -> Result<(Vec<crate::ledger::Approval>, u64, Option<u64>), String> {
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let generation = ledger.generation()?;
+        let cluster_set = ledger.cluster_set()?;
+        let records = match since {
+            Some(since) => ledger.since(since, BatchLimits::FEED.approvals)?,
+            None => Vec::new(),
+        };
+        Ok::<_, crate::ledger::LedgerError>((records, generation, cluster_set))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// One feed message.
+pub fn message(
+    ledger: &Ledger,
+    approvals: Vec<pb::Approval>,
+    since: u64,
+    generation: u64,
+    cluster_set: Option<u64>,
+) -> pb::ApprovalBatch {
+    pb::ApprovalBatch {
+        ledger: ledger.id().to_string(),
+        since_generation: since,
+        generation,
+        approvals,
+        cluster_set_generation: cluster_set,
+        retention_seconds: ledger.retention().as_secs(),
+    }
+}
