@@ -35,9 +35,9 @@ use serde_json::{Value, json};
 pub const NAMESPACE: &str = "imagegate";
 pub const USER: &str = "node";
 pub const PASSWORD: &str = "node-pull-secret";
-/// The name the webhook resolves for its agents (the chart's
-/// `--agent-service`), fully qualified as cluster DNS answers it.
-pub const AGENT_SERVICE: &str = "imagegate-agent.imagegate.svc.cluster.local";
+/// The name agents resolve for the webhook replicas' approval feed (the
+/// chart's `--webhook-feed`), fully qualified.
+pub const FEED_SERVICE: &str = "imagegate-webhook-feed.imagegate.svc.cluster.local";
 /// The webhook Service's name, which its serving certificate carries.
 pub const WEBHOOK_SERVICE: &str = "imagegate-webhook.imagegate.svc";
 pub const AGENT_PLAINTEXT: &str = "127.0.0.1:50052";

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use imagegate_e2e::cluster::{AGENT_SERVICE, Node, Rendered, bpf_ids};
+use imagegate_e2e::cluster::{FEED_SERVICE, Node, Rendered, bpf_ids};
 use imagegate_testkit::{
     grpcurl::{self, Target},
     kubelet::{Kubelet, RunningPod},
@@ -140,7 +140,6 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
     // Probed and scraped on the pod's IP, where the chart binds them.
     let metrics = scrape(agent.ip, 9464).await;
     assert!(metrics.contains("imagegate_agent_approvals"), "{metrics}");
-    node.dns.set(AGENT_SERVICE, vec![agent.ip]);
     let api = node.agent_api(&agent).await.unwrap();
 
     // No webhook yet: enforce mode settles, flagging but killing nothing.
@@ -181,8 +180,12 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
     }
     assert!(webhooks.len() >= 2, "the chart runs two replicas");
     assert!(node.apiserver.lists() >= 2, "each replica listed the pods");
+    // Cluster DNS lists the ready replicas under the feed's headless
+    // Service; the agent follows each.
+    node.dns
+        .set(FEED_SERVICE, webhooks.iter().map(|w| w.ip).collect());
 
-    // The rebuilt set arrives over the headless Service name: settled.
+    // The rebuilt set arrives over the replicas' feeds: settled.
     let status = wait_enforcement(&api, "STATE_ENFORCING").await;
     assert!(
         status["enforcement"]["reason"]

@@ -14,6 +14,9 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
+/// How soon names are resolved again when they gave no address.
+const NOTHING_FOUND_RETRY: Duration = Duration::from_secs(2);
+
 /// Runs until `stop` turns true; `follow(address)` is spawned for each
 /// address found, and aborted when it is no longer found. `what` names the
 /// peers in logs ("agent", "webhook"). `found` hears how many are followed.
@@ -49,8 +52,15 @@ pub async fn follow_addresses<F, Fut>(
             }
         }
         found(running.len());
+        // Nothing found (the peers are not up yet, or DNS has no record
+        // for them yet): look again soon rather than a whole period later.
+        let wait = if running.is_empty() {
+            every.min(NOTHING_FOUND_RETRY)
+        } else {
+            every
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

@@ -116,6 +116,9 @@ pub enum Origin {
     Adopted,
 }
 
+/// The ledger's page cache.
+const LEDGER_CACHE_BYTES: usize = 4 << 20;
+
 pub struct Ledger {
     db: Database,
     id: String,
@@ -143,7 +146,16 @@ impl Ledger {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // redb caches up to 1 GiB of pages by default: a new agent's sync
+        // reads the whole ledger, and the webhook's memory limit is 256 MiB.
+        // Pages past this come from the kernel's page cache instead.
+        // Measured (`push_scale`, one new agent syncing 100,000 approvals):
+        // webhook peak RSS 112 MiB with 32 MiB of cache, 58 MiB with 4 MiB,
+        // sync time within noise (0.8 and 1.0 s).
+        let db = redb::Builder::new()
+            .set_cache_size(LEDGER_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         // Create the tables, so readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {

@@ -50,6 +50,14 @@ enum Task {
     Bench {
         /// One benchmark (webhook, agent, push, hostile); all when omitted.
         name: Option<String>,
+        /// push: how many agents, comma-separated (lightweight in-process
+        /// agents speaking the agent's side of the wire over mTLS).
+        #[arg(long, value_delimiter = ',', default_values_t = [10usize, 200, 2000])]
+        agents: Vec<usize>,
+        /// push: which designs to compare, comma-separated: `feed` (agents
+        /// follow the webhook) and `dial` (the webhook dials every agent).
+        #[arg(long, value_delimiter = ',', default_values_t = ["dial".to_string(), "feed".to_string()])]
+        designs: Vec<String>,
     },
     /// Build the webhook and agent container images as OCI layouts under
     /// target/images/, from nothing pulled; optionally push them.
@@ -92,7 +100,15 @@ fn main() -> Result<()> {
         }
         Task::Test => test::run(&paths),
         Task::Demo { enforce } => demo::run(&paths, enforce),
-        Task::Bench { name } => bench::run(&paths, name.as_deref()),
+        Task::Bench {
+            name,
+            agents,
+            designs,
+        } => bench::run(
+            &paths,
+            name.as_deref(),
+            &bench::PushScale { agents, designs },
+        ),
         Task::Fuzz { seconds, targets } => fuzz::run(&paths, seconds, &targets),
         Task::Images {
             debug,

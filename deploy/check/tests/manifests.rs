@@ -483,14 +483,47 @@ fn the_agent_daemonset_grants_what_the_agent_needs_and_no_more() {
         .expect("POD_IP in the env, for $(POD_IP) in the args");
     assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
 
-    // The webhook finds every agent through the headless Service.
-    let service = find(&objects, "Service", "imagegate-agent");
-    assert_eq!(service["spec"]["clusterIP"], "None");
+    // Agents follow every webhook replica through the feed's headless
+    // Service; the webhook dials agents only when told to (upgrades).
+    let feed = find(&objects, "Service", "imagegate-webhook-feed");
+    assert_eq!(feed["spec"]["clusterIP"], "None");
+    let feed_port = feed["spec"]["ports"][0]["port"].as_u64().unwrap();
     let deployment = find(&objects, "Deployment", "imagegate-webhook");
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a == &format!("--feed-listen=0.0.0.0:{feed_port}")),
+        "{args:?}"
+    );
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("--agent-service")),
+        "{args:?}"
+    );
+    let daemonset = find(&objects, "DaemonSet", "imagegate-agent");
+    let agent_args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        agent_args
+            .iter()
+            .any(|a| a
+                == &format!("--webhook-feed=imagegate-webhook-feed.imagegate.svc:{feed_port}")),
+        "{agent_args:?}"
+    );
+    // During an upgrade from a release before the feed, the webhook also
+    // dials the agents' headless Service.
+    let objects = render(&["webhook.dialAgents=true"]);
+    let service = find(&objects, "Service", "imagegate-agent");
+    assert_eq!(service["spec"]["clusterIP"], "None");
     let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
     assert!(
         args.iter()
             .any(|a| a == &format!("--agent-service=imagegate-agent.imagegate.svc:{port}")),

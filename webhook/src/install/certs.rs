@@ -119,13 +119,21 @@ pub fn write_all(out: &Path, spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsErro
             "webhook-client",
             WEBHOOK_IDENTITY,
             vec![WEBHOOK_IDENTITY.to_string()],
-            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            // The push identity: serves the approval feed, dials agents.
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         ),
         (
             "agent",
             AGENT_IDENTITY,
             vec![AGENT_IDENTITY.to_string()],
-            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            // Serves the agent's API, follows the webhooks' feed.
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         ),
         (
             "apiserver-client",
@@ -227,6 +235,14 @@ mod tests {
             "webhook-client",
             WEBHOOK_IDENTITY,
             webpki::KeyUsage::client_auth(),
+        );
+        // Each end of the approval feed: the agent dials as a client, the
+        // webhook's push identity serves it.
+        check("agent", AGENT_IDENTITY, webpki::KeyUsage::client_auth());
+        check(
+            "webhook-client",
+            WEBHOOK_IDENTITY,
+            webpki::KeyUsage::server_auth(),
         );
         check("apiserver-client", "", webpki::KeyUsage::client_auth());
         let mode = fs::metadata(dir.path().join("agent.key"))

@@ -30,6 +30,7 @@ use prometheus_client::{
 };
 
 pub use discovery::run as discover;
+pub use tail::LIVE_BATCHES;
 
 use crate::ledger::Ledger;
 

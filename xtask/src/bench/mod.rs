@@ -26,18 +26,24 @@ fn build_release(paths: &Paths, args: &[&str]) -> Result<()> {
     )
 }
 
-pub fn run(paths: &Paths, which: Option<&str>) -> Result<()> {
+/// What `bench push` scales over.
+pub struct PushScale {
+    pub agents: Vec<usize>,
+    pub designs: Vec<String>,
+}
+
+pub fn run(paths: &Paths, which: Option<&str>, scale: &PushScale) -> Result<()> {
     let mut report = report::Report::new();
     match which {
         None => {
             webhook::run(paths, &mut report)?;
             agent::run(paths, &mut report)?;
-            push::run(paths, &mut report)?;
+            push::run(paths, scale, &mut report)?;
             hostile::run(paths, &mut report)?;
         }
         Some("webhook") => webhook::run(paths, &mut report)?,
         Some("agent") => agent::run(paths, &mut report)?,
-        Some("push") => push::run(paths, &mut report)?,
+        Some("push") => push::run(paths, scale, &mut report)?,
         Some("hostile") => hostile::run(paths, &mut report)?,
         Some(other) => bail!("no benchmark named {other:?}; known: webhook, agent, push, hostile"),
     }
