@@ -1,9 +1,11 @@
 //! Push figures for `cargo xtask bench push` (run as root: agents load
 //! eBPF). Prints one JSON object.
 //!
-//! For 1 and 10 agents (release binaries on loopback, mTLS):
-//! - sync throughput: a ledger of 20,000 approvals, a webhook started
-//!   against empty agents, the time until every agent holds them all;
+//! For 1 and 10 agents (release binaries on loopback, mTLS; the agents
+//! follow the webhook's approval feed, as the chart runs them):
+//! - sync throughput: a ledger of 20,000 approvals, the webhook serving,
+//!   empty agents started together: the time from their start (their own
+//!   start-up included) until every agent holds them all;
 //! - admission -> visible: 100 pods admitted one at a time through
 //!   `/validate`; from the answer's arrival to the digest being listed by
 //!   every agent (each polled through its plaintext gRPC listener).
@@ -67,11 +69,18 @@ struct Agent {
     client: AgentServiceClient<Channel>,
 }
 
-async fn start_agent(bin: &Path, dir: &Path, name: &str, tls_port: u16) -> Agent {
+/// Starts an agent process; [`ready`] waits for it.
+fn start_agent(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    tls_port: u16,
+    feed_port: u16,
+) -> (Process, u16) {
     let plain_port = free_port();
     let state = dir.join(format!("{name}-state"));
     let path = |f: &str| dir.join(f).display().to_string();
-    let mut process = Process::start(
+    let process = Process::start(
         name,
         bin,
         [
@@ -92,8 +101,14 @@ async fn start_agent(bin: &Path, dir: &Path, name: &str, tls_port: u16) -> Agent
             &path("ca.pem"),
             "--grpc-plaintext-address",
             &format!("127.0.0.1:{plain_port}"),
+            "--webhook-feed",
+            &format!("127.0.0.1:{feed_port}"),
         ],
     );
+    (process, plain_port)
+}
+
+async fn ready((mut process, plain_port): (Process, u16)) -> Agent {
     process.wait_message("ready: watching container starts", Duration::from_secs(60));
     let client = AgentServiceClient::connect(format!("http://127.0.0.1:{plain_port}"))
         .await
@@ -181,13 +196,7 @@ async fn main() {
                 ledger.record(chunk).unwrap();
             }
         }
-        let mut agents = Vec::new();
-        let mut ports = Vec::new();
-        for i in 0..agents_n {
-            let port = free_port();
-            agents.push(start_agent(&agent_bin, &run, &format!("agent-{i}"), port).await);
-            ports.push(port);
-        }
+        let feed_port = free_port();
 
         // Sync throughput.
         let path = |f: &str| run.join(f).display().to_string();
@@ -212,11 +221,8 @@ async fn main() {
             "--agent-client-key".into(),
             path("imagegate-webhook.key"),
         ];
-        for port in &ports {
-            webhook_args.push("--agent".into());
-            webhook_args.push(format!("127.0.0.1:{port}"));
-        }
-        let started = Instant::now();
+        webhook_args.push("--feed-listen".into());
+        webhook_args.push(format!("127.0.0.1:{feed_port}"));
         let mut webhook = Process::start("webhook", &webhook_bin, &webhook_args);
         let serving = webhook.wait_message(
             "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
@@ -227,6 +233,24 @@ async fn main() {
             .and_then(|l| l.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap();
+        // The webhook serves; the agents start at once, each following its
+        // feed as soon as it is up.
+        let started = Instant::now();
+        let starting: Vec<(Process, u16)> = (0..agents_n)
+            .map(|i| {
+                start_agent(
+                    &agent_bin,
+                    &run,
+                    &format!("agent-{i}"),
+                    free_port(),
+                    feed_port,
+                )
+            })
+            .collect();
+        let mut agents = Vec::new();
+        for agent in starting {
+            agents.push(ready(agent).await);
+        }
         loop {
             let mut all = true;
             for agent in agents.iter_mut() {

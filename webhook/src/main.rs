@@ -561,7 +561,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                  --agent-client-cert and --agent-client-key (mTLS)"
             );
         };
-        let address = push::feed::serve(
+        let address = push::feed::serve_apart(
             push::feed::FeedConfig {
                 listen,
                 cert,

@@ -61,7 +61,8 @@ fn real_agents(paths: &Paths, report: &mut Report) -> Result<()> {
                 num(&sync["approvals_per_second_total"]),
                 num(&sync["seconds"])
             ),
-            "webhook started with a prefilled ledger against empty agents; until every \
+            "the webhook serving a prefilled ledger, empty agents started together (their start-up \
+             included); until every \
              agent's GetStatus counts them all",
         );
         let latency = &run["admission_to_visible_ms"];

@@ -73,15 +73,18 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     write_inputs(paths, &work)?;
 
     let mut results = Vec::new();
-    for (server_name, start) in [
-        (
-            "imagegate",
-            start_imagegate as fn(&Paths, &Path) -> Result<Server>,
-        ),
+    let mut servers: Vec<(&str, fn(&Paths, &Path) -> Result<Server>)> = vec![
+        ("imagegate", start_imagegate),
         ("flask+gunicorn (2 workers)", start_flask),
-    ] {
+    ];
+    // Before/after in one run: an earlier build of the webhook, measured
+    // on the same scenarios right after this one.
+    if baseline_binary().is_some() {
+        servers.insert(1, (BASELINE, start_baseline));
+    }
+    for (server_name, start) in servers {
         let server = start(paths, &work)?;
-        if server_name == "imagegate" {
+        if server_name.starts_with("imagegate") {
             expect_allowed(&server, &work.join("validate.json"), false)?;
         }
         for (scenario, path, body) in [
@@ -149,6 +152,31 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
         "<=",
         0.15,
     );
+    let baseline = find(BASELINE, "AdmissionReview /validate", 32);
+    if !baseline.is_null() {
+        for scenario in ["AdmissionReview /validate", "ImageReview /image_policy"] {
+            for conns in [32, 128] {
+                let (now, before) = (
+                    find("imagegate", scenario, conns),
+                    find(BASELINE, scenario, conns),
+                );
+                let ratio =
+                    f(&now, "cpu_seconds_per_10k") / f(&before, "cpu_seconds_per_10k").max(1e-9);
+                report.figure(
+                    &format!("{scenario} at {conns} connections: server CPU per 10k, this build / baseline"),
+                    format!(
+                        "{:.3} s / {:.3} s (x{ratio:.3}); req/s {:.0} / {:.0}",
+                        f(&now, "cpu_seconds_per_10k"),
+                        f(&before, "cpu_seconds_per_10k"),
+                        f(&now, "requests_per_sec"),
+                        f(&before, "requests_per_sec"),
+                    ),
+                    "the two builds measured one after the other in this run \
+                     (IMAGEGATE_BENCH_BASELINE_WEBHOOK)",
+                );
+            }
+        }
+    }
     let peak = results
         .iter()
         .filter(|r| r["server"] == "imagegate")
@@ -618,15 +646,39 @@ fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
     start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])
 }
 
+/// The server name of the baseline build in rows and figures.
+const BASELINE: &str = "imagegate (baseline build)";
+
+/// `IMAGEGATE_BENCH_BASELINE_WEBHOOK`: an earlier release build of
+/// `imagegate-webhook` to measure alongside this one.
+fn baseline_binary() -> Option<PathBuf> {
+    std::env::var_os("IMAGEGATE_BENCH_BASELINE_WEBHOOK").map(PathBuf::from)
+}
+
+fn start_baseline(_: &Paths, work: &Path) -> Result<Server> {
+    let bin = baseline_binary().context("IMAGEGATE_BENCH_BASELINE_WEBHOOK is not set")?;
+    let mut server = start_binary(&bin, work, "policy.yaml", &["--digest-resolution", "off"])?;
+    server.name = BASELINE;
+    Ok(server)
+}
+
 fn start_imagegate_with(
     paths: &Paths,
     work: &Path,
     policy: &str,
     extra: &[&str],
 ) -> Result<Server> {
+    start_binary(
+        &paths.target.join("release").join("imagegate-webhook"),
+        work,
+        policy,
+        extra,
+    )
+}
+
+fn start_binary(bin: &Path, work: &Path, policy: &str, extra: &[&str]) -> Result<Server> {
     let port = free_port()?;
-    let bin: PathBuf = paths.target.join("release").join("imagegate-webhook");
-    let child = Command::new(&bin)
+    let child = Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--cert")
         .arg(work.join("tls.crt"))
