@@ -73,7 +73,7 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     write_inputs(paths, &work)?;
 
     let mut results = Vec::new();
-    let mut servers: Vec<(&str, fn(&Paths, &Path) -> Result<Server>)> = vec![
+    let mut servers: Vec<(&str, StartServer)> = vec![
         ("imagegate", start_imagegate),
         ("flask+gunicorn (2 workers)", start_flask),
     ];
@@ -645,6 +645,9 @@ fn free_port() -> Result<u16> {
 fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
     start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])
 }
+
+/// Starts one of the compared servers.
+type StartServer = fn(&Paths, &Path) -> Result<Server>;
 
 /// The server name of the baseline build in rows and figures.
 const BASELINE: &str = "imagegate (baseline build)";
