@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::synthetic;
 use imagegate_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use imagegate_testkit::{
     ca::Ca,
@@ -26,6 +27,9 @@ use imagegate_webhook::ledger::{Approval, Ledger};
 use serde_json::json;
 use tonic::transport::Channel;
 
+#[path = "common/mod.rs"]
+mod common;
+
 const PREFILL: usize = 20_000;
 const ADMISSIONS: usize = 100;
 
@@ -35,33 +39,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn synthetic(n: usize) -> Approval {
-    let digest = imagegate_proto::digest::Digest::parse(&format!(
-        "sha256:{:064x}",
-        (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    ))
-    .expect("a digest");
-    Approval {
-        digest: digest.clone(),
-        children: Vec::new(),
-        verified: true,
-        break_glass: false,
-        expires_at_ms: None,
-        reference: format!("registry.bench/app:{n}"),
-        namespace: "bench".into(),
-        kind: Some("Pod".into()),
-        name: Some(format!("pod-{n}")),
-        user: None,
-        rule: "bench".into(),
-        api: imagegate_webhook::review::Api::AdmissionReview,
-        // Now: the webhook drops approvals older than its retention.
-        origin: imagegate_webhook::ledger::Origin::Admission,
-        admitted_at_ms: imagegate_plumbing::clock::now_ms(),
-        generation: 0,
-        signers: Vec::new(),
-    }
 }
 
 struct Agent {

@@ -35,6 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::synthetic;
 use imagegate_proto::v1::{
     self as pb,
     agent_service_server::{AgentService, AgentServiceServer},
@@ -52,6 +53,9 @@ use tonic::{
     Request, Response, Status,
     transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig},
 };
+
+#[path = "common/mod.rs"]
+mod common;
 
 const PREFILL: usize = 100_000;
 const STEADY: usize = 100;
@@ -79,33 +83,6 @@ fn summary(mut values: Vec<f64>) -> Value {
         "p99": percentile(&values, 99.0),
         "max": values.last().copied().unwrap_or(f64::NAN),
     })
-}
-
-fn synthetic(n: usize) -> Approval {
-    let digest = imagegate_proto::digest::Digest::parse(&format!(
-        "sha256:{:064x}",
-        (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    ))
-    .expect("a digest");
-    Approval {
-        digest,
-        children: Vec::new(),
-        verified: true,
-        break_glass: false,
-        expires_at_ms: None,
-        reference: format!("registry.bench/app:{n}"),
-        namespace: "bench".into(),
-        kind: Some("Pod".into()),
-        name: Some(format!("pod-{n}")),
-        user: None,
-        rule: "bench".into(),
-        api: imagegate_webhook::review::Api::AdmissionReview,
-        origin: imagegate_webhook::ledger::Origin::Admission,
-        // Now: the webhook drops approvals older than its retention.
-        admitted_at_ms: imagegate_plumbing::clock::now_ms(),
-        generation: 0,
-        signers: Vec::new(),
-    }
 }
 
 /// What every agent of a run shares: which digests the bench waits for,

@@ -550,17 +550,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(expire_ledger(ledger, stop_rx.clone()));
     }
     if let Some(listen) = args.feed_listen {
-        let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
-            ledger.clone(),
-            args.agent_ca.clone(),
-            args.agent_client_cert.clone(),
-            args.agent_client_key.clone(),
-        ) else {
-            bail!(
-                "the approval feed needs --ledger (what is sent), --agent-ca, \
-                 --agent-client-cert and --agent-client-key (mTLS)"
-            );
-        };
+        let (ledger, PushIdentity { ca, cert, key }) =
+            push_identity(&args, ledger.as_ref(), "the approval feed")?;
         let address = push::feed::serve_apart(
             push::feed::FeedConfig {
                 listen,
@@ -577,17 +568,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         info!(listen = %address, "approval feed: node agents follow approvals here");
     }
     if !args.agents.is_empty() || args.agent_service.is_some() {
-        let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
-            ledger.clone(),
-            args.agent_ca.clone(),
-            args.agent_client_cert.clone(),
-            args.agent_client_key.clone(),
-        ) else {
-            bail!(
-                "pushing to agents needs --ledger (what is pushed), --agent-ca, \
-                 --agent-client-cert and --agent-client-key (mTLS)"
-            );
-        };
+        let (ledger, PushIdentity { ca, cert, key }) =
+            push_identity(&args, ledger.as_ref(), "pushing to agents")?;
         let pusher = Arc::new(Pusher {
             config: PushConfig {
                 agents: args.agents.clone(),
@@ -699,6 +681,41 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// Drops approvals past their retention, every few minutes.
+/// The files of this webhook's push identity, for the feed and for dialing.
+struct PushIdentity {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// What the feed and the dial path both need: the ledger they send, and
+/// the mTLS files; `what` names the one asking, for the error.
+fn push_identity(
+    args: &ServeArgs,
+    ledger: Option<&Arc<Ledger>>,
+    what: &str,
+) -> Result<(Arc<Ledger>, PushIdentity)> {
+    let (Some(ledger), Some(ca), Some(cert), Some(key)) = (
+        ledger,
+        &args.agent_ca,
+        &args.agent_client_cert,
+        &args.agent_client_key,
+    ) else {
+        bail!(
+            "{what} needs --ledger (what is sent), --agent-ca, --agent-client-cert and \
+             --agent-client-key (mTLS)"
+        );
+    };
+    Ok((
+        ledger.clone(),
+        PushIdentity {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+    ))
+}
+
 async fn expire_ledger(ledger: Arc<Ledger>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     loop {
