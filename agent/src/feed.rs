@@ -21,6 +21,10 @@ use tracing::{debug, info, warn};
 use crate::{api::service::take_approvals, engine, metrics::Metrics, store::Store};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting, the TLS and HTTP/2 handshakes and the call's answer: a
+/// replica that accepts connections but answers nothing (overloaded, or
+/// stopped mid-way) is left and tried again, not waited on for ever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -119,16 +123,21 @@ async fn stream(
     backoff: &mut Duration,
 ) -> Result<(), FollowError> {
     let config = &follower.config;
-    let mut client = ApprovalFeedClient::new(connect(address, config).await?)
-        .max_decoding_message_size(imagegate_proto::MAX_MESSAGE_BYTES);
     let mut held = held(follower)?;
-    let mut batches = client
-        .follow(pb::FollowRequest {
-            node: config.node.clone(),
-            held: held.clone(),
-        })
+    let open = async {
+        let mut client = ApprovalFeedClient::new(connect(address, config).await?)
+            .max_decoding_message_size(imagegate_proto::MAX_MESSAGE_BYTES);
+        client
+            .follow(pb::FollowRequest {
+                node: config.node.clone(),
+                held: held.clone(),
+            })
+            .await
+            .map_err(|s| FollowError::Rpc(Box::new(s)))
+    };
+    let mut batches = tokio::time::timeout(OPEN_TIMEOUT, open)
         .await
-        .map_err(|s| FollowError::Rpc(Box::new(s)))?
+        .map_err(|_| FollowError::Connect(format!("no answer within {OPEN_TIMEOUT:?}")))??
         .into_inner();
     info!(webhook = %address, "following the approval feed");
     while let Some(batch) = batches

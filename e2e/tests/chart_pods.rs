@@ -16,6 +16,10 @@ use serde_json::Value;
 const SERVICE: &str = "imagegate.v1.AgentService";
 const READY: Duration = Duration::from_secs(60);
 const VERDICT: Duration = Duration::from_secs(30);
+/// The agent resolves the feed's Service every 2 s until it finds a
+/// replica, then opens a stream to each (an open that hangs is given up
+/// after 15 s and retried): settling can take two such rounds.
+const SETTLE: Duration = Duration::from_secs(60);
 
 fn require_root() {
     imagegate_testkit::require_root("these tests run pods through containerd and load eBPF");
@@ -61,8 +65,11 @@ fn identified_violations(api: &Target) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_enforcement(api: &Target, state: &str) -> Value {
-    let deadline = Instant::now() + VERDICT;
+/// Waits for the agent's enforcement state; on failure shows what the
+/// agent and the webhooks logged, the only account of a feed that never
+/// delivered.
+async fn wait_enforcement(api: &Target, state: &str, logs: impl Fn() -> String) -> Value {
+    let deadline = Instant::now() + SETTLE;
     loop {
         let status = call(api, "GetStatus", "{}");
         if status["enforcement"]["state"] == state {
@@ -70,8 +77,8 @@ async fn wait_enforcement(api: &Target, state: &str) -> Value {
         }
         assert!(
             Instant::now() < deadline,
-            "enforcement never {state}: {}",
-            status["enforcement"]
+            "enforcement never {state}: {status}\n{}",
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -186,7 +193,20 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
         .set(FEED_SERVICE, webhooks.iter().map(|w| w.ip).collect());
 
     // The rebuilt set arrives over the replicas' feeds: settled.
-    let status = wait_enforcement(&api, "STATE_ENFORCING").await;
+    let logs = || {
+        std::iter::once(("agent", &agent, "agent"))
+            .chain(webhooks.iter().map(|w| ("webhook", w, "webhook")))
+            .map(|(what, pod, container)| {
+                format!(
+                    "--- {what} {} log:\n{}",
+                    pod.ip,
+                    kubelet.logs(pod, pod.container(container))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let status = wait_enforcement(&api, "STATE_ENFORCING", logs).await;
     assert!(
         status["enforcement"]["reason"]
             .as_str()

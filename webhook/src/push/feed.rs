@@ -156,10 +156,14 @@ pub async fn serve(
         // Keepalive pings (below) keep live streams moving.
         idle: Duration::from_secs(60),
     };
+    // Agents that connect meanwhile wait in the listen backlog.
+    let Some(live) = tail::start(ledger.clone(), stop.clone()).await else {
+        return Ok(local);
+    };
     let incoming = mtls::incoming(tls, listener, bounds);
     let feed = Feed {
         shared: Arc::new(Shared {
-            live: tail::spawn(ledger.clone(), stop.clone()),
+            live,
             ledger,
             catch_ups: Semaphore::new(CATCH_UPS_AT_ONCE),
             metrics,

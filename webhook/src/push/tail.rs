@@ -22,67 +22,97 @@ const RETRY: Duration = Duration::from_secs(1);
 
 pub type Live = broadcast::Sender<Arc<pb::ApprovalBatch>>;
 
-/// The live batches' sender; the tail runs until `stop` turns true.
-pub fn spawn(ledger: Arc<Ledger>, stop: watch::Receiver<bool>) -> Live {
-    let (live, _) = broadcast::channel(LIVE_BATCHES);
-    tokio::spawn(run(ledger, live.clone(), stop));
-    live
-}
-
-async fn run(ledger: Arc<Ledger>, live: Live, mut stop: watch::Receiver<bool>) {
-    let mut changes = ledger.subscribe();
-    // Streams start by catching up from the ledger; the tail carries what
-    // is written from now on.
-    let (mut last, mut told_cluster_set) = loop {
+/// The live batches' sender, once the tail knows where the ledger stands;
+/// the tail then runs until `stop` turns true. `None` if `stop` turned true
+/// first.
+///
+/// The feed serves no stream before this returns: a stream caught up
+/// before the tail's first read would miss what was written between the
+/// two, as the tail carries only what follows its first read.
+pub async fn start(ledger: Arc<Ledger>, mut stop: watch::Receiver<bool>) -> Option<Live> {
+    let changes = ledger.subscribe();
+    let (last, told_cluster_set) = loop {
         match read(&ledger, None).await {
             Ok((_, generation, cluster_set)) => break (generation, cluster_set),
             Err(e) => {
                 warn!(error = %e, "approval feed: cannot read the ledger; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.wait_for(|s| *s) => return None,
                 }
             }
         }
     };
-    loop {
-        changes.borrow_and_update();
-        match read(&ledger, Some(last)).await {
-            Ok((records, _, cluster_set)) if records.is_empty() => {
-                if cluster_set.is_some() && cluster_set != told_cluster_set {
-                    // No new record, but the cluster set is now complete.
+    let (live, _) = broadcast::channel(LIVE_BATCHES);
+    let tail = Tail {
+        ledger,
+        live: live.clone(),
+        changes,
+        last,
+        told_cluster_set,
+    };
+    tokio::spawn(tail.run(stop));
+    Some(live)
+}
+
+struct Tail {
+    ledger: Arc<Ledger>,
+    live: Live,
+    changes: watch::Receiver<u64>,
+    /// The generation up to which every write was sent (or preceded the
+    /// tail: streams catch up on that from the ledger).
+    last: u64,
+    told_cluster_set: Option<u64>,
+}
+
+impl Tail {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Tail {
+            ledger,
+            live,
+            mut changes,
+            mut last,
+            mut told_cluster_set,
+        } = self;
+        loop {
+            changes.borrow_and_update();
+            match read(&ledger, Some(last)).await {
+                Ok((records, _, cluster_set)) if records.is_empty() => {
+                    if cluster_set.is_some() && cluster_set != told_cluster_set {
+                        // No new record, but the cluster set is now complete.
+                        let _ = live.send(Arc::new(message(
+                            &ledger,
+                            Vec::new(),
+                            last,
+                            last,
+                            cluster_set,
+                        )));
+                        told_cluster_set = cluster_set;
+                    }
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+                Ok((records, _, cluster_set)) => {
+                    let (approvals, upto) = batch(&records, BatchLimits::FEED);
+                    // No receiver is no error: no agent follows right now.
                     let _ = live.send(Arc::new(message(
                         &ledger,
-                        Vec::new(),
+                        approvals,
                         last,
-                        last,
+                        upto,
                         cluster_set,
                     )));
+                    last = upto;
                     told_cluster_set = cluster_set;
                 }
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-            Ok((records, _, cluster_set)) => {
-                let (approvals, upto) = batch(&records, BatchLimits::FEED);
-                // No receiver is no error: no agent follows right now.
-                let _ = live.send(Arc::new(message(
-                    &ledger,
-                    approvals,
-                    last,
-                    upto,
-                    cluster_set,
-                )));
-                last = upto;
-                told_cluster_set = cluster_set;
-            }
-            Err(e) => {
-                warn!(error = %e, "approval feed: cannot read the ledger; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                Err(e) => {
+                    warn!(error = %e, "approval feed: cannot read the ledger; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
                 }
             }
         }
