@@ -26,7 +26,7 @@ use imagegate_agent::{
     exec_event::Exec,
     feed,
     kernel_offsets::VMLINUX_BTF,
-    metrics::Metrics,
+    metrics::{CertificateLabels, Metrics},
     model::Mode,
     probe::{LsmStatus, Probe, ProbeEvent, ProbeOptions},
     requirements::{self, Environment, KernelVersion},
@@ -36,6 +36,7 @@ use imagegate_agent::{
     store::{Retention, Store},
     verdict::Exemptions,
 };
+use imagegate_plumbing::expiry::Watched;
 use imagegate_plumbing::grpc::mtls::TlsFiles;
 use imagegate_plumbing::process::LogFormat;
 use tokio::sync::Notify;
@@ -437,6 +438,26 @@ async fn run(args: RunArgs) -> Result<()> {
         )),
         _ => None,
     };
+    let certificates: Vec<Watched> = [
+        ("grpc", &args.grpc_tls_cert),
+        ("client-ca", &args.grpc_client_ca),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| path.clone().map(|path| Watched { name, path }))
+    .collect();
+    if !certificates.is_empty() {
+        let metrics = metrics.clone();
+        tokio::spawn(imagegate_plumbing::expiry::watch(
+            certificates,
+            stop_rx.clone(),
+            move |certificate, not_after| {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&CertificateLabels { certificate })
+                    .set(not_after);
+            },
+        ));
+    }
     if tls.is_none() && args.grpc_plaintext_address.is_none() {
         warn!("no gRPC listener (--grpc-address, --grpc-plaintext-address)");
     }

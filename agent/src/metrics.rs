@@ -17,6 +17,16 @@ pub struct EventLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LedgerLabels {
+    pub ledger: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Events read from the ring buffers, by kind (`exec`, `cgroup`).
@@ -50,6 +60,12 @@ pub struct Metrics {
     pub identifications_waiting: Gauge,
     /// Scans of the runtime's running containers after dropped events.
     pub rescans: Counter,
+    /// Per certificate file (grpc, client-ca), when its earliest
+    /// certificate expires.
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// Per webhook ledger, the generation this agent holds: the webhook's
+    /// `ledger_generation` minus this is how far behind it is.
+    pub held_generation: Family<LedgerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -79,6 +95,23 @@ impl Metrics {
             "Verdicts reached on containers",
             verdicts.clone(),
         );
+        // Every verdict's series from the start, at 0: Prometheus's
+        // increase() sees the first never-admitted container as a change
+        // from 0, where a series born at 1 would show no increase at all.
+        {
+            use crate::model::ContainerVerdict as V;
+            for verdict in [
+                V::Admitted,
+                V::NeverAdmitted,
+                V::Exempt,
+                V::Unknown,
+                V::Pending,
+            ] {
+                let _ = verdicts.get_or_create(&VerdictLabels {
+                    verdict: verdict.as_str(),
+                });
+            }
+        }
         // 100 us to ~1.6 s, doubling.
         let identification_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15),
@@ -151,6 +184,18 @@ impl Metrics {
             "Scans of the runtime's running containers after events were dropped",
             rescans.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the earliest certificate of each certificate file expires (Unix seconds)",
+            certificate_expiry.clone(),
+        );
+        let held_generation = Family::<LedgerLabels, Gauge>::default();
+        registry.register(
+            "held_generation",
+            "The generation of each webhook ledger the agent holds approvals up to",
+            held_generation.clone(),
+        );
         Self {
             registry,
             events,
@@ -168,6 +213,8 @@ impl Metrics {
             identifications_dropped,
             identifications_waiting,
             rescans,
+            certificate_expiry,
+            held_generation,
         }
     }
 

@@ -298,6 +298,23 @@ impl Node {
     /// POSTs an AdmissionReview for a Pod with `image` to a webhook pod's
     /// `/validate`, as the apiserver does through the Service; the answer's
     /// `response`.
+    /// `GET /metrics` from a webhook pod, over HTTPS as a ServiceMonitor
+    /// scrapes it (the serving CA, the Service's name).
+    pub async fn webhook_metrics(&self, webhook: &RunningPod) -> Result<String> {
+        let ca = std::fs::read_to_string(self.certs.join("ca.crt"))?;
+        let (status, bytes) = imagegate_testkit::https::get_from(
+            SocketAddr::new(IpAddr::V4(webhook.ip), 8443),
+            WEBHOOK_SERVICE,
+            "/metrics",
+            &ca,
+        )
+        .await;
+        if status != 200 {
+            bail!("/metrics: HTTP {status}");
+        }
+        Ok(String::from_utf8(bytes)?)
+    }
+
     pub async fn admit(&self, webhook: &RunningPod, name: &str, image: &str) -> Result<Value> {
         let mut review = crate::fixture("admissionreview-3.json")?;
         let request = &mut review["request"];

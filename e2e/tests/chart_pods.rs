@@ -84,6 +84,71 @@ async fn wait_enforcement(api: &Target, state: &str, logs: impl Fn() -> String) 
     }
 }
 
+/// The metric families deploy/'s alert rules and dashboard query (sample
+/// suffixes taken off: `_total`, `_bucket`...).
+fn monitored_metrics() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut text = String::new();
+    for file in ["alerts.yaml", "dashboard.json"] {
+        text +=
+            &std::fs::read_to_string(root.join("deploy/helm/imagegate/files").join(file)).unwrap();
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (at, _) in text.match_indices("imagegate_") {
+        let name: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        // `imagegate_(webhook|agent)_certificate_expiry...`: a regex, both.
+        if name == "imagegate_" {
+            for component in ["webhook", "agent"] {
+                names.insert(format!(
+                    "imagegate_{component}_certificate_expiry_timestamp_seconds"
+                ));
+            }
+            continue;
+        }
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(family);
+    }
+    assert!(names.len() > 10, "{names:?}");
+    names
+}
+
+/// The first sample of the series starting with `prefix`.
+fn sample(exported: &str, prefix: &str) -> f64 {
+    exported
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix}... sample in {exported}"))
+}
+
+/// A certificate file's notAfter (Unix seconds), as openssl reads it.
+fn openssl_not_after(path: &std::path::Path) -> i64 {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(path)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let date = text.trim().strip_prefix("notAfter=").unwrap().to_string();
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &date, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `GET /metrics` on `ip:port`, as Prometheus scrapes a pod.
 async fn scrape(ip: std::net::Ipv4Addr, port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -262,6 +327,36 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
         .await
         .unwrap();
     wait_verdict(&api, &app.container("main").id, "VERDICT_ADMITTED").await;
+
+    // What Prometheus scrapes from the pods: every metric the chart's
+    // alerts and dashboard query is one they export. (The replica that
+    // decided: a family with no series yet is not exported.)
+    let exported =
+        scrape(agent.ip, 9464).await + &node.webhook_metrics(&webhooks[1]).await.unwrap();
+    for name in monitored_metrics() {
+        assert!(
+            exported.contains(&format!("# TYPE {name} ")),
+            "the alerts or the dashboard query {name}, which no pod exports; they export:\n{}",
+            exported
+                .lines()
+                .filter(|l| l.starts_with("# TYPE"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // The expiry gauges read the mounted files: the agent's certificate
+    // expires when openssl says it does.
+    let not_after = openssl_not_after(&node.certs.join("agent.crt"));
+    assert!(
+        exported.contains(&format!(
+            "imagegate_agent_certificate_expiry_timestamp_seconds{{certificate=\"grpc\"}} {not_after}\n"
+        )),
+        "{not_after}: {exported}"
+    );
+    // The webhook's ledger generation and the agent's held one meet.
+    let generation = sample(&exported, "imagegate_webhook_ledger_generation{");
+    let held = sample(&exported, "imagegate_agent_held_generation{");
+    assert!(generation > 0.0 && held > 0.0, "{generation} {held}");
 
     // Someone on the node bypasses admission: flagged and killed.
     node.containerd

@@ -2,6 +2,7 @@
 //!
 //! - [`clock`]: wall-clock milliseconds, the unit of stored timestamps;
 //! - [`errors`]: an error and its causes on one line;
+//! - [`expiry`]: when the certificates in a component's files expire;
 //! - [`files`]: noticing that files changed (policy, certificates,
 //!   approvals);
 //! - [`process`]: log set-up and the stop signal;
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod connections;
 pub mod discovery;
 pub mod errors;
+pub mod expiry;
 pub mod files;
 pub mod grpc;
 pub mod http;

@@ -31,6 +31,28 @@ pub async fn post_to(
     ca_pem: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    request(address, server_name, "POST", path, ca_pem, body).await
+}
+
+/// GETs `path` from `address`, as [`post_to`] posts (a scrape of
+/// `/metrics`, say).
+pub async fn get_from(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    path: &str,
+    ca_pem: &str,
+) -> (u16, Vec<u8>) {
+    request(address, server_name, "GET", path, ca_pem, &[]).await
+}
+
+async fn request(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    ca_pem: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -52,7 +74,7 @@ pub async fn post_to(
         .await
         .expect("TLS handshake with the webhook");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {server_name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes()).await.unwrap();

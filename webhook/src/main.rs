@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use imagegate_plumbing::expiry::Watched;
 use imagegate_plumbing::process::LogFormat;
 use imagegate_plumbing::tls::{ClientCerts, ReloadingTls, Settings as TlsSettings, TlsFiles};
 use imagegate_webhook::{
@@ -24,7 +25,7 @@ use imagegate_webhook::{
         client_auth::{self, Required},
         limits::{self, Budgets, Limits},
         listener,
-        metrics::Metrics,
+        metrics::{CertificateLabels, LedgerLabels, Metrics},
     },
 };
 use tokio::sync::watch;
@@ -454,6 +455,50 @@ fn run_check(args: CheckArgs) -> u8 {
     }
 }
 
+/// The certificate files whose expiry the webhook exports.
+fn certificate_files(args: &ServeArgs) -> Vec<Watched> {
+    let named = [
+        ("serving", Some(&args.cert)),
+        ("client-ca", args.client_ca.as_ref()),
+        ("push-identity", args.agent_client_cert.as_ref()),
+        ("agent-ca", args.agent_ca.as_ref()),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(name, path)| {
+            path.map(|path| Watched {
+                name,
+                path: path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Keeps the ledger's generation gauge at the ledger's last write.
+async fn export_generation(
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A handle of its own: the family's guard may not be held across an
+    // await.
+    let gauge = metrics
+        .ledger_generation
+        .get_or_create(&LedgerLabels {
+            ledger: ledger.id().to_string(),
+        })
+        .clone();
+    let mut changes = ledger.subscribe();
+    loop {
+        let generation = *changes.borrow_and_update();
+        gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 #[tokio::main]
 async fn serve(args: ServeArgs) -> Result<()> {
     // Every task spawned below stops when this turns true (at SIGTERM).
@@ -484,6 +529,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let push_metrics = push::PushMetrics::register(metrics.registry());
     let policy_metrics = PolicyMetrics::register(metrics.registry());
     let metrics = Arc::new(metrics);
+    tokio::spawn(imagegate_plumbing::expiry::watch(
+        certificate_files(&args),
+        stop_rx.clone(),
+        {
+            let metrics = metrics.clone();
+            move |certificate, not_after| {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&CertificateLabels { certificate })
+                    .set(not_after);
+            }
+        },
+    ));
     let (policy, policy_seen) = PolicyStore::load(
         args.policy.clone(),
         args.exempt_namespaces.clone(),
@@ -547,7 +605,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     if let Some(ledger) = ledger.clone() {
-        tokio::spawn(expire_ledger(ledger, stop_rx.clone()));
+        tokio::spawn(expire_ledger(ledger.clone(), stop_rx.clone()));
+        tokio::spawn(export_generation(ledger, metrics.clone(), stop_rx.clone()));
     }
     if let Some(listen) = args.feed_listen {
         let (ledger, PushIdentity { ca, cert, key }) =

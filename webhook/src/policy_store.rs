@@ -41,6 +41,11 @@ impl PolicyMetrics {
             "1 while a valid policy is loaded",
             metrics.loaded.clone(),
         );
+        // At 0 from the start, so the first failure is an increase() an
+        // alert sees.
+        let _ = metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "failure" });
         metrics
     }
 

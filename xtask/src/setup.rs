@@ -100,6 +100,7 @@ pub fn run(paths: &Paths) -> Result<()> {
     install_grpcurl(paths)?;
     install_helm(paths)?;
     install_go_reference(paths)?;
+    install_promtool(paths)?;
     install_sigstore_signer(paths)?;
     install_sigstore_python(paths)?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", |m| {
@@ -351,6 +352,45 @@ fn install_go_reference(paths: &Paths) -> Result<()> {
         marker.is_file() && digest.is_file(),
         "the unpacked packages lack distribution/reference or go-digest"
     );
+    Ok(())
+}
+
+/// Debian's promtool (package prometheus), unpacked into `.tools/bin`
+/// rather than installed: installing the package would also set up a
+/// Prometheus server as a service. The alert rules' unit tests run it.
+fn install_promtool(paths: &Paths) -> Result<()> {
+    let promtool = paths.tools.join("bin/promtool");
+    if Command::new(&promtool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("setup: promtool present");
+        return Ok(());
+    }
+    println!(
+        "setup: unpacking Debian's promtool into {}",
+        promtool.display()
+    );
+    let work = paths.tools.join("debs-prometheus");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    cmd::run(
+        Command::new("apt-get")
+            .current_dir(&work)
+            .args(["download", "prometheus"]),
+    )
+    .context("apt-get download prometheus (needs Debian's mirrors)")?;
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = work.join("unpacked");
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    std::fs::create_dir_all(paths.tools.join("bin"))?;
+    std::fs::copy(unpacked.join("usr/bin/promtool"), &promtool)
+        .context("the prometheus package has no usr/bin/promtool")?;
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 

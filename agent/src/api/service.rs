@@ -138,6 +138,7 @@ pub async fn take_approvals(
             "approvals refused; the others are kept"
         );
     }
+    let ledger = source.ledger.clone();
     let received = writer
         .push(engine::writer::Push {
             source,
@@ -148,6 +149,10 @@ pub async fn take_approvals(
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
+    metrics
+        .held_generation
+        .get_or_create(&crate::metrics::LedgerLabels { ledger })
+        .set(i64::try_from(received.generation).unwrap_or(i64::MAX));
     Ok((received.added as u32, received.generation, checked.rejected))
 }
 

@@ -4,6 +4,8 @@
 //! generated from them; unknown fields are errors, as with `kubectl
 //! apply --validate=strict`). No cluster is needed.
 
+pub mod crd;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -87,8 +89,9 @@ fn strict<T: DeserializeOwned>(object: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Validates one object against its kind's schema. Kinds outside the core
-/// API (cert-manager's) are checked for the fields every object has.
+/// Validates one object against its kind's schema: the core API's types,
+/// the Prometheus Operator's CRDs (vendored); cert-manager's kinds are
+/// checked for the fields every object has.
 pub fn validate(object: &Value) -> Result<()> {
     let object = &go_base64(object);
     use k8s_openapi::api::{
@@ -124,11 +127,35 @@ pub fn validate(object: &Value) -> Result<()> {
                 Ok(())
             }
         }
+        ("monitoring.coreos.com/v1", "ServiceMonitor" | "PodMonitor" | "PrometheusRule") => {
+            against_crd(object)
+        }
         _ => Err(anyhow::anyhow!(
             "no schema known for this kind: add it here"
         )),
     };
     result.with_context(|| format!("{api_version} {kind} {name:?}"))
+}
+
+/// Checks an object against the vendored CRD (deploy/check/schemas) that
+/// defines its kind.
+fn against_crd(object: &Value) -> Result<()> {
+    let dir = root().join("deploy/check/schemas");
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let crd = crd::Crd::load(&path)?;
+        if crd.defines(object) {
+            let violations = crd.violations(object)?;
+            if violations.is_empty() {
+                return Ok(());
+            }
+            bail!("against {}:\n  {}", path.display(), violations.join("\n  "));
+        }
+    }
+    bail!("no CRD in {} defines this kind", dir.display())
 }
 
 /// Kubernetes decodes base64 fields with Go's decoder, which skips line

@@ -157,6 +157,11 @@ impl ResolverMetrics {
             "Registry lookups by outcome (resolved, timeout, unauthorized, not_found, mismatch, error)",
             lookups.clone(),
         );
+        // The outcomes of an unreachable registry, at 0 from the start: the
+        // first failure is then an increase() an alert sees.
+        for outcome in ["timeout", "error"] {
+            let _ = lookups.get_or_create(&OutcomeLabels { outcome });
+        }
         let cache_hits = Counter::default();
         registry.register(
             "resolution_cache_hits",

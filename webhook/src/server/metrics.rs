@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -31,6 +31,16 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LedgerLabels {
+    pub ledger: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// One per image decided, by API, verdict and rule.
@@ -38,6 +48,12 @@ pub struct Metrics {
     pub request_seconds: Family<EndpointLabels, Histogram>,
     pub responses: Family<ResponseLabels, Counter>,
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    /// Per certificate file (serving, push-identity, and the CAs), when its
+    /// earliest certificate expires.
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// The ledger's generation: agents' held generation of the same ledger
+    /// subtracted from it is how far behind they are.
+    pub ledger_generation: Family<LedgerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -55,6 +71,15 @@ impl Metrics {
             "Image decisions by API, verdict and the rule that decided",
             decisions.clone(),
         );
+        // Denials for want of a digest, at 0 from the start: the first is
+        // then an increase() the registry alert sees.
+        for api in ["ImageReview", "AdmissionReview"] {
+            let _ = decisions.get_or_create(&DecisionLabels {
+                api,
+                verdict: "denied",
+                rule: crate::policy::decide::RULE_RESOLUTION.to_string(),
+            });
+        }
         // 25 µs to about 6.5 s: decisions without a registry lookup sit at
         // the low end, lookups in the middle.
         let request_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
@@ -79,12 +104,26 @@ impl Metrics {
             "Serving certificate reloads by result (success, failure)",
             certificate_reloads.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the earliest certificate of each certificate file expires (Unix seconds)",
+            certificate_expiry.clone(),
+        );
+        let ledger_generation = Family::<LedgerLabels, Gauge>::default();
+        registry.register(
+            "ledger_generation",
+            "The generation of the ledger's last write, by ledger id",
+            ledger_generation.clone(),
+        );
         Self {
             registry,
             decisions,
             request_seconds,
             responses,
             certificate_reloads,
+            certificate_expiry,
+            ledger_generation,
         }
     }
 
