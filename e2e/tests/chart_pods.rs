@@ -149,6 +149,48 @@ fn openssl_not_after(path: &std::path::Path) -> i64 {
         .unwrap()
 }
 
+/// The reporter Lease's holder, once it is someone other than `not`.
+async fn wait_lease_holder(node: &Node, not: Option<&str>) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let holder = node
+            .apiserver
+            .objects("Lease")
+            .iter()
+            .find(|l| l["metadata"]["name"] == "imagegate-reporter")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty() && Some(h.as_str()) != not);
+        if let Some(holder) = holder {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reporter Lease holder (other than {not:?}): {:?}",
+            node.apiserver.objects("Lease")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Event with `reason` on pod `pod`, once written.
+async fn wait_event(node: &Node, pod: &str, reason: &str) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let events = node.apiserver.objects("Event");
+        if let Some(event) = events
+            .iter()
+            .find(|e| e["involvedObject"]["name"] == pod && e["reason"] == reason)
+        {
+            return event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event on {pod}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `GET /metrics` on `ip:port`, as Prometheus scrapes a pod.
 async fn scrape(ip: std::net::Ipv4Addr, port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -396,6 +438,62 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
             .any(|v| v["container"] == "default/miner" && v["enforced"] == true),
         "{violations}"
     );
+    // What `kubectl describe pod` shows: the Lease holder among the
+    // replicas wrote a Warning Event on the pod that ran unadmitted, read
+    // from the agent's API at the address it follows the feed from. The
+    // miner is no pod: it has none.
+    let leader = wait_lease_holder(&node, None).await;
+    assert!(
+        webhooks.iter().any(|w| w.object.name == leader),
+        "{leader} is not a replica"
+    );
+    let event = wait_event(&node, &legacy.object.name, "NeverAdmitted").await;
+    assert_eq!(
+        event["involvedObject"]["uid"],
+        legacy.uid.as_str(),
+        "{event}"
+    );
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains(&node.images.legacy.digest),
+        "{event}"
+    );
+    assert!(
+        node.apiserver.refused().is_empty(),
+        "{:?}",
+        node.apiserver.refused()
+    );
+
+    // The leader goes (a rolling update): it releases the Lease, the other
+    // replica takes over at once and reports what happens next: a pod
+    // whose image was never admitted, stopped in enforce mode.
+    let (gone, staying): (Vec<_>, Vec<_>) = webhooks.iter().partition(|w| w.object.name == leader);
+    kubelet
+        .remove_container(&gone[0].container("webhook").id)
+        .await;
+    let next = wait_lease_holder(&node, Some(&leader)).await;
+    assert_eq!(next, staying[0].object.name);
+    let intruder = kubelet
+        .run(
+            &node.workload("shop", "intruder", &node.images.miner),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let event = wait_event(&node, &intruder.object.name, "Killed").await;
+    assert!(
+        event["message"].as_str().unwrap().contains("enforce mode"),
+        "{event}"
+    );
+    assert!(
+        node.apiserver.refused().is_empty(),
+        "{:?}",
+        node.apiserver.refused()
+    );
+
     let filed = identified_violations(&api);
 
     // The agent's container restarts (a rolling update): its state stays,

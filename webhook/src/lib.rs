@@ -32,6 +32,7 @@ pub mod policy_store;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod report;
 pub mod resolve;
 pub mod review;
 pub mod server;

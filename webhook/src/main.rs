@@ -17,9 +17,9 @@ use imagegate_webhook::{
     ledger::Ledger,
     policy::Policy,
     policy_store::{PolicyMetrics, PolicyStore},
-    push::{self, PushConfig, Pusher},
+    push::{self, PushConfig, Pusher, followers::Followers},
     registry::Credentials,
-    resolve,
+    report, resolve,
     server::{
         self, AppState,
         client_auth::{self, Required},
@@ -222,6 +222,30 @@ struct ServeArgs {
     /// A kubeconfig to reach the apiserver with, outside a cluster.
     #[arg(long, env = "IMAGEGATE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Write a Warning Event on the pod for each violation the agents file
+    /// (NeverAdmitted, Killed, ImageUnidentified). One replica writes: the
+    /// holder of the Lease --report-lease in --report-namespace. Needs
+    /// --feed-listen (agents are read where they follow from) and `create`,
+    /// `get`, `patch` on events and `get`, `create`, `update` on leases.
+    #[arg(long, env = "IMAGEGATE_REPORT_EVENTS", default_value = "off")]
+    report_events: OnOff,
+    /// The namespace of the reporter's Lease (the webhook's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "imagegate")]
+    report_namespace: String,
+    #[arg(
+        long,
+        env = "IMAGEGATE_REPORT_LEASE",
+        default_value = "imagegate-reporter"
+    )]
+    report_lease: String,
+    /// This replica's name in the Lease (its pod name; the host name if
+    /// unset).
+    #[arg(long, env = "POD_NAME")]
+    report_identity: Option<String>,
+    /// The port of the agents' mTLS API, where the reporter reads their
+    /// violations.
+    #[arg(long, env = "IMAGEGATE_AGENT_API_PORT", default_value_t = 50051)]
+    agent_api_port: u16,
     /// Policy file (YAML); reloaded when it changes.
     #[arg(long, env = "IMAGEGATE_POLICY")]
     policy: PathBuf,
@@ -528,6 +552,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let push_metrics = push::PushMetrics::register(metrics.registry());
     let policy_metrics = PolicyMetrics::register(metrics.registry());
+    let report_metrics = report::ReportMetrics::register(metrics.registry());
     let metrics = Arc::new(metrics);
     tokio::spawn(imagegate_plumbing::expiry::watch(
         certificate_files(&args),
@@ -608,6 +633,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(expire_ledger(ledger.clone(), stop_rx.clone()));
         tokio::spawn(export_generation(ledger, metrics.clone(), stop_rx.clone()));
     }
+    let followers = Followers::default();
     if let Some(listen) = args.feed_listen {
         let (ledger, PushIdentity { ca, cert, key }) =
             push_identity(&args, ledger.as_ref(), "the approval feed")?;
@@ -618,6 +644,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 key,
                 client_ca: ca,
                 max_connections: args.feed_max_connections,
+                followers: followers.clone(),
             },
             ledger,
             push_metrics.clone(),
@@ -648,6 +675,51 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "pushing approvals to node agents"
         );
         tokio::spawn(push::discover(pusher, stop_rx.clone()));
+    }
+    if args.report_events == OnOff::On {
+        if args.feed_listen.is_none() {
+            bail!(
+                "--report-events on needs --feed-listen: the reporter reads the agents that follow \
+                 the approval feed"
+            );
+        }
+        let (_, PushIdentity { ca, cert, key }) =
+            push_identity(&args, ledger.as_ref(), "reporting violations")?;
+        let apiserver = Apiserver::connect(args.kubeconfig.as_deref())
+            .await
+            .context("--report-events on: reaching the apiserver")?;
+        let identity = match &args.report_identity {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .context("--report-identity (POD_NAME) is unset and the host name unreadable")?,
+        };
+        info!(lease = %args.report_lease, namespace = %args.report_namespace, %identity, "violations become Events on their pods, written by the Lease holder");
+        tokio::spawn(report::run(
+            report::Reporter {
+                client: apiserver.client(),
+                lease: report::lease::LeaseConfig {
+                    namespace: args.report_namespace.clone(),
+                    name: args.report_lease.clone(),
+                    identity,
+                    duration: Duration::from_secs(15),
+                    renew_every: Duration::from_secs(5),
+                    retry_every: Duration::from_secs(2),
+                },
+                intake: report::intake::IntakeConfig {
+                    agent_port: args.agent_api_port,
+                    ca,
+                    cert,
+                    key,
+                    server_name: args.agent_server_name.clone(),
+                    poll_every: Duration::from_secs(30),
+                    backfill: Duration::from_secs(3600),
+                },
+                followers: followers.clone(),
+                metrics: report_metrics,
+            },
+            stop_rx.clone(),
+        ));
     }
     match (&ledger, args.adopt_running_pods) {
         (Some(ledger), OnOff::On) => match Apiserver::connect(args.kubeconfig.as_deref()).await {

@@ -11,6 +11,7 @@ use imagegate_webhook::{
     push::{
         PushMetrics,
         feed::{self, FeedConfig},
+        followers::Followers,
     },
     review::Api,
 };
@@ -42,6 +43,7 @@ struct Served {
     ca: Ca,
     address: std::net::SocketAddr,
     metrics: PushMetrics,
+    followers: Followers,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -69,6 +71,7 @@ async fn serve(prefill: u64) -> Served {
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = PushMetrics::default();
+    let followers = Followers::default();
     let address = feed::serve(
         FeedConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -76,6 +79,7 @@ async fn serve(prefill: u64) -> Served {
             key,
             client_ca: ca_path,
             max_connections: 16,
+            followers: followers.clone(),
         },
         ledger.clone(),
         metrics.clone(),
@@ -88,6 +92,7 @@ async fn serve(prefill: u64) -> Served {
         ca,
         address,
         metrics,
+        followers,
         _dir: dir,
         _stop: stop,
     }
@@ -185,6 +190,12 @@ async fn a_follower_gets_the_whole_ledger_then_each_write_in_order() {
     follower.read_until(&mut stream, 4_500).await;
     assert_eq!(follower.distinct(), 4_500);
     assert!(served.metrics.followers.get() == 1);
+    // The reporter finds the agent where it follows from.
+    let agents = served.followers.subscribe();
+    assert_eq!(
+        agents.borrow().get("test-node"),
+        Some(&std::net::IpAddr::from([127, 0, 0, 1]))
+    );
 
     // Each new write arrives over the open stream.
     served.ledger.record(&[approval(10_001)]).unwrap();

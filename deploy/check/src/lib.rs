@@ -114,6 +114,8 @@ pub fn validate(object: &Value) -> Result<()> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             strict::<rbac::ClusterRoleBinding>(object)
         }
+        ("rbac.authorization.k8s.io/v1", "Role") => strict::<rbac::Role>(object),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => strict::<rbac::RoleBinding>(object),
         ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
             strict::<admission::ValidatingWebhookConfiguration>(object)
         }

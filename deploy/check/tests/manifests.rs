@@ -364,23 +364,44 @@ fn one_exemption_list_drives_the_registration_the_webhook_and_the_agents() {
 }
 
 #[test]
-fn the_webhook_may_list_pods_and_nothing_else() {
+fn the_webhook_may_list_pods_write_events_and_hold_its_lease_and_nothing_else() {
     let objects = render(&[]);
     let role = find(&objects, "ClusterRole", "imagegate-webhook");
     assert_eq!(
         role["rules"],
-        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]}
+        ])
     );
     let binding = find(&objects, "ClusterRoleBinding", "imagegate-webhook");
     assert_eq!(binding["subjects"][0]["name"], "imagegate-webhook");
     assert_eq!(binding["subjects"][0]["namespace"], "imagegate");
-    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    // The Lease: in the release's namespace only, through a Role.
+    let lease_role = find(&objects, "Role", "imagegate-webhook-reporter");
+    assert_eq!(lease_role["metadata"]["namespace"], "imagegate");
     assert_eq!(
-        deployment["spec"]["template"]["spec"]["automountServiceAccountToken"],
-        true
+        lease_role["rules"],
+        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                            "verbs": ["get", "create", "update"]}])
     );
-    // Without the rebuild: no token, no role.
-    let objects = render(&["webhook.adoptRunningPods=false"]);
+    let lease_binding = find(&objects, "RoleBinding", "imagegate-webhook-reporter");
+    assert_eq!(lease_binding["subjects"][0]["name"], "imagegate-webhook");
+    let deployment = find(&objects, "Deployment", "imagegate-webhook");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    assert!(args.contains(&"--report-events=on".into()), "{args:?}");
+    // Without Events: no event rule, no Lease role.
+    let objects = render(&["webhook.violationEvents=false"]);
+    let role = find(&objects, "ClusterRole", "imagegate-webhook");
+    assert_eq!(role["rules"].as_array().unwrap().len(), 1);
+    assert!(!objects.iter().any(|o| o["kind"] == "Role"));
+    // Without the rebuild and Events: no token, no role.
+    let objects = render(&[
+        "webhook.adoptRunningPods=false",
+        "webhook.violationEvents=false",
+    ]);
     assert!(!objects.iter().any(|o| o["kind"] == "ClusterRole"));
     let deployment = find(&objects, "Deployment", "imagegate-webhook");
     assert_eq!(

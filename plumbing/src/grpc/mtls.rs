@@ -105,18 +105,21 @@ pub struct TlsConnection {
 pub struct TlsPeer {
     /// The client's leaf certificate (verified against the client CA).
     pub certificate: Option<CertificateDer<'static>>,
+    /// The address the client connected from.
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl Connected for TlsConnection {
     type ConnectInfo = TlsPeer;
 
     fn connect_info(&self) -> TlsPeer {
-        let (_, session) = self.stream.get_ref();
+        let (tcp, session) = self.stream.get_ref();
         TlsPeer {
             certificate: session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|c| c.clone().into_owned()),
+            remote: tcp.peer_addr().ok(),
         }
     }
 }

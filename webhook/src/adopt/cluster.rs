@@ -90,6 +90,11 @@ impl Apiserver {
         let client = Client::try_from(config).map_err(|e| ClusterError::NoConfig(e.to_string()))?;
         Ok(Self { client })
     }
+
+    /// The client, for the other callers of the API (the reporter).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
 }
 
 impl PodSource for Apiserver {

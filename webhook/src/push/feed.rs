@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     PushMetrics,
+    followers::Followers,
     tail::{self, Live},
     wire::{BatchLimits, batch},
 };
@@ -51,6 +52,8 @@ pub struct FeedConfig {
     pub client_ca: PathBuf,
     /// Connections open at once: one per agent, with room for reconnects.
     pub max_connections: usize,
+    /// Told of every agent that follows, and from where.
+    pub followers: Followers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,7 @@ pub enum FeedError {
 
 struct Shared {
     ledger: Arc<Ledger>,
+    followers: Followers,
     live: Live,
     catch_ups: Semaphore,
     metrics: PushMetrics,
@@ -165,6 +169,7 @@ pub async fn serve(
         shared: Arc::new(Shared {
             live,
             ledger,
+            followers: config.followers.clone(),
             catch_ups: Semaphore::new(CATCH_UPS_AT_ONCE),
             metrics,
         }),
@@ -194,9 +199,9 @@ impl ApprovalFeed for Feed {
         &self,
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let certificate = request
-            .extensions()
-            .get::<TlsPeer>()
+        let peer = request.extensions().get::<TlsPeer>().cloned();
+        let certificate = peer
+            .as_ref()
             .and_then(|peer| peer.certificate.clone())
             .ok_or_else(|| {
                 Status::unauthenticated("the feed needs an agent's client certificate")
@@ -214,7 +219,15 @@ impl ApprovalFeed for Feed {
         let live = self.shared.live.subscribe();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         debug!(node = %body.node, held, "agent follows the approval feed");
-        tokio::spawn(stream(self.shared.clone(), body.node, held, live, tx));
+        let following = peer
+            .and_then(|p| p.remote)
+            .filter(|_| !body.node.is_empty())
+            .map(|remote| self.shared.followers.joined(&body.node, remote.ip()));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            stream(shared, body.node, held, live, tx).await;
+            drop(following);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

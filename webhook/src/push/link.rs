@@ -28,8 +28,6 @@ const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
-    #[error("reading the agent TLS files: {0}")]
-    Files(String),
     #[error("connecting: {0}")]
     Connect(String),
     #[error("{call}: {status}")]
@@ -227,21 +225,42 @@ async fn held_generation(
 /// from the next one on.
 async fn connect(address: SocketAddr, pusher: &Pusher) -> Result<Channel, LinkError> {
     let config = &pusher.config;
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| LinkError::Files(format!("{}: {e}", path.display())))
+    let files = AgentTls {
+        ca: &config.ca,
+        cert: &config.cert,
+        key: &config.key,
+        server_name: &config.server_name,
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&config.ca)?))
-        .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?))
-        .domain_name(config.server_name.clone());
-    let endpoint = Endpoint::from_shared(format!("https://{address}"))
-        .map_err(|e| LinkError::Connect(e.to_string()))?
-        .tls_config(tls)
-        .map_err(|e| LinkError::Connect(e.to_string()))?
+    agent_endpoint(address, &files)
+        .map_err(LinkError::Connect)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    endpoint
+        .timeout(CALL_TIMEOUT)
         .connect()
         .await
         .map_err(|e| LinkError::Connect(error_chain(&e)))
+}
+
+/// The files the webhook reaches an agent's mTLS API with: its push
+/// identity, and the CA and name the agent's certificate must have.
+pub struct AgentTls<'a> {
+    pub ca: &'a std::path::Path,
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    pub server_name: &'a str,
+}
+
+/// An endpoint for the agent API at `address`. The files are read on every
+/// call, so renewed certificates are used from the next connection on.
+pub fn agent_endpoint(address: SocketAddr, files: &AgentTls<'_>) -> Result<Endpoint, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(files.ca)?))
+        .identity(Identity::from_pem(read(files.cert)?, read(files.key)?))
+        .domain_name(files.server_name.to_string());
+    Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())
 }

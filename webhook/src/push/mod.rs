@@ -17,6 +17,7 @@
 
 mod discovery;
 pub mod feed;
+pub mod followers;
 mod link;
 mod tail;
 mod wire;
@@ -30,6 +31,7 @@ use prometheus_client::{
 };
 
 pub use discovery::run as discover;
+pub use link::{AgentTls, agent_endpoint};
 pub use tail::LIVE_BATCHES;
 
 use crate::ledger::Ledger;

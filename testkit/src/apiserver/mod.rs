@@ -1,11 +1,12 @@
-//! A stand-in for the kube-apiserver's pod list, for the webhook's rebuild
-//! of the admitted set: `GET /api/v1/pods` over HTTPS with a bearer token,
+//! A stand-in for the parts of the kube-apiserver imagegate calls: the pod
+//! list, for the webhook's rebuild of the admitted set, and the objects it
+//! writes ([`objects`]: Leases, Events). `GET /api/v1/pods` over HTTPS with a bearer token,
 //! answering a `PodList` as the apiserver serialises it (the items are
 //! what the test's kubelet stand-in reports of the pods it really runs).
 //! It answers at most [`PAGE`] items per call whatever `limit` asks, with
 //! a `continue` token, which the apiserver may also do, so paging is
 //! exercised. Nothing else of the API is served: no kube-apiserver can be
-//! installed on this machine, and this is the one call imagegate makes.
+//! installed on this machine.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -33,14 +34,17 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::ca::Ca;
 
+pub mod objects;
+
 /// Items per answer.
 pub const PAGE: usize = 2;
 
 #[derive(Default)]
-struct Shared {
+pub struct Shared {
     pods: Mutex<Vec<Value>>,
     token: String,
     lists: AtomicUsize,
+    pub objects: objects::Store,
 }
 
 pub struct Apiserver {
@@ -79,6 +83,7 @@ impl Apiserver {
         });
         let app = Router::new()
             .route("/api/v1/pods", get(list))
+            .merge(objects::routes())
             .with_state(shared.clone());
         tokio::spawn(async move {
             loop {
@@ -107,6 +112,16 @@ impl Apiserver {
     /// What `GET /api/v1/pods` lists from now on.
     pub fn set_pods(&self, pods: Vec<Value>) {
         *self.shared.pods.lock().unwrap() = pods;
+    }
+
+    /// The objects of `kind` ("Lease", "Event") written so far.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        self.shared.objects.all(kind)
+    }
+
+    /// Writes refused as invalid, with the reason.
+    pub fn refused(&self) -> Vec<String> {
+        self.shared.objects.refused.lock().unwrap().clone()
     }
 
     /// How many list calls were answered (pages included).

@@ -1,0 +1,364 @@
+//! The objects imagegate writes, kept as the apiserver keeps them: Leases
+//! (leader election) and Events. Each write is checked against the
+//! Kubernetes API's types (k8s-openapi, generated from its OpenAPI
+//! schemas; a field the schema lacks is refused, as a strict apiserver
+//! refuses it) and given a resourceVersion; an update that names an older
+//! resourceVersion is a 409 Conflict, a create of an existing name a 409
+//! AlreadyExists, as the real apiserver answers. Merge patches (RFC 7386)
+//! are applied, then checked. Nothing is watched, nothing expires.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Kind -> (namespace, name) -> object.
+type Objects = BTreeMap<&'static str, BTreeMap<(String, String), Value>>;
+
+#[derive(Default)]
+pub struct Store {
+    objects: Mutex<Objects>,
+    version: Mutex<u64>,
+    /// Writes refused, with the apiserver's message.
+    pub refused: Mutex<Vec<String>>,
+}
+
+#[derive(Clone, Copy)]
+struct Kind {
+    name: &'static str,
+    api_version: &'static str,
+    validate: fn(&Value) -> Result<(), String>,
+}
+
+const LEASE: Kind = Kind {
+    name: "Lease",
+    api_version: "coordination.k8s.io/v1",
+    validate: strict::<k8s_openapi::api::coordination::v1::Lease>,
+};
+const EVENT: Kind = Kind {
+    name: "Event",
+    api_version: "v1",
+    validate: strict::<k8s_openapi::api::core::v1::Event>,
+};
+
+fn strict<T: DeserializeOwned>(object: &Value) -> Result<(), String> {
+    let mut unknown = Vec::new();
+    let _: T = serde_ignored::deserialize(object.clone(), |path| unknown.push(path.to_string()))
+        .map_err(|e| e.to_string())?;
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unknown fields {unknown:?}"))
+    }
+}
+
+pub type Shared = Arc<super::Shared>;
+
+/// The routes for the kinds above, for the apiserver's router.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+            post(|s, h, p, b| create(LEASE, s, h, p, b)),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+            get(|s, h, p| read(LEASE, s, h, p)).put(|s, h, p, b| replace(LEASE, s, h, p, b)),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/events",
+            post(|s, h, p, b| create(EVENT, s, h, p, b)),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/events/{name}",
+            get(|s, h, p| read(EVENT, s, h, p)).patch(|s, h, p, b| patch(EVENT, s, h, p, b)),
+        )
+}
+
+/// A JSON answer (axum's `json` feature is not built for the tests).
+fn answer(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    answer(
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16()
+        }),
+    )
+}
+
+fn body_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn bad_request(message: String) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn unauthorised(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", shared.token));
+    (!ok).then(|| {
+        status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        )
+    })
+}
+
+impl Store {
+    fn next_version(&self) -> String {
+        let mut v = self.version.lock().unwrap();
+        *v += 1;
+        v.to_string()
+    }
+
+    /// Every object of `kind` ("Lease", "Event"), in name order.
+    pub fn all(&self, kind: &str) -> Vec<Value> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(kind)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn refuse(&self, kind: Kind, message: String) -> Response {
+        self.refused.lock().unwrap().push(message.clone());
+        status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{} is invalid: {message}", kind.name),
+        )
+    }
+
+    /// Checks and stores `object` under `key`, with a new resourceVersion.
+    fn store(&self, kind: Kind, key: (String, String), mut object: Value) -> Response {
+        if object["apiVersion"] != kind.api_version || object["kind"] != kind.name {
+            return self.refuse(
+                kind,
+                format!(
+                    "apiVersion/kind are {}/{}",
+                    object["apiVersion"], object["kind"]
+                ),
+            );
+        }
+        if let Err(e) = (kind.validate)(&object) {
+            return self.refuse(kind, e);
+        }
+        object["metadata"]["resourceVersion"] = json!(self.next_version());
+        object["metadata"]["namespace"] = json!(key.0);
+        self.objects
+            .lock()
+            .unwrap()
+            .entry(kind.name)
+            .or_default()
+            .insert(key, object.clone());
+        answer(StatusCode::OK, &object)
+    }
+
+    fn get(&self, kind: Kind, key: &(String, String)) -> Option<Value> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(kind.name)
+            .and_then(|m| m.get(key))
+            .cloned()
+    }
+}
+
+async fn create(
+    kind: Kind,
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    let mut object = match body_json(&body) {
+        Ok(object) => object,
+        Err(e) => return bad_request(e),
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return shared
+            .objects
+            .refuse(kind, "metadata.name: Required value".into());
+    };
+    let key = (namespace, name.clone());
+    if shared.objects.get(kind, &key).is_some() {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} {name:?} already exists", kind.name),
+        );
+    }
+    object["metadata"]["uid"] = json!(format!("uid-{}", shared.objects.next_version()));
+    let response = shared.objects.store(kind, key, object);
+    if response.status() == StatusCode::OK {
+        let (mut parts, body) = response.into_parts();
+        parts.status = StatusCode::CREATED;
+        return Response::from_parts(parts, body);
+    }
+    response
+}
+
+async fn read(
+    kind: Kind,
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    match shared.objects.get(kind, &(namespace, name.clone())) {
+        Some(object) => answer(StatusCode::OK, &object),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {name:?} not found", kind.name),
+        ),
+    }
+}
+
+async fn replace(
+    kind: Kind,
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    let mut object = match body_json(&body) {
+        Ok(object) => object,
+        Err(e) => return bad_request(e),
+    };
+    let key = (namespace, name.clone());
+    let Some(current) = shared.objects.get(kind, &key) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{name:?} not found"),
+        );
+    };
+    // Optimistic concurrency: an update must name the version it read.
+    if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                kind.name
+            ),
+        );
+    }
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    shared.objects.store(kind, key, object)
+}
+
+async fn patch(
+    kind: Kind,
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type != "application/merge-patch+json" {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the stand-in applies merge patches only, not {content_type:?}"),
+        );
+    }
+    let patch = match body_json(&body) {
+        Ok(patch) => patch,
+        Err(e) => return bad_request(e),
+    };
+    let key = (namespace, name.clone());
+    let Some(mut object) = shared.objects.get(kind, &key) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{name:?} not found"),
+        );
+    };
+    merge(&mut object, &patch);
+    shared.objects.store(kind, key, object)
+}
+
+/// RFC 7386.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().expect("an object");
+    for (key, value) in fields {
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            merge(map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patches_as_rfc_7386_says() {
+        let mut doc = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge(&mut doc, &json!({"a": null, "b": {"c": 4}, "e": [1]}));
+        assert_eq!(doc, json!({"b": {"c": 4, "d": 3}, "e": [1]}));
+    }
+
+    #[test]
+    fn strictness_refuses_unknown_fields_and_wrong_types() {
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "x"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}});
+        assert!(strict::<k8s_openapi::api::coordination::v1::Lease>(&lease).is_ok());
+        let mut typo = lease.clone();
+        typo["spec"]["holder"] = json!("a");
+        assert!(strict::<k8s_openapi::api::coordination::v1::Lease>(&typo).is_err());
+        let mut wrong = lease;
+        wrong["spec"]["leaseDurationSeconds"] = json!("15");
+        assert!(strict::<k8s_openapi::api::coordination::v1::Lease>(&wrong).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Which agents follow this replica's approval feed, and from where: the
+//! node name each stream gives and the address it connected from. The
+//! reporter reaches each agent's API there, so it needs no list of nodes
+//! from DNS or the apiserver.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::watch;
+
+pub type Agents = BTreeMap<String, IpAddr>;
+
+#[derive(Clone, Debug)]
+pub struct Followers {
+    agents: watch::Sender<Agents>,
+    /// Streams open per node (two while an agent replaces a broken one).
+    streams: Arc<Mutex<HashMap<String, (IpAddr, usize)>>>,
+}
+
+impl Default for Followers {
+    fn default() -> Self {
+        Self {
+            agents: watch::channel(Agents::new()).0,
+            streams: Arc::default(),
+        }
+    }
+}
+
+/// Held while a stream is open; leaving drops it.
+pub struct Following {
+    followers: Followers,
+    node: String,
+}
+
+impl Followers {
+    /// The agents following now, and every change.
+    pub fn subscribe(&self) -> watch::Receiver<Agents> {
+        self.agents.subscribe()
+    }
+
+    /// A stream of `node` opened from `ip`.
+    pub fn joined(&self, node: &str, ip: IpAddr) -> Following {
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = streams.entry(node.to_string()).or_insert((ip, 0));
+            // The newest stream's address: an agent that moved comes from
+            // its new one.
+            *entry = (ip, entry.1 + 1);
+            self.publish(&streams);
+        }
+        Following {
+            followers: self.clone(),
+            node: node.to_string(),
+        }
+    }
+
+    fn publish(&self, streams: &HashMap<String, (IpAddr, usize)>) {
+        let agents: Agents = streams
+            .iter()
+            .map(|(node, (ip, _))| (node.clone(), *ip))
+            .collect();
+        self.agents.send_if_modified(|current| {
+            let changed = *current != agents;
+            *current = agents;
+            changed
+        });
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut streams = self
+            .followers
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, open)) = streams.get_mut(&self.node) {
+            *open -= 1;
+            if *open == 0 {
+                streams.remove(&self.node);
+            }
+        }
+        self.followers.publish(&streams);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_is_listed_while_any_of_its_streams_is_open() {
+        let followers = Followers::default();
+        let seen = followers.subscribe();
+        let ip = |n| IpAddr::from([10, 0, 0, n]);
+        let first = followers.joined("node-a", ip(1));
+        let replacement = followers.joined("node-a", ip(2));
+        let other = followers.joined("node-b", ip(3));
+        assert_eq!(
+            *seen.borrow(),
+            Agents::from([("node-a".into(), ip(2)), ("node-b".into(), ip(3))])
+        );
+        drop(first);
+        assert_eq!(
+            seen.borrow().get("node-a"),
+            Some(&ip(2)),
+            "one stream still open"
+        );
+        drop(replacement);
+        drop(other);
+        assert!(seen.borrow().is_empty());
+    }
+}
