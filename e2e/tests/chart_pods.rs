@@ -191,6 +191,38 @@ async fn wait_event(node: &Node, pod: &str, reason: &str) -> Value {
     }
 }
 
+/// The report of `kind` (namespace `namespace`, or cluster-wide) once it
+/// holds a result for which `wanted` holds; that result.
+async fn wait_result(
+    node: &Node,
+    kind: &str,
+    namespace: Option<&str>,
+    wanted: impl Fn(&Value) -> bool,
+) -> (Value, Value) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let reports = node.apiserver.objects(kind);
+        let found = reports
+            .iter()
+            .filter(|r| r["metadata"]["namespace"].as_str() == namespace)
+            .find_map(|r| {
+                r["results"]
+                    .as_array()?
+                    .iter()
+                    .find(|result| wanted(result))
+                    .map(|result| (r.clone(), result.clone()))
+            });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such result in a {kind} of {namespace:?}: {reports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `GET /metrics` on `ip:port`, as Prometheus scrapes a pod.
 async fn scrape(ip: std::net::Ipv4Addr, port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -483,11 +515,46 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
         )
         .await
         .unwrap();
+    // The apiserver knows the pod (the reporter takes out results of pods
+    // it does not find).
+    node.apiserver.set_pods(vec![
+        kubelet.pod_json(&legacy).await,
+        kubelet.pod_json(&agent).await,
+        kubelet.pod_json(&intruder).await,
+    ]);
     let event = wait_event(&node, &intruder.object.name, "Killed").await;
     assert!(
         event["message"].as_str().unwrap().contains("enforce mode"),
         "{event}"
     );
+    // The namespace's OpenReports Report (checked against the CRD's schema
+    // by the stand-in): the intruder's result written by the new leader,
+    // the legacy pod's by the first one, carried on.
+    let (report, killed) = wait_result(&node, "Report", Some("shop"), |r| {
+        r["resources"][0]["uid"] == intruder.uid.as_str()
+    })
+    .await;
+    assert_eq!(killed["rule"], "Killed", "{report}");
+    assert_eq!(killed["result"], "fail");
+    assert_eq!(
+        killed["properties"]["digest"],
+        node.images.miner.digest.as_str()
+    );
+    let (report, flagged) = wait_result(&node, "Report", Some("shop"), |r| {
+        r["resources"][0]["uid"] == legacy.uid.as_str()
+    })
+    .await;
+    assert_eq!(flagged["rule"], "NeverAdmitted", "{report}");
+    let results = report["results"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        report["summary"]["fail"].as_u64().unwrap() + report["summary"]["warn"].as_u64().unwrap(),
+        results
+    );
+    // The miner ran without a pod: the cluster report.
+    wait_result(&node, "ClusterReport", None, |r| {
+        r["properties"]["container"] == "default/miner"
+    })
+    .await;
     assert!(
         node.apiserver.refused().is_empty(),
         "{:?}",

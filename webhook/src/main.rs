@@ -229,6 +229,20 @@ struct ServeArgs {
     /// `get`, `patch` on events and `get`, `create`, `update` on leases.
     #[arg(long, env = "IMAGEGATE_REPORT_EVENTS", default_value = "off")]
     report_events: OnOff,
+    /// Write the violations the agents file as policy reports, one per
+    /// namespace (and a cluster report for containers of no pod):
+    /// `openreports` (openreports.io/v1alpha1 Report, ClusterReport),
+    /// `wgpolicyk8s` (wgpolicyk8s.io/v1alpha2 PolicyReport,
+    /// ClusterPolicyReport) or `off`. Written by the Lease holder, as
+    /// Events are; needs the format's CRDs, `get`, `create`, `update` on
+    /// its reports and `get` on pods (gone pods' results are removed).
+    #[arg(long, env = "IMAGEGATE_REPORT_FORMAT", default_value = "off", value_parser = parse_report_format)]
+    // (Spelled out: clap reads `Option<_>` as "may be absent"; this one
+    // always has a value, `off` being `None`.)
+    report_format: std::option::Option<report::reports::Format>,
+    /// Results one report holds at most; the oldest go first.
+    #[arg(long, env = "IMAGEGATE_REPORT_MAX_RESULTS", default_value_t = 1000)]
+    report_max_results: usize,
     /// The namespace of the reporter's Lease (the webhook's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "imagegate")]
     report_namespace: String,
@@ -676,28 +690,44 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
         tokio::spawn(push::discover(pusher, stop_rx.clone()));
     }
-    if args.report_events == OnOff::On {
+    if args.report_events == OnOff::On || args.report_format.is_some() {
         if args.feed_listen.is_none() {
             bail!(
-                "--report-events on needs --feed-listen: the reporter reads the agents that follow \
-                 the approval feed"
+                "--report-events on and --report-format need --feed-listen: the reporter reads \
+                 the agents that follow the approval feed"
             );
+        }
+        if args.report_max_results == 0 {
+            bail!("--report-max-results 0: a report must hold at least one result");
         }
         let (_, PushIdentity { ca, cert, key }) =
             push_identity(&args, ledger.as_ref(), "reporting violations")?;
         let apiserver = Apiserver::connect(args.kubeconfig.as_deref())
             .await
-            .context("--report-events on: reaching the apiserver")?;
+            .context("--report-events, --report-format: reaching the apiserver")?;
         let identity = match &args.report_identity {
             Some(name) => name.clone(),
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .context("--report-identity (POD_NAME) is unset and the host name unreadable")?,
         };
-        info!(lease = %args.report_lease, namespace = %args.report_namespace, %identity, "violations become Events on their pods, written by the Lease holder");
+        info!(
+            lease = %args.report_lease,
+            namespace = %args.report_namespace,
+            %identity,
+            events = ?args.report_events,
+            reports = ?args.report_format,
+            "violations reach the cluster (Events on their pods, policy reports), written by the \
+             Lease holder"
+        );
         tokio::spawn(report::run(
             report::Reporter {
                 client: apiserver.client(),
+                events: args.report_events == OnOff::On,
+                reports: args.report_format.map(|format| report::ReportSettings {
+                    format,
+                    max_results: args.report_max_results,
+                }),
                 lease: report::lease::LeaseConfig {
                     namespace: args.report_namespace.clone(),
                     name: args.report_lease.clone(),
@@ -866,6 +896,11 @@ async fn expire_ledger(ledger: Arc<Ledger>, mut stop: watch::Receiver<bool>) {
             Err(e) => tracing::error!("ledger expiry task failed: {e}"),
         }
     }
+}
+
+/// `--report-format`: `off` is `None`.
+fn parse_report_format(value: &str) -> Result<Option<report::reports::Format>, String> {
+    report::reports::Format::parse(value)
 }
 
 fn report(result: Result<()>) -> ExitCode {

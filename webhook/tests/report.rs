@@ -1,12 +1,12 @@
-//! The reporter's two writes against the stand-in apiserver (testkit's:
-//! strict about the API's types, 409 on stale updates as the real one):
-//! the Lease that elects one writer, and the Events violations become.
+//! The reporter's writes against the stand-in apiserver (testkit's: strict
+//! about the API's types and the report CRDs' schemas, 409 on stale
+//! updates as the real one): the Lease that elects one writer, and the
+//! Events and policy reports violations become.
 //! Reading agents' violations, with real agents, is in
 //! e2e/tests/chart_pods.rs.
 
 use std::{net::IpAddr, time::Duration};
 
-use base64::Engine;
 use imagegate_testkit::{apiserver::Apiserver, ca::Ca};
 use imagegate_webhook::{
     adopt::cluster::Apiserver as Cluster,
@@ -14,6 +14,10 @@ use imagegate_webhook::{
         events::{KubeEvents, Recorded, Recorder},
         lease::{self, LeaseConfig},
         model::{Kind, NodeViolation, PodRef},
+        reports::{
+            Format,
+            writer::{KubeReports, Writer},
+        },
     },
 };
 use tokio::{sync::watch, time::Instant};
@@ -24,15 +28,7 @@ async fn stand_in() -> (Apiserver, tempfile::TempDir, kube::Client) {
     let apiserver = Apiserver::start(&ca, IpAddr::from([127, 0, 0, 1])).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let ca_data = base64::engine::general_purpose::STANDARD.encode(&apiserver.ca_pem);
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority-data: {ca_data}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-            apiserver.address, apiserver.token
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, apiserver.kubeconfig()).unwrap();
     let client = Cluster::connect(Some(&kubeconfig)).await.unwrap().client();
     (apiserver, dir, client)
 }
@@ -210,4 +206,103 @@ async fn violations_become_events_the_apiserver_accepts_counted_once_across_lead
             && message.contains("never admitted"),
         "{message}"
     );
+}
+
+fn pod_json(namespace: &str, name: &str, uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": namespace, "name": name, "uid": uid},
+        "spec": {"containers": [{"name": "main", "image": "registry.local/shop/legacy:1"}]},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn violations_become_reports_the_crds_accept_carried_on_by_a_new_leader() {
+    let (apiserver, _dir, client) = stand_in().await;
+    let t0 = 1_800_000_000_000;
+    let legacy = violation(t0);
+    let mut gone = violation(t0 + 1_000);
+    gone.pod = Some(PodRef {
+        namespace: "shop".into(),
+        name: "batch-1".into(),
+        uid: "uid-batch-1".into(),
+    });
+    let mut podless = violation(t0 + 2_000);
+    podless.pod = None;
+    podless.container = "default/ctr-run-1".into();
+    let legacy_pod = legacy.pod.clone().unwrap();
+    apiserver.set_pods(vec![pod_json("shop", &legacy_pod.name, &legacy_pod.uid)]);
+
+    let sink = || KubeReports {
+        client: client.clone(),
+    };
+    let mut first = Writer::new(sink(), Format::OpenReports, 100);
+    for v in [&legacy, &gone, &podless] {
+        first.record(v);
+    }
+    let flushed = first.flush().await;
+    assert_eq!(flushed.written, 2, "{flushed:?}");
+    assert!(apiserver.refused().is_empty(), "{:?}", apiserver.refused());
+    let reports = apiserver.objects("Report");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["metadata"]["namespace"], "shop");
+    assert_eq!(reports[0]["summary"]["fail"], 2);
+    let cluster = apiserver.objects("ClusterReport");
+    assert_eq!(cluster.len(), 1);
+    assert_eq!(
+        cluster[0]["results"][0]["properties"]["container"],
+        "default/ctr-run-1"
+    );
+
+    // A new leader: it reads what is written, adds to it, and takes out
+    // the pod that is gone.
+    let mut second = Writer::new(sink(), Format::OpenReports, 100);
+    let mut again = violation(t0 + 5_000);
+    again.kind = Kind::Killed;
+    second.record(&again);
+    assert_eq!(second.flush().await.written, 1);
+    assert_eq!(second.prune(100).await, 1, "batch-1 is gone");
+    assert_eq!(second.flush().await.written, 1);
+    let report = &apiserver.objects("Report")[0];
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{report:#}");
+    assert_eq!(results[0]["rule"], "Killed", "updated, not appended");
+    assert_eq!(results[0]["resources"][0]["name"], legacy_pod.name.as_str());
+    assert_eq!(report["summary"]["fail"], 1);
+
+    // The old leader's stale write conflicts; it reads again and applies
+    // its own change only: batch-1, taken out by the new leader, stays out.
+    let mut newer = violation(t0 + 9_000);
+    newer.container = "sidecar".into();
+    first.record(&newer);
+    let flushed = first.flush().await;
+    assert_eq!((flushed.written, flushed.conflicts), (0, 1), "{flushed:?}");
+    assert_eq!(first.flush().await.written, 1);
+    let report = &apiserver.objects("Report")[0];
+    assert_eq!(report["summary"]["fail"], 2, "{report:#}");
+    let named: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0]["name"].as_str().unwrap())
+        .collect();
+    assert!(!named.contains(&"batch-1"), "{report:#}");
+    assert!(apiserver.refused().is_empty(), "{:?}", apiserver.refused());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_crds_the_writer_says_so_and_writes_once_they_exist() {
+    let (apiserver, _dir, client) = stand_in().await;
+    apiserver.set_crds_installed(false);
+    let mut writer = Writer::new(KubeReports { client }, Format::WgPolicy, 10);
+    writer.record(&violation(1_800_000_000_000));
+    let flushed = writer.flush().await;
+    assert!(flushed.crds_missing, "{flushed:?}");
+    assert!(apiserver.objects("PolicyReport").is_empty());
+    apiserver.set_crds_installed(true);
+    let flushed = writer.flush().await;
+    assert_eq!((flushed.written, flushed.crds_missing), (1, false));
+    let reports = apiserver.objects("PolicyReport");
+    assert_eq!(reports[0]["apiVersion"], "wgpolicyk8s.io/v1alpha2");
+    assert_eq!(reports[0]["results"][0]["result"], "fail");
 }

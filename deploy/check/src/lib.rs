@@ -129,6 +129,9 @@ pub fn validate(object: &Value) -> Result<()> {
                 Ok(())
             }
         }
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => strict::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(object),
         ("monitoring.coreos.com/v1", "ServiceMonitor" | "PodMonitor" | "PrometheusRule") => {
             against_crd(object)
         }

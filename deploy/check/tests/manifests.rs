@@ -364,14 +364,17 @@ fn one_exemption_list_drives_the_registration_the_webhook_and_the_agents() {
 }
 
 #[test]
-fn the_webhook_may_list_pods_write_events_and_hold_its_lease_and_nothing_else() {
+fn the_webhook_may_list_pods_write_events_and_reports_and_hold_its_lease_and_nothing_else() {
     let objects = render(&[]);
     let role = find(&objects, "ClusterRole", "imagegate-webhook");
     assert_eq!(
         role["rules"],
         serde_json::json!([
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]}
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
+            {"apiGroups": ["openreports.io"], "resources": ["reports", "clusterreports"],
+             "verbs": ["get", "create", "update"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
         ])
     );
     let binding = find(&objects, "ClusterRoleBinding", "imagegate-webhook");
@@ -392,15 +395,19 @@ fn the_webhook_may_list_pods_write_events_and_hold_its_lease_and_nothing_else() 
     assert_eq!(pod["automountServiceAccountToken"], true);
     let args = pod["containers"][0]["args"].as_array().unwrap();
     assert!(args.contains(&"--report-events=on".into()), "{args:?}");
-    // Without Events: no event rule, no Lease role.
-    let objects = render(&["webhook.violationEvents=false"]);
+    // Without Events and reports: no event or report rule, no Lease role.
+    let objects = render(&[
+        "webhook.violationEvents=false",
+        "webhook.reports.format=off",
+    ]);
     let role = find(&objects, "ClusterRole", "imagegate-webhook");
     assert_eq!(role["rules"].as_array().unwrap().len(), 1);
     assert!(!objects.iter().any(|o| o["kind"] == "Role"));
-    // Without the rebuild and Events: no token, no role.
+    // Without the rebuild, Events and reports: no token, no role.
     let objects = render(&[
         "webhook.adoptRunningPods=false",
         "webhook.violationEvents=false",
+        "webhook.reports.format=off",
     ]);
     assert!(!objects.iter().any(|o| o["kind"] == "ClusterRole"));
     let deployment = find(&objects, "Deployment", "imagegate-webhook");

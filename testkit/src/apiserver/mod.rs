@@ -1,6 +1,7 @@
 //! A stand-in for the parts of the kube-apiserver imagegate calls: the pod
-//! list, for the webhook's rebuild of the admitted set, and the objects it
-//! writes ([`objects`]: Leases, Events). `GET /api/v1/pods` over HTTPS with a bearer token,
+//! list, for the webhook's rebuild of the admitted set, one pod by name
+//! (the reporter's check for gone pods), and the objects it writes
+//! ([`objects`]: Leases, Events, reports). `GET /api/v1/pods` over HTTPS with a bearer token,
 //! answering a `PodList` as the apiserver serialises it (the items are
 //! what the test's kubelet stand-in reports of the pods it really runs).
 //! It answers at most [`PAGE`] items per call whatever `limit` asks, with
@@ -83,6 +84,7 @@ impl Apiserver {
         });
         let app = Router::new()
             .route("/api/v1/pods", get(list))
+            .route("/api/v1/namespaces/{namespace}/pods/{name}", get(read_pod))
             .merge(objects::routes())
             .with_state(shared.clone());
         tokio::spawn(async move {
@@ -119,6 +121,11 @@ impl Apiserver {
         self.shared.objects.all(kind)
     }
 
+    /// Serves the report kinds (their CRDs installed) or not.
+    pub fn set_crds_installed(&self, installed: bool) {
+        self.shared.objects.set_crds_installed(installed);
+    }
+
     /// Writes refused as invalid, with the reason.
     pub fn refused(&self) -> Vec<String> {
         self.shared.objects.refused.lock().unwrap().clone()
@@ -127,6 +134,20 @@ impl Apiserver {
     /// How many list calls were answered (pages included).
     pub fn lists(&self) -> usize {
         self.shared.lists.load(Ordering::Relaxed)
+    }
+
+    /// A kubeconfig for this apiserver (its CA, the token), as
+    /// `--kubeconfig` and `KUBECONFIG` read it.
+    pub fn kubeconfig(&self) -> String {
+        use base64::Engine;
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    \
+             server: https://{}\n    certificate-authority-data: {ca_data}\nusers:\n- name: \
+             imagegate\n  user:\n    token: {}\ncontexts:\n- name: stand-in\n  context: \
+             {{cluster: stand-in, user: imagegate}}\ncurrent-context: stand-in\n",
+            self.address, self.token
+        )
     }
 
     /// Files a pod finds under /var/run/secrets/kubernetes.io/serviceaccount.
@@ -187,4 +208,45 @@ async fn list(
             "items": page,
         }),
     )
+}
+
+/// `GET` of one pod of the list [`Apiserver::set_pods`] set.
+async fn read_pod(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> impl IntoResponse {
+    let json = |code: StatusCode, body: Value| {
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+    };
+    let authorised = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", shared.token));
+    if !authorised {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "Unauthorized", "reason": "Unauthorized", "code": 401
+            }),
+        );
+    }
+    let pods = shared.pods.lock().unwrap().clone();
+    match pods.into_iter().find(|p| {
+        p["metadata"]["namespace"] == namespace.as_str() && p["metadata"]["name"] == name.as_str()
+    }) {
+        Some(pod) => json(StatusCode::OK, pod),
+        None => json(
+            StatusCode::NOT_FOUND,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("pods {name:?} not found"), "reason": "NotFound", "code": 404
+            }),
+        ),
+    }
 }

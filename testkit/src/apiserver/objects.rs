@@ -1,8 +1,10 @@
 //! The objects imagegate writes, kept as the apiserver keeps them: Leases
-//! (leader election) and Events. Each write is checked against the
-//! Kubernetes API's types (k8s-openapi, generated from its OpenAPI
-//! schemas; a field the schema lacks is refused, as a strict apiserver
-//! refuses it) and given a resourceVersion; an update that names an older
+//! (leader election), Events and policy reports. Each write is checked
+//! against the Kubernetes API's types (k8s-openapi, generated from its
+//! OpenAPI schemas; a field the schema lacks is refused, as a strict
+//! apiserver refuses it) or, for the reports, against their CRDs'
+//! `openAPIV3Schema` (the files the chart installs), and given a
+//! resourceVersion; an update that names an older
 //! resourceVersion is a 409 Conflict, a create of an existing name a 409
 //! AlreadyExists, as the real apiserver answers. Merge patches (RFC 7386)
 //! are applied, then checked. Nothing is watched, nothing expires.
@@ -28,6 +30,8 @@ type Objects = BTreeMap<&'static str, BTreeMap<(String, String), Value>>;
 #[derive(Default)]
 pub struct Store {
     objects: Mutex<Objects>,
+    /// The report CRDs were taken out ([`Store::set_crds_installed`]).
+    crds_absent: std::sync::atomic::AtomicBool,
     version: Mutex<u64>,
     /// Writes refused, with the apiserver's message.
     pub refused: Mutex<Vec<String>>,
@@ -38,18 +42,83 @@ struct Kind {
     name: &'static str,
     api_version: &'static str,
     validate: fn(&Value) -> Result<(), String>,
+    /// Served only while the CRDs are installed.
+    custom: bool,
 }
 
 const LEASE: Kind = Kind {
     name: "Lease",
     api_version: "coordination.k8s.io/v1",
     validate: strict::<k8s_openapi::api::coordination::v1::Lease>,
+    custom: false,
 };
 const EVENT: Kind = Kind {
     name: "Event",
     api_version: "v1",
     validate: strict::<k8s_openapi::api::core::v1::Event>,
+    custom: false,
 };
+
+/// The report kinds: (kind, apiVersion, plural, namespaced).
+pub const REPORT_KINDS: [(&str, &str, &str, bool); 4] = [
+    ("Report", "openreports.io/v1alpha1", "reports", true),
+    (
+        "ClusterReport",
+        "openreports.io/v1alpha1",
+        "clusterreports",
+        false,
+    ),
+    (
+        "PolicyReport",
+        "wgpolicyk8s.io/v1alpha2",
+        "policyreports",
+        true,
+    ),
+    (
+        "ClusterPolicyReport",
+        "wgpolicyk8s.io/v1alpha2",
+        "clusterpolicyreports",
+        false,
+    ),
+];
+
+const fn report_kind(at: usize) -> Kind {
+    Kind {
+        name: REPORT_KINDS[at].0,
+        api_version: REPORT_KINDS[at].1,
+        validate: against_crd,
+        custom: true,
+    }
+}
+
+/// The CRDs the chart installs, read once.
+fn crds() -> &'static [imagegate_deploy_check::crd::Crd] {
+    static CRDS: std::sync::OnceLock<Vec<imagegate_deploy_check::crd::Crd>> =
+        std::sync::OnceLock::new();
+    CRDS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/helm/imagegate/files/crds");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|f| f.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+            .map(|path| imagegate_deploy_check::crd::Crd::load(&path).unwrap())
+            .collect()
+    })
+}
+
+fn against_crd(object: &Value) -> Result<(), String> {
+    let crd = crds()
+        .iter()
+        .find(|c| c.defines(object))
+        .ok_or("no CRD defines this apiVersion and kind")?;
+    let violations = crd.violations(object).map_err(|e| e.to_string())?;
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations.join("; "))
+    }
+}
 
 fn strict<T: DeserializeOwned>(object: &Value) -> Result<(), String> {
     let mut unknown = Vec::new();
@@ -66,23 +135,100 @@ pub type Shared = Arc<super::Shared>;
 
 /// The routes for the kinds above, for the apiserver's router.
 pub fn routes() -> Router<Shared> {
-    Router::new()
+    let mut router = Router::new()
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
-            post(|s, h, p, b| create(LEASE, s, h, p, b)),
+            post(|s, h, Path(ns): Path<String>, b| create(LEASE, s, h, ns, b)),
         )
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
-            get(|s, h, p| read(LEASE, s, h, p)).put(|s, h, p, b| replace(LEASE, s, h, p, b)),
+            get(|s, h, Path(key): Path<(String, String)>| read(LEASE, s, h, key))
+                .put(|s, h, Path(key): Path<(String, String)>, b| replace(LEASE, s, h, key, b)),
         )
         .route(
             "/api/v1/namespaces/{namespace}/events",
-            post(|s, h, p, b| create(EVENT, s, h, p, b)),
+            post(|s, h, Path(ns): Path<String>, b| create(EVENT, s, h, ns, b)),
         )
         .route(
             "/api/v1/namespaces/{namespace}/events/{name}",
-            get(|s, h, p| read(EVENT, s, h, p)).patch(|s, h, p, b| patch(EVENT, s, h, p, b)),
-        )
+            get(|s, h, Path(key): Path<(String, String)>| read(EVENT, s, h, key))
+                .patch(|s, h, Path(key): Path<(String, String)>, b| patch(EVENT, s, h, key, b)),
+        );
+    for (at, &(_, api_version, plural, namespaced)) in REPORT_KINDS.iter().enumerate() {
+        let kind = report_kind(at);
+        router = if namespaced {
+            router
+                .route(
+                    &format!("/apis/{api_version}/namespaces/{{namespace}}/{plural}"),
+                    post(move |s, h, Path(ns): Path<String>, b| create(kind, s, h, ns, b)),
+                )
+                .route(
+                    &format!("/apis/{api_version}/namespaces/{{namespace}}/{plural}/{{name}}"),
+                    get(move |s, h, Path(key): Path<(String, String)>| read(kind, s, h, key)).put(
+                        move |s, h, Path(key): Path<(String, String)>, b| {
+                            replace(kind, s, h, key, b)
+                        },
+                    ),
+                )
+        } else {
+            router
+                .route(
+                    &format!("/apis/{api_version}/{plural}"),
+                    post(move |s, h, b| create(kind, s, h, String::new(), b)),
+                )
+                .route(
+                    &format!("/apis/{api_version}/{plural}/{{name}}"),
+                    get(move |s, h, Path(name): Path<String>| {
+                        read(kind, s, h, (String::new(), name))
+                    })
+                    .put(move |s, h, Path(name): Path<String>, b| {
+                        replace(kind, s, h, (String::new(), name), b)
+                    }),
+                )
+        };
+    }
+    for group_version in ["openreports.io/v1alpha1", "wgpolicyk8s.io/v1alpha2"] {
+        router = router.route(
+            &format!("/apis/{group_version}"),
+            get(move |s| discovery(s, group_version)),
+        );
+    }
+    router
+}
+
+/// The group's APIResourceList, as the apiserver serves it once the CRDs
+/// are installed (and a 404 before).
+async fn discovery(State(shared): State<Shared>, group_version: &'static str) -> Response {
+    if !shared.objects.crds_installed() {
+        return not_found();
+    }
+    let resources: Vec<Value> = REPORT_KINDS
+        .iter()
+        .filter(|(_, api_version, _, _)| *api_version == group_version)
+        .map(|(kind, _, plural, namespaced)| {
+            json!({
+                "name": plural, "singularName": kind.to_ascii_lowercase(),
+                "namespaced": namespaced, "kind": kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            })
+        })
+        .collect();
+    answer(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": group_version, "resources": resources,
+        }),
+    )
+}
+
+/// What the apiserver answers for a resource it does not serve.
+fn not_found() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource".into(),
+    )
 }
 
 /// A JSON answer (axum's `json` feature is not built for the tests).
@@ -128,6 +274,17 @@ fn unauthorised(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
 }
 
 impl Store {
+    /// Whether the report kinds are served, as if their CRDs were (not)
+    /// installed; they are at the start.
+    pub fn set_crds_installed(&self, installed: bool) {
+        self.crds_absent
+            .store(!installed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn crds_installed(&self) -> bool {
+        !self.crds_absent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn next_version(&self) -> String {
         let mut v = self.version.lock().unwrap();
         *v += 1;
@@ -168,7 +325,9 @@ impl Store {
             return self.refuse(kind, e);
         }
         object["metadata"]["resourceVersion"] = json!(self.next_version());
-        object["metadata"]["namespace"] = json!(key.0);
+        if !key.0.is_empty() {
+            object["metadata"]["namespace"] = json!(key.0);
+        }
         self.objects
             .lock()
             .unwrap()
@@ -192,11 +351,14 @@ async fn create(
     kind: Kind,
     State(shared): State<Shared>,
     headers: HeaderMap,
-    Path(namespace): Path<String>,
+    namespace: String,
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(denied) = unauthorised(&shared, &headers) {
         return denied;
+    }
+    if kind.custom && !shared.objects.crds_installed() {
+        return not_found();
     }
     let mut object = match body_json(&body) {
         Ok(object) => object,
@@ -229,10 +391,13 @@ async fn read(
     kind: Kind,
     State(shared): State<Shared>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    (namespace, name): (String, String),
 ) -> Response {
     if let Some(denied) = unauthorised(&shared, &headers) {
         return denied;
+    }
+    if kind.custom && !shared.objects.crds_installed() {
+        return not_found();
     }
     match shared.objects.get(kind, &(namespace, name.clone())) {
         Some(object) => answer(StatusCode::OK, &object),
@@ -248,11 +413,14 @@ async fn replace(
     kind: Kind,
     State(shared): State<Shared>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    (namespace, name): (String, String),
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(denied) = unauthorised(&shared, &headers) {
         return denied;
+    }
+    if kind.custom && !shared.objects.crds_installed() {
+        return not_found();
     }
     let mut object = match body_json(&body) {
         Ok(object) => object,
@@ -286,11 +454,14 @@ async fn patch(
     kind: Kind,
     State(shared): State<Shared>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    (namespace, name): (String, String),
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(denied) = unauthorised(&shared, &headers) {
         return denied;
+    }
+    if kind.custom && !shared.objects.crds_installed() {
+        return not_found();
     }
     let content_type = headers
         .get("content-type")

@@ -1,3 +1,21 @@
+{{- /* Whether one replica (the Lease holder) writes violations to the
+cluster: Events, policy reports, or both. */ -}}
+{{- define "imagegate.reporting" -}}
+{{- if or .Values.webhook.violationEvents (ne (include "imagegate.reportFormat" .) "off") }}true{{ end }}
+{{- end }}
+
+{{- /* The policy report format, checked here so a typo fails the install
+rather than the webhook's start. YAML reads an unquoted `off` as false. */ -}}
+{{- define "imagegate.reportFormat" -}}
+{{- $format := .Values.webhook.reports.format }}
+{{- if and (kindIs "bool" $format) (not $format) }}{{ $format = "off" }}{{ end }}
+{{- $format = toString $format }}
+{{- if not (has $format (list "openreports" "wgpolicyk8s" "off")) }}
+{{- fail (printf "webhook.reports.format: openreports, wgpolicyk8s or off, not %q" $format) }}
+{{- end }}
+{{- $format }}
+{{- end }}
+
 {{- define "imagegate.labels" -}}
 app.kubernetes.io/part-of: imagegate
 app.kubernetes.io/managed-by: {{ .Release.Service }}
