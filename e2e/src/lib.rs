@@ -19,6 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use imagegate_testkit::{
+    apiserver::Apiserver,
     ca::Ca,
     containerd::TestContainerd,
     grpcurl::{self, Target},
@@ -81,6 +82,9 @@ pub struct Stack {
     pub images: Images,
     pub agent: Option<Agent>,
     pub webhook: Option<Webhook>,
+    /// A stand-in kube-apiserver (testkit's) the webhook writes Events and
+    /// policy reports to, once [`Stack::start_apiserver`] started it.
+    pub apiserver: Option<Apiserver>,
     agent_tls_port: u16,
     agent_plain_port: u16,
     /// The webhook's approval feed, which the agent follows.
@@ -157,6 +161,7 @@ impl Stack {
             },
             agent: None,
             webhook: None,
+            apiserver: None,
             agent_tls_port: free_port(),
             agent_plain_port: free_port(),
             feed_port: free_port(),
@@ -256,37 +261,68 @@ impl Stack {
         }
     }
 
+    /// Starts the stand-in apiserver; a webhook started after it reports
+    /// violations there (Events on pods, OpenReports reports).
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        let apiserver = Apiserver::start(
+            &Ca::new("stand-in apiserver CA"),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+        )
+        .await;
+        std::fs::write(self.dir.path().join("kubeconfig"), apiserver.kubeconfig())?;
+        self.apiserver = Some(apiserver);
+        Ok(())
+    }
+
     pub fn start_webhook(&mut self) -> Result<()> {
         let ca = self.ca_file();
-        let mut process = Process::start(
-            "webhook",
-            &binary("imagegate-webhook"),
-            [
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--cert",
-                &self.path("webhook-tls.crt"),
-                "--key",
-                &self.path("webhook-tls.key"),
-                "--policy",
-                &self.path("policy.yaml"),
-                "--registry-credentials",
-                &self.path("registry-auth.json"),
-                "--registry-ca",
-                &format!("{}={}", self.registry.host, ca.display()),
-                "--ledger",
-                &self.path("ledger.redb"),
-                "--feed-listen",
-                &format!("127.0.0.1:{}", self.feed_port),
-                "--agent-ca",
-                &self.path("ca.pem"),
-                "--agent-client-cert",
-                &self.path("imagegate-webhook.crt"),
-                "--agent-client-key",
-                &self.path("imagegate-webhook.key"),
-            ],
-        );
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &self.path("webhook-tls.crt"),
+            "--key",
+            &self.path("webhook-tls.key"),
+            "--policy",
+            &self.path("policy.yaml"),
+            "--registry-credentials",
+            &self.path("registry-auth.json"),
+            "--registry-ca",
+            &format!("{}={}", self.registry.host, ca.display()),
+            "--ledger",
+            &self.path("ledger.redb"),
+            "--feed-listen",
+            &format!("127.0.0.1:{}", self.feed_port),
+            "--agent-ca",
+            &self.path("ca.pem"),
+            "--agent-client-cert",
+            &self.path("imagegate-webhook.crt"),
+            "--agent-client-key",
+            &self.path("imagegate-webhook.key"),
+        ]
+        .map(String::from)
+        .to_vec();
+        if self.apiserver.is_some() {
+            // The one replica holds the Lease and reads the agent's
+            // violations on its mTLS port, at the address it follows from.
+            args.extend(
+                [
+                    "--kubeconfig",
+                    &self.path("kubeconfig"),
+                    "--report-events",
+                    "on",
+                    "--report-format",
+                    "openreports",
+                    "--report-identity",
+                    "imagegate-webhook-0",
+                    "--agent-api-port",
+                    &self.agent_tls_port.to_string(),
+                ]
+                .map(String::from),
+            );
+        }
+        let mut process = Process::start("webhook", &binary("imagegate-webhook"), &args);
         let serving = process.wait_message(
             "serving /image_policy, /validate, /, /healthz, /readyz, /metrics over HTTPS",
             READY,
