@@ -42,6 +42,7 @@ pub const PAGE: usize = 2;
 
 #[derive(Default)]
 pub struct Shared {
+    /// What [`Apiserver::set_pods`] set (objects.rs reads one).
     pods: Mutex<Vec<Value>>,
     token: String,
     lists: AtomicUsize,
@@ -84,7 +85,6 @@ impl Apiserver {
         });
         let app = Router::new()
             .route("/api/v1/pods", get(list))
-            .route("/api/v1/namespaces/{namespace}/pods/{name}", get(read_pod))
             .merge(objects::routes())
             .with_state(shared.clone());
         tokio::spawn(async move {
@@ -208,45 +208,4 @@ async fn list(
             "items": page,
         }),
     )
-}
-
-/// `GET` of one pod of the list [`Apiserver::set_pods`] set.
-async fn read_pod(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
-) -> impl IntoResponse {
-    let json = |code: StatusCode, body: Value| {
-        (
-            code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-    };
-    let authorised = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", shared.token));
-    if !authorised {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "Unauthorized", "reason": "Unauthorized", "code": 401
-            }),
-        );
-    }
-    let pods = shared.pods.lock().unwrap().clone();
-    match pods.into_iter().find(|p| {
-        p["metadata"]["namespace"] == namespace.as_str() && p["metadata"]["name"] == name.as_str()
-    }) {
-        Some(pod) => json(StatusCode::OK, pod),
-        None => json(
-            StatusCode::NOT_FOUND,
-            json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": format!("pods {name:?} not found"), "reason": "NotFound", "code": 404
-            }),
-        ),
-    }
 }

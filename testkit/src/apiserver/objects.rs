@@ -136,6 +136,7 @@ pub type Shared = Arc<super::Shared>;
 /// The routes for the kinds above, for the apiserver's router.
 pub fn routes() -> Router<Shared> {
     let mut router = Router::new()
+        .route("/api/v1/namespaces/{namespace}/pods/{name}", get(read_pod))
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
             post(|s, h, Path(ns): Path<String>, b| create(LEASE, s, h, ns, b)),
@@ -385,6 +386,28 @@ async fn create(
         return Response::from_parts(parts, body);
     }
     response
+}
+
+/// `GET` of one pod of the list [`super::Apiserver::set_pods`] set.
+async fn read_pod(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    let pods = shared.pods.lock().unwrap();
+    match pods.iter().find(|p| {
+        p["metadata"]["namespace"] == namespace.as_str() && p["metadata"]["name"] == name.as_str()
+    }) {
+        Some(pod) => answer(StatusCode::OK, pod),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods {name:?} not found"),
+        ),
+    }
 }
 
 async fn read(

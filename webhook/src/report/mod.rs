@@ -274,14 +274,14 @@ async fn write_reports(
         count("crds-missing", 1);
         metrics.reports_crds_missing.set(1);
         if said_missing.is_none_or(|at| at.elapsed() >= SAY_AGAIN) {
-            let settings = reporter.reports.expect("reports are on");
+            let format = writer.format();
             error!(
-                crds = ?settings.format.crds(),
+                crds = ?format.crds(),
                 "policy reports cannot be written: the apiserver does not serve {} (its CRDs are \
                  not installed). Install them (the chart does unless \
                  webhook.reports.installCRDs=false) or set --report-format=off; the results are \
                  kept (bounded) and written once the CRDs exist",
-                settings.format.group_version()
+                format.group_version()
             );
             *said_missing = Some(Instant::now());
         }

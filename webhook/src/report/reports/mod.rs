@@ -43,11 +43,17 @@ impl Format {
         }
     }
 
-    pub fn group_version(self) -> &'static str {
+    /// The API group and the version written.
+    fn group_and_version(self) -> (&'static str, &'static str) {
         match self {
-            Self::OpenReports => "openreports.io/v1alpha1",
-            Self::WgPolicy => "wgpolicyk8s.io/v1alpha2",
+            Self::OpenReports => ("openreports.io", "v1alpha1"),
+            Self::WgPolicy => ("wgpolicyk8s.io", "v1alpha2"),
         }
+    }
+
+    pub fn group_version(self) -> String {
+        let (group, version) = self.group_and_version();
+        format!("{group}/{version}")
     }
 
     /// The kind for a namespace's report, or the cluster's.
@@ -60,24 +66,21 @@ impl Format {
         }
     }
 
-    /// The CRDs that must be installed for this format.
-    pub fn crds(self) -> [&'static str; 2] {
-        match self {
-            Self::OpenReports => ["reports.openreports.io", "clusterreports.openreports.io"],
-            Self::WgPolicy => [
-                "policyreports.wgpolicyk8s.io",
-                "clusterpolicyreports.wgpolicyk8s.io",
-            ],
-        }
+    /// The CRDs that must be installed for this format (`plural.group`).
+    pub fn crds(self) -> [String; 2] {
+        [true, false].map(|namespaced| {
+            let resource = self.api_resource(namespaced);
+            format!("{}.{}", resource.plural, resource.group)
+        })
     }
 
     pub fn api_resource(self, namespaced: bool) -> ApiResource {
-        let (group, version) = self.group_version().split_once('/').expect("group/version");
+        let (group, version) = self.group_and_version();
         let kind = self.kind(namespaced);
         ApiResource {
             group: group.into(),
             version: version.into(),
-            api_version: self.group_version().into(),
+            api_version: self.group_version(),
             kind: kind.into(),
             plural: format!("{}s", kind.to_ascii_lowercase()),
         }

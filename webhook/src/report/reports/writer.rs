@@ -85,6 +85,10 @@ impl<S: ReportSink> Writer<S> {
         }
     }
 
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// Files `v`; the results this dropped to keep the report bounded.
     pub fn record(&mut self, v: &NodeViolation) -> u64 {
         self.book.record(v)
@@ -216,7 +220,7 @@ impl ReportSink for KubeReports {
     async fn served(&self, format: Format) -> Result<bool, SinkError> {
         let resources = match self
             .client
-            .list_api_group_resources(format.group_version())
+            .list_api_group_resources(&format.group_version())
             .await
         {
             Ok(resources) => resources,
@@ -232,10 +236,9 @@ impl ReportSink for KubeReports {
             .iter()
             .map(|r| r.name.as_str())
             .collect();
-        Ok(format
-            .crds()
-            .iter()
-            .all(|crd| served.contains(crd.split('.').next().unwrap_or_default())))
+        Ok([true, false]
+            .into_iter()
+            .all(|namespaced| served.contains(format.api_resource(namespaced).plural.as_str())))
     }
 
     async fn get(&self, format: Format, scope: &Scope) -> Result<Option<Value>, SinkError> {
