@@ -312,6 +312,8 @@ impl Stack {
                     &self.path("kubeconfig"),
                     "--report-events",
                     "on",
+                    "--admission-events",
+                    "on",
                     "--report-format",
                     "openreports",
                     "--report-identity",

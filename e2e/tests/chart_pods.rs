@@ -561,6 +561,31 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
         node.apiserver.refused()
     );
 
+    // A pod the policy denies (a registry it does not allow), asked of the
+    // replica that stayed: that replica writes the Event, on the pod's
+    // ReplicaSet (the pod never exists), and the leader files it in the
+    // namespace's report from the Events it watches.
+    let answer = node
+        .admit(staying[0], "denied", "evil.example/miner:1")
+        .await
+        .unwrap();
+    assert_eq!(answer["allowed"], false, "{answer}");
+    let event = wait_event(&node, "d2-588fc765b5", "ImageDenied").await;
+    assert_eq!(event["involvedObject"]["kind"], "ReplicaSet", "{event}");
+    assert_eq!(event["reportingInstance"], staying[0].object.name.as_str());
+    let (report, denied) = wait_result(&node, "Report", Some("shop"), |r| {
+        r["rule"] == "ImageDenied"
+    })
+    .await;
+    assert_eq!(denied["policy"], "imagegate-admission", "{report}");
+    assert_eq!(denied["resources"][0]["name"], "d2-588fc765b5");
+    assert_eq!(denied["properties"]["image"], "evil.example/miner:1");
+    assert!(
+        node.apiserver.refused().is_empty(),
+        "{:?}",
+        node.apiserver.refused()
+    );
+
     let filed = identified_violations(&api);
 
     // The agent's container restarts (a rolling update): its state stays,

@@ -72,6 +72,8 @@ fn review(image: &str) -> Review {
         name: Some("p".into()),
         user: None,
         dry_run: true,
+        object: None,
+        controller: None,
     }
 }
 

@@ -251,6 +251,8 @@ mod tests {
             name: Some("web".into()),
             user: Some("alice".into()),
             dry_run,
+            object: None,
+            controller: None,
         }
     }
 

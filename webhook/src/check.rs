@@ -115,6 +115,8 @@ pub async fn images(
         name: None,
         user: None,
         dry_run: true,
+        object: None,
+        controller: None,
     };
     admit::decide(policy, resolver, &review)
         .await

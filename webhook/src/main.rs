@@ -229,6 +229,20 @@ struct ServeArgs {
     /// `get`, `patch` on events and `get`, `create`, `update` on leases.
     #[arg(long, env = "IMAGEGATE_REPORT_EVENTS", default_value = "off")]
     report_events: OnOff,
+    /// Write a Warning Event for each admission decision operators should
+    /// see: ImageDenied (on the denied pod's controller, or the pod),
+    /// AuditWouldDeny and BreakGlass (on the pod admitted), Unverified (on a
+    /// running pod whose image's signature no longer verifies, found when
+    /// running pods are checked again). Every replica writes its own, never
+    /// waiting on it during admission; with --report-format, the reporter
+    /// also files them as report results. Needs `create`, `get`, `patch`
+    /// on events (and `list`, `watch` for the reporter).
+    #[arg(long, env = "IMAGEGATE_ADMISSION_EVENTS", default_value = "off")]
+    admission_events: OnOff,
+    /// How long a denial stays in the reports after its last occurrence (a
+    /// denied pod never exists, so no pod's deletion takes it out).
+    #[arg(long, env = "IMAGEGATE_DENIED_RESULT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    denied_result_ttl: Duration,
     /// Write the violations the agents file as policy reports, one per
     /// namespace (and a cluster report for containers of no pod):
     /// `openreports` (openreports.io/v1alpha1 Report, ClusterReport),
@@ -690,6 +704,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
         tokio::spawn(push::discover(pusher, stop_rx.clone()));
     }
+    let identity = match &args.report_identity {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .context("--report-identity (POD_NAME) is unset and the host name unreadable")?,
+    };
+    let decisions = match args.admission_events {
+        OnOff::Off => None,
+        OnOff::On => {
+            let apiserver = Apiserver::connect(args.kubeconfig.as_deref())
+                .await
+                .context("--admission-events: reaching the apiserver")?;
+            let (queue, queued) = report::admission::queue(&report_metrics.admission_events);
+            tokio::spawn(report::admission::run(
+                apiserver.client(),
+                queued,
+                report_metrics.admission_events.clone(),
+                stop_rx.clone(),
+            ));
+            info!(
+                replica = %identity,
+                "admission decisions (denied, audit, break-glass, unverified) are told as Events"
+            );
+            Some(queue)
+        }
+    };
     if args.report_events == OnOff::On || args.report_format.is_some() {
         if args.feed_listen.is_none() {
             bail!(
@@ -705,12 +745,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let apiserver = Apiserver::connect(args.kubeconfig.as_deref())
             .await
             .context("--report-events, --report-format: reaching the apiserver")?;
-        let identity = match &args.report_identity {
-            Some(name) => name.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .context("--report-identity (POD_NAME) is unset and the host name unreadable")?,
-        };
         info!(
             lease = %args.report_lease,
             namespace = %args.report_namespace,
@@ -728,10 +762,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     format,
                     max_results: args.report_max_results,
                 }),
+                admission_results: decisions.is_some(),
+                denied_result_ttl: args.denied_result_ttl,
                 lease: report::lease::LeaseConfig {
                     namespace: args.report_namespace.clone(),
                     name: args.report_lease.clone(),
-                    identity,
+                    identity: identity.clone(),
                     duration: Duration::from_secs(15),
                     renew_every: Duration::from_secs(5),
                     retry_every: Duration::from_secs(2),
@@ -761,6 +797,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     resolver.clone(),
                     ledger.clone(),
                     Some(args.adopt_interval).filter(|d| !d.is_zero()),
+                    decisions.clone().map(|queue| (queue, identity.clone())),
                 ));
             }
             Err(e) => tracing::warn!(
@@ -811,6 +848,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         resolver,
         ledger,
         budgets: Budgets::new(limits.clone()),
+        decisions,
+        replica: identity,
     }));
     if args.client_ca.is_some() && !client_certs.in_handshake() {
         info!(paths = ?args.client_cert_required_paths, "client certificates required on these paths only");

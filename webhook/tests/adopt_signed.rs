@@ -38,7 +38,7 @@ async fn sign(registry: &Registry, key: &KeyPair, repo: &str, digest: &str) {
 
 fn pod(name: &str, image: &str, image_id: &str) -> Value {
     json!({
-        "metadata": {"namespace": "shop", "name": name},
+        "metadata": {"namespace": "shop", "name": name, "uid": format!("uid-{name}")},
         "spec": {"containers": [{"name": "c", "image": image}]},
         "status": {"phase": "Running", "containerStatuses": [{"name": "c", "imageID": image_id}]}
     })
@@ -132,6 +132,30 @@ async fn adoption_checks_the_signatures_admission_checks() {
         report.audit_unsigned
     );
     assert!(report.audit_unsigned[0].starts_with("shop/audited:"));
+    // Both are told as Unverified on their pods, with the digest the node
+    // runs and the rule's words.
+    let told: Vec<_> = report
+        .unverified
+        .iter()
+        .map(|u| imagegate_webhook::report::decisions::of_unverified(u, "replica-0", 1).unwrap())
+        .collect();
+    let mut names: Vec<_> = told.iter().map(|d| d.subject.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["audited", "moved"], "{told:?}");
+    for d in &told {
+        assert_eq!(d.kind.reason(), "Unverified");
+        assert_eq!(d.subject.uid, format!("uid-{}", d.subject.name));
+        assert_eq!(
+            (d.subject.kind.as_str(), d.container.as_str()),
+            ("Pod", "c")
+        );
+        assert!(
+            d.reason.contains("no signature by key \"release\""),
+            "{d:?}"
+        );
+    }
+    let moved = told.iter().find(|d| d.subject.name == "moved").unwrap();
+    assert_eq!(moved.digest, ran.to_string(), "the digest the node runs");
 
     // The ledger keeps who signed what was adopted (agents and
     // ListApprovals show it).

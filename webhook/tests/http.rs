@@ -582,6 +582,8 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
         resolver: None,
         ledger: None,
         budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+        decisions: None,
+        replica: "test".into(),
     }));
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

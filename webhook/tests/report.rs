@@ -2,8 +2,12 @@
 //! about the API's types and the report CRDs' schemas, 409 on stale
 //! updates as the real one): the Lease that elects one writer, and the
 //! Events and policy reports violations become.
+//! Admission decisions: the Events each replica writes, and the report
+//! results the reporter files from watching them.
 //! Reading agents' violations, with real agents, is in
 //! e2e/tests/chart_pods.rs.
+
+mod common;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -305,4 +309,239 @@ async fn without_the_crds_the_writer_says_so_and_writes_once_they_exist() {
     let reports = apiserver.objects("PolicyReport");
     assert_eq!(reports[0]["apiVersion"], "wgpolicyk8s.io/v1alpha2");
     assert_eq!(reports[0]["results"][0]["result"], "fail");
+}
+
+/// The webhook's routes with `policy`, telling its decisions as Events
+/// through the stand-in, as replica `replica`.
+fn telling_app(client: &kube::Client, policy: &str, replica: &str) -> axum::Router {
+    use imagegate_webhook::{
+        policy::Policy,
+        policy_store::PolicyStore,
+        report::{ReportMetrics, admission},
+        server::{AppState, limits::Budgets, metrics::Metrics, router},
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ReportMetrics::register(&mut registry);
+    let (queue, queued) = admission::queue(&metrics.admission_events);
+    let client = client.clone();
+    tokio::spawn(async move {
+        // Never stopped: the test's runtime ends it.
+        let (_stop_tx, stop) = watch::channel(false);
+        admission::run(client, queued, metrics.admission_events, stop).await
+    });
+    router(std::sync::Arc::new(AppState {
+        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
+        metrics: std::sync::Arc::new(Metrics::new()),
+        resolver: None,
+        ledger: None,
+        budgets: Budgets::new(Default::default()),
+        decisions: Some(queue),
+        replica: replica.into(),
+    }))
+}
+
+const INTERNAL_ONLY: &str = "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmode: MODE\n\
+                             rules:\n  - name: internal-only\n    registries: [registry.internal]\n";
+
+/// Waits for the Event with `reason` on `object` (kind/name) and `count`.
+async fn wait_admission_event(
+    apiserver: &Apiserver,
+    reason: &str,
+    kind: &str,
+    name: &str,
+    count: i64,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = apiserver.objects("Event");
+        if let Some(event) = events.iter().find(|e| {
+            e["reason"] == reason
+                && e["involvedObject"]["kind"] == kind
+                && e["involvedObject"]["name"] == name
+                && e["count"].as_i64() >= Some(count)
+        }) {
+            return event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event on {kind} {name} (count {count}): {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_decisions_become_events_on_their_objects_and_results_in_the_report() {
+    use imagegate_webhook::report::{admission, model::DecisionKind};
+    let (apiserver, _dir, client) = stand_in().await;
+    // Two replicas: one enforcing, one (say, during a policy rollout) in
+    // audit mode. Both are asked about the pod a ReplicaSet creates.
+    let enforcing = telling_app(
+        &client,
+        &INTERNAL_ONLY.replace("MODE", "enforce"),
+        "webhook-a",
+    );
+    let auditing = telling_app(
+        &client,
+        &INTERNAL_ONLY.replace("MODE", "audit"),
+        "webhook-b",
+    );
+    let (path, review) = common::fixture("admissionreview-3.json");
+    let body = serde_json::to_vec(&review).unwrap();
+    let (status, answer) = common::send(&enforcing, "POST", &path, body.clone()).await;
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let (_, answer) = common::send(&auditing, "POST", &path, body.clone()).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // The denial is told on the ReplicaSet (the pod was never created; its
+    // ReplicaSet makes another), the audit verdict on the pod that runs.
+    let denied =
+        wait_admission_event(&apiserver, "ImageDenied", "ReplicaSet", "d2-588fc765b5", 1).await;
+    assert_eq!(denied["type"], "Warning");
+    assert_eq!(
+        denied["involvedObject"]["uid"],
+        "dc998bf4-94a9-4879-a907-6a8a3b746a52"
+    );
+    assert_eq!(denied["reportingInstance"], "webhook-a");
+    assert_eq!(denied["metadata"]["namespace"], "default");
+    let message = denied["message"].as_str().unwrap();
+    assert!(
+        message.contains("nginx:1.25")
+            && message.contains("accepted here: registries registry.internal"),
+        "{message}"
+    );
+    let audited = wait_admission_event(
+        &apiserver,
+        "AuditWouldDeny",
+        "Pod",
+        "d2-588fc765b5-fmgqc",
+        1,
+    )
+    .await;
+    assert_eq!(
+        audited["involvedObject"]["uid"],
+        "1d3f1499-720d-4bf8-b194-bdcc2b977d61"
+    );
+    assert_eq!(
+        audited["involvedObject"]["fieldPath"], "spec.containers{nginx}",
+        "{audited}"
+    );
+
+    // The ReplicaSet retries (another pod, another name and uid; the same
+    // controller): the same Event, counted.
+    let mut retry = review.clone();
+    retry["request"]["uid"] = serde_json::json!("retry-1");
+    retry["request"]["name"] = serde_json::json!("d2-588fc765b5-x7k2p");
+    retry["request"]["object"]["metadata"]["name"] = serde_json::json!("d2-588fc765b5-x7k2p");
+    retry["request"]["object"]["metadata"]["uid"] =
+        serde_json::json!("9f1c0d9e-0000-4000-8000-000000000001");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    common::send(
+        &enforcing,
+        "POST",
+        &path,
+        serde_json::to_vec(&retry).unwrap(),
+    )
+    .await;
+    wait_admission_event(&apiserver, "ImageDenied", "ReplicaSet", "d2-588fc765b5", 2).await;
+    let denials = apiserver
+        .objects("Event")
+        .into_iter()
+        .filter(|e| e["reason"] == "ImageDenied")
+        .count();
+    assert_eq!(denials, 1, "one Event per controller, reason and image");
+
+    // A dry run is not told.
+    let mut dry = review.clone();
+    dry["request"]["dryRun"] = serde_json::json!(true);
+    dry["request"]["object"]["metadata"]["ownerReferences"] = serde_json::json!([]);
+    dry["request"]["object"]["metadata"]["name"] = serde_json::json!("dry");
+    dry["request"]["name"] = serde_json::json!("dry");
+    common::send(&enforcing, "POST", &path, serde_json::to_vec(&dry).unwrap()).await;
+
+    // The reporter watches the admission Events (label-selected, from the
+    // list onwards) and files one result per object and container.
+    let (tx, mut decisions) = tokio::sync::mpsc::channel(16);
+    let (end_tx, end) = watch::channel(false);
+    tokio::spawn(admission::watch_decisions(client.clone(), tx, end));
+    let mut writer = Writer::new(
+        KubeReports {
+            client: client.clone(),
+        },
+        Format::OpenReports,
+        10,
+    )
+    .with_denied_ttl(Duration::from_secs(3600));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen.contains(&DecisionKind::Denied) && seen.contains(&DecisionKind::AuditWouldDeny)) {
+        let d = tokio::time::timeout_at(deadline, decisions.recv())
+            .await
+            .expect("the watch delivers both decisions")
+            .unwrap();
+        assert_ne!(d.subject.name, "dry", "a dry run was told: {d:?}");
+        writer.record_decision(&d);
+        seen.push(d.kind);
+    }
+    assert_eq!(writer.flush().await.written, 1);
+    let report = &apiserver.objects("Report")[0];
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{report:#}");
+    assert_eq!(report["summary"]["fail"], 1);
+    assert_eq!(report["summary"]["warn"], 1);
+    let denied = results.iter().find(|r| r["rule"] == "ImageDenied").unwrap();
+    assert_eq!(denied["policy"], "imagegate-admission");
+    assert_eq!(denied["resources"][0]["kind"], "ReplicaSet");
+    assert_eq!(denied["properties"]["container"], "nginx");
+    // No rule accepts it: the policy's default verdict decided.
+    assert_eq!(denied["properties"]["imagegateRule"], "default");
+    let audit = results
+        .iter()
+        .find(|r| r["rule"] == "AuditWouldDeny")
+        .unwrap();
+    assert_eq!(audit["result"], "warn");
+    assert_eq!(
+        audit["resources"][0]["uid"],
+        "1d3f1499-720d-4bf8-b194-bdcc2b977d61"
+    );
+
+    // Watched, not only listed: the next retry's count reaches the
+    // reporter as the Event changes.
+    let first_at = denied["timestamp"]["seconds"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    retry["request"]["uid"] = serde_json::json!("retry-2");
+    common::send(
+        &enforcing,
+        "POST",
+        &path,
+        serde_json::to_vec(&retry).unwrap(),
+    )
+    .await;
+    wait_admission_event(&apiserver, "ImageDenied", "ReplicaSet", "d2-588fc765b5", 3).await;
+    let again = tokio::time::timeout(Duration::from_secs(10), decisions.recv())
+        .await
+        .expect("the watch delivers the counted Event")
+        .unwrap();
+    assert_eq!(again.kind, DecisionKind::Denied);
+    assert!(again.at_ms / 1000 > first_at, "{again:?}");
+    writer.record_decision(&again);
+
+    // A denial goes once its time is up (no pod's deletion will take it
+    // out); the audit result stays while its pod runs.
+    let later = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap() + 3_600_001;
+    assert_eq!(writer.expire(later), 1);
+    assert_eq!(writer.flush().await.written, 1);
+    let report = &apiserver.objects("Report")[0];
+    let rules: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["AuditWouldDeny"], "{report:#}");
+    assert!(apiserver.refused().is_empty(), "{:?}", apiserver.refused());
+    end_tx.send(true).unwrap();
 }

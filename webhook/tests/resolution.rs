@@ -70,6 +70,8 @@ fn webhook(
         resolver: Some(Arc::new(resolver)),
         ledger,
         budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+        decisions: None,
+        replica: "test".into(),
     }));
     (app, metrics)
 }

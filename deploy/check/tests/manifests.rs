@@ -193,6 +193,8 @@ async fn the_webhook_configurations_send_what_the_server_checks_where_it_serves(
         resolver: None,
         ledger: None,
         budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+        decisions: None,
+        replica: "test".into(),
     }));
     let expected: BTreeSet<(String, String)> = CHECKED_RESOURCES
         .iter()
@@ -372,6 +374,7 @@ fn the_webhook_may_list_pods_write_events_and_reports_and_hold_its_lease_and_not
         serde_json::json!([
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
             {"apiGroups": ["openreports.io"], "resources": ["reports", "clusterreports"],
              "verbs": ["get", "create", "update"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
@@ -395,9 +398,26 @@ fn the_webhook_may_list_pods_write_events_and_reports_and_hold_its_lease_and_not
     assert_eq!(pod["automountServiceAccountToken"], true);
     let args = pod["containers"][0]["args"].as_array().unwrap();
     assert!(args.contains(&"--report-events=on".into()), "{args:?}");
-    // Without Events and reports: no event or report rule, no Lease role.
+    assert!(args.contains(&"--admission-events=on".into()), "{args:?}");
+    assert!(args.contains(&"--denied-result-ttl=1h".into()), "{args:?}");
+    // Admission Events without reports: each replica writes its own (no
+    // Lease), nobody watches them.
     let objects = render(&[
         "webhook.violationEvents=false",
+        "webhook.reports.format=off",
+    ]);
+    let role = find(&objects, "ClusterRole", "imagegate-webhook");
+    assert_eq!(
+        role["rules"][1],
+        serde_json::json!({"apiGroups": [""], "resources": ["events"],
+                           "verbs": ["create", "get", "patch"]})
+    );
+    assert_eq!(role["rules"].as_array().unwrap().len(), 2, "{role}");
+    assert!(!objects.iter().any(|o| o["kind"] == "Role"));
+    // Without any Events and reports: no event or report rule, no Lease role.
+    let objects = render(&[
+        "webhook.violationEvents=false",
+        "webhook.admissionEvents=false",
         "webhook.reports.format=off",
     ]);
     let role = find(&objects, "ClusterRole", "imagegate-webhook");
@@ -407,6 +427,7 @@ fn the_webhook_may_list_pods_write_events_and_reports_and_hold_its_lease_and_not
     let objects = render(&[
         "webhook.adoptRunningPods=false",
         "webhook.violationEvents=false",
+        "webhook.admissionEvents=false",
         "webhook.reports.format=off",
     ]);
     assert!(!objects.iter().any(|o| o["kind"] == "ClusterRole"));

@@ -94,6 +94,7 @@ fn each_format_gets_its_crds_kept_on_uninstall_and_its_rbac() {
     let objects = render(&[
         "webhook.reports.format=off",
         "webhook.violationEvents=false",
+        "webhook.admissionEvents=false",
     ]);
     assert!(crd_names(&objects).is_empty());
     assert!(!objects.iter().any(|o| o["kind"] == "Role"));

@@ -287,6 +287,32 @@ async fn run(enforce: bool) -> Result<()> {
         event["source"]["component"].as_str().unwrap_or(""),
         event["message"].as_str().unwrap_or("")
     ));
+    // The admission decisions: each replica tells its own, on the object
+    // they are about (the denied pods never existed).
+    let decided = wait_for(|| {
+        let told: Vec<_> = apiserver
+            .objects("Event")
+            .into_iter()
+            .filter(|e| e["metadata"]["labels"]["imagegate.dev/decision"].is_string())
+            .collect();
+        (!told.is_empty()).then_some(told)
+    })
+    .await
+    .context("no admission decision Event within 30 s")?;
+    say("   $ kubectl get events -A -l imagegate.dev/decision   (admission decisions)");
+    for event in decided {
+        say(&format!(
+            "     {:<8} {:<14} {}/{}  {}",
+            event["type"].as_str().unwrap_or(""),
+            event["reason"].as_str().unwrap_or(""),
+            event["involvedObject"]["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase(),
+            event["involvedObject"]["name"].as_str().unwrap_or(""),
+            event["message"].as_str().unwrap_or("")
+        ));
+    }
     let report = wait_for(|| {
         apiserver.objects("Report").into_iter().find(|r| {
             r["results"].as_array().is_some_and(|results| {

@@ -7,7 +7,9 @@
 //! resourceVersion; an update that names an older
 //! resourceVersion is a 409 Conflict, a create of an existing name a 409
 //! AlreadyExists, as the real apiserver answers. Merge patches (RFC 7386)
-//! are applied, then checked. Nothing is watched, nothing expires.
+//! are applied, then checked. Events can be listed and watched across
+//! namespaces with a label selector (`key` or `key=value`), from a
+//! resourceVersion, as kube-runtime's watcher asks. Nothing expires.
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +35,11 @@ pub struct Store {
     /// The report CRDs were taken out ([`Store::set_crds_installed`]).
     crds_absent: std::sync::atomic::AtomicBool,
     version: Mutex<u64>,
+    /// Every write, in order: (resourceVersion, kind, ADDED/MODIFIED,
+    /// object), for watches.
+    log: Mutex<Vec<(u64, &'static str, &'static str, Value)>>,
+    /// The newest resourceVersion logged: watches wait on it.
+    logged: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
     /// Writes refused, with the apiserver's message.
     pub refused: Mutex<Vec<String>>,
 }
@@ -146,6 +153,7 @@ pub fn routes() -> Router<Shared> {
             get(|s, h, Path(key): Path<(String, String)>| read(LEASE, s, h, key))
                 .put(|s, h, Path(key): Path<(String, String)>, b| replace(LEASE, s, h, key, b)),
         )
+        .route("/api/v1/events", get(list_or_watch_events))
         .route(
             "/api/v1/namespaces/{namespace}/events",
             post(|s, h, Path(ns): Path<String>, b| create(EVENT, s, h, ns, b)),
@@ -325,17 +333,47 @@ impl Store {
         if let Err(e) = (kind.validate)(&object) {
             return self.refuse(kind, e);
         }
-        object["metadata"]["resourceVersion"] = json!(self.next_version());
+        let version = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(version);
         if !key.0.is_empty() {
             object["metadata"]["namespace"] = json!(key.0);
         }
-        self.objects
+        let before = self
+            .objects
             .lock()
             .unwrap()
             .entry(kind.name)
             .or_default()
             .insert(key, object.clone());
+        let change = if before.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let rv: u64 = version.parse().unwrap_or(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push((rv, kind.name, change, object.clone()));
+        self.logged().send_replace(rv);
         answer(StatusCode::OK, &object)
+    }
+
+    fn logged(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.logged
+            .get_or_init(|| tokio::sync::watch::Sender::new(0))
+    }
+
+    /// The changes to `kind` after resourceVersion `after` that `selector`
+    /// selects.
+    fn changes(&self, kind: &str, after: u64, selector: &Selector) -> Vec<(u64, Value)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(rv, k, _, object)| *rv > after && *k == kind && selector.selects(object))
+            .map(|(rv, _, change, object)| (*rv, json!({"type": change, "object": object})))
+            .collect()
     }
 
     fn get(&self, kind: Kind, key: &(String, String)) -> Option<Value> {
@@ -530,6 +568,142 @@ fn merge(target: &mut Value, patch: &Value) {
             merge(map.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
+}
+
+/// A label selector: `key` (has the label) or `key=value`, comma-separated.
+struct Selector(Vec<(String, Option<String>)>);
+
+impl Selector {
+    fn parse(text: &str) -> Self {
+        Self(
+            text.split(',')
+                .filter(|t| !t.is_empty())
+                .map(|t| match t.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (t.to_string(), None),
+                })
+                .collect(),
+        )
+    }
+
+    fn selects(&self, object: &Value) -> bool {
+        self.0.iter().all(|(key, value)| {
+            let label = &object["metadata"]["labels"][key];
+            match value {
+                Some(value) => label == value.as_str(),
+                None => label.is_string(),
+            }
+        })
+    }
+}
+
+/// The query's parameters, percent-decoded.
+fn query(uri: &axum::http::Uri) -> BTreeMap<String, String> {
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => {
+                            out.push(b);
+                            i += 3;
+                            continue;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b'+' => out.push(b' '),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// `GET /api/v1/events`: the list (`EventList` with the newest
+/// resourceVersion), or with `watch=true` the changes after
+/// `resourceVersion`, one JSON object a line, until `timeoutSeconds`.
+async fn list_or_watch_events(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    if let Some(denied) = unauthorised(&shared, &headers) {
+        return denied;
+    }
+    let params = query(&uri);
+    let selector = Selector::parse(params.get("labelSelector").map_or("", String::as_str));
+    if params.get("watch").map(String::as_str) != Some("true") {
+        let items: Vec<Value> = shared
+            .objects
+            .all(EVENT.name)
+            .into_iter()
+            .filter(|e| selector.selects(e))
+            .collect();
+        let version = *shared.objects.version.lock().unwrap();
+        return answer(
+            StatusCode::OK,
+            &json!({
+                "kind": "EventList", "apiVersion": "v1",
+                "metadata": {"resourceVersion": version.to_string()},
+                "items": items,
+            }),
+        );
+    }
+    let after: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300u64);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let logged = shared.objects.logged().subscribe();
+    let lines = futures_util::stream::unfold(
+        (shared, selector, after, logged),
+        move |(shared, selector, mut after, mut logged)| async move {
+            loop {
+                let changes = shared.objects.changes(EVENT.name, after, &selector);
+                if let Some((rv, _)) = changes.last() {
+                    after = *rv;
+                    let mut chunk = String::new();
+                    for (_, change) in &changes {
+                        chunk.push_str(&change.to_string());
+                        chunk.push('\n');
+                    }
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+                        (shared, selector, after, logged),
+                    ));
+                }
+                // Nothing new: wait for a write, or end at the deadline
+                // (the client watches again from where it got to).
+                match tokio::time::timeout_at(deadline, logged.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return None,
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

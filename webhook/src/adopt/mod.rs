@@ -44,6 +44,7 @@ use crate::{
     policy::Policy,
     policy_store::PolicyStore,
     reference::Reference,
+    report::{admission::DecisionQueue, decisions},
     resolve::Resolver,
     review::admission::pod_review,
 };
@@ -68,6 +69,8 @@ pub struct Report {
     pub unsigned: Vec<String>,
     /// The same in audit mode: adopted, with the reason.
     pub audit_unsigned: Vec<String>,
+    /// Both, for the Events and reports (`Unverified`).
+    pub unverified: Vec<signatures::Unverified>,
     /// `namespace/pod: container: reason` for containers with no registry
     /// digest to record (not started yet, or an image id).
     pub without_digest: Vec<String>,
@@ -153,6 +156,8 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
             };
             candidates.push(signatures::Candidate {
                 pod: name.clone(),
+                object: review.object.clone(),
+                container,
                 approval,
                 decision,
             });
@@ -172,6 +177,7 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
     report.approvals = checked.adopted;
     report.unsigned = checked.unsigned;
     report.audit_unsigned = checked.audit_unsigned;
+    report.unverified = checked.unverified;
     report
 }
 
@@ -258,9 +264,10 @@ pub async fn run(
     resolver: Option<Arc<Resolver>>,
     ledger: Arc<Ledger>,
     every: Option<Duration>,
+    tell: Option<(DecisionQueue, String)>,
 ) {
     loop {
-        match once(&source, &policy, resolver.as_ref(), &ledger).await {
+        match once(&source, &policy, resolver.as_ref(), &ledger, tell.as_ref()).await {
             Ok(()) => match every {
                 Some(every) => tokio::time::sleep(every).await,
                 None => return,
@@ -278,6 +285,7 @@ async fn once(
     policy: &PolicyStore,
     resolver: Option<&Arc<Resolver>>,
     ledger: &Arc<Ledger>,
+    tell: Option<&(DecisionQueue, String)>,
 ) -> Result<(), String> {
     let Some(policy) = policy.current() else {
         return Err("no valid policy is loaded yet".into());
@@ -297,6 +305,16 @@ async fn once(
         warn!(
             "running pod adopted in audit mode, though its image does not meet its rule's \
              signature requirements: {unsigned}"
+        );
+    }
+    if let Some((queue, replica)) = tell {
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        queue.tell(
+            report
+                .unverified
+                .iter()
+                .filter_map(|u| decisions::of_unverified(u, replica, now))
+                .collect(),
         );
     }
     for skipped in report.without_digest.iter().chain(&report.unreadable) {
@@ -506,7 +524,7 @@ mod tests {
             )],
         )];
         let store = PolicyStore::fixed(policy());
-        run(Listed(pods), store, None, ledger.clone(), None).await;
+        run(Listed(pods), store, None, ledger.clone(), None, None).await;
         let all = ledger.all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].origin, Origin::Adopted);
@@ -563,6 +581,7 @@ mod tests {
             None,
             ledger.clone(),
             Some(Duration::from_millis(20)),
+            None,
         ));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while ledger.all().unwrap().len() < 2 {

@@ -16,12 +16,30 @@ use crate::{
     ledger::Approval,
     policy::{ImageDecision, ImageVerdict, Policy},
     resolve::{Resolved, Resolver},
+    review::ObjectId,
 };
 
 /// An approval adoption would make, and the policy's decision on its image.
 pub struct Candidate {
     pub pod: String,
+    /// The pod's identity, when the listed pod carries its uid.
+    pub object: Option<ObjectId>,
+    /// The container running the image.
+    pub container: String,
     pub approval: Approval,
+    pub decision: ImageDecision,
+}
+
+/// A running image whose signatures or attestations do not meet its rule
+/// (now): told as an `Unverified` decision on its pod.
+#[derive(Clone, Debug)]
+pub struct Unverified {
+    pub namespace: String,
+    pub object: Option<ObjectId>,
+    pub container: String,
+    /// The digest the node runs.
+    pub digest: String,
+    /// The signature stage's decision (denied, or audit-denied).
     pub decision: ImageDecision,
 }
 
@@ -34,6 +52,8 @@ pub struct Checked {
     pub unsigned: Vec<String>,
     /// `pod: image: reason`, adopted in audit mode although unsigned.
     pub audit_unsigned: Vec<String>,
+    /// Both of the above, for the Events and reports.
+    pub unverified: Vec<Unverified>,
 }
 
 /// Checks every candidate's requirements against its running digest.
@@ -81,6 +101,18 @@ pub async fn check(policy: &Policy, resolver: &Resolver, candidates: Vec<Candida
     }
     for (c, decision) in candidates.into_iter().zip(judged) {
         let line = format!("{}: {}: {}", c.pod, decision.image, decision.reason);
+        if matches!(
+            decision.verdict,
+            ImageVerdict::Denied | ImageVerdict::AuditDenied
+        ) {
+            checked.unverified.push(Unverified {
+                namespace: c.approval.namespace.clone(),
+                object: c.object.clone(),
+                container: c.container.clone(),
+                digest: c.approval.digest.to_string(),
+                decision: decision.clone(),
+            });
+        }
         match decision.verdict {
             ImageVerdict::Denied => checked.unsigned.push(line),
             verdict => {

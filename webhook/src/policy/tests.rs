@@ -47,6 +47,8 @@ fn review(api: Api, namespace: &str, images: &[&str], annotations: &[(&str, &str
         name: None,
         user: None,
         dry_run: false,
+        object: None,
+        controller: None,
     }
 }
 

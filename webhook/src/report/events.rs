@@ -1,16 +1,18 @@
-//! Violations as Warning Events on their pods, recorded the way client-go's
-//! event recorder records them, so `kubectl describe pod` reads as it does
-//! for the kubelet's own events:
+//! Violations and admission decisions as Warning Events on the objects
+//! they are about, recorded the way client-go's event recorder records
+//! them, so `kubectl describe pod` reads as it does for the kubelet's own
+//! events. Both become an [`Occurrence`] ([`Tell`]); the recorder knows
+//! nothing else of them:
 //!
-//! - **Deduplicated**: one Event per pod, reason and image; a repeat raises
+//! - **Deduplicated**: one Event per object, reason and image; a repeat raises
 //!   its `count` and `lastTimestamp` instead of adding an object. The name
 //!   is derived from that key, so a new leader finds the Events the last one
 //!   wrote and never counts a violation twice (an Event whose
 //!   `lastTimestamp` is not older than the violation already has it).
 //! - **Aggregated**: more than [`SIMILAR_LIMIT`] different images with the
-//!   same reason on one pod within [`SIMILAR_WINDOW_MS`] fold into one Event
+//!   same reason on one object within [`SIMILAR_WINDOW_MS`] fold into one Event
 //!   "(combined from similar events): ...", as client-go's aggregator does.
-//! - **Rate-limited** per pod: a bucket of [`BURST`] Events refilled one
+//! - **Rate-limited** per object: a bucket of [`BURST`] Events refilled one
 //!   per [`REFILL_MS`] (client-go's spam filter defaults); what it drops is
 //!   counted, not retried.
 //!
@@ -19,7 +21,7 @@
 //! The apiserver is behind [`EventSink`]; [`KubeEvents`] is the real one.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     hash::{Hash, Hasher},
 };
 
@@ -30,7 +32,7 @@ use k8s_openapi::{
 };
 use quick_cache::unsync::Cache;
 
-use super::model::{Kind, NodeViolation, PodRef};
+use super::model::{Kind, NodeViolation, Subject};
 
 /// client-go's `defaultSpamBurst`.
 pub const BURST: f64 = 25.0;
@@ -53,9 +55,9 @@ pub enum Recorded {
     Counted { name: String, count: i32 },
     /// The Event already counts it (written by this or an earlier leader).
     AlreadyCounted,
-    /// The pod's rate limit dropped it.
+    /// The object's rate limit dropped it.
     RateLimited,
-    /// Not a pod's container: no object to attach an Event to.
+    /// Not about an object (a container of no pod): no Event.
     NoPod,
 }
 
@@ -86,6 +88,54 @@ pub trait EventSink: Send + Sync {
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// One thing to tell in an Event, whatever it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Occurrence {
+    pub subject: Subject,
+    /// The container, as `kubectl describe` points at it.
+    pub field_path: Option<String>,
+    pub reason: &'static str,
+    /// What, besides the object and the reason, makes two occurrences the
+    /// same Event (the image's digest, or the image).
+    pub what: String,
+    pub message: String,
+    pub at_ms: i64,
+    /// `source.component` and `reportingComponent`.
+    pub component: &'static str,
+    pub reporting_component: &'static str,
+    /// `source.host` and `reportingInstance`: the node or the replica.
+    pub instance: String,
+    /// Set on the Event when it is created (the reporter selects its
+    /// admission Events by label and reads their details back).
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What can be told in an Event.
+pub trait Tell {
+    /// `None` when there is no object to attach it to.
+    fn occurrence(&self) -> Option<Occurrence>;
+}
+
+impl Tell for NodeViolation {
+    fn occurrence(&self) -> Option<Occurrence> {
+        let pod = self.pod.as_ref()?;
+        Some(Occurrence {
+            subject: Subject::pod(pod),
+            field_path: Some(format!("spec.containers{{{}}}", self.container)),
+            reason: self.kind.reason(),
+            what: self.digest.clone(),
+            message: message(self),
+            at_ms: self.at_ms,
+            component: "imagegate-agent",
+            reporting_component: "imagegate.dev/agent",
+            instance: self.node.clone(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        })
+    }
+}
+
 /// The Event a key last had, as far as this recorder knows.
 #[derive(Clone)]
 struct Seen {
@@ -106,7 +156,7 @@ struct Bucket {
 pub struct Recorder<S> {
     sink: S,
     seen: Cache<String, Seen>,
-    similar: Cache<(String, Kind), Window>,
+    similar: Cache<(String, &'static str), Window>,
     buckets: Cache<String, Bucket>,
 }
 
@@ -120,39 +170,32 @@ impl<S: EventSink> Recorder<S> {
         }
     }
 
-    /// Records `violation` at `now_ms`.
-    pub async fn record(
-        &mut self,
-        violation: &NodeViolation,
-        now_ms: i64,
-    ) -> Result<Recorded, SinkError> {
-        let Some(pod) = &violation.pod else {
+    /// Records what `told` tells at `now_ms`.
+    pub async fn record(&mut self, told: &impl Tell, now_ms: i64) -> Result<Recorded, SinkError> {
+        let Some(o) = told.occurrence() else {
             return Ok(Recorded::NoPod);
         };
-        if !self.take_token(pod, now_ms) {
+        let object = object_key(&o.subject);
+        if !self.take_token(&object, now_ms) {
             return Ok(Recorded::RateLimited);
         }
-        let mut message = message(violation);
-        let mut key = format!(
-            "{}|{}|{}",
-            pod.uid,
-            violation.kind.reason(),
-            violation.digest
-        );
-        if self.is_one_of_many(pod, violation, now_ms) {
+        let mut message = o.message.clone();
+        let mut key = format!("{object}|{}|{}", o.reason, o.what);
+        if self.is_one_of_many(&object, &o, now_ms) {
             message = format!("(combined from similar events): {message}");
-            key = format!("{}|{}|combined", pod.uid, violation.kind.reason());
+            key = format!("{object}|{}|combined", o.reason);
         }
-        let name = event_name(pod, &key);
-        let at = violation.at_ms;
+        let name = event_name(&o.subject, &key);
+        let namespace = event_namespace(&o.subject);
+        let at = o.at_ms;
         match self.seen.get(&key).cloned() {
             Some(seen) if seen.last_ms >= at => Ok(Recorded::AlreadyCounted),
             Some(seen) => {
-                self.recount(pod, &key, &name, seen.count + 1, at, &message)
+                self.recount(namespace, &key, &name, seen.count + 1, at, &message)
                     .await
             }
             None => {
-                let event = new_event(violation, pod, &name, &message);
+                let event = new_event(&o, &name, &message);
                 match self.sink.create(&event).await {
                     Ok(()) => {
                         self.seen.insert(
@@ -164,11 +207,11 @@ impl<S: EventSink> Recorder<S> {
                         );
                         Ok(Recorded::Created { name })
                     }
-                    // Written before: by this replica before a restart, or
-                    // by an earlier leader. Its timestamps say whether it
-                    // already counts this violation.
+                    // Written before: by this replica before a restart, by
+                    // an earlier leader, or by another replica. Its
+                    // timestamps say whether it already counts this.
                     Err(SinkError::AlreadyExists) => {
-                        let existing = self.sink.get(&pod.namespace, &name).await?;
+                        let existing = self.sink.get(namespace, &name).await?;
                         let (count, last_ms) = existing
                             .as_ref()
                             .map(|e| {
@@ -184,7 +227,7 @@ impl<S: EventSink> Recorder<S> {
                             self.seen.insert(key, Seen { count, last_ms });
                             Ok(Recorded::AlreadyCounted)
                         } else {
-                            self.recount(pod, &key, &name, count + 1, at, &message)
+                            self.recount(namespace, &key, &name, count + 1, at, &message)
                                 .await
                         }
                     }
@@ -196,7 +239,7 @@ impl<S: EventSink> Recorder<S> {
 
     async fn recount(
         &mut self,
-        pod: &PodRef,
+        namespace: &str,
         key: &str,
         name: &str,
         count: i32,
@@ -204,7 +247,7 @@ impl<S: EventSink> Recorder<S> {
         message: &str,
     ) -> Result<Recorded, SinkError> {
         self.sink
-            .recount(&pod.namespace, name, count, &time(at_ms), message)
+            .recount(namespace, name, count, &time(at_ms), message)
             .await?;
         self.seen.insert(
             key.to_string(),
@@ -219,9 +262,9 @@ impl<S: EventSink> Recorder<S> {
         })
     }
 
-    /// client-go's spam filter: a token bucket per pod.
-    fn take_token(&mut self, pod: &PodRef, now_ms: i64) -> bool {
-        let key = format!("{}/{}/{}", pod.namespace, pod.name, pod.uid);
+    /// client-go's spam filter: a token bucket per object.
+    fn take_token(&mut self, object: &str, now_ms: i64) -> bool {
+        let key = object.to_string();
         let mut bucket = self.buckets.get(&key).map_or(
             Bucket {
                 tokens: BURST,
@@ -244,12 +287,12 @@ impl<S: EventSink> Recorder<S> {
     }
 
     /// client-go's aggregator: whether this message comes after
-    /// [`SIMILAR_LIMIT`] different ones with the same reason on the same pod
-    /// within the window.
-    fn is_one_of_many(&mut self, pod: &PodRef, violation: &NodeViolation, now_ms: i64) -> bool {
-        let key = (pod.uid.clone(), violation.kind);
+    /// [`SIMILAR_LIMIT`] different ones with the same reason on the same
+    /// object within the window.
+    fn is_one_of_many(&mut self, object: &str, o: &Occurrence, now_ms: i64) -> bool {
+        let key = (object.to_string(), o.reason);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&violation.digest, &violation.container).hash(&mut hasher);
+        (&o.what, &o.field_path).hash(&mut hasher);
         let message = hasher.finish();
         let mut window = match self.similar.get(&key) {
             Some(w) if now_ms - w.start_ms <= SIMILAR_WINDOW_MS => Window {
@@ -276,15 +319,35 @@ impl<S: EventSink> Recorder<S> {
     }
 }
 
-/// The Event's name: the pod's, then a hash of the key (names must be
-/// unique per namespace and at most 253 characters; pod names are at most
-/// 253 too, so the pod part is cut to leave room).
-fn event_name(pod: &PodRef, key: &str) -> String {
+/// What identifies the object across its Events: its uid, or its kind,
+/// namespace and name when the request carried no uid.
+fn object_key(subject: &Subject) -> String {
+    if subject.uid.is_empty() {
+        format!("{}/{}/{}", subject.kind, subject.namespace, subject.name)
+    } else {
+        subject.uid.clone()
+    }
+}
+
+/// Where the Event lives: the object's namespace, or `default` for a
+/// cluster-scoped object (as the apiserver requires of core/v1 Events).
+fn event_namespace(subject: &Subject) -> &str {
+    if subject.namespace.is_empty() {
+        "default"
+    } else {
+        &subject.namespace
+    }
+}
+
+/// The Event's name: the object's, then a hash of the key (names must be
+/// unique per namespace and at most 253 characters; object names are at
+/// most 253 too, so that part is cut to leave room).
+fn event_name(subject: &Subject, key: &str) -> String {
     let mut hasher = Fnv64::default();
     // The bytes themselves: `Hash for str` adds std's own framing, which
     // is not promised to stay the same.
     hasher.write(key.as_bytes());
-    let prefix: String = pod.name.chars().take(200).collect();
+    let prefix: String = subject.name.chars().take(200).collect();
     format!("{prefix}.imagegate.{:016x}", hasher.finish())
 }
 
@@ -338,32 +401,35 @@ pub fn message(v: &NodeViolation) -> String {
     }
 }
 
-fn new_event(v: &NodeViolation, pod: &PodRef, name: &str, message: &str) -> Event {
-    let at = time(v.at_ms);
+fn new_event(o: &Occurrence, name: &str, message: &str) -> Event {
+    let at = time(o.at_ms);
+    let subject = &o.subject;
     Event {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            namespace: Some(pod.namespace.clone()),
+            namespace: Some(event_namespace(subject).to_string()),
+            labels: Some(o.labels.clone()).filter(|l| !l.is_empty()),
+            annotations: Some(o.annotations.clone()).filter(|a| !a.is_empty()),
             ..Default::default()
         },
         involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(pod.namespace.clone()),
-            name: Some(pod.name.clone()),
-            uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
-            field_path: Some(format!("spec.containers{{{}}}", v.container)),
+            api_version: Some(subject.api_version.clone()),
+            kind: Some(subject.kind.clone()),
+            namespace: Some(subject.namespace.clone()).filter(|n| !n.is_empty()),
+            name: Some(subject.name.clone()),
+            uid: Some(subject.uid.clone()).filter(|u| !u.is_empty()),
+            field_path: o.field_path.clone(),
             ..Default::default()
         },
-        reason: Some(v.kind.reason().to_string()),
+        reason: Some(o.reason.to_string()),
         message: Some(message.to_string()),
         type_: Some("Warning".into()),
         source: Some(EventSource {
-            component: Some("imagegate-agent".into()),
-            host: Some(v.node.clone()),
+            component: Some(o.component.into()),
+            host: Some(o.instance.clone()),
         }),
-        reporting_component: Some("imagegate.dev/agent".into()),
-        reporting_instance: Some(v.node.clone()),
+        reporting_component: Some(o.reporting_component.into()),
+        reporting_instance: Some(o.instance.clone()),
         first_timestamp: Some(at.clone()),
         last_timestamp: Some(at),
         count: Some(1),
@@ -421,3 +487,13 @@ impl EventSink for KubeEvents {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    /// The Event `o` is created as.
+    pub fn event(o: &Occurrence) -> Event {
+        new_event(o, "test", &o.message)
+    }
+}

@@ -17,6 +17,8 @@
 //! Data flows one way: agents' violations -> [`model::NodeViolation`] ->
 //! recorder and report book -> apiserver.
 
+pub mod admission;
+pub mod decisions;
 pub mod events;
 pub mod intake;
 pub mod lease;
@@ -55,7 +57,7 @@ const PRUNE_PODS: usize = 200;
 const SAY_AGAIN: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
+pub struct OutcomeLabels {
     outcome: &'static str,
 }
 
@@ -63,6 +65,8 @@ struct OutcomeLabels {
 pub struct ReportMetrics {
     leader: Gauge,
     events: Family<OutcomeLabels, Counter>,
+    /// Per replica: its admission decisions' Events.
+    pub admission_events: Family<OutcomeLabels, Counter>,
     report_writes: Family<OutcomeLabels, Counter>,
     results_dropped: Counter,
     reports_crds_missing: Gauge,
@@ -81,6 +85,13 @@ impl ReportMetrics {
             "Violations turned into Events, by outcome (created, counted, already-counted, \
              rate-limited, no-pod, failed)",
             metrics.events.clone(),
+        );
+        registry.register(
+            "admission_events",
+            "This replica's admission decisions (denied, audit, break-glass, unverified) turned \
+             into Events, by outcome (created, counted, already-counted, rate-limited, \
+             queue-full, failed)",
+            metrics.admission_events.clone(),
         );
         registry.register(
             "report_writes",
@@ -105,6 +116,13 @@ impl ReportMetrics {
                     .get_or_create(&OutcomeLabels { outcome }),
             );
         }
+        for outcome in ["queue-full", "failed"] {
+            drop(
+                metrics
+                    .admission_events
+                    .get_or_create(&OutcomeLabels { outcome }),
+            );
+        }
         metrics
     }
 
@@ -126,6 +144,11 @@ pub struct Reporter {
     pub events: bool,
     /// Policy reports.
     pub reports: Option<ReportSettings>,
+    /// Admission decisions are told as Events (by every replica): file
+    /// them as report results too.
+    pub admission_results: bool,
+    /// How long a denial stays in the reports after its last occurrence.
+    pub denied_result_ttl: Duration,
     pub lease: lease::LeaseConfig,
     pub intake: intake::IntakeConfig,
     pub followers: Followers,
@@ -184,7 +207,18 @@ async fn lead(
             settings.format,
             settings.max_results,
         )
+        .with_denied_ttl(reporter.denied_result_ttl)
     });
+    let (decisions_tx, mut decisions) = mpsc::channel(QUEUE);
+    if writer.is_some() && reporter.admission_results {
+        tokio::spawn(admission::watch_decisions(
+            reporter.client.clone(),
+            decisions_tx,
+            end_tx.subscribe(),
+        ));
+    } else {
+        drop(decisions_tx);
+    }
     let mut flush = tokio::time::interval(FLUSH);
     let mut prune = tokio::time::interval(PRUNE);
     for interval in [&mut flush, &mut prune] {
@@ -203,6 +237,11 @@ async fn lead(
                     record_event(reporter, recorder, &violation).await;
                 }
             }
+            Some(decision) = decisions.recv() => {
+                if let Some(writer) = &mut writer {
+                    reporter.metrics.results_dropped.inc_by(writer.record_decision(&decision));
+                }
+            }
             _ = flush.tick(), if writer.is_some() => {
                 if let Some(writer) = &mut writer {
                     write_reports(reporter, writer, &mut said_missing).await;
@@ -213,6 +252,11 @@ async fn lead(
                     let gone = writer.prune(PRUNE_PODS).await;
                     if gone > 0 {
                         info!(pods = gone, "results of pods that are gone taken out of the reports");
+                    }
+                    let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+                    let expired = writer.expire(now);
+                    if expired > 0 {
+                        info!(results = expired, "denials older than --denied-result-ttl taken out of the reports");
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Api, ContainerKind, Review, Subject,
+    Api, ContainerKind, ObjectId, Review, Subject,
     pod_spec::{self, Object, Spec},
 };
 
@@ -90,6 +90,8 @@ struct Request {
 struct GroupVersionKind {
     #[serde(default)]
     group: String,
+    #[serde(default)]
+    version: String,
     kind: String,
 }
 
@@ -248,6 +250,31 @@ fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
         .filter(|n| !n.is_empty())
         .or(metadata.name)
         .or(metadata.generate_name);
+    let api_version = match (request.kind.group.as_str(), request.kind.version.as_str()) {
+        (_, "") => None,
+        ("", version) => Some(version.to_string()),
+        (group, version) => Some(format!("{group}/{version}")),
+    };
+    let object = match (&api_version, &name, &metadata.uid) {
+        (Some(api_version), Some(name), Some(uid)) if !uid.is_empty() => Some(ObjectId {
+            api_version: api_version.clone(),
+            kind: request.kind.kind.clone(),
+            name: name.clone(),
+            uid: uid.clone(),
+        }),
+        _ => None,
+    };
+    let controller = metadata
+        .owner_references
+        .into_iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| ObjectId {
+            api_version: o.api_version,
+            kind: o.kind,
+            name: o.name,
+            uid: o.uid,
+        });
     Ok(Ok(Review {
         api: Api::AdmissionReview,
         subject: Subject {
@@ -260,6 +287,8 @@ fn to_review(request: Request) -> Result<Result<Review, &'static str>, String> {
         name,
         user: request.user_info.and_then(|u| u.username),
         dry_run: request.dry_run.unwrap_or(false),
+        object,
+        controller,
     }))
 }
 
@@ -357,6 +386,7 @@ fn pod_review_text(item: &serde_json::Value) -> Result<Review, String> {
         uid: String::new(),
         kind: GroupVersionKind {
             group: String::new(),
+            version: "v1".into(),
             kind: "Pod".into(),
         },
         namespace: item["metadata"]["namespace"].as_str().map(str::to_string),

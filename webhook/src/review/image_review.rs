@@ -109,6 +109,8 @@ fn to_review(spec: Spec) -> Review {
         name: None,
         user: None,
         dry_run: false,
+        object: None,
+        controller: None,
     }
 }
 

@@ -77,6 +77,16 @@ pub struct Subject {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// An object a review names (the reviewed object, or its controller), as
+/// the apiserver identifies it: what an Event or a report result is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
 /// A request to review, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Review {
@@ -92,4 +102,12 @@ pub struct Review {
     pub user: Option<String>,
     /// `request.dryRun`: decide, but change nothing.
     pub dry_run: bool,
+    /// The object's identity, when the request carries it (AdmissionReview
+    /// of a CREATE or UPDATE: the apiserver has set its name and uid before
+    /// validating webhooks are called).
+    pub object: Option<ObjectId>,
+    /// The object's controller (`ownerReferences[controller=true]`): where
+    /// a denial is told, since a denied pod never exists and its
+    /// ReplicaSet or Job makes another.
+    pub controller: Option<ObjectId>,
 }

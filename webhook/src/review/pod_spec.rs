@@ -15,6 +15,19 @@ pub struct Metadata {
     pub generate_name: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
     pub annotations: Option<BTreeMap<String, String>>,
+    pub uid: Option<String>,
+    #[serde(rename = "ownerReferences")]
+    pub owner_references: Option<Vec<OwnerReference>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OwnerReference {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    pub controller: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -133,6 +133,15 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         Api::ImageReview => "ImageReview",
         Api::AdmissionReview => "AdmissionReview",
     };
+    if let Some(queue) = &state.decisions {
+        let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+        queue.tell(crate::report::decisions::of_review(
+            review,
+            &decision,
+            &state.replica,
+            now,
+        ));
+    }
     for image in &decision.images {
         state
             .metrics

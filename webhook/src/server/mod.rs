@@ -36,6 +36,11 @@ pub struct AppState {
     pub ledger: Option<Arc<crate::ledger::Ledger>>,
     /// What reviews may hold: slots, body bytes, deadlines.
     pub budgets: limits::Budgets,
+    /// Where decisions operators should see go (to become Events);
+    /// `None` when admission Events are off.
+    pub decisions: Option<crate::report::admission::DecisionQueue>,
+    /// This replica's name, on its Events.
+    pub replica: String,
 }
 
 /// The webhook's routes. Public so tests drive it without a socket.

@@ -37,6 +37,8 @@ pub fn app_with(policy_yaml: &str) -> Router {
         resolver: None,
         ledger: None,
         budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+        decisions: None,
+        replica: "test".into(),
     }))
 }
 

@@ -1,6 +1,7 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use super::*;
+use crate::report::model::PodRef;
 
 /// The apiserver's Events as a map, answering as the apiserver does.
 #[derive(Default)]
@@ -265,12 +266,12 @@ fn names_are_valid_object_names_and_stable() {
         name: long,
         uid: "u".into(),
     };
-    let name = event_name(&pod, "u|NeverAdmitted|sha256:aa");
+    let name = event_name(&Subject::pod(&pod), "u|NeverAdmitted|sha256:aa");
     assert!(name.len() <= 253, "{}", name.len());
     // FNV-1a of a fixed key: the same in every process and release.
     assert_eq!(
-        event_name(&pod, "u|NeverAdmitted|sha256:aa"),
-        event_name(&pod, "u|NeverAdmitted|sha256:aa")
+        event_name(&Subject::pod(&pod), "u|NeverAdmitted|sha256:aa"),
+        event_name(&Subject::pod(&pod), "u|NeverAdmitted|sha256:aa")
     );
     let mut hasher = Fnv64::default();
     hasher.write(b"a");

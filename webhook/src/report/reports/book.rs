@@ -7,12 +7,18 @@ use serde_json::{Value, json};
 
 use super::{Format, REPORT_NAME};
 use crate::report::{
+    admission,
     events::message,
-    model::{Kind, NodeViolation, PodRef},
+    model::{Decision, DecisionKind, Kind, NodeViolation, PodRef, Subject},
 };
 
 /// The policy every node result is filed under: what the agents check.
 pub const POLICY: &str = "imagegate-admitted-images";
+/// The policy admission decisions are filed under: what the webhook
+/// checks.
+pub const ADMISSION_POLICY: &str = "imagegate-admission";
+/// A denial stays this long after its last occurrence, unless set.
+pub const DENIED_TTL_MS: i64 = 3_600_000;
 /// `source` of every result and report.
 pub const SOURCE: &str = "imagegate";
 /// How many results were dropped from a full report, on the report.
@@ -31,7 +37,11 @@ pub enum Scope {
 #[derive(Clone, Debug)]
 struct Entry {
     at_ms: i64,
+    /// The pod whose deletion takes the result out.
     pod: Option<PodRef>,
+    /// When the result goes, whatever exists (a denial: its pod never
+    /// did).
+    expires_at_ms: Option<i64>,
     result: Value,
 }
 
@@ -52,6 +62,7 @@ struct Sheet {
 /// Every report's results, bounded per report.
 pub struct Book {
     max: usize,
+    denied_ttl_ms: i64,
     sheets: BTreeMap<Scope, Sheet>,
     changed: BTreeSet<Scope>,
 }
@@ -61,9 +72,15 @@ impl Book {
     pub fn new(max: usize) -> Self {
         Self {
             max: max.max(1),
+            denied_ttl_ms: DENIED_TTL_MS,
             sheets: BTreeMap::new(),
             changed: BTreeSet::new(),
         }
+    }
+
+    /// How long a denial stays after its last occurrence.
+    pub fn set_denied_ttl_ms(&mut self, ttl_ms: i64) {
+        self.denied_ttl_ms = ttl_ms.max(0);
     }
 
     /// Files `v` as its container's result (replacing an older one);
@@ -74,8 +91,32 @@ impl Book {
         let entry = Entry {
             at_ms: v.at_ms,
             pod: v.pod.clone(),
+            expires_at_ms: None,
             result: result(v),
         };
+        self.file(scope, key, entry)
+    }
+
+    /// Files admission decision `d` as its container's admission result
+    /// (one per object and container, beside the node's); returns how
+    /// many results this dropped.
+    pub fn record_decision(&mut self, d: &Decision) -> u64 {
+        let scope = if d.subject.namespace.is_empty() {
+            Scope::Cluster
+        } else {
+            Scope::Namespace(d.subject.namespace.clone())
+        };
+        let key = decision_key(&d.subject, &d.container);
+        let entry = Entry {
+            at_ms: d.at_ms,
+            pod: decision_pod(d.kind, &d.subject),
+            expires_at_ms: (d.kind == DecisionKind::Denied).then(|| d.at_ms + self.denied_ttl_ms),
+            result: decision_result(d),
+        };
+        self.file(scope, key, entry)
+    }
+
+    fn file(&mut self, scope: Scope, key: String, entry: Entry) -> u64 {
         let sheet = self.sheets.entry(scope.clone()).or_default();
         sheet.removed.remove(&key);
         sheet.recorded.insert(key.clone());
@@ -135,7 +176,7 @@ impl Book {
             if result["source"] != SOURCE {
                 continue;
             }
-            let Some((key, entry)) = entry_of(result) else {
+            let Some((key, entry)) = entry_of(result, self.denied_ttl_ms) else {
                 continue;
             };
             if !removed.contains(&key) {
@@ -172,6 +213,29 @@ impl Book {
                 self.changed.insert(scope);
             }
         }
+    }
+
+    /// Takes out the results whose time is up (denials); returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let mut expired = 0;
+        for (scope, sheet) in &mut self.sheets {
+            let gone: Vec<String> = sheet
+                .entries
+                .iter()
+                .filter(|(_, e)| e.expires_at_ms.is_some_and(|at| at <= now_ms))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &gone {
+                sheet.entries.remove(key);
+                sheet.recorded.remove(key);
+                sheet.removed.insert(key.clone());
+            }
+            if !gone.is_empty() {
+                expired += gone.len();
+                self.changed.insert(scope.clone());
+            }
+        }
+        expired
     }
 
     /// Every pod a result names.
@@ -315,13 +379,111 @@ fn result(v: &NodeViolation) -> Value {
     result
 }
 
+/// The key of an admission result: the object and the container.
+fn decision_key(subject: &Subject, container: &str) -> String {
+    let object = if subject.uid.is_empty() {
+        format!("{}/{}/{}", subject.kind, subject.namespace, subject.name)
+    } else {
+        subject.uid.clone()
+    };
+    format!("admission/{object}/{container}")
+}
+
+/// The pod whose deletion takes a decision's result out: the pod admitted
+/// or running (a denied pod never exists; its result expires instead).
+fn decision_pod(kind: DecisionKind, subject: &Subject) -> Option<PodRef> {
+    if kind == DecisionKind::Denied {
+        None
+    } else {
+        subject.as_pod()
+    }
+}
+
+/// The result for admission decision `d`.
+fn decision_result(d: &Decision) -> Value {
+    let (outcome, severity) = match d.kind {
+        DecisionKind::Denied | DecisionKind::Unverified => ("fail", "high"),
+        // Admitted: running, but not as the policy would have it.
+        DecisionKind::AuditWouldDeny => ("warn", "medium"),
+        DecisionKind::BreakGlass => ("warn", "high"),
+    };
+    let at = d.at_ms.max(0);
+    let mut properties = json!({
+        "container": d.container,
+        "image": d.image,
+        "imagegateRule": d.rule,
+        "replica": d.replica,
+    });
+    if !d.digest.is_empty() {
+        properties["digest"] = json!(d.digest);
+    }
+    if !d.signers.is_empty() {
+        properties["signer"] = json!(d.signers.join(", "));
+    }
+    let mut resource = json!({
+        "apiVersion": d.subject.api_version, "kind": d.subject.kind, "name": d.subject.name,
+    });
+    if !d.subject.namespace.is_empty() {
+        resource["namespace"] = json!(d.subject.namespace);
+    }
+    if !d.subject.uid.is_empty() {
+        resource["uid"] = json!(d.subject.uid);
+    }
+    json!({
+        "source": SOURCE,
+        "policy": ADMISSION_POLICY,
+        "rule": d.kind.reason(),
+        "result": outcome,
+        "severity": severity,
+        "scored": true,
+        "category": "Supply chain",
+        "timestamp": {"seconds": at / 1000, "nanos": (at % 1000) * 1_000_000},
+        "message": admission::message(d),
+        "properties": properties,
+        "resources": [resource],
+    })
+}
+
+/// A written admission result read back.
+fn decision_entry_of(result: &Value, at_ms: i64, denied_ttl_ms: i64) -> Option<(String, Entry)> {
+    let kind = DecisionKind::from_reason(result["rule"].as_str()?)?;
+    let container = result["properties"]["container"].as_str()?;
+    let resource = result["resources"][0].as_object()?;
+    let field = |name: &str| {
+        resource
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let subject = Subject {
+        api_version: field("apiVersion"),
+        kind: field("kind"),
+        namespace: field("namespace"),
+        name: field("name"),
+        uid: field("uid"),
+    };
+    Some((
+        decision_key(&subject, container),
+        Entry {
+            at_ms,
+            pod: decision_pod(kind, &subject),
+            expires_at_ms: (kind == DecisionKind::Denied).then(|| at_ms + denied_ttl_ms),
+            result: result.clone(),
+        },
+    ))
+}
+
 /// A written result read back: its key and entry.
-fn entry_of(result: &Value) -> Option<(String, Entry)> {
+fn entry_of(result: &Value, denied_ttl_ms: i64) -> Option<(String, Entry)> {
+    let at_ms = result["timestamp"]["seconds"].as_i64()? * 1000
+        + result["timestamp"]["nanos"].as_i64().unwrap_or(0) / 1_000_000;
+    if result["policy"] == ADMISSION_POLICY {
+        return decision_entry_of(result, at_ms, denied_ttl_ms);
+    }
     let properties = &result["properties"];
     let node = properties["node"].as_str()?;
     let container = properties["container"].as_str()?;
-    let at_ms = result["timestamp"]["seconds"].as_i64()? * 1000
-        + result["timestamp"]["nanos"].as_i64().unwrap_or(0) / 1_000_000;
     let pod = result["resources"][0]
         .as_object()
         .filter(|r| r.get("kind").and_then(Value::as_str) == Some("Pod"))
@@ -342,6 +504,7 @@ fn entry_of(result: &Value) -> Option<(String, Entry)> {
         Entry {
             at_ms,
             pod,
+            expires_at_ms: None,
             result: result.clone(),
         },
     ))

@@ -13,7 +13,7 @@ use super::{
     Format, REPORT_NAME,
     book::{Book, Scope},
 };
-use crate::report::model::{NodeViolation, PodRef};
+use crate::report::model::{Decision, NodeViolation, PodRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -89,9 +89,26 @@ impl<S: ReportSink> Writer<S> {
         self.format
     }
 
+    /// How long a denial stays after its last occurrence.
+    pub fn with_denied_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.book
+            .set_denied_ttl_ms(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self
+    }
+
     /// Files `v`; the results this dropped to keep the report bounded.
     pub fn record(&mut self, v: &NodeViolation) -> u64 {
         self.book.record(v)
+    }
+
+    /// Files admission decision `d`; the results this dropped.
+    pub fn record_decision(&mut self, d: &Decision) -> u64 {
+        self.book.record_decision(d)
+    }
+
+    /// Takes out the denials whose time is up; how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        self.book.expire(now_ms)
     }
 
     /// Writes every report changed since the last flush.
