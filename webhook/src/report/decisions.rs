@@ -225,4 +225,51 @@ mod tests {
         );
         assert!(of_review(&review, &denied, "r", 1).is_empty());
     }
+
+    #[test]
+    fn break_glass_is_told_on_the_pod_and_an_image_review_on_its_namespace() {
+        let mut review = fixture(3);
+        review
+            .subject
+            .annotations
+            .insert("imagegate.dev/break-glass".into(), "true".into());
+        let decision = crate::policy::ReviewDecision::summarise(
+            policy("enforce").decide_images(&review).0,
+            Default::default(),
+        );
+        assert!(decision.allowed);
+        let told = of_review(&review, &decision, "r", 1);
+        assert!(!told.is_empty());
+        assert!(
+            told.iter()
+                .all(|d| d.kind == DecisionKind::BreakGlass && d.subject.kind == "Pod"),
+            "{told:?}"
+        );
+
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/apiserver-v1.28/imagereview-1.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let raw = serde_json::to_vec(&body["body"]).unwrap();
+        let review = crate::review::image_review::decode(&raw).unwrap().unwrap();
+        let decision = crate::policy::ReviewDecision::summarise(
+            policy("enforce").decide_images(&review).0,
+            Default::default(),
+        );
+        assert!(!decision.allowed);
+        let told = of_review(&review, &decision, "r", 1);
+        assert!(!told.is_empty());
+        for d in &told {
+            assert_eq!(d.kind, DecisionKind::Denied);
+            assert_eq!(
+                (d.subject.kind.as_str(), d.subject.namespace.as_str()),
+                ("Namespace", "")
+            );
+            assert_eq!(d.subject.name, review.subject.namespace);
+            // No container names in an ImageReview: the image stands in.
+            assert_eq!(d.container, d.image);
+        }
+    }
 }
