@@ -3,6 +3,7 @@
 //! This machine is shared and noisy: compare ratios within one run.
 
 mod agent;
+mod cpu_limit;
 mod hostile;
 mod procfs;
 mod push;

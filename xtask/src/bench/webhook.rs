@@ -1,7 +1,9 @@
 //! `cargo xtask bench webhook`: the webhook over HTTPS with keep-alive, at
 //! 32 and 128 connections, `/validate` (a two-container Pod) and
 //! `/image_policy`, against a Flask webhook of the kind tutorials show under
-//! gunicorn with 2 workers, in the same run.
+//! gunicorn with 2 workers, in the same run. The webhook runs under the
+//! chart's CPU limit (one CPU, [`super::cpu_limit`]), as it is deployed;
+//! a row without the limit shows what that changes.
 //!
 //! Over 500 lines: the load generator and the Flask comparison server are
 //! kept together so the two are driven with the same settings.
@@ -16,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{procfs, report::Report};
+use super::{cpu_limit::CpuLimit, procfs, report::Report};
 use crate::{build, cmd, paths::Paths, setup};
 
 /// Seconds per scenario; `IMAGEGATE_BENCH_SECONDS` overrides (short runs
@@ -32,6 +34,8 @@ struct Server {
     child: Child,
     port: u16,
     name: &'static str,
+    /// The cgroup it runs in, removed after it (fields drop after `drop`).
+    limit: Option<CpuLimit>,
 }
 
 impl Drop for Server {
@@ -75,6 +79,7 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     let mut results = Vec::new();
     let mut servers: Vec<(&str, StartServer)> = vec![
         ("imagegate", start_imagegate),
+        (UNLIMITED, start_imagegate_unlimited),
         ("flask+gunicorn (2 workers)", start_flask),
     ];
     // Before/after in one run: an earlier build of the webhook, measured
@@ -176,6 +181,30 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
                 );
             }
         }
+    }
+    for scenario in ["AdmissionReview /validate", "ImageReview /image_policy"] {
+        let (limited, unlimited) = (
+            find("imagegate", scenario, 32),
+            find(UNLIMITED, scenario, 32),
+        );
+        report.figure(
+            &format!(
+                "{scenario} at 32 connections: server CPU per 10k, under the chart's 1-CPU limit / \
+                 without a limit"
+            ),
+            format!(
+                "{:.3} s / {:.3} s (x{:.2} less with the limit); req/s {:.0} / {:.0}; p99 {:.2} / {:.2} ms",
+                f(&limited, "cpu_seconds_per_10k"),
+                f(&unlimited, "cpu_seconds_per_10k"),
+                f(&unlimited, "cpu_seconds_per_10k") / f(&limited, "cpu_seconds_per_10k").max(1e-9),
+                f(&limited, "requests_per_sec"),
+                f(&unlimited, "requests_per_sec"),
+                f(&limited, "p99_ms"),
+                f(&unlimited, "p99_ms"),
+            ),
+            "the same build, one after the other in this run: one runtime worker under the \
+             quota (as in the chart's pods), two without it on this 2-core machine",
+        );
     }
     let peak = results
         .iter()
@@ -478,6 +507,7 @@ fn start_registry(work: &Path, port: u16) -> Result<Server> {
         child,
         port,
         name: "docker-registry",
+        limit: None,
     })
 }
 
@@ -641,9 +671,28 @@ fn free_port() -> Result<u16> {
 }
 
 /// The server for the issue's main figures: decisions without registry
-/// lookups.
+/// lookups, under the chart's CPU limit.
 fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
-    start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])
+    let limit = CpuLimit::one_cpu("webhook")?;
+    let bin = paths.target.join("release").join("imagegate-webhook");
+    let mut server = start_binary_in(
+        limit.command(&bin),
+        work,
+        "policy.yaml",
+        &["--digest-resolution", "off"],
+    )?;
+    server.limit = Some(limit);
+    Ok(server)
+}
+
+/// The server name of the same build without a CPU limit.
+const UNLIMITED: &str = "imagegate (no CPU limit)";
+
+fn start_imagegate_unlimited(paths: &Paths, work: &Path) -> Result<Server> {
+    let mut server =
+        start_imagegate_with(paths, work, "policy.yaml", &["--digest-resolution", "off"])?;
+    server.name = UNLIMITED;
+    Ok(server)
 }
 
 /// Starts one of the compared servers.
@@ -660,8 +709,16 @@ fn baseline_binary() -> Option<PathBuf> {
 
 fn start_baseline(_: &Paths, work: &Path) -> Result<Server> {
     let bin = baseline_binary().context("IMAGEGATE_BENCH_BASELINE_WEBHOOK is not set")?;
-    let mut server = start_binary(&bin, work, "policy.yaml", &["--digest-resolution", "off"])?;
+    // Measured as this build is: under the chart's CPU limit.
+    let limit = CpuLimit::one_cpu("baseline")?;
+    let mut server = start_binary_in(
+        limit.command(&bin),
+        work,
+        "policy.yaml",
+        &["--digest-resolution", "off"],
+    )?;
     server.name = BASELINE;
+    server.limit = Some(limit);
     Ok(server)
 }
 
@@ -680,8 +737,20 @@ fn start_imagegate_with(
 }
 
 fn start_binary(bin: &Path, work: &Path, policy: &str, extra: &[&str]) -> Result<Server> {
+    start_binary_in(Command::new(bin), work, policy, extra)
+}
+
+/// Starts the webhook `command` runs (the binary, or a shell that joins a
+/// cgroup and execs it).
+fn start_binary_in(
+    mut command: Command,
+    work: &Path,
+    policy: &str,
+    extra: &[&str],
+) -> Result<Server> {
     let port = free_port()?;
-    let child = Command::new(bin)
+    let program = format!("{:?}", command.get_program());
+    let child = command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--cert")
         .arg(work.join("tls.crt"))
@@ -693,11 +762,12 @@ fn start_binary(bin: &Path, work: &Path, policy: &str, extra: &[&str]) -> Result
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {program}"))?;
     wait_for_port(Server {
         child,
         port,
         name: "imagegate",
+        limit: None,
     })
 }
 
@@ -726,6 +796,7 @@ fn start_flask(paths: &Paths, work: &Path) -> Result<Server> {
         child,
         port,
         name: "flask",
+        limit: None,
     })
 }
 
