@@ -239,8 +239,10 @@ struct ServeArgs {
     /// on events (and `list`, `watch` for the reporter).
     #[arg(long, env = "IMAGEGATE_ADMISSION_EVENTS", default_value = "off")]
     admission_events: OnOff,
-    /// How long a denial stays in the reports after its last occurrence (a
-    /// denied pod never exists, so no pod's deletion takes it out).
+    /// How long an admission result with no pod to follow stays in the
+    /// reports after its last occurrence: denials (a denied pod never
+    /// exists, so no pod's deletion takes it out), and results on workloads
+    /// and, for ImageReview, on namespaces.
     #[arg(long, env = "IMAGEGATE_DENIED_RESULT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     denied_result_ttl: Duration,
     /// Write the violations the agents file as policy reports, one per

@@ -39,8 +39,8 @@ struct Entry {
     at_ms: i64,
     /// The pod whose deletion takes the result out.
     pod: Option<PodRef>,
-    /// When the result goes, whatever exists (a denial: its pod never
-    /// did).
+    /// When the result goes, whatever exists (an admission result with no
+    /// pod to follow: a denial's pod never existed).
     expires_at_ms: Option<i64>,
     result: Value,
 }
@@ -107,10 +107,11 @@ impl Book {
             Scope::Namespace(d.subject.namespace.clone())
         };
         let key = decision_key(&d.subject, &d.container);
+        let pod = decision_pod(d.kind, &d.subject);
         let entry = Entry {
             at_ms: d.at_ms,
-            pod: decision_pod(d.kind, &d.subject),
-            expires_at_ms: (d.kind == DecisionKind::Denied).then(|| d.at_ms + self.denied_ttl_ms),
+            expires_at_ms: pod.is_none().then(|| d.at_ms + self.denied_ttl_ms),
+            pod,
             result: decision_result(d),
         };
         self.file(scope, key, entry)
@@ -390,7 +391,9 @@ fn decision_key(subject: &Subject, container: &str) -> String {
 }
 
 /// The pod whose deletion takes a decision's result out: the pod admitted
-/// or running (a denied pod never exists; its result expires instead).
+/// or running. Results with none to follow (a denied pod never exists; a
+/// workload's or an ImageReview's namespace results) expire instead, the
+/// TTL after their last occurrence.
 fn decision_pod(kind: DecisionKind, subject: &Subject) -> Option<PodRef> {
     if kind == DecisionKind::Denied {
         None
@@ -463,12 +466,13 @@ fn decision_entry_of(result: &Value, at_ms: i64, denied_ttl_ms: i64) -> Option<(
         name: field("name"),
         uid: field("uid"),
     };
+    let pod = decision_pod(kind, &subject);
     Some((
         decision_key(&subject, container),
         Entry {
             at_ms,
-            pod: decision_pod(kind, &subject),
-            expires_at_ms: (kind == DecisionKind::Denied).then(|| at_ms + denied_ttl_ms),
+            expires_at_ms: pod.is_none().then(|| at_ms + denied_ttl_ms),
+            pod,
             result: result.clone(),
         },
     ))

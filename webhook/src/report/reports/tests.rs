@@ -310,3 +310,104 @@ async fn results_of_gone_pods_are_removed_and_of_unreadable_ones_kept() {
     assert_eq!(result_pods(&report), ["running", "unreadable"]);
     assert_eq!(report["summary"]["fail"], 2);
 }
+
+fn decision(
+    kind: crate::report::model::DecisionKind,
+    subject: crate::report::model::Subject,
+    at_ms: i64,
+) -> crate::report::model::Decision {
+    crate::report::model::Decision {
+        kind,
+        subject,
+        container: "app".into(),
+        image: "quay.io/x/app:1".into(),
+        digest: String::new(),
+        rule: "default".into(),
+        reason: "no rule accepts it".into(),
+        signers: Vec::new(),
+        at_ms,
+        replica: "webhook-0".into(),
+    }
+}
+
+#[test]
+fn admission_results_with_no_pod_to_follow_expire_and_pods_results_stay() {
+    use crate::report::model::{DecisionKind, Subject};
+    let t0 = 1_800_000_000_000;
+    let ttl = 3_600_000;
+    let mut book = Book::new(10);
+    book.set_denied_ttl_ms(ttl);
+    let running = pod("shop", "web-1", "uid-web-1");
+    // On the pod that runs: goes with the pod, never expires.
+    book.record_decision(&decision(
+        DecisionKind::AuditWouldDeny,
+        Subject::pod(&running),
+        t0,
+    ));
+    // A denial on the pod's ReplicaSet, and break-glass through
+    // ImageReview, on the namespace: nothing to follow, so they expire.
+    let replicaset = Subject {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        uid: "uid-rs".into(),
+    };
+    book.record_decision(&decision(DecisionKind::Denied, replicaset, t0));
+    let namespace = Subject {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        namespace: String::new(),
+        name: "shop".into(),
+        uid: String::new(),
+    };
+    book.record_decision(&decision(DecisionKind::BreakGlass, namespace, t0));
+    assert_eq!(book.pods(), vec![running.clone()]);
+    let shop = book.render(&Scope::Namespace("shop".into()), Format::OpenReports);
+    assert_valid(&shop);
+    assert_eq!(shop["results"].as_array().unwrap().len(), 2);
+    let cluster = book.render(&Scope::Cluster, Format::OpenReports);
+    assert_valid(&cluster);
+    assert_eq!(cluster["results"][0]["resources"][0]["kind"], "Namespace");
+
+    assert_eq!(book.expire(t0 + ttl - 1), 0, "not yet");
+    assert_eq!(book.expire(t0 + ttl), 2);
+    let shop = book.render(&Scope::Namespace("shop".into()), Format::OpenReports);
+    let rules: Vec<&str> = shop["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["AuditWouldDeny"]);
+    let cluster = book.render(&Scope::Cluster, Format::OpenReports);
+    assert_eq!(cluster["results"].as_array().unwrap().len(), 0);
+
+    // Read back from a written report (a new leader), the same: the
+    // denial recorded again expires, the pod's result does not.
+    let mut again = Book::new(10);
+    again.set_denied_ttl_ms(ttl);
+    let written = {
+        let mut book = Book::new(10);
+        book.record_decision(&decision(
+            DecisionKind::Denied,
+            Subject {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                namespace: "shop".into(),
+                name: "bare".into(),
+                uid: "uid-bare".into(),
+            },
+            t0,
+        ));
+        book.record_decision(&decision(
+            DecisionKind::Unverified,
+            Subject::pod(&running),
+            t0,
+        ));
+        book.render(&Scope::Namespace("shop".into()), Format::OpenReports)
+    };
+    again.load(&Scope::Namespace("shop".into()), &written);
+    assert_eq!(again.pods(), vec![running], "a denied pod is not followed");
+    assert_eq!(again.expire(t0 + ttl), 1);
+}
