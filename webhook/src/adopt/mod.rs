@@ -308,7 +308,7 @@ async fn once(
         );
     }
     if let Some((queue, replica)) = tell {
-        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let now = imagegate_plumbing::clock::now_ms_i64();
         queue.tell(
             report
                 .unverified

@@ -199,7 +199,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
             else => return,
         };
-        let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+        let now = imagegate_plumbing::clock::now_ms_i64();
         let outcome = match recorder.record(&decision, now).await {
             Ok(Recorded::Created { .. }) => "created",
             Ok(Recorded::Counted { .. }) => "counted",

@@ -175,7 +175,7 @@ impl<S: EventSink> Recorder<S> {
         let Some(o) = told.occurrence() else {
             return Ok(Recorded::NoPod);
         };
-        let object = object_key(&o.subject);
+        let object = o.subject.key();
         if !self.take_token(&object, now_ms) {
             return Ok(Recorded::RateLimited);
         }
@@ -316,16 +316,6 @@ impl<S: EventSink> Recorder<S> {
         };
         self.similar.insert(key, window);
         many
-    }
-}
-
-/// What identifies the object across its Events: its uid, or its kind,
-/// namespace and name when the request carried no uid.
-fn object_key(subject: &Subject) -> String {
-    if subject.uid.is_empty() {
-        format!("{}/{}/{}", subject.kind, subject.namespace, subject.name)
-    } else {
-        subject.uid.clone()
     }
 }
 

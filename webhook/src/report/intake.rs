@@ -143,7 +143,7 @@ async fn read(
     .map_err(|s| format!("WatchEvents: {s}"))?
     .into_inner();
     info!(%node, agent = %address, "reading the agent's violations");
-    let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+    let now = imagegate_plumbing::clock::now_ms_i64();
     let since_ms =
         now.saturating_sub(i64::try_from(config.backfill.as_millis()).unwrap_or(i64::MAX));
     let mut after = 0;

@@ -253,7 +253,7 @@ async fn lead(
                     if gone > 0 {
                         info!(pods = gone, "results of pods that are gone taken out of the reports");
                     }
-                    let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+                    let now = imagegate_plumbing::clock::now_ms_i64();
                     let expired = writer.expire(now);
                     if expired > 0 {
                         info!(results = expired, "denials older than --denied-result-ttl taken out of the reports");
@@ -280,7 +280,7 @@ async fn record_event(
     recorder: &mut Recorder<KubeEvents>,
     violation: &model::NodeViolation,
 ) {
-    let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+    let now = imagegate_plumbing::clock::now_ms_i64();
     let outcome = match recorder.record(violation, now).await {
         Ok(Recorded::Created { .. }) => "created",
         Ok(Recorded::Counted { .. }) => "counted",

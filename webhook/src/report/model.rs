@@ -151,6 +151,16 @@ impl Subject {
         }
     }
 
+    /// What identifies the object across Events and results: its uid, or
+    /// its kind, namespace and name when the request carried no uid.
+    pub fn key(&self) -> String {
+        if self.uid.is_empty() {
+            format!("{}/{}/{}", self.kind, self.namespace, self.name)
+        } else {
+            self.uid.clone()
+        }
+    }
+
     /// The pod this subject is, if it is one.
     pub fn as_pod(&self) -> Option<PodRef> {
         (self.kind == "Pod" && self.api_version == "v1" && !self.namespace.is_empty()).then(|| {

@@ -134,7 +134,7 @@ async fn decide(state: &AppState, review: &Review) -> Option<ReviewDecision> {
         Api::AdmissionReview => "AdmissionReview",
     };
     if let Some(queue) = &state.decisions {
-        let now = i64::try_from(imagegate_plumbing::clock::now_ms()).unwrap_or(i64::MAX);
+        let now = imagegate_plumbing::clock::now_ms_i64();
         queue.tell(crate::report::decisions::of_review(
             review,
             &decision,

@@ -673,14 +673,21 @@ fn free_port() -> Result<u16> {
 /// The server for the main figures: decisions without registry
 /// lookups, under the chart's CPU limit.
 fn start_imagegate(paths: &Paths, work: &Path) -> Result<Server> {
-    let limit = CpuLimit::one_cpu("webhook")?;
     let bin = paths.target.join("release").join("imagegate-webhook");
+    start_limited(&bin, work, "imagegate")
+}
+
+/// `bin` without registry lookups, under the chart's CPU limit (a cgroup
+/// of its own, removed after the server).
+fn start_limited(bin: &Path, work: &Path, name: &'static str) -> Result<Server> {
+    let limit = CpuLimit::one_cpu("webhook")?;
     let mut server = start_binary_in(
-        limit.command(&bin),
+        limit.command(bin),
         work,
         "policy.yaml",
         &["--digest-resolution", "off"],
     )?;
+    server.name = name;
     server.limit = Some(limit);
     Ok(server)
 }
@@ -710,16 +717,7 @@ fn baseline_binary() -> Option<PathBuf> {
 fn start_baseline(_: &Paths, work: &Path) -> Result<Server> {
     let bin = baseline_binary().context("IMAGEGATE_BENCH_BASELINE_WEBHOOK is not set")?;
     // Measured as this build is: under the chart's CPU limit.
-    let limit = CpuLimit::one_cpu("baseline")?;
-    let mut server = start_binary_in(
-        limit.command(&bin),
-        work,
-        "policy.yaml",
-        &["--digest-resolution", "off"],
-    )?;
-    server.name = BASELINE;
-    server.limit = Some(limit);
-    Ok(server)
+    start_limited(&bin, work, BASELINE)
 }
 
 fn start_imagegate_with(

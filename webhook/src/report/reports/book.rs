@@ -59,6 +59,26 @@ struct Sheet {
     removed: BTreeSet<String>,
 }
 
+impl Sheet {
+    /// Takes out the entries `gone` selects, remembered as removed (a
+    /// report read again after a conflict does not bring them back);
+    /// returns how many.
+    fn take_out(&mut self, gone: impl Fn(&Entry) -> bool) -> usize {
+        let keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| gone(e))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &keys {
+            self.entries.remove(key);
+            self.recorded.remove(key);
+            self.removed.insert(key.clone());
+        }
+        keys.len()
+    }
+}
+
 /// Every report's results, bounded per report.
 pub struct Book {
     max: usize,
@@ -198,41 +218,20 @@ impl Book {
     /// Removes the results of pod `uid` (it is gone).
     pub fn remove_pod(&mut self, pod: &PodRef) {
         let scope = Scope::Namespace(pod.namespace.clone());
-        if let Some(sheet) = self.sheets.get_mut(&scope) {
-            let gone: Vec<String> = sheet
-                .entries
-                .iter()
-                .filter(|(_, e)| e.pod.as_ref().is_some_and(|p| p.uid == pod.uid))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &gone {
-                sheet.entries.remove(key);
-                sheet.recorded.remove(key);
-                sheet.removed.insert(key.clone());
-            }
-            if !gone.is_empty() {
-                self.changed.insert(scope);
-            }
+        if let Some(sheet) = self.sheets.get_mut(&scope)
+            && sheet.take_out(|e| e.pod.as_ref().is_some_and(|p| p.uid == pod.uid)) > 0
+        {
+            self.changed.insert(scope);
         }
     }
 
-    /// Takes out the results whose time is up (denials); returns how many.
+    /// Takes out the results whose time is up; returns how many.
     pub fn expire(&mut self, now_ms: i64) -> usize {
         let mut expired = 0;
         for (scope, sheet) in &mut self.sheets {
-            let gone: Vec<String> = sheet
-                .entries
-                .iter()
-                .filter(|(_, e)| e.expires_at_ms.is_some_and(|at| at <= now_ms))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &gone {
-                sheet.entries.remove(key);
-                sheet.recorded.remove(key);
-                sheet.removed.insert(key.clone());
-            }
-            if !gone.is_empty() {
-                expired += gone.len();
+            let gone = sheet.take_out(|e| e.expires_at_ms.is_some_and(|at| at <= now_ms));
+            if gone > 0 {
+                expired += gone;
                 self.changed.insert(scope.clone());
             }
         }
@@ -382,12 +381,7 @@ fn result(v: &NodeViolation) -> Value {
 
 /// The key of an admission result: the object and the container.
 fn decision_key(subject: &Subject, container: &str) -> String {
-    let object = if subject.uid.is_empty() {
-        format!("{}/{}/{}", subject.kind, subject.namespace, subject.name)
-    } else {
-        subject.uid.clone()
-    };
-    format!("admission/{object}/{container}")
+    format!("admission/{}/{container}", subject.key())
 }
 
 /// The pod whose deletion takes a decision's result out: the pod admitted
