@@ -78,6 +78,10 @@ async fn session(
     // The cluster set mark this agent was last told of.
     let mut told_cluster_set = None;
     loop {
+        // Marked seen before the read, not after: a write landing between
+        // the read and the wait below then still wakes it (marking after
+        // the read lost such a write until the idle check, 30 s later).
+        changes.borrow_and_update();
         let ledger = pusher.ledger.clone();
         let since = held;
         let (records, cluster_set) = tokio::task::spawn_blocking(move || {
@@ -111,7 +115,6 @@ async fn session(
                 continue;
             }
             // Up to date: wait for the next write.
-            changes.borrow_and_update();
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
