@@ -87,19 +87,34 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     if baseline_binary().is_some() {
         servers.insert(1, (BASELINE, start_baseline));
     }
+    // Side by side with the webhook users replace: the same bodies, the
+    // same limit, the same load.
+    if bouncer_binary().is_some() {
+        servers.push((BOUNCER, start_bouncer));
+        servers.push((BOUNCER_UNLIMITED, start_bouncer_unlimited));
+    }
     for (server_name, start) in servers {
         let server = start(paths, &work)?;
         if server_name.starts_with("imagegate") {
             expect_allowed(&server, &work.join("validate.json"), false)?;
         }
+        let bouncer = server_name.starts_with("kube-image-bouncer");
         for (scenario, path, body) in [
-            ("AdmissionReview /validate", "/validate", "validate.json"),
+            (
+                "AdmissionReview /validate",
+                // kube-image-bouncer serves AdmissionReviews on `/` only.
+                if bouncer { "/" } else { "/validate" },
+                "validate.json",
+            ),
             (
                 "ImageReview /image_policy",
                 "/image_policy",
                 "image_policy.json",
             ),
         ] {
+            if bouncer {
+                expect_bouncer_allows(&server, path, &work.join(body))?;
+            }
             for connections in [32, 128] {
                 let row = measure(
                     paths,
@@ -205,6 +220,44 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
             "the same build, one after the other in this run: one runtime worker under the \
              quota (as in the chart's pods), two without it on this 2-core machine",
         );
+    }
+    if bouncer_binary().is_some() {
+        for (scenario, target) in [
+            ("AdmissionReview /validate", 8.0),
+            ("ImageReview /image_policy", 3.0),
+        ] {
+            for (ours_name, theirs_name, how) in [
+                ("imagegate", BOUNCER, "both under the chart's 1-CPU limit"),
+                (UNLIMITED, BOUNCER_UNLIMITED, "both without a limit"),
+            ] {
+                let (ours, theirs) = (
+                    find(ours_name, scenario, 32),
+                    find(theirs_name, scenario, 32),
+                );
+                report.check(
+                    &format!(
+                        "{scenario} at 32 connections, {how}: kube-image-bouncer's CPU per 10k / imagegate's (x)"
+                    ),
+                    f(&theirs, "cpu_seconds_per_10k") / f(&ours, "cpu_seconds_per_10k").max(1e-9),
+                    ">=",
+                    target,
+                );
+                report.figure(
+                    &format!("{scenario} at 32 connections, {how}: imagegate / kube-image-bouncer"),
+                    format!(
+                        "CPU per 10k {:.3} s / {:.3} s; req/s {:.0} / {:.0}; p99 {:.2} / {:.2} ms",
+                        f(&ours, "cpu_seconds_per_10k"),
+                        f(&theirs, "cpu_seconds_per_10k"),
+                        f(&ours, "requests_per_sec"),
+                        f(&theirs, "requests_per_sec"),
+                        f(&ours, "p99_ms"),
+                        f(&theirs, "p99_ms"),
+                    ),
+                    "one after the other in this run, same bodies and load \
+                     (IMAGEGATE_BENCH_BOUNCER)",
+                );
+            }
+        }
     }
     let peak = results
         .iter()
@@ -718,6 +771,78 @@ fn start_baseline(_: &Paths, work: &Path) -> Result<Server> {
     let bin = baseline_binary().context("IMAGEGATE_BENCH_BASELINE_WEBHOOK is not set")?;
     // Measured as this build is: under the chart's CPU limit.
     start_limited(&bin, work, BASELINE)
+}
+
+/// The server names of kube-image-bouncer's rows.
+const BOUNCER: &str = "kube-image-bouncer";
+const BOUNCER_UNLIMITED: &str = "kube-image-bouncer (no CPU limit)";
+
+/// `IMAGEGATE_BENCH_BOUNCER`: a kube-image-bouncer binary
+/// (github.com/flavio/kube-image-bouncer, built from its vendored tree) to
+/// measure alongside; the README says how to build it.
+fn bouncer_binary() -> Option<PathBuf> {
+    std::env::var_os("IMAGEGATE_BENCH_BOUNCER").map(PathBuf::from)
+}
+
+fn start_bouncer(_: &Paths, work: &Path) -> Result<Server> {
+    let bin = bouncer_binary().context("IMAGEGATE_BENCH_BOUNCER is not set")?;
+    let limit = CpuLimit::one_cpu("bouncer")?;
+    let mut server = start_bouncer_in(limit.command(&bin), work)?;
+    server.name = BOUNCER;
+    server.limit = Some(limit);
+    Ok(server)
+}
+
+fn start_bouncer_unlimited(_: &Paths, work: &Path) -> Result<Server> {
+    let bin = bouncer_binary().context("IMAGEGATE_BENCH_BOUNCER is not set")?;
+    let mut server = start_bouncer_in(Command::new(bin), work)?;
+    server.name = BOUNCER_UNLIMITED;
+    Ok(server)
+}
+
+/// kube-image-bouncer with the registries of the example policy allowed
+/// (its other check, no `latest`, is always on), logging as it does by
+/// default: a line per request, to standard output.
+fn start_bouncer_in(mut command: Command, work: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let child = command
+        .args(["--port", &port.to_string()])
+        .arg("--cert")
+        .arg(work.join("tls.crt"))
+        .arg("--key")
+        .arg(work.join("tls.key"))
+        .args([
+            "--registry-whitelist",
+            "docker.io,registry.k8s.io,k8s.gcr.io",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting kube-image-bouncer")?;
+    wait_for_port(Server {
+        child,
+        port,
+        name: BOUNCER,
+        limit: None,
+    })
+}
+
+/// kube-image-bouncer answers the bench's body with an admission: the
+/// rows compare servers doing the same work.
+fn expect_bouncer_allows(server: &Server, path: &str, body: &Path) -> Result<()> {
+    let out = cmd::output(
+        Command::new("curl")
+            .args(["-sk", "-X", "POST", "-H", "content-type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://127.0.0.1:{}{path}", server.port)),
+    )?;
+    let answer: Value = serde_json::from_str(&out)
+        .with_context(|| format!("kube-image-bouncer's answer on {path}: {out}"))?;
+    let allowed = answer["response"]["allowed"] == true || answer["status"]["allowed"] == true;
+    if !allowed {
+        bail!("kube-image-bouncer does not allow the bench's body on {path}: {out}");
+    }
+    Ok(())
 }
 
 fn start_imagegate_with(
