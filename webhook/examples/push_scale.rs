@@ -10,7 +10,7 @@
 //! Per design and N, one run:
 //! 1. the ledger holds 100,000 approvals the agents already hold (a fleet
 //!    in its steady state);
-//! 2. 100 pods admitted one at a time through `/validate`: admission
+//! 2. 300 pods admitted one at a time through `/validate`: admission
 //!    latency, and from each answer until the approval is held by 99% and
 //!    by all agents;
 //! 3. one new agent with nothing: its full sync of the 100,000;
@@ -58,7 +58,7 @@ use tonic::{
 mod common;
 
 const PREFILL: usize = 100_000;
-const STEADY: usize = 100;
+const STEADY: usize = 300;
 const IMPAIRED: usize = 50;
 const SLOW: Duration = Duration::from_secs(2);
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -439,6 +439,33 @@ impl Run {
     }
 }
 
+/// The webhook's own time on AdmissionReviews so far (seconds from body
+/// read to answer ready, summed, and how many), from its `/metrics`: two
+/// readings give the mean spent deciding, apart from connecting, TLS and
+/// the wire.
+async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
+    let (status, body) = https::get_from(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        "/metrics",
+        ca_pem,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("endpoint=\"validate\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("imagegate_webhook_request_duration_seconds_sum"),
+        value("imagegate_webhook_request_duration_seconds_count"),
+    )
+}
+
 /// Waits until `among` agents all received watched digest `i` (or the
 /// timeout); returns the arrival delays (ms) after `answered` of those.
 async fn visible(watch: &Watch, i: usize, among: &[usize], answered: Instant) -> Vec<f64> {
@@ -568,6 +595,7 @@ async fn one_run(
 
     // 2. Steady admissions.
     let (cpu_before, _, _) = usage(pid);
+    let server_before = server_time(port, ca_pem).await;
     let mut latency = Vec::new();
     let mut on99 = Vec::new();
     let mut on_all = Vec::new();
@@ -585,8 +613,12 @@ async fn one_run(
         }
     }
     let (cpu_after, peak_rss, rss) = usage(pid);
+    let server_after = server_time(port, ca_pem).await;
+    let server_ms =
+        (server_after.0 - server_before.0) * 1000.0 / (server_after.1 - server_before.1);
     let steady = json!({
         "admission_ms": summary(latency),
+        "server_mean_ms": server_ms,
         "visible_on_99pct_ms": summary(on99),
         "visible_on_all_ms": summary(on_all),
         "missing_after_timeout": missing,

@@ -76,7 +76,7 @@ fn real_agents(paths: &Paths, report: &mut Report) -> Result<()> {
                 num(&latency["p99"]),
                 num(&latency["max"])
             ),
-            "100 pods admitted one at a time through /validate; every agent polled with \
+            "300 pods admitted one at a time through /validate; every agent polled with \
              ListApprovals(digest) from the answer's arrival",
         );
         report.check(
@@ -113,6 +113,10 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
         .iter()
         .find(|r| r["agents"] == 0)
         .map_or(f64::NAN, |r| num(&r["steady"]["admission_ms"]["p99"]));
+    let baseline_server = runs
+        .iter()
+        .find(|r| r["agents"] == 0)
+        .map_or(f64::NAN, |r| num(&r["steady"]["server_mean_ms"]));
     let largest = scale.agents.iter().copied().max().unwrap_or(0) as u64;
     for run in runs.iter().filter(|r| r["agents"].as_u64() != Some(0)) {
         let (design, n) = (
@@ -143,7 +147,7 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
                 ms3(&steady["visible_on_all_ms"]),
                 steady["missing_after_timeout"]
             ),
-            "100 pods admitted one at a time through /validate; each agent stamps the digest's \
+            "300 pods admitted one at a time through /validate; each agent stamps the digest's \
              arrival; from the answer's arrival",
         );
         let added_p99 = num(&steady["admission_ms"]["p99"]) - baseline_p99;
@@ -153,7 +157,19 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
                 "{} (p99 added {added_p99:+.2})",
                 ms3(&steady["admission_ms"])
             ),
-            "the same 100 admissions; a run with no agent gives the baseline",
+            "the same 300 admissions; a run with no agent gives the baseline",
+        );
+        report.figure(
+            &format!(
+                "{label}: the webhook's own mean time per admission, ms (no agents: {baseline_server:.2})"
+            ),
+            format!(
+                "{:.2} ({:+.2})",
+                num(&steady["server_mean_ms"]),
+                num(&steady["server_mean_ms"]) - baseline_server
+            ),
+            "from its request_duration_seconds (body read to answer ready) over the same \
+             admissions: what the push adds inside the webhook, apart from the wire",
         );
         report.figure(
             &format!("{label}: webhook CPU per admission, RSS steady / peak"),
@@ -162,7 +178,7 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
                 num(&steady["webhook_cpu_ms_per_admission"]),
                 num(&steady["webhook_rss_mib"]),
             ),
-            "/proc/PID/stat utime+stime over the 100 admissions; VmRSS, VmHWM over the run",
+            "/proc/PID/stat utime+stime over the 300 admissions; VmRSS, VmHWM over the run",
         );
         report.figure(
             &format!(

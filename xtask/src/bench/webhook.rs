@@ -787,7 +787,12 @@ fn bouncer_binary() -> Option<PathBuf> {
 fn start_bouncer(_: &Paths, work: &Path) -> Result<Server> {
     let bin = bouncer_binary().context("IMAGEGATE_BENCH_BOUNCER is not set")?;
     let limit = CpuLimit::one_cpu("bouncer")?;
-    let mut server = start_bouncer_in(limit.command(&bin), work)?;
+    let mut command = limit.command(&bin);
+    // Sized to the quota, as imagegate's runtime sizes itself: Go reads
+    // the CFS quota itself only from 1.25 on, and the bouncer's vendored
+    // tree builds with older toolchains.
+    command.env("GOMAXPROCS", "1");
+    let mut server = start_bouncer_in(command, work)?;
     server.name = BOUNCER;
     server.limit = Some(limit);
     Ok(server)
