@@ -48,6 +48,14 @@ pub fn run(paths: &Paths) -> Result<()> {
             .args(["test", "--no-fail-fast", "--test", "*"]),
     )?);
 
+    // CI shows the head and the tail of this output: the panics are
+    // repeated here, at the end, so a failure is never only in the middle.
+    if !totals.panics.is_empty() {
+        println!("\n==> failures");
+        for panic in &totals.panics {
+            println!("{panic}");
+        }
+    }
     // The one line CI reads.
     println!(
         "summary: {} passed, {} failed, {} skipped",
@@ -73,6 +81,8 @@ struct Totals {
     ignored: u64,
     /// A test binary failed without a result line (did not build, crashed).
     broken: bool,
+    /// Each failed test's panic: where, and the first lines of its message.
+    panics: Vec<String>,
 }
 
 impl Totals {
@@ -81,8 +91,13 @@ impl Totals {
         self.failed += other.failed;
         self.ignored += other.ignored;
         self.broken |= other.broken;
+        self.panics.extend(other.panics);
     }
 }
+
+/// Lines of a panic message kept for the summary, and characters per line.
+const PANIC_LINES: usize = 4;
+const PANIC_LINE_CHARS: usize = 400;
 
 /// Runs `cargo test`, echoing its output and adding up its result lines.
 fn run_tests(cmd: &mut Command) -> Result<Totals> {
@@ -92,19 +107,52 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
         .with_context(|| format!("cannot start `{}`", cmd::display(cmd)))?;
     let stdout = child.stdout.take().context("cargo test has no stdout")?;
     let mut totals = Totals::default();
+    let mut panics = Panics::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         if let Some(result) = line.trim().strip_prefix("test result: ") {
             totals.add(parse_result(result));
         }
+        panics.read(&line);
     }
+    totals.panics = panics.found;
     let status = child.wait()?;
     if !status.success() && totals.failed == 0 {
         totals.broken = true;
         println!("`{}` failed: {status}", cmd::display(cmd));
     }
     Ok(totals)
+}
+
+/// The panics in cargo test's output: each panic line and the first lines
+/// of its message.
+#[derive(Default)]
+struct Panics {
+    found: Vec<String>,
+    /// Lines still to keep of the panic being read.
+    keep: usize,
+}
+
+impl Panics {
+    fn read(&mut self, line: &str) {
+        // libtest's `thread 'name' (id) panicked at file:line:col:`.
+        if line.starts_with("thread '") && line.contains(" panicked at ") {
+            self.found.push(String::new());
+            self.keep = PANIC_LINES;
+        }
+        if line.starts_with("note: ") || line.starts_with("stack backtrace:") {
+            self.keep = 0;
+        }
+        if self.keep == 0 {
+            return;
+        }
+        self.keep -= 1;
+        if let Some(panic) = self.found.last_mut() {
+            panic.extend(line.chars().take(PANIC_LINE_CHARS));
+            panic.push('\n');
+        }
+    }
 }
 
 /// `ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`
@@ -131,6 +179,34 @@ fn parse_result(result: &str) -> Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_each_panic_and_its_message() {
+        let mut panics = Panics::default();
+        for line in [
+            "agent-a: {\"message\":\"thread 'x' started\"}",
+            "thread 'every_write' (15003) panicked at webhook/tests/push_link.rs:233:13:",
+            "write 6 of 300 did not reach the agent within 5s; it holds 5",
+            "stack backtrace:",
+            "   0: frames that are not kept",
+            "thread 'other' panicked at src/lib.rs:1:1:",
+            "assertion `left == right` failed",
+            "  left: 1",
+            " right: 2",
+            "more than it keeps",
+        ] {
+            panics.read(line);
+        }
+        assert_eq!(
+            panics.found,
+            [
+                "thread 'every_write' (15003) panicked at webhook/tests/push_link.rs:233:13:\n\
+                 write 6 of 300 did not reach the agent within 5s; it holds 5\n",
+                "thread 'other' panicked at src/lib.rs:1:1:\nassertion `left == right` failed\n  \
+                 left: 1\n right: 2\n",
+            ]
+        );
+    }
 
     #[test]
     fn reads_cargo_result_lines() {
