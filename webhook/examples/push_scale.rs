@@ -13,6 +13,9 @@
 //! 2. 300 pods admitted one at a time through `/validate`: admission
 //!    latency, and from each answer until the approval is held by 99% and
 //!    by all agents;
+//!    then a burst: 200 pods admitted by 16 callers at once; how long
+//!    until every agent holds all of them, and the webhook's CPU and feed
+//!    messages per admission;
 //! 3. one new agent with nothing: its full sync of the 100,000;
 //! 4. 10% of agents stop answering and 10% take 2 s per message, 50
 //!    admissions (latency, visible on the healthy ones), then they recover:
@@ -60,6 +63,10 @@ mod common;
 const PREFILL: usize = 100_000;
 const STEADY: usize = 300;
 const IMPAIRED: usize = 50;
+/// Pods admitted at once by [`CALLERS`] callers (a Deployment scaled up):
+/// writes then come faster than one fan-out reaches every agent.
+const BURST: usize = 200;
+const CALLERS: usize = 16;
 const SLOW: Duration = Duration::from_secs(2);
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -466,6 +473,85 @@ async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
     )
 }
 
+/// A metric of the webhook without labels (a counter's `_total`), from
+/// its `/metrics`.
+async fn metric(port: u16, ca_pem: &str, name: &str) -> f64 {
+    let (status, body) = https::get_from(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        "/metrics",
+        ca_pem,
+    )
+    .await;
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The burst's images: after the steady, impaired and restart ones.
+fn burst_images() -> std::ops::Range<usize> {
+    STEADY + IMPAIRED + 1..STEADY + IMPAIRED + 1 + BURST
+}
+
+/// [`BURST`] admissions by [`CALLERS`] callers at once, then until every
+/// agent holds all of them.
+async fn burst(
+    run: &Run,
+    port: u16,
+    pid: u32,
+    images: &[(String, String)],
+    watch: &Watch,
+    n: usize,
+) -> Value {
+    let counter = |name: &'static str| metric(port, &run.ca_pem, name);
+    let (cpu_before, _, _) = usage(pid);
+    let messages_before = counter("imagegate_webhook_feed_messages_total").await;
+    let lagged_before = counter("imagegate_webhook_feed_lagged_total").await;
+    let started = Instant::now();
+    let lanes = (0..CALLERS).map(|lane| async move {
+        let mut latency = Vec::new();
+        for i in burst_images().skip(lane).step_by(CALLERS) {
+            latency.push(run.admit(port, &images[i].0).await);
+        }
+        latency
+    });
+    let latency: Vec<f64> = futures_util::future::join_all(lanes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let answered_s = started.elapsed().as_secs_f64();
+    let everyone: Vec<usize> = (0..n).collect();
+    let (mut on99, mut on_all, mut missing) = (0f64, 0f64, 0);
+    if n > 0 {
+        for i in burst_images() {
+            let delays = visible(watch, i, &everyone, started).await;
+            missing += n - delays.len();
+            let (p99, all) = quantiles(delays, n);
+            on99 = on99.max(p99);
+            on_all = on_all.max(all);
+        }
+    }
+    let (cpu_after, peak_rss, _) = usage(pid);
+    let messages = counter("imagegate_webhook_feed_messages_total").await - messages_before;
+    let lagged = counter("imagegate_webhook_feed_lagged_total").await - lagged_before;
+    json!({
+        "admissions": BURST,
+        "callers": CALLERS,
+        "admission_ms": summary(latency),
+        "all_answered_seconds": answered_s,
+        "all_on_99pct_seconds": on99 / 1000.0,
+        "all_on_all_seconds": on_all / 1000.0,
+        "missing_after_timeout": missing,
+        "webhook_cpu_ms_per_admission": (cpu_after - cpu_before) * 1000.0 / BURST as f64,
+        "feed_messages_per_agent": if n > 0 { messages / n as f64 } else { 0.0 },
+        "streams_lagged": lagged,
+        "webhook_peak_rss_mib": peak_rss as f64 / 1048576.0,
+    })
+}
+
 /// Waits until `among` agents all received watched digest `i` (or the
 /// timeout); returns the arrival delays (ms) after `answered` of those.
 async fn visible(watch: &Watch, i: usize, among: &[usize], answered: Instant) -> Vec<f64> {
@@ -628,9 +714,10 @@ async fn one_run(
         "webhook_peak_rss_mib": peak_rss as f64 / 1048576.0,
         "webhook_start_to_first_admission_on_all_seconds": in_touch,
     });
+    let burst = burst(&run, port, pid, images, &watch, n).await;
     if n == 0 {
         drop(webhook);
-        return json!({"design": design, "agents": 0, "steady": steady});
+        return json!({"design": design, "agents": 0, "steady": steady, "burst": burst});
     }
 
     // 3. A new agent with nothing.
@@ -736,6 +823,7 @@ async fn one_run(
         "design": design,
         "agents": n,
         "steady": steady,
+        "burst": burst,
         "new_agent": new_agent,
         "impaired": impaired,
         "restart": restart,
@@ -786,8 +874,8 @@ async fn main() {
 
     let registry = Registry::plain();
     let mut images = Vec::new();
-    // Steady, impaired, one after the restart, one warm-up.
-    for i in 0..STEADY + IMPAIRED + 2 {
+    // Steady, impaired, one after the restart, the burst, one warm-up.
+    for i in 0..STEADY + IMPAIRED + 2 + BURST {
         let digest = registry
             .push_image("bench/scale", &format!("v{i}"), &format!("push-scale-{i}"))
             .await;

@@ -147,6 +147,8 @@ impl Served {
 struct Follower {
     held: u64,
     digests: Vec<String>,
+    /// Messages received.
+    messages: usize,
 }
 
 impl Follower {
@@ -168,6 +170,7 @@ impl Follower {
                 self.held
             );
             assert!(batch.approvals.len() <= 2_000, "a feed batch is bounded");
+            self.messages += 1;
             self.digests
                 .extend(batch.approvals.iter().map(|a| a.digest.clone()));
             self.held = self.held.max(batch.generation);
@@ -203,6 +206,44 @@ async fn a_follower_gets_the_whole_ledger_then_each_write_in_order() {
     assert_eq!(
         follower.digests.last().unwrap(),
         &format!("sha256:{:064x}", 10_001)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_in_quick_succession_go_out_together_in_order() {
+    let served = serve(1).await;
+    let mut stream = served.follow(HashMap::new()).await;
+    let mut follower = Follower::default();
+    follower.read_until(&mut stream, 1).await;
+    // One write per admission, back to back, as when a Deployment is
+    // scaled up.
+    let writes = 150;
+    let ledger = served.ledger.clone();
+    let started = std::time::Instant::now();
+    let writing = tokio::task::spawn_blocking(move || {
+        for n in 0..writes {
+            ledger.record(&[approval(30_000 + n)]).unwrap();
+        }
+    });
+    let before = follower.messages;
+    follower.read_until(&mut stream, 1 + writes).await;
+    let elapsed = started.elapsed();
+    writing.await.unwrap();
+    let messages = follower.messages - before;
+    // Everything, once, in order (`read_until` refuses a gap).
+    assert_eq!(follower.distinct(), 1 + writes as usize);
+    let expected: Vec<String> = (0..writes)
+        .map(|n| format!("sha256:{:064x}", 30_000 + n))
+        .collect();
+    assert_eq!(follower.digests[1..], expected[..]);
+    // At most one live batch per LIVE_EVERY, the first at once.
+    let bound = (elapsed.as_secs_f64() / imagegate_webhook::push::LIVE_EVERY.as_secs_f64()).floor()
+        as usize
+        + 1;
+    assert!(
+        messages <= bound,
+        "{messages} messages for {writes} writes in {elapsed:?}: more than one per {:?}",
+        imagegate_webhook::push::LIVE_EVERY
     );
 }
 

@@ -255,8 +255,14 @@ async fn stream(
         if let Err(End::Closed) = catch_up(&shared, &node, &mut held, &tx).await {
             return;
         }
+        // A batch received but left for the next message (it did not fit).
+        let mut next: Option<Arc<pb::ApprovalBatch>> = None;
         loop {
-            match live.recv().await {
+            let received = match next.take() {
+                Some(batch) => Ok(batch),
+                None => live.recv().await,
+            };
+            match received {
                 Ok(batch) if batch.since_generation > held => {
                     // Written before this stream subscribed and after the
                     // catch-up read: read it from the ledger.
@@ -264,8 +270,18 @@ async fn stream(
                 }
                 Ok(batch) if batch.generation < held => {}
                 Ok(batch) => {
-                    let generation = batch.generation;
-                    if send(&shared, &tx, (*batch).clone(), &node).await.is_err() {
+                    let mut message = (*batch).clone();
+                    match coalesce(&mut live, &mut message) {
+                        Waiting::Nothing => {}
+                        Waiting::DidNotFit(batch) => next = Some(batch),
+                        Waiting::Lagged(missed) => {
+                            debug!(%node, missed, "feed stream behind the live batches; catching up");
+                            metrics.feed_lagged.inc();
+                            continue 'catch_up;
+                        }
+                    }
+                    let generation = message.generation;
+                    if send(&shared, &tx, message, &node).await.is_err() {
                         return;
                     }
                     held = held.max(generation);
@@ -278,6 +294,54 @@ async fn stream(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+/// What else the live batches held once a stream took one.
+enum Waiting {
+    Nothing,
+    /// The next batch, which would have made the message too large.
+    DidNotFit(Arc<pb::ApprovalBatch>),
+    /// The stream fell behind: what it took is read again from the ledger.
+    Lagged(u64),
+}
+
+/// Adds to `message` the live batches already waiting for this stream, so
+/// one message (one HTTP/2 frame, one TLS record, one write) carries them.
+/// When writes come faster than the fan-out reaches every stream, each
+/// stream sends what piled up in one go: the feed's work follows the
+/// streams' count, not streams x writes, and no stream falls ever further
+/// behind. Batches are contiguous (the tail sends each from where the last
+/// ended), so the merged message is too; it keeps within the feed's bounds.
+fn coalesce(
+    live: &mut broadcast::Receiver<Arc<pb::ApprovalBatch>>,
+    message: &mut pb::ApprovalBatch,
+) -> Waiting {
+    use prost::Message;
+    let limits = BatchLimits::FEED;
+    let mut bytes = message.encoded_len();
+    loop {
+        let batch = match live.try_recv() {
+            Ok(batch) => batch,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => return Waiting::Lagged(missed),
+            // Closed: the tail stopped; what was taken is still sent.
+            Err(_) => return Waiting::Nothing,
+        };
+        if batch.generation <= message.generation && batch.approvals.is_empty() {
+            continue;
+        }
+        let size = batch.encoded_len();
+        if batch.since_generation > message.generation
+            || message.approvals.len() + batch.approvals.len() > limits.approvals
+            || bytes + size > limits.bytes
+        {
+            return Waiting::DidNotFit(batch);
+        }
+        bytes += size;
+        message.approvals.extend(batch.approvals.iter().cloned());
+        message.generation = message.generation.max(batch.generation);
+        message.cluster_set_generation = batch.cluster_set_generation;
+        message.retention_seconds = batch.retention_seconds;
     }
 }
 
@@ -345,4 +409,100 @@ fn scopeguard(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
         }
     }
     Guard(gauge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::LIVE_BATCHES;
+
+    /// A live batch as the tail makes it: approvals `since+1..=upto`.
+    fn live_batch(since: u64, upto: u64) -> Arc<pb::ApprovalBatch> {
+        Arc::new(pb::ApprovalBatch {
+            ledger: "ledger".into(),
+            since_generation: since,
+            generation: upto,
+            approvals: (since + 1..=upto)
+                .map(|n| pb::Approval {
+                    digest: format!("sha256:{n:064x}"),
+                    ..Default::default()
+                })
+                .collect(),
+            cluster_set_generation: Some(since),
+            retention_seconds: 60,
+        })
+    }
+
+    fn generations(message: &pb::ApprovalBatch) -> Vec<u64> {
+        message
+            .approvals
+            .iter()
+            .map(|a| u64::from_str_radix(&a.digest["sha256:".len()..], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn batches_waiting_go_out_as_one_message_in_order() {
+        let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
+        for (since, upto) in [(0, 2), (2, 3), (3, 3), (3, 7)] {
+            tx.send(live_batch(since, upto)).unwrap();
+        }
+        let mut message = (*rx.try_recv().unwrap()).clone();
+        assert!(matches!(coalesce(&mut rx, &mut message), Waiting::Nothing));
+        assert_eq!(message.since_generation, 0);
+        assert_eq!(message.generation, 7);
+        assert_eq!(generations(&message), (1..=7).collect::<Vec<_>>());
+        // The latest cluster set mark is what the merged message carries.
+        assert_eq!(message.cluster_set_generation, Some(3));
+        // Nothing is left behind for the next message.
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_message_stays_within_the_feed_bound() {
+        let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
+        let per = (BatchLimits::FEED.approvals / 2) as u64;
+        tx.send(live_batch(0, per)).unwrap();
+        tx.send(live_batch(per, 2 * per)).unwrap();
+        tx.send(live_batch(2 * per, 2 * per + 1)).unwrap();
+        let mut message = (*rx.try_recv().unwrap()).clone();
+        let Waiting::DidNotFit(left) = coalesce(&mut rx, &mut message) else {
+            panic!(
+                "the third batch would pass the bound of {}",
+                BatchLimits::FEED.approvals
+            );
+        };
+        assert_eq!(message.approvals.len(), 2 * per as usize);
+        assert_eq!(message.generation, 2 * per);
+        // What did not fit starts where the message ends: sent next, no gap.
+        assert_eq!(left.since_generation, message.generation);
+        assert_eq!(left.generation, 2 * per + 1);
+    }
+
+    #[test]
+    fn a_gap_is_not_merged_over() {
+        let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
+        tx.send(live_batch(0, 2)).unwrap();
+        tx.send(live_batch(5, 6)).unwrap();
+        let mut message = (*rx.try_recv().unwrap()).clone();
+        let Waiting::DidNotFit(left) = coalesce(&mut rx, &mut message) else {
+            panic!("a batch that does not follow on is left for the stream to judge");
+        };
+        assert_eq!(message.generation, 2);
+        assert_eq!(left.since_generation, 5);
+    }
+
+    #[test]
+    fn a_stream_that_fell_behind_is_told_so() {
+        let (tx, mut rx) = broadcast::channel(2);
+        tx.send(live_batch(0, 1)).unwrap();
+        let mut message = (*rx.try_recv().unwrap()).clone();
+        for n in 1..5 {
+            tx.send(live_batch(n, n + 1)).unwrap();
+        }
+        assert!(matches!(
+            coalesce(&mut rx, &mut message),
+            Waiting::Lagged(2)
+        ));
+    }
 }

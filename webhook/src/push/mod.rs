@@ -32,7 +32,7 @@ use prometheus_client::{
 
 pub use discovery::run as discover;
 pub use link::{AgentTls, agent_endpoint};
-pub use tail::LIVE_BATCHES;
+pub use tail::{LIVE_BATCHES, LIVE_EVERY};
 
 use crate::ledger::Ledger;
 

@@ -20,6 +20,15 @@ pub const LIVE_BATCHES: usize = 64;
 /// After a failed ledger read, try again this much later.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Live batches are made at most this often. A write after a quiet spell
+/// goes out at once; writes that follow closely (a Deployment scaled up)
+/// wait for the rest of this and go out together. Without it each write is
+/// one batch and, at 2,000 streams, a burst of 200 admissions ran past the
+/// [`LIVE_BATCHES`] ring faster than the fan-out reached every stream: most
+/// streams lagged and were caught up from the ledger, 8 at a time
+/// (`cargo xtask bench push`, burst).
+pub const LIVE_EVERY: Duration = Duration::from_millis(10);
+
 pub type Live = broadcast::Sender<Arc<pb::ApprovalBatch>>;
 
 /// The live batches' sender, once the tail knows where the ledger stands;
@@ -74,7 +83,14 @@ impl Tail {
             mut last,
             mut told_cluster_set,
         } = self;
+        let mut sent_at: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(at) = sent_at {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at + LIVE_EVERY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
             changes.borrow_and_update();
             match read(&ledger, Some(last)).await {
                 Ok((records, _, cluster_set)) if records.is_empty() => {
@@ -96,6 +112,7 @@ impl Tail {
                 }
                 Ok((records, _, cluster_set)) => {
                     let (approvals, upto) = batch(&records, BatchLimits::FEED);
+                    sent_at = Some(tokio::time::Instant::now());
                     // No receiver is no error: no agent follows right now.
                     let _ = live.send(Arc::new(message(
                         &ledger,

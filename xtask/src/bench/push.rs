@@ -123,8 +123,9 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
             run["design"].as_str().unwrap_or("?"),
             run["agents"].as_u64().unwrap_or(0),
         );
-        let (steady, new, impaired, restart) = (
+        let (steady, burst, new, impaired, restart) = (
             &run["steady"],
+            &run["burst"],
             &run["new_agent"],
             &run["impaired"],
             &run["restart"],
@@ -132,6 +133,7 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
         let ms3 = |v: &Value| format!("{:.1} / {:.1}", num(&v["p50"]), num(&v["p99"]));
         let peak = [
             num(&steady["webhook_peak_rss_mib"]),
+            num(&burst["webhook_peak_rss_mib"]),
             num(&new["webhook_peak_rss_mib"]),
             num(&impaired["webhook_peak_rss_mib"]),
             num(&restart["webhook_peak_rss_mib"]),
@@ -182,6 +184,26 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
         );
         report.figure(
             &format!(
+                "{label}: burst of {} pods by {} callers: admission p50 / p99 ms; all on 99% / on all agents",
+                burst["admissions"], burst["callers"]
+            ),
+            format!(
+                "{}; {:.2} / {:.2} s (all answered after {:.2} s); webhook CPU {:.1} ms per admission, \
+                 {:.1} feed messages per agent, streams lagged {}, missing after 20 s {}",
+                ms3(&burst["admission_ms"]),
+                num(&burst["all_on_99pct_seconds"]),
+                num(&burst["all_on_all_seconds"]),
+                num(&burst["all_answered_seconds"]),
+                num(&burst["webhook_cpu_ms_per_admission"]),
+                num(&burst["feed_messages_per_agent"]),
+                burst["streams_lagged"],
+                burst["missing_after_timeout"]
+            ),
+            "a Deployment scaled up: admissions at once, from the first sent until every agent \
+             holds all of them; lagged streams are caught up from the ledger",
+        );
+        report.figure(
+            &format!(
                 "{label}: a new agent's full sync of {} approvals",
                 f["prefill"]
             ),
@@ -223,6 +245,15 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
                 num(&steady["visible_on_99pct_ms"]["p99"]),
                 "<",
                 2000.0,
+            );
+            report.check(
+                &format!(
+                    "feed, {n} agents: a burst of {} pods on 99% of agents, s",
+                    burst["admissions"]
+                ),
+                num(&burst["all_on_99pct_seconds"]),
+                "<",
+                2.0,
             );
             report.check(
                 &format!("feed, {n} agents: webhook peak RSS MiB"),
