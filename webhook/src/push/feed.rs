@@ -335,9 +335,6 @@ fn coalesce(
             // Closed: the tail stopped; what was taken is still sent.
             Err(_) => return Waiting::Nothing,
         };
-        if batch.generation <= message.generation && batch.approvals.is_empty() {
-            continue;
-        }
         let size = batch.encoded_len();
         if batch.since_generation > message.generation
             || message.approvals.len() + batch.approvals.len() > limits.approvals
@@ -512,6 +509,22 @@ mod tests {
         assert_eq!(message.generation, 2 * per);
         assert_eq!(left.since_generation, message.generation);
         assert_eq!(left.generation, 2 * per + 1);
+    }
+
+    #[test]
+    fn a_cluster_set_mark_alone_is_not_lost_in_a_merge() {
+        let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
+        tx.send(live_batch(0, 3)).unwrap();
+        // No new record, but the cluster set is now complete at 3: the
+        // tail says so in a batch of nothing.
+        let mut mark = (*live_batch(3, 3)).clone();
+        mark.cluster_set_generation = Some(3);
+        tx.send(Arc::new(mark)).unwrap();
+        let mut message = (*rx.try_recv().unwrap()).clone();
+        assert_eq!(message.cluster_set_generation, Some(0));
+        assert!(matches!(coalesce(&mut rx, &mut message), Waiting::Nothing));
+        assert_eq!(message.generation, 3);
+        assert_eq!(message.cluster_set_generation, Some(3));
     }
 
     #[test]
