@@ -446,11 +446,8 @@ impl Run {
     }
 }
 
-/// The webhook's own time on AdmissionReviews so far (seconds from body
-/// read to answer ready, summed, and how many), from its `/metrics`: two
-/// readings give the mean spent deciding, apart from connecting, TLS and
-/// the wire.
-async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
+/// The webhook's `/metrics` text.
+async fn metrics_text(port: u16, ca_pem: &str) -> String {
     let (status, body) = https::get_from(
         SocketAddr::from(([127, 0, 0, 1], port)),
         "localhost",
@@ -459,7 +456,15 @@ async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
     )
     .await;
     assert_eq!(status, 200);
-    let text = String::from_utf8_lossy(&body);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The webhook's own time on AdmissionReviews so far (seconds from body
+/// read to answer ready, summed, and how many), from its `/metrics`: two
+/// readings give the mean spent deciding, apart from connecting, TLS and
+/// the wire.
+async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
+    let text = metrics_text(port, ca_pem).await;
     let value = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name) && l.contains("endpoint=\"validate\""))
@@ -473,21 +478,18 @@ async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
     )
 }
 
-/// A metric of the webhook without labels (a counter's `_total`), from
-/// its `/metrics`.
-async fn metric(port: u16, ca_pem: &str, name: &str) -> f64 {
-    let (status, body) = https::get_from(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        "localhost",
-        "/metrics",
-        ca_pem,
+/// The feed's messages and lagged streams so far, from its `/metrics`.
+async fn feed_counts(port: u16, ca_pem: &str) -> (f64, f64) {
+    let text = metrics_text(port, ca_pem).await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("imagegate_webhook_feed_messages_total"),
+        value("imagegate_webhook_feed_lagged_total"),
     )
-    .await;
-    assert_eq!(status, 200);
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// The burst's images: after the steady, impaired and restart ones.
@@ -505,10 +507,8 @@ async fn burst(
     watch: &Watch,
     n: usize,
 ) -> Value {
-    let counter = |name: &'static str| metric(port, &run.ca_pem, name);
     let (cpu_before, _, _) = usage(pid);
-    let messages_before = counter("imagegate_webhook_feed_messages_total").await;
-    let lagged_before = counter("imagegate_webhook_feed_lagged_total").await;
+    let (messages_before, lagged_before) = feed_counts(port, &run.ca_pem).await;
     let started = Instant::now();
     let lanes = (0..CALLERS).map(|lane| async move {
         let mut latency = Vec::new();
@@ -535,8 +535,11 @@ async fn burst(
         }
     }
     let (cpu_after, peak_rss, _) = usage(pid);
-    let messages = counter("imagegate_webhook_feed_messages_total").await - messages_before;
-    let lagged = counter("imagegate_webhook_feed_lagged_total").await - lagged_before;
+    let (messages_after, lagged_after) = feed_counts(port, &run.ca_pem).await;
+    let (messages, lagged) = (
+        messages_after - messages_before,
+        lagged_after - lagged_before,
+    );
     json!({
         "admissions": BURST,
         "callers": CALLERS,

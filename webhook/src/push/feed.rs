@@ -312,21 +312,17 @@ enum Waiting {
 }
 
 /// Adds to `message` the live batches already waiting for this stream, so
-/// one message (one HTTP/2 frame, one TLS record, one write) carries them.
-/// When writes come faster than the fan-out reaches every stream, each
-/// stream sends what piled up in one go: the feed's work follows the
-/// streams' count, not streams x writes, and no stream falls ever further
-/// behind. Batches are contiguous (the tail sends each from where the last
-/// ended), so the merged message is too; it keeps within the feed's bounds.
+/// one message carries them. When writes come faster than the fan-out
+/// reaches every stream, each stream sends what piled up in one go: the
+/// feed's work follows the streams' count, not streams x writes. Batches
+/// are contiguous (the tail sends each from where the last ended), so the
+/// merged message is too; it stays within [`MERGED_BYTES`] and the feed's
+/// count of approvals.
 fn coalesce(
     live: &mut broadcast::Receiver<Arc<pb::ApprovalBatch>>,
     message: &mut pb::ApprovalBatch,
 ) -> Waiting {
     use prost::Message;
-    let limits = BatchLimits {
-        approvals: BatchLimits::FEED.approvals,
-        bytes: MERGED_BYTES,
-    };
     let mut bytes = message.encoded_len();
     loop {
         let batch = match live.try_recv() {
@@ -337,8 +333,8 @@ fn coalesce(
         };
         let size = batch.encoded_len();
         if batch.since_generation > message.generation
-            || message.approvals.len() + batch.approvals.len() > limits.approvals
-            || bytes + size > limits.bytes
+            || message.approvals.len() + batch.approvals.len() > BatchLimits::FEED.approvals
+            || bytes + size > MERGED_BYTES
         {
             return Waiting::DidNotFit(batch);
         }
