@@ -1,22 +1,25 @@
 //! HTTP handlers: thin. Decoding is in `review`, the admission sequence in
-//! `admit`; these decode, run it, and encode. Request metrics and the
-//! request's span are the router's layer (`super::observe`); a handler
-//! only records the review's uid in that span once it has read it.
+//! `admit`; these decode, run it, and encode. Every review endpoint goes
+//! through [`review`]: the body read within the limits, the request's span
+//! and its metrics; an endpoint only records the review's uid in that span
+//! once it has read it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use base64::Engine;
 
 use axum::{
-    body::Bytes,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tracing::{Span, debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
-use super::{AppState, metrics::DecisionLabels};
+use super::{
+    AppState, limits,
+    metrics::{DecisionLabels, Endpoint},
+};
 use crate::{
     admit,
     policy::{ImageVerdict, ReviewDecision},
@@ -30,8 +33,59 @@ use crate::{
 const NO_POLICY: &str = "imagegate has no valid policy loaded; every image is denied until one is (see the webhook's log)";
 
 /// `POST /image_policy`: ImageReview.
-pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    match image_review::decode(&body) {
+pub async fn image_policy(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    review(&state, Endpoint::ImagePolicy, request).await
+}
+
+/// `POST /validate` and `POST /`: AdmissionReview.
+pub async fn validate(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    review(&state, Endpoint::Validate, request).await
+}
+
+/// `POST /mutate`: AdmissionReview answered with a JSONPatch (see
+/// [`answer_mutate`]).
+pub async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    review(&state, Endpoint::Mutate, request).await
+}
+
+/// Every review, whatever its endpoint: its body read whole within the
+/// limits (refusals answered there, and not counted as decisions), then
+/// answered in a span that carries its endpoint and, once read, its uid
+/// (so every log line of one review can be found by it), timed from body
+/// received to answer made, and counted.
+async fn review(state: &AppState, endpoint: Endpoint, request: Request) -> Response {
+    let read = match limits::read_review(&state.budgets, request).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
+    };
+    let span = tracing::info_span!(
+        "review",
+        endpoint = endpoint.as_str(),
+        uid = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let body = &read.body;
+    let response = async {
+        match endpoint {
+            Endpoint::ImagePolicy => answer_image_policy(state, body).await,
+            Endpoint::Validate => answer_validate(state, body).await,
+            Endpoint::Mutate => answer_mutate(state, body).await,
+        }
+    }
+    .instrument(span)
+    .await;
+    state
+        .metrics
+        .observe(endpoint, response.status().as_u16(), started.elapsed());
+    // `read` (the body's budget and the decision slot) is given back here,
+    // once the answer is made.
+    drop(read);
+    response
+}
+
+/// An ImageReview's answer.
+async fn answer_image_policy(state: &AppState, body: &[u8]) -> Response {
+    match image_review::decode(body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Err(reason)) => {
             warn!("ImageReview denied: {reason}");
@@ -42,7 +96,7 @@ pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             ))
         }
         Ok(Ok(review)) => {
-            let (allowed, reason, annotations) = match decide(&state, &review).await {
+            let (allowed, reason, annotations) = match decide(state, &review).await {
                 Some(d) => {
                     // ImageReview has one reason for all images: the denial's,
                     // or nothing when allowed.
@@ -56,9 +110,9 @@ pub async fn image_policy(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     }
 }
 
-/// `POST /validate` and `POST /`: AdmissionReview.
-pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    match admission::decode(&body) {
+/// An AdmissionReview's answer.
+async fn answer_validate(state: &AppState, body: &[u8]) -> Response {
+    match admission::decode(body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Decoded::Unreadable {
             api_version,
@@ -77,7 +131,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                         format!("not checked: {why}"),
                     ))
                 }
-                Ok(review) => match decide(&state, review).await {
+                Ok(review) => match decide(state, review).await {
                     Some(d) => {
                         let answer = if d.allowed {
                             admission::Response::allow(request.api_version, request.uid, d.message)
@@ -223,14 +277,14 @@ fn json_bytes<T: Serialize>(value: &T) -> ([(header::HeaderName, &'static str); 
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-/// `POST /mutate`: AdmissionReview answered with a JSONPatch that pins each
-/// allowed image to its digest (`name:tag@sha256:...`; the tag stays for
+/// An AdmissionReview answered with a JSONPatch that pins each allowed
+/// image to its digest (`name:tag@sha256:...`; the tag stays for
 /// humans). Images that already carry a digest are left alone, and so is
 /// everything when the object says `imagegate.dev/pin-digests: "false"` or
 /// the deciding rule has `pinDigests: false`. Denying is the validator's
 /// job: the mutator only denies what it cannot read.
-pub async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    match admission::decode(&body) {
+async fn answer_mutate(state: &AppState, body: &[u8]) -> Response {
+    match admission::decode(body) {
         Err(bad) => bad_request(bad.to_string()),
         Ok(Decoded::Unreadable {
             api_version,

@@ -5,7 +5,7 @@
 //! connections without a certificate; none of that may grow without bound,
 //! and the apiserver's reviews must keep being answered while someone tries.
 //!
-//! A review is read here, before any handler runs: within a deadline, into
+//! A review is read here, before it is decoded: within a deadline, into
 //! a buffer charged to the byte budget, up to what the apiserver can
 //! legitimately send; only then does it wait for a decision slot, so a slow
 //! client never holds one. Whatever is refused gets a denial carrying the
@@ -22,12 +22,14 @@ use axum::{
     body::{Body, Bytes},
     extract::Request,
     http::{StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
 use imagegate_plumbing::budget::{Budget, Held, Refused};
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tracing::{debug, warn};
 
 /// The apiserver's limit on a request body (and so on an object). An
@@ -138,14 +140,22 @@ struct Refusal {
     prefix: Vec<u8>,
 }
 
+/// A review's body, read whole, and what it holds while it is decided:
+/// its bytes stay charged to the budget and its decision slot taken until
+/// this is dropped (after the answer is made).
+pub struct ReadReview {
+    pub body: Bytes,
+    _held: Held,
+    _deciding: OwnedSemaphorePermit,
+}
+
 /// Reads a review's body within its deadline and the byte budgets, then
-/// decides it within the bound on reviews decided at once. The body's bytes
-/// stay charged until the answer is made.
+/// takes a slot within the bound on reviews decided at once.
 ///
 /// Every refusal is an AdmissionReview denial carrying the uid when the uid
 /// arrived (the apiserver's `failurePolicy: Ignore` would turn an HTTP
-/// error into an allow), else an HTTP error.
-pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Response {
+/// error into an allow), else an HTTP error: the `Err` is that answer.
+pub async fn read_review(budgets: &Budgets, request: Request) -> Result<ReadReview, Response> {
     let limits = &budgets.limits;
     let peer = request
         .extensions()
@@ -153,9 +163,9 @@ pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Resp
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0);
     let (parts, body) = request.into_parts();
     let deadline = Instant::now() + limits.body_timeout;
-    let (bytes, _held) = match read_bounded(&budgets, peer, body, deadline).await {
+    let (bytes, held) = match read_bounded(budgets, peer, body, deadline).await {
         Ok(read) => read,
-        Err(refusal) => return refuse(parts.uri.path(), refusal, &peer),
+        Err(refusal) => return Err(refuse(parts.uri.path(), refusal, &peer)),
     };
     // A free slot is taken at once; only a full house waits (with a timer).
     let slot = match budgets.deciding.clone().try_acquire_owned() {
@@ -165,7 +175,7 @@ pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Resp
             .ok()
             .and_then(Result::ok),
     };
-    let Some(_deciding) = slot else {
+    let Some(deciding) = slot else {
         warn!(
             max = limits.max_reviews,
             "reviews being decided at their bound; refusing one"
@@ -178,10 +188,13 @@ pub async fn read_review(budgets: Budgets, request: Request, next: Next) -> Resp
             ),
             prefix: bytes[..bytes.len().min(UID_PREFIX_BYTES)].to_vec(),
         };
-        return refuse(parts.uri.path(), refusal, &peer);
+        return Err(refuse(parts.uri.path(), refusal, &peer));
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(ReadReview {
+        body: bytes,
+        _held: held,
+        _deciding: deciding,
+    })
 }
 
 /// The whole body, and the budget it holds (given back when dropped).

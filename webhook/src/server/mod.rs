@@ -12,16 +12,12 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
-    middleware::{self, Next},
-    response::Response,
     routing::{get, post},
 };
-use tracing::Instrument;
 
 use crate::policy_store::PolicyStore;
 use metrics::Metrics;
@@ -44,48 +40,21 @@ pub struct AppState {
 }
 
 /// The webhook's routes. Public so tests drive it without a socket.
+///
+/// A review route is one handler that reads the body within the budgets,
+/// decides and records its metrics (`handlers::review`), not a stack of
+/// middleware: each layer of the router costs a boxed future and a response
+/// mapping on every review.
 pub fn router(state: Arc<AppState>) -> Router {
-    let budgets = state.budgets.clone();
-    // Reviews are read whole by `limits::read_review`, within the budgets:
-    // axum's own body limit would refuse what the apiserver legitimately
-    // sends (a 3 MiB object, escaped, twice on UPDATE).
-    let reviews = Router::new()
+    Router::new()
         .route("/image_policy", post(handlers::image_policy))
         .route("/validate", post(handlers::validate))
         .route("/mutate", post(handlers::mutate))
         // kube-image-bouncer's path: its users switch without touching
         // their webhook configuration.
         .route("/", post(handlers::validate))
-        // Innermost: runs once the body is read, so the duration is the
-        // decision's, as it always was.
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(move |request, next| {
-            limits::read_review(budgets.clone(), request, next)
-        }));
-    Router::new()
-        .merge(reviews)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
-        .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
-}
-
-/// Every review request, whatever its endpoint: counted and timed, and run
-/// in a span that carries its endpoint and, once a handler has read it,
-/// the review's uid (so every log line of one review can be found by it).
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let endpoint = match request.uri().path() {
-        "/image_policy" => "image_policy",
-        "/mutate" => "mutate",
-        _ => "validate",
-    };
-    let span = tracing::info_span!("review", endpoint, uid = tracing::field::Empty);
-    let started = Instant::now();
-    let response = next.run(request).instrument(span).await;
-    state
-        .metrics
-        .observe(endpoint, response.status().as_u16(), started.elapsed());
-    response
 }
