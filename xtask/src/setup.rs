@@ -76,6 +76,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc for containerd-client and k8s-cri's generated code",
     ),
+    (
+        "valgrind",
+        "callgrind, for the webhook bench's instructions per review",
+    ),
 ];
 
 pub fn run(paths: &Paths) -> Result<()> {

@@ -5,6 +5,7 @@
 mod agent;
 mod cpu_limit;
 mod hostile;
+mod instructions;
 mod procfs;
 mod push;
 mod report;

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{cpu_limit::CpuLimit, procfs, report::Report};
+use super::{cpu_limit::CpuLimit, instructions, procfs, report::Report};
 use crate::{build, cmd, paths::Paths, setup};
 
 /// Seconds per scenario; `IMAGEGATE_BENCH_SECONDS` overrides (short runs
@@ -259,6 +259,7 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
             }
         }
     }
+    instructions_per_review(paths, &work, report)?;
     let peak = results
         .iter()
         .filter(|r| r["server"] == "imagegate")
@@ -269,6 +270,44 @@ pub fn run(paths: &Paths, report: &mut Report) -> Result<()> {
     report.check("AdmissionReview/s vs Flask baseline (x)", ratio, ">=", 20.0);
     report.rows.extend(results);
     resolution(paths, &work, report)
+}
+
+/// This build's user-space instructions per review, and the baseline
+/// build's when one is given: the before/after that noise cannot blur.
+fn instructions_per_review(paths: &Paths, work: &Path, report: &mut Report) -> Result<()> {
+    if !instructions::available() {
+        println!("callgrind is not installed: instructions per review left out");
+        return Ok(());
+    }
+    let this = paths.target.join("release").join("imagegate-webhook");
+    for (scenario, path, body) in [
+        ("AdmissionReview /validate", "/validate", "validate.json"),
+        (
+            "ImageReview /image_policy",
+            "/image_policy",
+            "image_policy.json",
+        ),
+    ] {
+        let body = work.join(body);
+        let now = instructions::per_review(paths, &this, work, path, &body)?;
+        let value = match baseline_binary() {
+            Some(baseline) => {
+                let before = instructions::per_review(paths, &baseline, work, path, &body)?;
+                format!(
+                    "{now:.0} / {before:.0} (x{:.3} this build / baseline)",
+                    now / before
+                )
+            }
+            None => format!("{now:.0}"),
+        };
+        report.figure(
+            &format!("{scenario}: user-space instructions per review"),
+            value,
+            "callgrind, one CPU, 8 connections, 2,000 reviews counted after 500 of warm-up; \
+             the kernel's share is not counted",
+        );
+    }
+    Ok(())
 }
 
 /// The fixed rate at which resolution on and off are compared: well below
