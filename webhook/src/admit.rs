@@ -197,7 +197,7 @@ pub async fn pin(policy: &Policy, resolver: Option<&Resolver>, review: &Review) 
         }
         operations.push(serde_json::json!({
             "op": "replace",
-            "path": pointer,
+            "path": pointer.to_string(),
             "value": format!("{}@{digest}", image.image),
         }));
     }

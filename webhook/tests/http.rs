@@ -478,6 +478,28 @@ async fn an_unreadable_object_with_a_readable_uid_is_a_denial_with_that_uid() {
         "{r}"
     );
 
+    // Bytes that are not UTF-8, in a field the webhook never reads: JSON
+    // is UTF-8, so the review is unreadable, and denied with its uid.
+    let (_, mut latin1) = fixture("admissionreview-1.json");
+    latin1["request"]["note"] = json!("MARK");
+    let uid = latin1["request"]["uid"].clone();
+    let bytes = serde_json::to_vec(&latin1).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"MARK").unwrap();
+    let mut bytes = bytes;
+    bytes[at] = 0xe9; // 'é' in Latin-1, alone: not UTF-8
+    let (status, answer) = send(&app, "POST", "/validate", bytes).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["uid"], uid, "{answer}");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{answer}"
+    );
+
     // Without a uid there is nothing to answer to.
     body["request"]["uid"] = json!(42);
     let (status, _) = post(&app, "/validate", &body).await;
@@ -486,6 +508,20 @@ async fn an_unreadable_object_with_a_readable_uid_is_a_denial_with_that_uid() {
     // An ImageReview whose spec is garbage is denied, not errored: with
     // defaultAllow: true an error would be an allow.
     let (_, mut image) = fixture("imagereview-1.json");
+    let mut bytes = serde_json::to_vec(&image).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"nginx").unwrap();
+    bytes[at] = 0xff;
+    let (status, answer) = send(&app, "POST", "/image_policy", bytes).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["status"]["allowed"], false, "{answer}");
+    assert!(
+        answer["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{answer}"
+    );
     image["spec"]["containers"] = json!("nginx");
     let (status, answer) = post(&app, "/image_policy", &image).await;
     assert_eq!(status, StatusCode::OK);

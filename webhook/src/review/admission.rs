@@ -116,7 +116,7 @@ struct UidRequest {
 
 /// Decodes an AdmissionReview body.
 pub fn decode(body: &[u8]) -> Result<Decoded, BadRequest> {
-    match serde_json::from_slice::<Envelope>(body) {
+    match super::decode_whole::<Envelope>(body) {
         Ok(envelope) => from_envelope(envelope),
         Err(full_error) => {
             // Read again for the uid alone, so the answer can carry it.
@@ -126,7 +126,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded, BadRequest> {
             let uid = partial
                 .request
                 .and_then(|r| r.uid)
-                .ok_or_else(|| BadRequest::NoUid(full_error.to_string()))?;
+                .ok_or_else(|| BadRequest::NoUid(full_error.clone()))?;
             Ok(Decoded::Unreadable {
                 api_version,
                 uid,
@@ -315,7 +315,8 @@ fn object_images(
         }
         SpecAt::EphemeralContainers => pod_spec::container_images(
             object.ephemeral_containers.as_deref(),
-            "/ephemeralContainers",
+            "",
+            "ephemeralContainers",
             ContainerKind::EphemeralContainer,
             &mut images,
         ),

@@ -54,7 +54,7 @@ struct TypeOnly {
 /// answered as a denial, not an HTTP error: with `defaultAllow: true` an
 /// error would let the pod in.
 pub fn decode(body: &[u8]) -> Result<Result<Review, String>, BadRequest> {
-    match serde_json::from_slice::<Envelope>(body) {
+    match super::decode_whole::<Envelope>(body) {
         Ok(envelope) => {
             check_type(envelope.kind, envelope.api_version)?;
             Ok(envelope

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{ContainerKind, ImageUse};
+use super::{ContainerKind, ImageUse, Pointer};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Metadata {
@@ -83,7 +83,7 @@ pub struct Object {
 }
 
 /// Appends the images of a PodSpec found at JSON pointer `at`.
-pub fn pod_spec_images(spec: &Spec, at: &str, out: &mut Vec<ImageUse>) {
+pub fn pod_spec_images(spec: &Spec, at: &'static str, out: &mut Vec<ImageUse>) {
     let lists = [
         (&spec.containers, "containers", ContainerKind::Container),
         (
@@ -98,7 +98,7 @@ pub fn pod_spec_images(spec: &Spec, at: &str, out: &mut Vec<ImageUse>) {
         ),
     ];
     for (list, field, kind) in lists {
-        container_images(list.as_deref(), &format!("{at}/{field}"), kind, out);
+        container_images(list.as_deref(), at, field, kind, out);
     }
     for (i, volume) in spec
         .volumes
@@ -113,17 +113,24 @@ pub fn pod_spec_images(spec: &Spec, at: &str, out: &mut Vec<ImageUse>) {
                 image: image.reference.clone().unwrap_or_default(),
                 container: volume.name.clone(),
                 kind: ContainerKind::ImageVolume,
-                pointer: Some(format!("{at}/volumes/{i}/image/reference")),
+                pointer: Some(Pointer {
+                    spec: at,
+                    list: "volumes",
+                    index: i,
+                    field: "image/reference",
+                }),
                 changed: true,
             });
         }
     }
 }
 
-/// Appends the images of a container list found at JSON pointer `at`.
+/// Appends the images of the container list `list` of the pod spec at
+/// JSON pointer `spec`.
 pub fn container_images(
     containers: Option<&[Container]>,
-    at: &str,
+    spec: &'static str,
+    list: &'static str,
     kind: ContainerKind,
     out: &mut Vec<ImageUse>,
 ) {
@@ -133,7 +140,12 @@ pub fn container_images(
             image: c.image.clone().unwrap_or_default(),
             container: c.name.clone(),
             kind,
-            pointer: Some(format!("{at}/{i}/image")),
+            pointer: Some(Pointer {
+                spec,
+                list,
+                index: i,
+                field: "image",
+            }),
             changed: true,
         });
     }
