@@ -10,12 +10,7 @@
 //! -z` zeroes the counters, `-d` dumps them, so start-up and warm-up are
 //! left out).
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -35,38 +30,32 @@ pub fn available() -> bool {
     cmd::probe(Command::new("callgrind_control").arg("--version")).is_some()
 }
 
-/// The webhook `bin` (decisions without registry lookups, `policy` and the
-/// certificate in `work`) under callgrind, pinned to one CPU as the chart's
-/// limit gives it one runtime worker: the instructions it runs per review
-/// of `body` on `path`.
-pub fn per_review(paths: &Paths, bin: &Path, work: &Path, path: &str, body: &Path) -> Result<f64> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dumps = work.join("callgrind");
-    std::fs::create_dir_all(&dumps)?;
-    let mut server = Running(
-        Command::new("taskset")
-            .args(["-c", "0", "valgrind", "--tool=callgrind"])
-            .arg(format!(
-                "--callgrind-out-file={}/callgrind.%p",
-                dumps.display()
-            ))
-            .arg(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--cert")
-            .arg(work.join("tls.crt"))
-            .arg("--key")
-            .arg(work.join("tls.key"))
-            .arg("--policy")
-            .arg(work.join("policy.yaml"))
-            .args(["--digest-resolution", "off"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} under callgrind", bin.display()))?,
-    );
-    wait_for(&mut server.0, port)?;
-    let pid = server.0.id();
+/// A command that runs `bin` under callgrind, its dumps in `dumps`, pinned
+/// to one CPU as the chart's limit gives it one runtime worker. The caller
+/// adds the server's arguments and starts it.
+pub fn under_callgrind(bin: &Path, dumps: &Path) -> Result<Command> {
+    std::fs::create_dir_all(dumps)?;
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0", "valgrind", "-q", "--tool=callgrind"])
+        .arg(format!(
+            "--callgrind-out-file={}/callgrind.%p",
+            dumps.display()
+        ))
+        .arg(bin);
+    Ok(command)
+}
+
+/// The instructions the webhook started by [`under_callgrind`] (process
+/// `pid`, listening on `port`) runs per review of `body` on `path`.
+pub fn per_review(
+    paths: &Paths,
+    pid: u32,
+    port: u16,
+    dumps: &Path,
+    path: &str,
+    body: &Path,
+) -> Result<f64> {
     let load = |n: u64| -> Result<u64> {
         let out = cmd::output(
             Command::new(paths.tools_bin().join("oha"))
@@ -101,29 +90,4 @@ pub fn per_review(paths: &Paths, bin: &Path, work: &Path, path: &str, body: &Pat
 fn control(what: &str, pid: u32) -> Result<()> {
     cmd::output(Command::new("callgrind_control").args([what, &pid.to_string()]))?;
     Ok(())
-}
-
-/// Under valgrind the server takes seconds to start.
-fn wait_for(child: &mut Child, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("the webhook under callgrind exited before listening: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("the webhook under callgrind did not listen on port {port} within 120 s")
-}
-
-/// The server, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
