@@ -324,3 +324,24 @@ async fn only_an_agent_certificate_may_follow() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
     assert!(status.message().contains("imagegate-agent"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_the_feed_bound_is_refused_not_read() {
+    let served = serve(1).await;
+    // A FollowRequest names a node and a few ledgers; one of 100 KiB is
+    // not an agent's.
+    let status = served
+        .client("imagegate-agent")
+        .await
+        .follow(pb::FollowRequest {
+            node: "n".repeat(100 << 10),
+            held: HashMap::new(),
+        })
+        .await
+        .expect_err("100 KiB is over the request bound");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
+    assert_eq!(served.metrics.followers.get(), 0);
+    // The listener still serves a well-formed request.
+    let mut stream = served.follow(HashMap::new()).await;
+    Follower::default().read_until(&mut stream, 1).await;
+}

@@ -12,20 +12,15 @@ use imagegate_plumbing::grpc::{
     bounded::ListenerBounds,
     mtls::{self, TlsPeer, has_identity},
 };
-use imagegate_proto::{
-    AGENT_IDENTITY,
-    v1::{
-        self as pb,
-        approval_feed_server::{ApprovalFeed, ApprovalFeedServer},
-    },
-};
+use imagegate_proto::{AGENT_IDENTITY, v1 as pb};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, transport::Server};
+use tonic::{Request, Status, transport::Server};
 use tracing::{debug, info, warn};
 
 use super::{
     PushMetrics,
+    encoded::{Batch, Encoded, Merged},
+    feed_service::{FeedService, Messages},
     followers::Followers,
     tail::{self, Live},
     wire::{BatchLimits, batch},
@@ -40,9 +35,9 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches queued per stream beyond what HTTP/2 holds.
 const STREAM_BUFFER: usize = 1;
 /// Live batches are merged into one message up to this many encoded bytes
-/// (a single batch may be larger, up to the feed's bound). Each stream holds
-/// its own merged copy while it is encoded and sent, so at 5,000 streams
-/// this is what a burst costs in memory per stream, not the feed's 512 KiB.
+/// (a single batch may be larger, up to the feed's bound): what an agent
+/// decodes at once. The webhook holds no copy per stream: a merged message
+/// is the live batches' shared bytes ([`super::encoded`]).
 const MERGED_BYTES: usize = 64 << 10;
 
 /// Where the feed listens and with which certificates.
@@ -183,7 +178,7 @@ pub async fn serve(
         .max_concurrent_streams(4)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ApprovalFeedServer::new(feed));
+        .add_service(FeedService::new(feed));
     let mut stop_serving = stop;
     tokio::spawn(async move {
         let done = async move {
@@ -196,14 +191,9 @@ pub async fn serve(
     Ok(local)
 }
 
-#[tonic::async_trait]
-impl ApprovalFeed for Feed {
-    type FollowStream = ReceiverStream<Result<pb::ApprovalBatch, Status>>;
-
-    async fn follow(
-        &self,
-        request: Request<pb::FollowRequest>,
-    ) -> Result<Response<Self::FollowStream>, Status> {
+impl Feed {
+    /// Opens one agent's stream (its catch-up, then the live batches).
+    pub fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Messages, Status> {
         let peer = request.extensions().get::<TlsPeer>().cloned();
         let certificate = peer
             .as_ref()
@@ -233,11 +223,11 @@ impl ApprovalFeed for Feed {
             stream(shared, body.node, held, live, tx).await;
             drop(following);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
 
-type Tx = mpsc::Sender<Result<pb::ApprovalBatch, Status>>;
+type Tx = mpsc::Sender<Result<Encoded, Status>>;
 
 /// Why a stream ends.
 enum End {
@@ -250,7 +240,7 @@ async fn stream(
     shared: Arc<Shared>,
     node: String,
     mut held: u64,
-    mut live: broadcast::Receiver<Arc<pb::ApprovalBatch>>,
+    mut live: broadcast::Receiver<Batch>,
     tx: Tx,
 ) {
     let metrics = &shared.metrics;
@@ -261,21 +251,21 @@ async fn stream(
             return;
         }
         // A batch received but left for the next message (it did not fit).
-        let mut next: Option<Arc<pb::ApprovalBatch>> = None;
+        let mut next: Option<Batch> = None;
         loop {
             let received = match next.take() {
                 Some(batch) => Ok(batch),
                 None => live.recv().await,
             };
             match received {
-                Ok(batch) if batch.since_generation > held => {
+                Ok(batch) if batch.since > held => {
                     // Written before this stream subscribed and after the
                     // catch-up read: read it from the ledger.
                     continue 'catch_up;
                 }
                 Ok(batch) if batch.generation < held => {}
                 Ok(batch) => {
-                    let mut message = (*batch).clone();
+                    let mut message = Merged::new(&batch);
                     match coalesce(&mut live, &mut message) {
                         Waiting::Nothing => {}
                         Waiting::DidNotFit(batch) => next = Some(batch),
@@ -285,8 +275,11 @@ async fn stream(
                             continue 'catch_up;
                         }
                     }
-                    let generation = message.generation;
-                    if send(&shared, &tx, message, &node).await.is_err() {
+                    let generation = message.generation();
+                    if send(&shared, &tx, message.into_encoded(), &node)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     held = held.max(generation);
@@ -305,8 +298,9 @@ async fn stream(
 /// What else the live batches held once a stream took one.
 enum Waiting {
     Nothing,
-    /// The next batch, which would have made the message too large.
-    DidNotFit(Arc<pb::ApprovalBatch>),
+    /// The next batch, which would have made the message too large or does
+    /// not follow on from it.
+    DidNotFit(Batch),
     /// The stream fell behind: what it took is read again from the ledger.
     Lagged(u64),
 }
@@ -318,12 +312,7 @@ enum Waiting {
 /// are contiguous (the tail sends each from where the last ended), so the
 /// merged message is too; it stays within [`MERGED_BYTES`] and the feed's
 /// count of approvals.
-fn coalesce(
-    live: &mut broadcast::Receiver<Arc<pb::ApprovalBatch>>,
-    message: &mut pb::ApprovalBatch,
-) -> Waiting {
-    use prost::Message;
-    let mut bytes = message.encoded_len();
+fn coalesce(live: &mut broadcast::Receiver<Batch>, message: &mut Merged) -> Waiting {
     loop {
         let batch = match live.try_recv() {
             Ok(batch) => batch,
@@ -331,18 +320,12 @@ fn coalesce(
             // Closed: the tail stopped; what was taken is still sent.
             Err(_) => return Waiting::Nothing,
         };
-        let size = batch.encoded_len();
-        if batch.since_generation > message.generation
-            || message.approvals.len() + batch.approvals.len() > BatchLimits::FEED.approvals
-            || bytes + size > MERGED_BYTES
+        if message
+            .add(&batch, MERGED_BYTES, BatchLimits::FEED.approvals)
+            .is_err()
         {
             return Waiting::DidNotFit(batch);
         }
-        bytes += size;
-        message.approvals.extend(batch.approvals.iter().cloned());
-        message.generation = message.generation.max(batch.generation);
-        message.cluster_set_generation = batch.cluster_set_generation;
-        message.retention_seconds = batch.retention_seconds;
     }
 }
 
@@ -370,22 +353,22 @@ async fn catch_up(shared: &Shared, node: &str, held: &mut u64, tx: &Tx) -> Resul
             if generation > *held || cluster_set.is_some() {
                 let to = generation.max(*held);
                 let message = tail::message(&shared.ledger, Vec::new(), *held, to, cluster_set);
-                send(shared, tx, message, node).await?;
+                send(shared, tx, Encoded::message(&message), node).await?;
                 *held = to;
             }
             return Ok(());
         }
         let (approvals, upto) = batch(&records, BatchLimits::FEED);
         let message = tail::message(&shared.ledger, approvals, *held, upto, cluster_set);
-        send(shared, tx, message, node).await?;
+        send(shared, tx, Encoded::message(&message), node).await?;
         *held = upto;
     }
 }
 
 /// Hands one batch to the stream, or gives up on a stream that cannot
 /// take it in time.
-async fn send(shared: &Shared, tx: &Tx, message: pb::ApprovalBatch, node: &str) -> Result<(), End> {
-    let count = message.approvals.len() as u64;
+async fn send(shared: &Shared, tx: &Tx, message: Encoded, node: &str) -> Result<(), End> {
+    let count = message.approvals as u64;
     match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(message))).await {
         Ok(Ok(())) => {
             shared.metrics.feed_messages.inc();
@@ -414,12 +397,14 @@ fn scopeguard(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
     use crate::push::LIVE_BATCHES;
 
     /// A live batch as the tail makes it: approvals `since+1..=upto`.
-    fn live_batch(since: u64, upto: u64) -> Arc<pb::ApprovalBatch> {
-        Arc::new(pb::ApprovalBatch {
+    fn live_batch(since: u64, upto: u64) -> pb::ApprovalBatch {
+        pb::ApprovalBatch {
             ledger: "ledger".into(),
             since_generation: since,
             generation: upto,
@@ -431,7 +416,25 @@ mod tests {
                 .collect(),
             cluster_set_generation: Some(since),
             retention_seconds: 60,
-        })
+        }
+    }
+
+    fn encoded(since: u64, upto: u64) -> Batch {
+        Batch::encode(&live_batch(since, upto))
+    }
+
+    /// The first batch waiting, with what [`coalesce`] merged into it, as
+    /// the agent decodes it; its size on the wire is checked against
+    /// [`MERGED_BYTES`] here.
+    fn merge(rx: &mut broadcast::Receiver<Batch>) -> (pb::ApprovalBatch, Waiting) {
+        let mut message = Merged::new(&rx.try_recv().unwrap());
+        let waiting = coalesce(rx, &mut message);
+        let encoded = message.into_encoded();
+        let bytes = encoded.to_vec();
+        assert!(bytes.len() <= MERGED_BYTES);
+        let decoded = pb::ApprovalBatch::decode(bytes.as_slice()).unwrap();
+        assert_eq!(encoded.approvals, decoded.approvals.len());
+        (decoded, waiting)
     }
 
     fn generations(message: &pb::ApprovalBatch) -> Vec<u64> {
@@ -446,10 +449,10 @@ mod tests {
     fn batches_waiting_go_out_as_one_message_in_order() {
         let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
         for (since, upto) in [(0, 2), (2, 3), (3, 3), (3, 7)] {
-            tx.send(live_batch(since, upto)).unwrap();
+            tx.send(encoded(since, upto)).unwrap();
         }
-        let mut message = (*rx.try_recv().unwrap()).clone();
-        assert!(matches!(coalesce(&mut rx, &mut message), Waiting::Nothing));
+        let (message, waiting) = merge(&mut rx);
+        assert!(matches!(waiting, Waiting::Nothing));
         assert_eq!(message.since_generation, 0);
         assert_eq!(message.generation, 7);
         assert_eq!(generations(&message), (1..=7).collect::<Vec<_>>());
@@ -461,41 +464,39 @@ mod tests {
 
     #[test]
     fn a_merged_message_stays_within_its_bytes_and_the_rest_follows() {
-        use prost::Message;
         let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
         // 50 batches of 40 approvals, about 3 KiB each: 150 KiB in all.
         for b in 0..50 {
-            tx.send(live_batch(b * 40, (b + 1) * 40)).unwrap();
+            tx.send(encoded(b * 40, (b + 1) * 40)).unwrap();
         }
-        let mut message = (*rx.try_recv().unwrap()).clone();
-        let Waiting::DidNotFit(left) = coalesce(&mut rx, &mut message) else {
+        let (message, waiting) = merge(&mut rx);
+        let Waiting::DidNotFit(left) = waiting else {
             panic!("150 KiB do not fit in one message of {MERGED_BYTES} bytes");
         };
-        assert!(message.encoded_len() <= MERGED_BYTES);
         assert!(message.approvals.len() > 40, "batches were merged");
         assert_eq!(
             generations(&message),
             (1..=message.generation).collect::<Vec<_>>()
         );
         // What did not fit starts where the message ends: sent next, no gap.
-        assert_eq!(left.since_generation, message.generation);
+        assert_eq!(left.since, message.generation);
     }
 
     #[test]
     fn a_merged_message_stays_within_the_feed_bound_of_approvals() {
         // Approvals with nothing in them: the count, not the bytes, binds.
         let empty = |since: u64, upto: u64| {
-            let mut batch = (*live_batch(since, upto)).clone();
+            let mut batch = live_batch(since, upto);
             batch.approvals.iter_mut().for_each(|a| a.digest.clear());
-            Arc::new(batch)
+            Batch::encode(&batch)
         };
         let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
         let per = (BatchLimits::FEED.approvals / 2) as u64;
         tx.send(empty(0, per)).unwrap();
         tx.send(empty(per, 2 * per)).unwrap();
         tx.send(empty(2 * per, 2 * per + 1)).unwrap();
-        let mut message = (*rx.try_recv().unwrap()).clone();
-        let Waiting::DidNotFit(left) = coalesce(&mut rx, &mut message) else {
+        let (message, waiting) = merge(&mut rx);
+        let Waiting::DidNotFit(left) = waiting else {
             panic!(
                 "the third batch would pass the bound of {}",
                 BatchLimits::FEED.approvals
@@ -503,46 +504,46 @@ mod tests {
         };
         assert_eq!(message.approvals.len(), 2 * per as usize);
         assert_eq!(message.generation, 2 * per);
-        assert_eq!(left.since_generation, message.generation);
+        assert_eq!(left.since, message.generation);
         assert_eq!(left.generation, 2 * per + 1);
     }
 
     #[test]
     fn a_cluster_set_mark_alone_is_not_lost_in_a_merge() {
         let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
-        tx.send(live_batch(0, 3)).unwrap();
+        tx.send(encoded(0, 3)).unwrap();
         // No new record, but the cluster set is now complete at 3: the
         // tail says so in a batch of nothing.
-        let mut mark = (*live_batch(3, 3)).clone();
+        let mut mark = live_batch(3, 3);
         mark.cluster_set_generation = Some(3);
-        tx.send(Arc::new(mark)).unwrap();
-        let mut message = (*rx.try_recv().unwrap()).clone();
-        assert_eq!(message.cluster_set_generation, Some(0));
-        assert!(matches!(coalesce(&mut rx, &mut message), Waiting::Nothing));
+        tx.send(Batch::encode(&mark)).unwrap();
+        let (message, waiting) = merge(&mut rx);
+        assert!(matches!(waiting, Waiting::Nothing));
         assert_eq!(message.generation, 3);
         assert_eq!(message.cluster_set_generation, Some(3));
+        assert_eq!(generations(&message), vec![1, 2, 3]);
     }
 
     #[test]
     fn a_gap_is_not_merged_over() {
         let (tx, mut rx) = broadcast::channel(LIVE_BATCHES);
-        tx.send(live_batch(0, 2)).unwrap();
-        tx.send(live_batch(5, 6)).unwrap();
-        let mut message = (*rx.try_recv().unwrap()).clone();
-        let Waiting::DidNotFit(left) = coalesce(&mut rx, &mut message) else {
+        tx.send(encoded(0, 2)).unwrap();
+        tx.send(encoded(5, 6)).unwrap();
+        let (message, waiting) = merge(&mut rx);
+        let Waiting::DidNotFit(left) = waiting else {
             panic!("a batch that does not follow on is left for the stream to judge");
         };
         assert_eq!(message.generation, 2);
-        assert_eq!(left.since_generation, 5);
+        assert_eq!(left.since, 5);
     }
 
     #[test]
     fn a_stream_that_fell_behind_is_told_so() {
         let (tx, mut rx) = broadcast::channel(2);
-        tx.send(live_batch(0, 1)).unwrap();
-        let mut message = (*rx.try_recv().unwrap()).clone();
+        tx.send(encoded(0, 1)).unwrap();
+        let mut message = Merged::new(&rx.try_recv().unwrap());
         for n in 1..5 {
-            tx.send(live_batch(n, n + 1)).unwrap();
+            tx.send(encoded(n, n + 1)).unwrap();
         }
         assert!(matches!(
             coalesce(&mut rx, &mut message),

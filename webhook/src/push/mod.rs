@@ -16,7 +16,9 @@
 //!   agents (a DNS message is at most 65,535 bytes: about 4,000 A records).
 
 mod discovery;
+mod encoded;
 pub mod feed;
+mod feed_service;
 pub mod followers;
 mod link;
 mod tail;

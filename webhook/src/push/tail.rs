@@ -1,6 +1,6 @@
 //! One reader of the ledger for every feed stream: each new write is read
-//! and made a wire batch once, then shared (an `Arc`) with every stream
-//! that is up to date. Thousands of agents cost one ledger read per write,
+//! and encoded once, then its bytes are shared with every stream that is up
+//! to date. Thousands of agents cost one ledger read per write,
 //! not thousands.
 
 use std::{sync::Arc, time::Duration};
@@ -9,7 +9,10 @@ use imagegate_proto::v1 as pb;
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use super::wire::{BatchLimits, batch};
+use super::{
+    encoded::Batch,
+    wire::{BatchLimits, batch},
+};
 use crate::ledger::Ledger;
 
 /// Batches kept for streams that are a little behind. A stream further
@@ -29,7 +32,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// (`cargo xtask bench push`, burst).
 pub const LIVE_EVERY: Duration = Duration::from_millis(10);
 
-pub type Live = broadcast::Sender<Arc<pb::ApprovalBatch>>;
+pub type Live = broadcast::Sender<Batch>;
 
 /// The live batches' sender, once the tail knows where the ledger stands;
 /// the tail then runs until `stop` turns true. `None` if `stop` turned true
@@ -96,7 +99,7 @@ impl Tail {
                 Ok((records, _, cluster_set)) if records.is_empty() => {
                     if cluster_set.is_some() && cluster_set != told_cluster_set {
                         // No new record, but the cluster set is now complete.
-                        let _ = live.send(Arc::new(message(
+                        let _ = live.send(Batch::encode(&message(
                             &ledger,
                             Vec::new(),
                             last,
@@ -114,7 +117,7 @@ impl Tail {
                     let (approvals, upto) = batch(&records, BatchLimits::FEED);
                     sent_at = Some(tokio::time::Instant::now());
                     // No receiver is no error: no agent follows right now.
-                    let _ = live.send(Arc::new(message(
+                    let _ = live.send(Batch::encode(&message(
                         &ledger,
                         approvals,
                         last,
