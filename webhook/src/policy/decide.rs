@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Mode, Policy, Rule, file};
+use super::{DecisionKey, Mode, Policy, Rule, file};
 use crate::{
     reference::{ParseError, Reference},
     review::{Api, Review, Subject},
@@ -146,12 +146,14 @@ impl Policy {
         if self.uses_labels || image.len() > 1024 {
             return self.decide_image_uncached(subject, image);
         }
-        let key = (subject.namespace.clone(), image.to_string());
-        if let Some(decision) = self.decisions.get(&key) {
+        if let Some(decision) = self.decisions.get(&DecisionKey(&subject.namespace, image)) {
             return decision;
         }
         let decision = self.decide_image_uncached(subject, image);
-        self.decisions.insert(key, decision.clone());
+        self.decisions.insert(
+            (subject.namespace.clone(), image.to_string()),
+            decision.clone(),
+        );
         decision
     }
 

@@ -62,6 +62,20 @@ const DECISION_CACHE_ENTRIES: usize = 16 * 1024;
 
 type DecisionCache = quick_cache::sync::Cache<(String, String), ImageDecision>;
 
+/// A [`DecisionCache`] key, borrowed: looking a decision up allocates
+/// nothing (the owned key cost two allocations per image per review). It
+/// hashes as the owned `(String, String)` does: a tuple struct's derived
+/// `Hash` writes its fields in order, as a tuple's does, and `String`
+/// hashes as `str`.
+#[derive(Hash)]
+struct DecisionKey<'a>(&'a str, &'a str);
+
+impl quick_cache::Equivalent<(String, String)> for DecisionKey<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")

@@ -492,3 +492,26 @@ fn no_prefix_of_the_example_policy_loads_a_rule_selecting_everything() {
     }
     assert!(loaded > 0 && loaded < EXAMPLE.len(), "{loaded}");
 }
+
+#[test]
+fn a_decision_is_found_again_by_its_borrowed_key() {
+    let p = policy(EXAMPLE);
+    let first = p.decide_image(&ns("default"), "nginx:1.25");
+    assert_eq!(p.decisions.len(), 1);
+    // The borrowed key hashes and compares as the owned key stored.
+    let found = p
+        .decisions
+        .get(&DecisionKey("default", "nginx:1.25"))
+        .expect("the decision is remembered under the owned key");
+    assert_eq!((found.verdict, found.rule), (first.verdict, first.rule));
+    assert!(
+        p.decisions
+            .get(&DecisionKey("default", "nginx:1.26"))
+            .is_none()
+    );
+    assert!(
+        p.decisions
+            .get(&DecisionKey("other", "nginx:1.25"))
+            .is_none()
+    );
+}
