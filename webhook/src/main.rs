@@ -31,6 +31,32 @@ use imagegate_webhook::{
 use tokio::sync::watch;
 use tracing::info;
 
+/// jemalloc, not glibc's malloc: a review makes about 60 allocations, and
+/// glibc's malloc and free were a sixth of its user-space instructions
+/// (callgrind, ImageReview). With jemalloc a review takes 11% fewer
+/// instructions (ImageReview 63,903 -> 56,732; AdmissionReview 142,645 ->
+/// 128,048), and no more system calls.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at start (`_RJEM_MALLOC_CONF` in the
+/// environment overrides them). Two arenas, not four per CPU, and freed
+/// pages given back at once: with its defaults jemalloc held 280 MiB where
+/// glibc held 245 MiB with 5,000 feed streams (`push_scale`); with these,
+/// 220 MiB, and 231 MiB at the peak with 10% of agents stalled against
+/// glibc's 295. The review path makes no more system calls for it (0.01
+/// `madvise` per AdmissionReview). <https://jemalloc.net/jemalloc.3.html#tuning>
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: ConfString =
+    ConfString(c"narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
+
+/// jemalloc reads its `malloc_conf` as a C string pointer.
+#[repr(transparent)]
+struct ConfString(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, never written.
+unsafe impl Sync for ConfString {}
+
 /// Checks container images at admission.
 #[derive(Debug, Parser)]
 #[command(version, about)]
