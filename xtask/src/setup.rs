@@ -62,6 +62,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("apache2-utils", "htpasswd, for the registry's basic auth"),
     ("openssl", "certificates for TLS tests"),
     (
+        "make",
+        "builds jemalloc, the webhook's allocator, from its C source",
+    ),
+    (
         "binutils",
         "objcopy, which strips the binaries that go into the images",
     ),
