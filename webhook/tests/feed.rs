@@ -345,3 +345,17 @@ async fn a_request_over_the_feed_bound_is_refused_not_read() {
     let mut stream = served.follow(HashMap::new()).await;
     Follower::default().read_until(&mut stream, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_cleanly_when_the_webhook_stops() {
+    let served = serve(3).await;
+    let mut stream = served.follow(HashMap::new()).await;
+    Follower::default().read_until(&mut stream, 3).await;
+    served._stop.send(true).unwrap();
+    // The stream's end is the body's trailers (grpc-status 0), as the
+    // generated agent client reads them: no message and no error.
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the stream ends within 20 s of the stop");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}

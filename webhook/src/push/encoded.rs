@@ -154,25 +154,29 @@ impl Merged {
     }
 }
 
+/// A batch as the tail makes it, for the feed's tests: approvals
+/// `since+1..=upto`, each digest its generation; a retention that differs
+/// per batch, so a merge's last value can be told from the first.
+#[cfg(test)]
+pub fn test_batch(since: u64, upto: u64, cluster_set: Option<u64>) -> pb::ApprovalBatch {
+    pb::ApprovalBatch {
+        ledger: "ledger".into(),
+        since_generation: since,
+        generation: upto,
+        approvals: (since + 1..=upto)
+            .map(|n| pb::Approval {
+                digest: format!("sha256:{n:064x}"),
+                ..Default::default()
+            })
+            .collect(),
+        cluster_set_generation: cluster_set,
+        retention_seconds: 60 + upto,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn batch(since: u64, upto: u64, cluster_set: Option<u64>) -> pb::ApprovalBatch {
-        pb::ApprovalBatch {
-            ledger: "ledger".into(),
-            since_generation: since,
-            generation: upto,
-            approvals: (since + 1..=upto)
-                .map(|n| pb::Approval {
-                    digest: format!("sha256:{n:064x}"),
-                    ..Default::default()
-                })
-                .collect(),
-            cluster_set_generation: cluster_set,
-            retention_seconds: 60 + upto,
-        }
-    }
+    use super::{test_batch as batch, *};
 
     fn decoded(encoded: Encoded) -> pb::ApprovalBatch {
         pb::ApprovalBatch::decode(encoded.to_vec().as_slice()).expect("a merged message decodes")

@@ -22,7 +22,7 @@ use super::{
     encoded::{Batch, Encoded, Merged},
     feed_service::{FeedService, Messages},
     followers::Followers,
-    tail::{self, Live},
+    tail,
     wire::{BatchLimits, batch},
 };
 use crate::ledger::Ledger;
@@ -72,7 +72,11 @@ pub enum FeedError {
 struct Shared {
     ledger: Arc<Ledger>,
     followers: Followers,
-    live: Live,
+    /// The tail's sender, weakly: when the tail stops (the webhook
+    /// stops), every stream's receiver closes and the stream ends with
+    /// status OK; a strong sender here kept them waiting until the process
+    /// exited.
+    live: broadcast::WeakSender<Batch>,
     catch_ups: Semaphore,
     metrics: PushMetrics,
 }
@@ -167,7 +171,7 @@ pub async fn serve(
     let incoming = mtls::incoming(tls, listener, bounds);
     let feed = Feed {
         shared: Arc::new(Shared {
-            live,
+            live: live.downgrade(),
             ledger,
             followers: config.followers.clone(),
             catch_ups: Semaphore::new(CATCH_UPS_AT_ONCE),
@@ -211,7 +215,11 @@ impl Feed {
         let held = body.held.get(self.shared.ledger.id()).copied().unwrap_or(0);
         // Subscribed before catching up: nothing written meanwhile falls
         // between the two.
-        let live = self.shared.live.subscribe();
+        let Some(live) = self.shared.live.upgrade().map(|live| live.subscribe()) else {
+            return Err(Status::unavailable(
+                "this webhook replica is stopping; follow another one",
+            ));
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         debug!(node = %body.node, held, "agent follows the approval feed");
         let following = peer
@@ -400,23 +408,12 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::push::LIVE_BATCHES;
+    use crate::push::{LIVE_BATCHES, encoded::test_batch};
 
-    /// A live batch as the tail makes it: approvals `since+1..=upto`.
+    /// A live batch as the tail makes it, the cluster set complete at
+    /// where it starts.
     fn live_batch(since: u64, upto: u64) -> pb::ApprovalBatch {
-        pb::ApprovalBatch {
-            ledger: "ledger".into(),
-            since_generation: since,
-            generation: upto,
-            approvals: (since + 1..=upto)
-                .map(|n| pb::Approval {
-                    digest: format!("sha256:{n:064x}"),
-                    ..Default::default()
-                })
-                .collect(),
-            cluster_set_generation: Some(since),
-            retention_seconds: 60,
-        }
+        test_batch(since, upto, Some(since))
     }
 
     fn encoded(since: u64, upto: u64) -> Batch {

@@ -202,7 +202,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
-    use crate::push::encoded::{Batch, Merged};
+    use crate::push::encoded::{Batch, Merged, test_batch};
 
     #[test]
     fn the_path_is_the_generated_services() {
@@ -210,19 +210,7 @@ mod tests {
     }
 
     fn batch(since: u64, upto: u64) -> Batch {
-        Batch::encode(&pb::ApprovalBatch {
-            ledger: "ledger".into(),
-            since_generation: since,
-            generation: upto,
-            approvals: (since + 1..=upto)
-                .map(|n| pb::Approval {
-                    digest: format!("sha256:{n:064x}"),
-                    ..Default::default()
-                })
-                .collect(),
-            cluster_set_generation: None,
-            retention_seconds: 60,
-        })
+        Batch::encode(&test_batch(since, upto, None))
     }
 
     /// Everything the body yields: its data, whole, and its trailers.
