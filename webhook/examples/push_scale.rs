@@ -478,6 +478,22 @@ async fn server_time(port: u16, ca_pem: &str) -> (f64, f64) {
     )
 }
 
+/// The webhook's registry lookups so far (seconds summed, and how many),
+/// from its `/metrics`: the part of its own time spent waiting on the
+/// registry, which this bench runs on the agents' machine.
+async fn registry_time(port: u16, ca_pem: &str) -> (f64, f64) {
+    let text = metrics_text(port, ca_pem).await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("imagegate_webhook_registry_lookup_duration_seconds_sum"),
+        value("imagegate_webhook_registry_lookup_duration_seconds_count"),
+    )
+}
+
 /// The feed's messages and lagged streams so far, from its `/metrics`.
 async fn feed_counts(port: u16, ca_pem: &str) -> (f64, f64) {
     let text = metrics_text(port, ca_pem).await;
@@ -685,6 +701,7 @@ async fn one_run(
     // 2. Steady admissions.
     let (cpu_before, _, _) = usage(pid);
     let server_before = server_time(port, ca_pem).await;
+    let registry_before = registry_time(port, ca_pem).await;
     let mut latency = Vec::new();
     let mut on99 = Vec::new();
     let mut on_all = Vec::new();
@@ -705,9 +722,13 @@ async fn one_run(
     let server_after = server_time(port, ca_pem).await;
     let server_ms =
         (server_after.0 - server_before.0) * 1000.0 / (server_after.1 - server_before.1);
+    let registry_after = registry_time(port, ca_pem).await;
+    let registry_ms =
+        (registry_after.0 - registry_before.0) * 1000.0 / (registry_after.1 - registry_before.1);
     let steady = json!({
         "admission_ms": summary(latency),
         "server_mean_ms": server_ms,
+        "registry_lookup_mean_ms": registry_ms,
         "visible_on_99pct_ms": summary(on99),
         "visible_on_all_ms": summary(on_all),
         "missing_after_timeout": missing,

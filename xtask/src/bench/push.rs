@@ -117,6 +117,10 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
         .iter()
         .find(|r| r["agents"] == 0)
         .map_or(f64::NAN, |r| num(&r["steady"]["server_mean_ms"]));
+    let baseline_registry = runs
+        .iter()
+        .find(|r| r["agents"] == 0)
+        .map_or(f64::NAN, |r| num(&r["steady"]["registry_lookup_mean_ms"]));
     let largest = scale.agents.iter().copied().max().unwrap_or(0) as u64;
     for run in runs.iter().filter(|r| r["agents"].as_u64() != Some(0)) {
         let (design, n) = (
@@ -172,6 +176,18 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
             ),
             "from its request_duration_seconds (body read to answer ready) over the same \
              admissions: what the push adds inside the webhook, apart from the wire",
+        );
+        report.figure(
+            &format!(
+                "{label}: of which registry lookups, mean ms (no agents: {baseline_registry:.2})"
+            ),
+            format!(
+                "{:.2} ({:+.2})",
+                num(&steady["registry_lookup_mean_ms"]),
+                num(&steady["registry_lookup_mean_ms"]) - baseline_registry
+            ),
+            "from its registry_lookup_duration_seconds over the same admissions: the \
+             bench's registry runs on this machine, beside the agents; on a cluster it does not",
         );
         report.figure(
             &format!("{label}: webhook CPU per admission, RSS steady / peak"),
