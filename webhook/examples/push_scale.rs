@@ -89,7 +89,9 @@ fn summary(mut values: Vec<f64>) -> Value {
     values.sort_by(f64::total_cmp);
     json!({
         "n": values.len(),
+        "mean": values.iter().sum::<f64>() / values.len() as f64,
         "p50": percentile(&values, 50.0),
+        "p90": percentile(&values, 90.0),
         "p99": percentile(&values, 99.0),
         "max": values.last().copied().unwrap_or(f64::NAN),
     })

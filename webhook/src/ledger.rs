@@ -434,7 +434,7 @@ mod api_name {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A digest for tests: `sha256:` and a 64-digit hex made from `name`.
@@ -449,7 +449,9 @@ mod tests {
         Digest::parse(&format!("sha256:{hex}")).unwrap()
     }
 
-    fn approval(digest: &str, at: u64) -> Approval {
+    /// An admitted approval of `digest` (see [`d`]) at `at` ms, for this
+    /// module's tests and the feed's.
+    pub(crate) fn approval(digest: &str, at: u64) -> Approval {
         let digest = d(digest);
         Approval {
             digest: digest.clone(),

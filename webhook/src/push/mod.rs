@@ -34,7 +34,7 @@ use prometheus_client::{
 
 pub use discovery::run as discover;
 pub use link::{AgentTls, agent_endpoint};
-pub use tail::{LIVE_BATCHES, LIVE_EVERY};
+pub use tail::{ANSWER_FIRST, LIVE_BATCHES, LIVE_EVERY};
 
 use crate::ledger::Ledger;
 
