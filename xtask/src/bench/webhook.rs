@@ -379,8 +379,9 @@ fn instructions_per_review(paths: &Paths, work: &Path, report: &mut Report) -> R
         report.figure(
             &format!("{scenario}: user-space instructions per review"),
             value,
-            "callgrind, one CPU, 8 connections, 2,000 reviews counted after 500 of warm-up; \
-             the kernel's share is not counted",
+            "callgrind, one CPU, 8 new connections per load: the count of 2,500 reviews less \
+             that of 500 (connection set-up cancels out), after 500 of warm-up; the kernel's \
+             share is not counted",
         );
     }
     Ok(())
