@@ -7,7 +7,16 @@
 //! so thousands of agents losing a replica at once do not come back at
 //! once.
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use imagegate_plumbing::errors::error_chain;
 use imagegate_proto::{
@@ -53,6 +62,47 @@ pub struct Follower {
     pub store: Arc<Store>,
     pub writer: engine::Writer,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<FeedHealth>,
+}
+
+/// Whether every webhook replica the names resolve to has its stream open
+/// now. While one does not (the replica restarted and thousands of agents
+/// reconnect to it, or it was just discovered), approvals it wrote may be
+/// on their way, and the engine holds verdicts a little longer (see
+/// `engine::Config::feed_wait`). At 5,000 agents a restarted replica's
+/// approvals reached 99% of them 7.4 s after it served again
+/// (`push_scale <webhook> 5000 feed`), more than the 2 s grace window.
+#[derive(Debug, Default)]
+pub struct FeedHealth {
+    followed: AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl FeedHealth {
+    /// Every replica found has its stream open, and at least one was found.
+    pub fn all_open(&self) -> bool {
+        let followed = self.followed.load(Ordering::Relaxed);
+        followed > 0 && self.open.load(Ordering::Relaxed) >= followed
+    }
+
+    fn followed(&self, n: usize) {
+        self.followed.store(n, Ordering::Relaxed);
+    }
+
+    /// One stream open, until the guard is dropped (the stream ended, or
+    /// its task was aborted because the replica is gone from discovery).
+    fn opened(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+}
+
+struct OpenStream(Arc<FeedHealth>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +133,7 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
     let every = follower.config.resolve_every;
     let follower = Arc::new(follower);
     let metrics = follower.metrics.clone();
+    let health = follower.health.clone();
     imagegate_plumbing::discovery::follow_addresses(
         names,
         every,
@@ -91,6 +142,7 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
         |address| follow(address, follower.clone()),
         move |n| {
             metrics.feeds.set(n as i64);
+            health.followed(n);
         },
     )
     .await;
@@ -139,6 +191,9 @@ async fn stream(
         .await
         .map_err(|_| FollowError::Connect(format!("no answer within {OPEN_TIMEOUT:?}")))??
         .into_inner();
+    // Open: the replica sends what this agent lacks first, then every new
+    // write, in order.
+    let _open = follower.health.opened();
     info!(webhook = %address, "following the approval feed");
     while let Some(batch) = batches
         .message()
@@ -241,5 +296,25 @@ mod tests {
         // Spread out, not one value.
         let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
         assert!(distinct.len() > 20, "{} distinct delays", distinct.len());
+    }
+
+    #[test]
+    fn feeds_are_open_only_while_every_replica_found_has_its_stream() {
+        let health = Arc::new(FeedHealth::default());
+        assert!(!health.all_open(), "no replica found yet");
+        health.followed(2);
+        let first = health.opened();
+        assert!(!health.all_open(), "one of two open");
+        let second = health.opened();
+        assert!(health.all_open());
+        // A replica restarts: its stream ends, the agent reconnects.
+        drop(second);
+        assert!(!health.all_open());
+        let _again = health.opened();
+        assert!(health.all_open());
+        // A replica gone from discovery: one followed, its task aborted.
+        health.followed(1);
+        drop(first);
+        assert!(health.all_open());
     }
 }

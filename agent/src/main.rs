@@ -133,6 +133,15 @@ struct RunArgs {
     #[arg(long, env = "IMAGEGATE_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
 
+    /// In enforce mode, how much longer than --grace a verdict that would
+    /// stop a container waits while a webhook replica's approval feed is not
+    /// open (the replica restarted
+    /// and every node reconnects to it, or it was just found): its approval
+    /// may be on the way. Bounded, so a webhook that stays away does not
+    /// turn enforce mode into audit.
+    #[arg(long, env = "IMAGEGATE_FEED_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    feed_wait: Duration,
+
     /// Enforce mode kills nothing until the agent holds the admitted set a
     /// webhook rebuilt from the cluster (what already ran before the
     /// install), or until this long after the agent's first start on this
@@ -402,6 +411,12 @@ async fn run(args: RunArgs) -> Result<()> {
     ));
 
     let counters = Arc::new(engine::Counters::default());
+    // Followed only with the TLS files the feed needs (checked again below).
+    let follows_feeds = !args.webhook_feeds.is_empty()
+        && args.grpc_tls_cert.is_some()
+        && args.grpc_tls_key.is_some()
+        && args.grpc_client_ca.is_some();
+    let feed_health = follows_feeds.then(|| Arc::new(feed::FeedHealth::default()));
     let parts = engine::Parts {
         forget_every: args.forget_interval,
         layout,
@@ -414,10 +429,12 @@ async fn run(args: RunArgs) -> Result<()> {
         events: events.clone(),
         counters: counters.clone(),
         settle: settle.clone(),
+        feeds: feed_health.clone(),
     };
     let config = engine::Config {
         mode: args.mode,
         grace: args.grace,
+        feed_wait: args.feed_wait,
         exemptions,
         enforce_unknown: args.enforce_unknown,
     };
@@ -466,8 +483,8 @@ async fn run(args: RunArgs) -> Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
     });
-    if let (false, Some(cert), Some(key), Some(ca)) = (
-        args.webhook_feeds.is_empty(),
+    if let (Some(health), Some(cert), Some(key), Some(ca)) = (
+        feed_health,
         &args.grpc_tls_cert,
         &args.grpc_tls_key,
         &args.grpc_client_ca,
@@ -487,6 +504,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 store: store.clone(),
                 writer: writer.clone(),
                 metrics: metrics.clone(),
+                health,
             },
             stop_rx.clone(),
         ));

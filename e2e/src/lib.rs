@@ -33,6 +33,9 @@ pub const USER: &str = "demo";
 pub const PASSWORD: &str = "demo-pull-secret";
 const READY: Duration = Duration::from_secs(60);
 pub const VERDICT: Duration = Duration::from_secs(30);
+/// The agent's grace window and its wait for a closed feed after it.
+pub const GRACE: Duration = Duration::from_secs(1);
+pub const FEED_WAIT: Duration = Duration::from_secs(3);
 
 /// Where the binaries are: next to this executable's folder (`target/X/`
 /// for the demo binary, `target/X/deps/..` for tests).
@@ -182,7 +185,7 @@ impl Stack {
                 "--mode",
                 mode,
                 "--grace",
-                "1s",
+                &format!("{}s", GRACE.as_secs()),
                 // One machine, no cluster: nothing ran before the demo's
                 // containers, so enforce mode needs no settling (the
                 // pod-shaped tests show it with a cluster's pods).
@@ -206,6 +209,11 @@ impl Stack {
                 &format!("127.0.0.1:{}", self.agent_plain_port),
                 "--webhook-feed",
                 &format!("127.0.0.1:{}", self.feed_port),
+                // How long a verdict waits for a feed that is not open,
+                // after the grace window: short, so the stopped-webhook
+                // steps stay quick (FEED_WAIT).
+                "--feed-wait",
+                &format!("{}s", FEED_WAIT.as_secs()),
             ],
         );
         process.wait_message("ready: watching container starts", READY);

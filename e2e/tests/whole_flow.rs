@@ -158,9 +158,12 @@ async fn the_whole_flow_on_one_machine() {
     assert_eq!(violations["total"], "3", "{violations}");
 
     // Enforce mode: a new violating container is killed; nothing else is.
+    // The webhook is still stopped, so its feed is not open: the stop waits
+    // past the grace window for it (an approval could have been on it).
     stack.stop_agent();
     stack.start_agent("enforce").unwrap();
     let doomed = unique("doomed");
+    let started = std::time::Instant::now();
     stack.containerd.run(
         "default",
         &miner.reference,
@@ -171,9 +174,20 @@ async fn the_whole_flow_on_one_machine() {
             "while :; do /bin/true; /bin/sleep 0.05; done",
         ],
     );
-    stack
+    let v = stack
         .wait_verdict(&format!("default/{doomed}"), "never-admitted")
         .unwrap();
+    assert!(
+        started.elapsed() >= imagegate_e2e::GRACE + imagegate_e2e::FEED_WAIT,
+        "stopped after {:?}, before the feed wait ended",
+        started.elapsed()
+    );
+    assert!(
+        v["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("approval feed was not open")),
+        "{v}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stack.containerd.task_status("default", &doomed).as_deref() == Some("RUNNING") {
         assert!(

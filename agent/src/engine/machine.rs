@@ -16,7 +16,8 @@ use crate::{
     container_ref,
     exec_event::{Exec, KernelAction},
     model::{
-        Action, ContainerIdentity, ContainerRecord, ContainerVerdict, Violation, container_key,
+        Action, ContainerIdentity, ContainerRecord, ContainerVerdict, Mode, Violation,
+        container_key,
     },
     verdict,
 };
@@ -45,7 +46,12 @@ struct Watched {
     deadline: Option<Instant>,
     /// The container's first event, for the latency of its verdicts.
     first_event: Instant,
+    /// Its verdict waited past the grace window for a webhook's feed.
+    waited_for_feed: bool,
 }
+
+/// While a verdict waits for a feed, it is looked at again this often.
+const FEED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Whether a violation still has to be filed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -229,6 +235,7 @@ impl Machine {
                     identity: None,
                     deadline: None,
                     first_event,
+                    waited_for_feed: false,
                 };
                 self.conclude(key, watched, Filed::New, env, &mut effects);
             }
@@ -279,6 +286,7 @@ impl Machine {
                     identity: Some(identity),
                     deadline,
                     first_event,
+                    waited_for_feed: false,
                 };
                 self.conclude(key, watched, filed, env, &mut effects);
             }
@@ -462,6 +470,22 @@ impl Machine {
             .collect()
     }
 
+    /// How much longer a container past its grace window waits for its
+    /// approval: while a webhook's feed is not open, up to `feed_wait`
+    /// after the window (counted, as the window is, from the container's
+    /// first sighting). Only a verdict that would stop the container waits:
+    /// a flag is taken back when the approval arrives ("admitted (after it
+    /// was flagged)"), a stop is not. `None`: judge it now.
+    fn feed_wait_left(&self, watched: &Watched, env: &Env) -> Option<Duration> {
+        let would_stop = env.kills && self.config.mode == Mode::Enforce;
+        if env.feeds_open || !would_stop {
+            return None;
+        }
+        let waited = Duration::from_millis(env.now_ms.saturating_sub(watched.record.first_seen_ms));
+        let left = (self.config.grace + self.config.feed_wait).saturating_sub(waited);
+        (!left.is_zero()).then_some(left)
+    }
+
     /// Decides again for a container that was not approved: approved now,
     /// or (when `expired`) never admitted.
     fn redecide(&mut self, key: u64, expired: bool, env: &Env, effects: &mut Vec<Effect>) {
@@ -489,6 +513,18 @@ impl Machine {
                 watched.deadline = None;
                 self.conclude(key, *watched, Filed::New, env, effects);
             }
+            ContainerVerdict::Pending
+                if expired && self.feed_wait_left(&watched, env).is_some() =>
+            {
+                // A webhook's feed is not open: the approval may be on it.
+                let left = self.feed_wait_left(&watched, env).unwrap_or_default();
+                if !watched.waited_for_feed {
+                    info!(container = %watched.record.key, "grace window ended while a webhook's approval feed is not open: the verdict waits for it");
+                }
+                watched.waited_for_feed = true;
+                watched.deadline = Some(env.now + left.min(FEED_RECHECK));
+                self.tracked.insert(key, Tracked::Container(watched));
+            }
             ContainerVerdict::Pending if expired => {
                 let record = &mut watched.record;
                 record.decided_at_ms = env.now_ms;
@@ -497,6 +533,11 @@ impl Machine {
                     "{}; no approval arrived within the {:?} grace window",
                     verdict.reason, self.config.grace
                 );
+                if watched.waited_for_feed {
+                    record.reason.push_str(
+                        " (its verdict waited longer while a webhook's approval feed was not open)",
+                    );
+                }
                 watched.deadline = None;
                 self.conclude(key, *watched, Filed::New, env, effects);
             }

@@ -101,6 +101,8 @@ pub struct Parts {
     pub events: events::Sender,
     pub counters: Arc<Counters>,
     pub settle: Arc<Gate>,
+    /// The webhooks' approval feeds, when the agent follows any.
+    pub feeds: Option<Arc<crate::feed::FeedHealth>>,
 }
 
 impl machine::Approvals for Store {
@@ -631,6 +633,7 @@ fn env(parts: &Parts) -> Env<'_> {
     Env {
         approvals: parts.store.as_ref(),
         kills: parts.settle.kills(),
+        feeds_open: parts.feeds.as_ref().is_none_or(|f| f.all_open()),
         now: Instant::now(),
         now_ms: now_ms(),
     }

@@ -18,6 +18,11 @@ pub struct Config {
     /// Time a container may run unapproved before it is flagged, because
     /// approvals can arrive just after a pod is created.
     pub grace: Duration,
+    /// How much longer than `grace` a verdict that would stop a container
+    /// waits while a webhook's approval feed is not open
+    /// ([`Env::feeds_open`]): the approval may be on it. Bounded, so a webhook that stays away does not turn enforce
+    /// mode into audit.
+    pub feed_wait: Duration,
     pub exemptions: Exemptions,
     /// Enforce mode also stops containers containerd knows but whose image
     /// it cannot name.
@@ -48,10 +53,14 @@ pub trait Approvals {
 }
 
 /// What the world looks like for one step: the approvals, whether enforce
-/// mode kills yet (see `settle`), and the time.
+/// mode kills yet (see `settle`), whether every webhook's approval feed is
+/// open, and the time.
 pub struct Env<'a> {
     pub approvals: &'a dyn Approvals,
     pub kills: bool,
+    /// True when the agent follows no feed (approvals are pushed to it, or
+    /// read from a file).
+    pub feeds_open: bool,
     pub now: Instant,
     pub now_ms: u64,
 }

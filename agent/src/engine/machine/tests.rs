@@ -11,6 +11,7 @@ use crate::{
 };
 
 const GRACE: Duration = Duration::from_secs(10);
+const FEED_WAIT: Duration = Duration::from_secs(30);
 const KEY: u64 = 42;
 const OWN_KEY: u64 = 7;
 
@@ -37,6 +38,7 @@ impl Approvals for FakeApprovals {
 struct World {
     approvals: FakeApprovals,
     kills: bool,
+    feeds_open: bool,
     start: Instant,
     elapsed: Duration,
 }
@@ -46,6 +48,7 @@ impl World {
         Self {
             approvals: FakeApprovals::default(),
             kills,
+            feeds_open: true,
             start: Instant::now(),
             elapsed: Duration::ZERO,
         }
@@ -55,6 +58,7 @@ impl World {
         Env {
             approvals: &self.approvals,
             kills: self.kills,
+            feeds_open: self.feeds_open,
             now: self.start + self.elapsed,
             now_ms: 1_000_000 + self.elapsed.as_millis() as u64,
         }
@@ -74,6 +78,7 @@ fn machine_with(mode: Mode, exemptions: Exemptions) -> Machine {
         Config {
             mode,
             grace: GRACE,
+            feed_wait: FEED_WAIT,
             exemptions,
             enforce_unknown: false,
         },
@@ -275,6 +280,108 @@ fn enforce_once_settled_files_the_violation_as_enforced_and_kills() {
     assert!(kills(&effects));
 }
 
+/// A webhook replica restarted and this agent's stream to it is not open
+/// yet: the approval may be on it, so the verdict waits (rechecked each
+/// second) instead of killing what the replica admitted.
+#[test]
+fn a_verdict_waits_while_a_feed_is_not_open_and_an_approval_on_it_admits() {
+    let mut world = World::new(true);
+    world.feeds_open = false;
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    let effects = m.on_deadlines(&world.env());
+    assert!(effects.is_empty(), "no verdict, no kill: {effects:?}");
+    assert_eq!(
+        m.next_deadline(),
+        Some(world.start + GRACE + FEED_RECHECK),
+        "looked at again in a second"
+    );
+    world.advance(Duration::from_secs(5));
+    assert!(m.on_deadlines(&world.env()).is_empty(), "still waiting");
+    // The stream reopens and the approval it carried arrives.
+    world.feeds_open = true;
+    world.approvals.approve(digest(1));
+    let effects = m.on_approvals_changed(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::Admitted);
+    assert!(done[0].violation.is_none());
+    assert!(!kills(&effects));
+    assert_eq!(m.next_deadline(), None);
+}
+
+/// Only a stop waits: in audit mode, or enforce mode still settling, the
+/// container is flagged when its grace window ends, feed or not (a flag is
+/// taken back if the approval comes).
+#[test]
+fn a_verdict_that_only_flags_does_not_wait_for_a_feed() {
+    for mode in [Mode::Audit, Mode::Enforce] {
+        // Enforce mode settling: it does not kill yet.
+        let mut world = World::new(false);
+        world.feeds_open = false;
+        let mut m = machine(mode);
+        start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+        world.advance(GRACE);
+        let effects = m.on_deadlines(&world.env());
+        let done = concluded(&effects);
+        assert_eq!(
+            done[0].record.verdict,
+            ContainerVerdict::NeverAdmitted,
+            "{mode:?}"
+        );
+        assert!(!kills(&effects));
+    }
+}
+
+/// The feed reopens without the approval: judged at the next look, as it
+/// would have been at the end of the grace window, and the reason says it
+/// waited.
+#[test]
+fn once_the_feeds_are_open_a_waiting_verdict_is_given_at_the_next_look() {
+    let mut world = World::new(true);
+    world.feeds_open = false;
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    assert!(m.on_deadlines(&world.env()).is_empty());
+    world.feeds_open = true;
+    world.advance(FEED_RECHECK);
+    let effects = m.on_deadlines(&world.env());
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert!(
+        done[0].record.reason.contains("waited longer"),
+        "{}",
+        done[0].record.reason
+    );
+    assert!(kills(&effects), "enforced once the feeds are open");
+}
+
+/// A replica that stays away: the wait is bounded by `feed_wait` after
+/// the grace window, then enforce mode stops the container as before.
+#[test]
+fn a_feed_that_stays_closed_delays_a_verdict_by_feed_wait_at_most() {
+    let mut world = World::new(true);
+    world.feeds_open = false;
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    let mut looks = 0;
+    let effects = loop {
+        let at = m.next_deadline().expect("a verdict is due");
+        world.elapsed = at - world.start;
+        let effects = m.on_deadlines(&world.env());
+        if !effects.is_empty() {
+            break effects;
+        }
+        looks += 1;
+        assert!(looks <= 40, "still waiting after {:?}", world.elapsed);
+    };
+    assert_eq!(world.elapsed, GRACE + FEED_WAIT);
+    let done = concluded(&effects);
+    assert_eq!(done[0].record.verdict, ContainerVerdict::NeverAdmitted);
+    assert!(kills(&effects));
+}
+
 #[test]
 fn a_settled_agent_never_kills_an_approved_exempt_or_host_cgroup() {
     let mut world = World::new(true);
@@ -354,6 +461,7 @@ fn enforce_unknown_stops_a_container_containerd_knows_without_an_image() {
         Config {
             mode: Mode::Enforce,
             grace: GRACE,
+            feed_wait: FEED_WAIT,
             exemptions: Exemptions::none(),
             enforce_unknown: true,
         },
