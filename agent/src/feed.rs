@@ -13,7 +13,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -76,17 +76,33 @@ pub struct Follower {
 pub struct FeedHealth {
     followed: AtomicUsize,
     open: AtomicUsize,
+    /// When the names were last resolved (unix ms; 0: not yet).
+    resolved_ms: AtomicU64,
+    /// Asks for a resolution now (a stop is due).
+    resolve: tokio::sync::Notify,
 }
 
 impl FeedHealth {
+    pub fn resolved_ms(&self) -> u64 {
+        self.resolved_ms.load(Ordering::Relaxed)
+    }
+
+    /// Resolves the names again now, rather than at the next period.
+    pub fn resolve_now(&self) {
+        self.resolve.notify_one();
+    }
+
     /// Every replica found has its stream open, and at least one was found.
     pub fn all_open(&self) -> bool {
         let followed = self.followed.load(Ordering::Relaxed);
         followed > 0 && self.open.load(Ordering::Relaxed) >= followed
     }
 
+    /// A resolution found `n` replicas, all of them followed from now on.
     fn followed(&self, n: usize) {
         self.followed.store(n, Ordering::Relaxed);
+        self.resolved_ms
+            .store(imagegate_plumbing::clock::now_ms(), Ordering::Relaxed);
     }
 
     /// One stream open, until the guard is dropped (the stream ended, or
@@ -134,11 +150,13 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
     let follower = Arc::new(follower);
     let metrics = follower.metrics.clone();
     let health = follower.health.clone();
+    let resolve = follower.health.clone();
     imagegate_plumbing::discovery::follow_addresses(
         names,
         every,
         "webhook",
         stop,
+        &resolve.resolve,
         |address| follow(address, follower.clone()),
         move |n| {
             metrics.feeds.set(n as i64);

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 /// How soon names are resolved again when they gave no address.
@@ -19,12 +22,15 @@ const NOTHING_FOUND_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs until `stop` turns true; `follow(address)` is spawned for each
 /// address found, and aborted when it is no longer found. `what` names the
-/// peers in logs ("agent", "webhook"). `found` hears how many are followed.
+/// peers in logs ("agent", "webhook"). `found` hears how many are followed
+/// after each resolution. Names are resolved every `every`, and at once
+/// when `now` is notified.
 pub async fn follow_addresses<F, Fut>(
     names: Vec<String>,
     every: Duration,
     what: &'static str,
     mut stop: watch::Receiver<bool>,
+    now: &Notify,
     follow: F,
     found: impl Fn(usize),
 ) where
@@ -61,6 +67,7 @@ pub async fn follow_addresses<F, Fut>(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = now.notified() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

@@ -478,12 +478,24 @@ impl Machine {
     /// was flagged)"), a stop is not. `None`: judge it now.
     fn feed_wait_left(&self, watched: &Watched, env: &Env) -> Option<Duration> {
         let would_stop = env.kills && self.config.mode == Mode::Enforce;
-        if env.feeds_open || !would_stop {
+        if !would_stop || (env.feeds_open && self.replicas_listed(watched, env)) {
             return None;
         }
         let waited = Duration::from_millis(env.now_ms.saturating_sub(watched.record.first_seen_ms));
         let left = (self.config.grace + self.config.feed_wait).saturating_sub(waited);
         (!left.is_zero()).then_some(left)
+    }
+
+    /// Whether the webhook replicas were listed after this container's
+    /// grace window ended: a replica started since the last resolution
+    /// (a rolling update, a rescheduled pod) may have admitted it, and its
+    /// stream is not open until the agent finds it.
+    fn replicas_listed(&self, watched: &Watched, env: &Env) -> bool {
+        let window_ended_ms = watched
+            .record
+            .first_seen_ms
+            .saturating_add(self.config.grace.as_millis() as u64);
+        env.feeds_resolved_ms >= window_ended_ms
     }
 
     /// Decides again for a container that was not approved: approved now,
@@ -516,8 +528,13 @@ impl Machine {
             ContainerVerdict::Pending
                 if expired && self.feed_wait_left(&watched, env).is_some() =>
             {
-                // A webhook's feed is not open: the approval may be on it.
+                // A webhook's feed is not open, or a replica may have been
+                // listed since the names were last resolved: the approval
+                // may be on its way.
                 let left = self.feed_wait_left(&watched, env).unwrap_or_default();
+                if !self.replicas_listed(&watched, env) {
+                    effects.push(Effect::ResolveFeeds);
+                }
                 if !watched.waited_for_feed {
                     info!(container = %watched.record.key, "grace window ended while a webhook's approval feed is not open: the verdict waits for it");
                 }

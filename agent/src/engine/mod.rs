@@ -430,6 +430,11 @@ impl Engine {
                     Lane::Urgent,
                 ),
                 Effect::Hurry(key) => self.queue.hurry(key),
+                Effect::ResolveFeeds => {
+                    if let Some(feeds) = &self.parts.feeds {
+                        feeds.resolve_now();
+                    }
+                }
                 Effect::SetAction(key, action) => self.set_action(key, action),
                 Effect::ForgetAction(key) => self.parts.actions.remove(key),
                 Effect::Concluded(concluded) => {
@@ -634,6 +639,7 @@ fn env(parts: &Parts) -> Env<'_> {
         approvals: parts.store.as_ref(),
         kills: parts.settle.kills(),
         feeds_open: parts.feeds.as_ref().is_none_or(|f| f.all_open()),
+        feeds_resolved_ms: parts.feeds.as_ref().map_or(u64::MAX, |f| f.resolved_ms()),
         now: Instant::now(),
         now_ms: now_ms(),
     }

@@ -17,6 +17,8 @@ pub async fn run(pusher: Arc<Pusher>, stop: watch::Receiver<bool>) {
         pusher.config.resolve_every,
         "agent",
         stop.clone(),
+        // Resolved on the period only.
+        &tokio::sync::Notify::new(),
         |address| link::follow(address, pusher.clone(), stop.clone()),
         |n| {
             gauge.set(n as i64);

@@ -61,6 +61,9 @@ pub struct Env<'a> {
     /// True when the agent follows no feed (approvals are pushed to it, or
     /// read from a file).
     pub feeds_open: bool,
+    /// When the feeds' names were last resolved (unix ms; `u64::MAX` when
+    /// the agent follows no feed).
+    pub feeds_resolved_ms: u64,
     pub now: Instant,
     pub now_ms: u64,
 }
@@ -108,6 +111,9 @@ pub enum Effect {
     },
     /// These container records' cgroups are gone.
     MarkGone(Vec<String>),
+    /// Resolve the webhooks' feed names now: a stop is due, and a replica
+    /// listed since the last resolution may hold the container's approval.
+    ResolveFeeds,
 }
 
 /// A verdict to record.

@@ -39,6 +39,7 @@ struct World {
     approvals: FakeApprovals,
     kills: bool,
     feeds_open: bool,
+    feeds_resolved_ms: u64,
     start: Instant,
     elapsed: Duration,
 }
@@ -49,6 +50,7 @@ impl World {
             approvals: FakeApprovals::default(),
             kills,
             feeds_open: true,
+            feeds_resolved_ms: u64::MAX,
             start: Instant::now(),
             elapsed: Duration::ZERO,
         }
@@ -59,9 +61,14 @@ impl World {
             approvals: &self.approvals,
             kills: self.kills,
             feeds_open: self.feeds_open,
+            feeds_resolved_ms: self.feeds_resolved_ms,
             now: self.start + self.elapsed,
-            now_ms: 1_000_000 + self.elapsed.as_millis() as u64,
+            now_ms: self.now_ms(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        1_000_000 + self.elapsed.as_millis() as u64
     }
 
     fn advance(&mut self, by: Duration) {
@@ -308,6 +315,64 @@ fn a_verdict_waits_while_a_feed_is_not_open_and_an_approval_on_it_admits() {
     assert!(done[0].violation.is_none());
     assert!(!kills(&effects));
     assert_eq!(m.next_deadline(), None);
+}
+
+/// A replica started since the feeds' names were last resolved (a rolling
+/// update) may have admitted the container, and the agent has no stream to
+/// it yet: before a stop, the names are resolved again.
+#[test]
+fn a_stop_waits_for_the_replicas_to_be_listed_after_the_grace_window() {
+    let mut world = World::new(true);
+    // Every replica found has its stream open, but they were listed before
+    // the container started.
+    world.feeds_resolved_ms = world.now_ms();
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    let effects = m.on_deadlines(&world.env());
+    assert_eq!(
+        effects,
+        vec![Effect::ResolveFeeds],
+        "resolve first, stop nothing"
+    );
+
+    // The resolution lists nothing new: stopped at the next look.
+    world.feeds_resolved_ms = world.now_ms();
+    world.advance(FEED_RECHECK);
+    let effects = m.on_deadlines(&world.env());
+    assert_eq!(
+        concluded(&effects)[0].record.verdict,
+        ContainerVerdict::NeverAdmitted
+    );
+    assert!(kills(&effects));
+}
+
+/// The resolution finds a new replica: its stream is not open yet, so the
+/// stop waits, and the approval it sends admits the container.
+#[test]
+fn a_replica_found_by_that_resolution_is_waited_for() {
+    let mut world = World::new(true);
+    world.feeds_resolved_ms = world.now_ms();
+    let mut m = machine(Mode::Enforce);
+    start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
+    world.advance(GRACE);
+    assert_eq!(m.on_deadlines(&world.env()), vec![Effect::ResolveFeeds]);
+
+    world.feeds_resolved_ms = world.now_ms();
+    world.feeds_open = false;
+    world.advance(FEED_RECHECK);
+    assert!(
+        m.on_deadlines(&world.env()).is_empty(),
+        "listed, not open: waits, nothing more to resolve"
+    );
+    world.feeds_open = true;
+    world.approvals.approve(digest(1));
+    let effects = m.on_approvals_changed(&world.env());
+    assert_eq!(
+        concluded(&effects)[0].record.verdict,
+        ContainerVerdict::Admitted
+    );
+    assert!(!kills(&effects));
 }
 
 /// Only a stop waits: in audit mode, or enforce mode still settling, the
