@@ -48,6 +48,9 @@ pub struct Metrics {
     pub feeds: Gauge,
     /// Approval feed streams reopened after they ended or failed.
     pub feed_reconnects: Counter,
+    /// Containers whose stop (enforce mode) waited past the grace window
+    /// for a webhook's approval feed.
+    pub stops_waiting_for_feed: Counter,
     /// cgroups the agent keeps state for (hosts and containers), as of the
     /// last sweep of the gone ones.
     pub tracked_cgroups: Gauge,
@@ -153,6 +156,13 @@ impl Metrics {
             "Approval feed streams reopened after they ended or failed",
             feed_reconnects.clone(),
         );
+        let stops_waiting_for_feed = Counter::default();
+        registry.register(
+            "stops_waiting_for_feed",
+            "Containers whose stop waited past the grace window for a webhook's approval feed \
+             (not open, or a replica to find): see --feed-wait",
+            stops_waiting_for_feed.clone(),
+        );
         let tracked_cgroups = Gauge::default();
         registry.register(
             "tracked_cgroups",
@@ -208,6 +218,7 @@ impl Metrics {
             approvals_rejected,
             feeds,
             feed_reconnects,
+            stops_waiting_for_feed,
             tracked_cgroups,
             pruned,
             identifications_dropped,

@@ -286,6 +286,10 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
     // Probed and scraped on the pod's IP, where the chart binds them.
     let metrics = scrape(agent.ip, 9464).await;
     assert!(metrics.contains("imagegate_agent_approvals"), "{metrics}");
+    assert!(
+        metrics.contains("imagegate_agent_stops_waiting_for_feed_total 0"),
+        "{metrics}"
+    );
     let api = node.agent_api(&agent).await.unwrap();
 
     // No webhook yet: enforce mode settles, flagging but killing nothing.

@@ -537,6 +537,7 @@ impl Machine {
                 }
                 if !watched.waited_for_feed {
                     info!(container = %watched.record.key, "grace window ended while a webhook's approval feed is not open: the verdict waits for it");
+                    effects.push(Effect::WaitsForFeed);
                 }
                 watched.waited_for_feed = true;
                 watched.deadline = Some(env.now + left.min(FEED_RECHECK));

@@ -430,6 +430,9 @@ impl Engine {
                     Lane::Urgent,
                 ),
                 Effect::Hurry(key) => self.queue.hurry(key),
+                Effect::WaitsForFeed => {
+                    self.parts.metrics.stops_waiting_for_feed.inc();
+                }
                 Effect::ResolveFeeds => {
                     if let Some(feeds) = &self.parts.feeds {
                         feeds.resolve_now();

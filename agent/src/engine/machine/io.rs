@@ -111,6 +111,9 @@ pub enum Effect {
     },
     /// These container records' cgroups are gone.
     MarkGone(Vec<String>),
+    /// A container's stop waits for a webhook's approval feed (counted
+    /// once per container).
+    WaitsForFeed,
     /// Resolve the webhooks' feed names now: a stop is due, and a replica
     /// listed since the last resolution may hold the container's approval.
     ResolveFeeds,

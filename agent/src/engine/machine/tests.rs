@@ -298,7 +298,11 @@ fn a_verdict_waits_while_a_feed_is_not_open_and_an_approval_on_it_admits() {
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     world.advance(GRACE);
     let effects = m.on_deadlines(&world.env());
-    assert!(effects.is_empty(), "no verdict, no kill: {effects:?}");
+    assert_eq!(
+        effects,
+        vec![Effect::WaitsForFeed],
+        "counted; no verdict, no kill"
+    );
     assert_eq!(
         m.next_deadline(),
         Some(world.start + GRACE + FEED_RECHECK),
@@ -332,7 +336,7 @@ fn a_stop_waits_for_the_replicas_to_be_listed_after_the_grace_window() {
     let effects = m.on_deadlines(&world.env());
     assert_eq!(
         effects,
-        vec![Effect::ResolveFeeds],
+        vec![Effect::ResolveFeeds, Effect::WaitsForFeed],
         "resolve first, stop nothing"
     );
 
@@ -356,7 +360,10 @@ fn a_replica_found_by_that_resolution_is_waited_for() {
     let mut m = machine(Mode::Enforce);
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     world.advance(GRACE);
-    assert_eq!(m.on_deadlines(&world.env()), vec![Effect::ResolveFeeds]);
+    assert_eq!(
+        m.on_deadlines(&world.env()),
+        vec![Effect::ResolveFeeds, Effect::WaitsForFeed]
+    );
 
     world.feeds_resolved_ms = world.now_ms();
     world.feeds_open = false;
@@ -408,7 +415,7 @@ fn once_the_feeds_are_open_a_waiting_verdict_is_given_at_the_next_look() {
     let mut m = machine(Mode::Enforce);
     start(&mut m, KEY, identity(Some(digest(1)), "app"), &world);
     world.advance(GRACE);
-    assert!(m.on_deadlines(&world.env()).is_empty());
+    assert_eq!(m.on_deadlines(&world.env()), vec![Effect::WaitsForFeed]);
     world.feeds_open = true;
     world.advance(FEED_RECHECK);
     let effects = m.on_deadlines(&world.env());
@@ -435,7 +442,7 @@ fn a_feed_that_stays_closed_delays_a_verdict_by_feed_wait_at_most() {
         let at = m.next_deadline().expect("a verdict is due");
         world.elapsed = at - world.start;
         let effects = m.on_deadlines(&world.env());
-        if !effects.is_empty() {
+        if !concluded(&effects).is_empty() {
             break effects;
         }
         looks += 1;
