@@ -68,8 +68,8 @@ pub struct Follower {
 /// Whether every webhook replica the names resolve to has its stream open
 /// now. While one does not (the replica restarted and thousands of agents
 /// reconnect to it, or it was just discovered), approvals it wrote may be
-/// on their way, and the engine holds verdicts a little longer (see
-/// `engine::Config::feed_wait`). At 5,000 agents a restarted replica's
+/// on their way, and in enforce mode the engine holds stops a little
+/// longer (see `engine::Config::feed_wait`). At 5,000 agents a restarted replica's
 /// approvals reached 99% of them 7.4 s after it served again
 /// (`push_scale <webhook> 5000 feed`), more than the 2 s grace window.
 #[derive(Debug, Default)]
@@ -150,13 +150,12 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
     let follower = Arc::new(follower);
     let metrics = follower.metrics.clone();
     let health = follower.health.clone();
-    let resolve = follower.health.clone();
     imagegate_plumbing::discovery::follow_addresses(
         names,
         every,
         "webhook",
         stop,
-        &resolve.resolve,
+        &follower.health.resolve,
         |address| follow(address, follower.clone()),
         move |n| {
             metrics.feeds.set(n as i64);

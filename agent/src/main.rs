@@ -135,10 +135,9 @@ struct RunArgs {
 
     /// In enforce mode, how much longer than --grace a verdict that would
     /// stop a container waits while a webhook replica's approval feed is not
-    /// open (the replica restarted
-    /// and every node reconnects to it, or it was just found): its approval
-    /// may be on the way. Bounded, so a webhook that stays away does not
-    /// turn enforce mode into audit.
+    /// open (the replica restarted and every node reconnects to it, or it
+    /// was just found): its approval may be on the way. Bounded, so a
+    /// webhook that stays away does not turn enforce mode into audit.
     #[arg(long, env = "IMAGEGATE_FEED_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     feed_wait: Duration,
 
@@ -411,12 +410,9 @@ async fn run(args: RunArgs) -> Result<()> {
     ));
 
     let counters = Arc::new(engine::Counters::default());
-    // Followed only with the TLS files the feed needs (checked again below).
-    let follows_feeds = !args.webhook_feeds.is_empty()
-        && args.grpc_tls_cert.is_some()
-        && args.grpc_tls_key.is_some()
-        && args.grpc_client_ca.is_some();
-    let feed_health = follows_feeds.then(|| Arc::new(feed::FeedHealth::default()));
+    // clap requires the TLS files with --webhook-feed.
+    let feed_health =
+        (!args.webhook_feeds.is_empty()).then(|| Arc::new(feed::FeedHealth::default()));
     let parts = engine::Parts {
         forget_every: args.forget_interval,
         layout,

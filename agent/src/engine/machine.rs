@@ -510,6 +510,11 @@ impl Machine {
             return;
         };
         let verdict = self.decide(identity, env);
+        let feed_wait = if expired {
+            self.feed_wait_left(&watched, env)
+        } else {
+            None
+        };
         match verdict.kind {
             ContainerVerdict::Admitted | ContainerVerdict::Exempt => {
                 effects.push(Effect::SetAction(key, Action::Ignore));
@@ -525,13 +530,11 @@ impl Machine {
                 watched.deadline = None;
                 self.conclude(key, *watched, Filed::New, env, effects);
             }
-            ContainerVerdict::Pending
-                if expired && self.feed_wait_left(&watched, env).is_some() =>
-            {
+            ContainerVerdict::Pending if feed_wait.is_some() => {
                 // A webhook's feed is not open, or a replica may have been
                 // listed since the names were last resolved: the approval
                 // may be on its way.
-                let left = self.feed_wait_left(&watched, env).unwrap_or_default();
+                let left = feed_wait.unwrap_or_default();
                 if !self.replicas_listed(&watched, env) {
                     effects.push(Effect::ResolveFeeds);
                 }

@@ -20,8 +20,8 @@ pub struct Config {
     pub grace: Duration,
     /// How much longer than `grace` a verdict that would stop a container
     /// waits while a webhook's approval feed is not open
-    /// ([`Env::feeds_open`]): the approval may be on it. Bounded, so a webhook that stays away does not turn enforce
-    /// mode into audit.
+    /// ([`Env::feeds_open`]): the approval may be on it. Bounded, so a
+    /// webhook that stays away does not turn enforce mode into audit.
     pub feed_wait: Duration,
     pub exemptions: Exemptions,
     /// Enforce mode also stops containers containerd knows but whose image
@@ -58,8 +58,9 @@ pub trait Approvals {
 pub struct Env<'a> {
     pub approvals: &'a dyn Approvals,
     pub kills: bool,
-    /// True when the agent follows no feed (approvals are pushed to it, or
-    /// read from a file).
+    /// Every webhook replica found has its feed stream open; true when the
+    /// agent follows no feed (approvals are pushed to it, or read from a
+    /// file).
     pub feeds_open: bool,
     /// When the feeds' names were last resolved (unix ms; `u64::MAX` when
     /// the agent follows no feed).
