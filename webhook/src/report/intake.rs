@@ -29,6 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const PAGE: u32 = 500;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the list of agents is left to settle after a change before it
+/// is read again. Each reading walks the whole list; after a webhook
+/// restart thousands of agents join within seconds, and reading on every
+/// join would walk it thousands of times on the admission runtime.
+const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct IntakeConfig {
@@ -76,6 +81,10 @@ pub async fn run(
         }
         tokio::select! {
             changed = agents.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SETTLE) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
