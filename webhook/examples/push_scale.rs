@@ -22,8 +22,9 @@
 //!    admissions (latency, visible on the healthy ones), then they recover:
 //!    how long until every agent holds everything again;
 //! 5. the webhook killed and started again on its ledger: how long until
-//!    an admission made once it serves is held by every agent, and the
-//!    webhook's CPU over that reconnect storm.
+//!    an admission made once it serves is held by every agent, the
+//!    latency of admissions made meanwhile, and the webhook's CPU over that
+//!    reconnect storm.
 //!
 //! Usage: push_scale WEBHOOK_BIN AGENTS(comma list) DESIGNS(comma list).
 //! Prints one JSON object.
@@ -71,6 +72,9 @@ const IMPAIRED: usize = 50;
 const BURST: usize = 200;
 const CALLERS: usize = 16;
 const SLOW: Duration = Duration::from_secs(2);
+/// Admissions made at least, one after another, while agents reconnect
+/// after a restart.
+const DURING_RESTART: usize = 50;
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 const HEALTHY: u8 = 0;
@@ -102,6 +106,9 @@ fn summary(mut values: Vec<f64>) -> Value {
 struct Watch {
     index: HashMap<String, usize>,
     arrivals: Vec<Mutex<Vec<(usize, Instant)>>>,
+    /// `feed` agents' attempts to open a stream that failed (connect, TLS,
+    /// or the Follow call): work thrown away, then a backoff.
+    failed_opens: std::sync::atomic::AtomicU64,
 }
 
 /// One lightweight agent: what it holds per ledger, how it behaves.
@@ -298,6 +305,7 @@ async fn follow(fake: Arc<Fake>, feed: SocketAddr, files: Arc<Files>) {
                 files.read("imagegate-agent.key"),
             ))
             .domain_name(imagegate_proto::WEBHOOK_IDENTITY);
+        let opened = std::sync::atomic::AtomicBool::new(false);
         let session = async {
             let channel = Endpoint::from_shared(format!("https://{feed}"))
                 .map_err(|e| e.to_string())?
@@ -318,6 +326,7 @@ async fn follow(fake: Arc<Fake>, feed: SocketAddr, files: Arc<Files>) {
                 .await
                 .map_err(|e| e.to_string())?
                 .into_inner();
+            opened.store(true, Ordering::Relaxed);
             while let Some(batch) = stream.message().await.map_err(|e| e.to_string())? {
                 fake.behave().await;
                 if batch.since_generation > fake.held(&batch.ledger) {
@@ -330,6 +339,9 @@ async fn follow(fake: Arc<Fake>, feed: SocketAddr, files: Arc<Files>) {
         match session.await {
             Ok(true) => continue,
             Ok(false) => backoff = Duration::from_millis(200),
+            Err(_) if !opened.load(Ordering::Relaxed) => {
+                fake.watch.failed_opens.fetch_add(1, Ordering::Relaxed);
+            }
             Err(_) => {}
         }
         let jitter = backoff.mul_f64((fake.id % 97) as f64 / 194.0);
@@ -635,6 +647,7 @@ async fn one_run(
             .map(|(i, (_, d))| (d.clone(), i))
             .collect(),
         arrivals: images.iter().map(|_| Mutex::new(Vec::new())).collect(),
+        failed_opens: Default::default(),
     });
     let fake = |id: usize, holds: bool| {
         Arc::new(Fake {
@@ -870,18 +883,40 @@ async fn one_run(
 
     // 5. The webhook killed and started again.
     drop(webhook);
+    let failed_before = watch.failed_opens.load(Ordering::Relaxed);
     let restarted = Instant::now();
     let (webhook, port) = run.start_webhook(webhook_bin);
     let pid = webhook.child.id();
     let i = STEADY + IMPAIRED;
     let ms = run.admit(port, &images[i].0).await;
     let answered = Instant::now();
-    let delays = visible(&watch, i, &everyone, answered).await;
+    // Pods keep coming while the agents reconnect: admissions one after
+    // another (the steady phase's images again) until that first one is on
+    // every agent, and at least DURING_RESTART of them (a run without
+    // agents has no storm and makes just those).
+    let storm_over = std::sync::atomic::AtomicBool::new(false);
+    let (delays, during) = tokio::join!(
+        async {
+            let delays = visible(&watch, i, &everyone, answered).await;
+            storm_over.store(true, Ordering::Relaxed);
+            delays
+        },
+        async {
+            let mut latency = Vec::new();
+            while latency.len() < DURING_RESTART || !storm_over.load(Ordering::Relaxed) {
+                let image = &images[latency.len() % STEADY].0;
+                latency.push(run.admit(port, image).await);
+            }
+            latency
+        }
+    );
     let behind = n - delays.len();
     let (p99, all) = quantiles(delays, n);
     let (cpu, peak_rss, _) = usage(pid);
     let restart = json!({
         "admission_ms": ms,
+        "admission_during_reconnects_ms": summary(during),
+        "failed_opens": watch.failed_opens.load(Ordering::Relaxed) - failed_before,
         "serving_after_seconds": answered.duration_since(restarted).as_secs_f64() - ms / 1000.0,
         "visible_on_99pct_ms": p99,
         "visible_on_all_ms": all,

@@ -267,6 +267,16 @@ fn at_scale(paths: &Paths, scale: &PushScale, report: &mut Report) -> Result<()>
             ),
             "SIGKILL, start on the same ledger; the first admission once it serves",
         );
+        let during = &restart["admission_during_reconnects_ms"];
+        report.figure(
+            &format!(
+                "{label}: admissions while the agents reconnect after the restart: p50 / p99 / max ms (steady: {})",
+                ms3(&steady["admission_ms"]),
+            ),
+            format!("{} / {:.1} ({} admissions)", ms3(during), num(&during["max"]), during["n"]),
+            "one after another from the first answer until that admission is on every agent \
+             (at least 50): what the apiserver waits while the storm takes the webhook's CPU",
+        );
         if design == "feed" && n == largest {
             // Against the control that admitted the same pods in the same
             // minutes: a baseline run minutes apart differs by itself.
