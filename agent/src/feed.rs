@@ -23,6 +23,7 @@ use imagegate_proto::{
     source::SourceKey,
     v1::{self as pb, approval_feed_client::ApprovalFeedClient},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
@@ -80,9 +81,51 @@ pub struct FeedHealth {
     resolved_ms: AtomicU64,
     /// Asks for a resolution now (a stop is due).
     resolve: tokio::sync::Notify,
+    /// Containers whose stop waited for a feed.
+    stops_waited: AtomicU64,
+    /// `open`, for `/metrics`.
+    open_gauge: Gauge,
+}
+
+/// What `GetStatus` shows of the feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedCounts {
+    pub followed: usize,
+    pub open: usize,
+    pub resolved_ms: u64,
+    pub stops_waited: u64,
+}
+
+impl FeedCounts {
+    /// Every replica found has its stream open, and at least one was found.
+    pub fn all_open(&self) -> bool {
+        self.followed > 0 && self.open >= self.followed
+    }
 }
 
 impl FeedHealth {
+    /// Health whose open streams are also counted on `open_gauge`.
+    pub fn counting_on(open_gauge: Gauge) -> Self {
+        Self {
+            open_gauge,
+            ..Self::default()
+        }
+    }
+
+    pub fn counts(&self) -> FeedCounts {
+        FeedCounts {
+            followed: self.followed.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
+            resolved_ms: self.resolved_ms(),
+            stops_waited: self.stops_waited.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A container's stop waited for a feed (counted once per container).
+    pub fn stop_waited(&self) {
+        self.stops_waited.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn resolved_ms(&self) -> u64 {
         self.resolved_ms.load(Ordering::Relaxed)
     }
@@ -94,8 +137,7 @@ impl FeedHealth {
 
     /// Every replica found has its stream open, and at least one was found.
     pub fn all_open(&self) -> bool {
-        let followed = self.followed.load(Ordering::Relaxed);
-        followed > 0 && self.open.load(Ordering::Relaxed) >= followed
+        self.counts().all_open()
     }
 
     /// A resolution found `n` replicas, all of them followed from now on.
@@ -109,6 +151,7 @@ impl FeedHealth {
     /// its task was aborted because the replica is gone from discovery).
     fn opened(self: &Arc<Self>) -> OpenStream {
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.open_gauge.inc();
         OpenStream(self.clone())
     }
 }
@@ -118,6 +161,7 @@ struct OpenStream(Arc<FeedHealth>);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.open_gauge.dec();
     }
 }
 
@@ -333,5 +377,25 @@ mod tests {
         health.followed(1);
         drop(first);
         assert!(health.all_open());
+    }
+
+    #[test]
+    fn counts_show_the_streams_and_the_stops_that_waited() {
+        let gauge = Gauge::default();
+        let health = Arc::new(FeedHealth::counting_on(gauge.clone()));
+        health.followed(3);
+        let one = health.opened();
+        let two = health.opened();
+        health.stop_waited();
+        let counts = health.counts();
+        assert_eq!(
+            (counts.followed, counts.open, counts.stops_waited),
+            (3, 2, 1)
+        );
+        assert!(counts.resolved_ms > 0);
+        assert_eq!(gauge.get(), 2);
+        drop(one);
+        drop(two);
+        assert_eq!((health.counts().open, gauge.get()), (0, 0));
     }
 }

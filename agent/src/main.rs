@@ -411,8 +411,11 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let counters = Arc::new(engine::Counters::default());
     // clap requires the TLS files with --webhook-feed.
-    let feed_health =
-        (!args.webhook_feeds.is_empty()).then(|| Arc::new(feed::FeedHealth::default()));
+    let feed_health = (!args.webhook_feeds.is_empty()).then(|| {
+        Arc::new(feed::FeedHealth::counting_on(
+            metrics.feed_streams_open.clone(),
+        ))
+    });
     let parts = engine::Parts {
         forget_every: args.forget_interval,
         layout,
@@ -479,6 +482,11 @@ async fn run(args: RunArgs) -> Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
     });
+    let feed_status = feed_health.clone().map(|health| api::FeedStatus {
+        health,
+        names: args.webhook_feeds.clone(),
+        feed_wait: args.feed_wait,
+    });
     if let (Some(health), Some(cert), Some(key), Some(ca)) = (
         feed_health,
         &args.grpc_tls_cert,
@@ -515,6 +523,7 @@ async fn run(args: RunArgs) -> Result<()> {
             settle,
             mode: args.mode,
             enforce_unknown: args.enforce_unknown,
+            feeds: feed_status,
         },
         StaticStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub approvals_rejected: Counter,
     /// Webhook replicas whose approval feed the agent follows.
     pub feeds: Gauge,
+    /// Approval feed streams open now (one per replica when all is well).
+    pub feed_streams_open: Gauge,
     /// Approval feed streams reopened after they ended or failed.
     pub feed_reconnects: Counter,
     /// Containers whose stop (enforce mode) waited past the grace window
@@ -150,6 +152,13 @@ impl Metrics {
             "Webhook replicas whose approval feed the agent follows: alert on 0",
             feeds.clone(),
         );
+        let feed_streams_open = Gauge::default();
+        registry.register(
+            "feed_streams_open",
+            "Approval feed streams open now: fewer than feeds means approvals from a replica \
+             do not arrive (and in enforce mode stops wait, see --feed-wait)",
+            feed_streams_open.clone(),
+        );
         let feed_reconnects = Counter::default();
         registry.register(
             "feed_reconnects",
@@ -217,6 +226,7 @@ impl Metrics {
             approvals,
             approvals_rejected,
             feeds,
+            feed_streams_open,
             feed_reconnects,
             stops_waiting_for_feed,
             tracked_cgroups,

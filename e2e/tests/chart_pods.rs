@@ -290,6 +290,10 @@ async fn installed_in_enforce_mode_the_chart_harms_nothing_that_was_admitted() {
         metrics.contains("imagegate_agent_stops_waiting_for_feed_total 0"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("imagegate_agent_feed_streams_open 0"),
+        "{metrics}"
+    );
     let api = node.agent_api(&agent).await.unwrap();
 
     // No webhook yet: enforce mode settles, flagging but killing nothing.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use imagegate_e2e::{Stack, patched_image, unique};
 use imagegate_testkit::grpcurl;
+use serde_json::json;
 
 fn require_root() {
     imagegate_testkit::require_root("the end-to-end test loads eBPF and runs containerd");
@@ -67,6 +68,17 @@ async fn the_whole_flow_on_one_machine() {
     }));
     let (_, status) = stack.grpcurl("GetStatus", "{}").unwrap();
     assert_eq!(status["sources"].as_array().unwrap().len(), 1, "{status}");
+    // The one replica found, its stream open; audit mode holds nothing.
+    let feeds = &status["feeds"];
+    assert_eq!(
+        (
+            &feeds["replicasFound"],
+            &feeds["streamsOpen"],
+            &feeds["holdingStops"]
+        ),
+        (&json!(1), &json!(1), &json!(false)),
+        "{status}"
+    );
 
     // The pinned pod: /mutate pins the tag, the pinned reference runs.
     let r = stack
@@ -187,6 +199,18 @@ async fn the_whole_flow_on_one_machine() {
             .as_str()
             .is_some_and(|r| r.contains("approval feed was not open")),
         "{v}"
+    );
+    // grpcurl shows why: no stream open, stops held, one that waited.
+    let (_, status) = stack.grpcurl("GetStatus", "{}").unwrap();
+    let feeds = &status["feeds"];
+    assert_eq!(
+        (
+            &feeds["streamsOpen"],
+            &feeds["holdingStops"],
+            &feeds["stopsWaited"]
+        ),
+        (&json!(0), &json!(true), &json!("1")),
+        "{status}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stack.containerd.task_status("default", &doomed).as_deref() == Some("RUNNING") {

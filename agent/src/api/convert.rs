@@ -13,6 +13,7 @@ use imagegate_plumbing::clock::now_ms;
 use crate::{
     digest::Digest,
     events::{AgentEvent, EventKind},
+    feed::FeedCounts,
     model::{Approval, ContainerRecord, ContainerVerdict, Origin, PodRef, Signer, Violation},
     settle::Enforcement,
 };
@@ -285,6 +286,25 @@ pub fn event_out(event: &AgentEvent) -> pb::Event {
     }
 }
 
+/// The feeds as `GetStatus` shows them. `enforcing`: enforce mode, settled,
+/// where a stop due while a stream is not open waits for it.
+pub fn feeds_out(
+    names: &[String],
+    counts: FeedCounts,
+    feed_wait: std::time::Duration,
+    enforcing: bool,
+) -> pb::Feeds {
+    pb::Feeds {
+        names: names.to_vec(),
+        replicas_found: counts.followed as u32,
+        streams_open: counts.open as u32,
+        last_resolved_unix_ms: counts.resolved_ms as i64,
+        feed_wait_ms: feed_wait.as_millis() as u64,
+        holding_stops: enforcing && !counts.all_open(),
+        stops_waited: counts.stops_waited,
+    }
+}
+
 pub fn enforcement_out(enforcement: &Enforcement, enforce_unknown: bool) -> pb::Enforcement {
     use pb::enforcement::State;
     let unknown = if enforce_unknown {
@@ -346,6 +366,39 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn stops_are_held_only_when_enforcing_with_a_stream_not_open() {
+        let names = ["imagegate-webhook-feed.imagegate.svc".to_string()];
+        let counts = |followed, open| FeedCounts {
+            followed,
+            open,
+            resolved_ms: 1,
+            stops_waited: 4,
+        };
+        let wait = std::time::Duration::from_secs(30);
+        let out = feeds_out(&names, counts(2, 1), wait, true);
+        assert!(out.holding_stops, "one replica of two has no stream");
+        assert_eq!(
+            (
+                out.replicas_found,
+                out.streams_open,
+                out.stops_waited,
+                out.feed_wait_ms
+            ),
+            (2, 1, 4, 30_000)
+        );
+        assert_eq!(out.names, names);
+        assert!(
+            feeds_out(&names, counts(0, 0), wait, true).holding_stops,
+            "none found"
+        );
+        assert!(!feeds_out(&names, counts(2, 2), wait, true).holding_stops);
+        assert!(
+            !feeds_out(&names, counts(2, 1), wait, false).holding_stops,
+            "audit or settling: nothing to hold"
+        );
+    }
 
     fn approval(digest: &str) -> pb::Approval {
         pb::Approval {

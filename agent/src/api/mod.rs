@@ -27,7 +27,7 @@ use tonic::transport::{
 use tracing::{info, warn};
 
 use self::service::AgentApi;
-pub use self::service::Shared;
+pub use self::service::{FeedStatus, Shared};
 use imagegate_plumbing::grpc::{
     bounded::{self, ListenerBounds},
     mtls as tls,

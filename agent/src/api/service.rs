@@ -14,7 +14,13 @@ use imagegate_plumbing::grpc::mtls::{TlsPeer, has_identity};
 
 use super::convert;
 use crate::{
-    digest::Digest, engine, events, metrics::Metrics, model::Mode, settle::Gate, store::Store,
+    digest::Digest,
+    engine, events,
+    feed::FeedHealth,
+    metrics::Metrics,
+    model::Mode,
+    settle::{Enforcement, Gate},
+    store::Store,
 };
 
 /// Facts fixed at start-up, for `GetStatus`.
@@ -41,6 +47,17 @@ pub struct Shared {
     pub settle: Arc<Gate>,
     pub mode: Mode,
     pub enforce_unknown: bool,
+    /// `None` when the agent follows no approval feed.
+    pub feeds: Option<FeedStatus>,
+}
+
+/// The feeds the agent follows, for `GetStatus`.
+pub struct FeedStatus {
+    pub health: Arc<FeedHealth>,
+    /// `--webhook-feed`.
+    pub names: Vec<String>,
+    /// `--feed-wait`.
+    pub feed_wait: std::time::Duration,
 }
 
 pub struct AgentApi {
@@ -437,6 +454,7 @@ impl AgentService for AgentApi {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::Status>, Status> {
         let store = self.store();
+        let enforcement = self.ctx.settle.now();
         let (containers, violations) = store.counts().map_err(internal)?;
         let (containers_pruned, violations_pruned, approvals_expired) =
             store.pruned().map_err(internal)?;
@@ -483,9 +501,18 @@ impl AgentService for AgentApi {
             sources,
             uptime_seconds: self.started.elapsed().as_secs(),
             enforcement: Some(convert::enforcement_out(
-                &self.ctx.settle.now(),
+                &enforcement,
                 self.ctx.enforce_unknown,
             )),
+            feeds: self.ctx.feeds.as_ref().map(|feeds| {
+                let enforcing = matches!(enforcement, Enforcement::Enforcing { .. });
+                convert::feeds_out(
+                    &feeds.names,
+                    feeds.health.counts(),
+                    feeds.feed_wait,
+                    enforcing,
+                )
+            }),
         }))
     }
 }
