@@ -67,12 +67,15 @@ pub struct Follower {
 }
 
 /// Whether every webhook replica the names resolve to has its stream open
-/// now. While one does not (the replica restarted and thousands of agents
-/// reconnect to it, or it was just discovered), approvals it wrote may be
-/// on their way, and in enforce mode the engine holds stops a little
-/// longer (see `engine::Config::feed_wait`). At 5,000 agents a restarted replica's
-/// approvals reached 99% of them 7.4 s after it served again
-/// (`push_scale <webhook> 5000 feed`), more than the 2 s grace window.
+/// now, and caught up (from the replica's mark, when it sets one). While
+/// one does not (the replica restarted and thousands of agents reconnect
+/// to it and wait their turn to catch up, or it was just discovered),
+/// approvals it wrote may be on their way, and in enforce mode the engine
+/// holds stops a little longer (see `engine::Config::feed_wait`). At 5,000
+/// agents a restarted replica's approvals reached 99% of them 7.4 s after
+/// it served again (`push_scale <webhook> 5000 feed`), more than the 2 s
+/// grace window; with pods admitted meanwhile, thousands of agents were
+/// connected but not caught up 20 s later.
 #[derive(Debug, Default)]
 pub struct FeedHealth {
     followed: AtomicUsize,
@@ -248,19 +251,26 @@ async fn stream(
             .await
             .map_err(|s| FollowError::Rpc(Box::new(s)))
     };
-    let mut batches = tokio::time::timeout(OPEN_TIMEOUT, open)
+    let response = tokio::time::timeout(OPEN_TIMEOUT, open)
         .await
-        .map_err(|_| FollowError::Connect(format!("no answer within {OPEN_TIMEOUT:?}")))??
-        .into_inner();
+        .map_err(|_| FollowError::Connect(format!("no answer within {OPEN_TIMEOUT:?}")))??;
     // Open: the replica sends what this agent lacks first, then every new
-    // write, in order.
-    let _open = follower.health.opened();
+    // write, in order. Until the catch-up's end, approvals it admitted may
+    // still be on their way, so stops wait for it as for a closed stream
+    // (after a restart under load, thousands of agents wait their turn to
+    // catch up). A replica of an earlier release marks no end: open at once.
+    let marks_caught_up = response
+        .metadata()
+        .contains_key(imagegate_proto::MARKS_CAUGHT_UP_HEADER);
+    let mut open = (!marks_caught_up).then(|| follower.health.opened());
+    let mut batches = response.into_inner();
     info!(webhook = %address, "following the approval feed");
     while let Some(batch) = batches
         .message()
         .await
         .map_err(|s| FollowError::Rpc(Box::new(s)))?
     {
+        let caught_up = batch.caught_up;
         let source = SourceKey::new(&config.push_identity, &batch.ledger)
             .map_err(|e| FollowError::Invalid(e.to_string()))?;
         let holds = held.get(&batch.ledger).copied().unwrap_or(0);
@@ -286,7 +296,12 @@ async fn stream(
         debug!(webhook = %address, count, generation = now_holds, rejected = rejected.len(), "approvals followed");
         held.insert(batch.ledger, now_holds);
         *backoff = FIRST_BACKOFF;
+        if caught_up && open.is_none() {
+            debug!(webhook = %address, "caught up with the approval feed");
+            open = Some(follower.health.opened());
+        }
     }
+    drop(open);
     Ok(())
 }
 

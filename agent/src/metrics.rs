@@ -46,7 +46,8 @@ pub struct Metrics {
     pub approvals_rejected: Counter,
     /// Webhook replicas whose approval feed the agent follows.
     pub feeds: Gauge,
-    /// Approval feed streams open now (one per replica when all is well).
+    /// Approval feed streams open and caught up now (one per replica when
+    /// all is well).
     pub feed_streams_open: Gauge,
     /// Approval feed streams reopened after they ended or failed.
     pub feed_reconnects: Counter,
@@ -155,8 +156,9 @@ impl Metrics {
         let feed_streams_open = Gauge::default();
         registry.register(
             "feed_streams_open",
-            "Approval feed streams open now: fewer than feeds means approvals from a replica \
-             do not arrive (and in enforce mode stops wait, see --feed-wait)",
+            "Approval feed streams open now and caught up: fewer than feeds means approvals \
+             from a replica may not have arrived (and in enforce mode stops wait, see \
+             --feed-wait)",
             feed_streams_open.clone(),
         );
         let feed_reconnects = Counter::default();

@@ -10,6 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use imagegate_proto::v1::{
+    self as pb,
+    approval_feed_server::{ApprovalFeed, ApprovalFeedServer},
+};
 use imagegate_testkit::{
     ca::Ca,
     grpcurl::{self, Target},
@@ -69,6 +73,11 @@ impl AgentSlot {
     }
 
     fn start(&self, files: &Files) -> Process {
+        self.start_with(files, &[])
+    }
+
+    /// With these flags too.
+    fn start_with(&self, files: &Files, extra: &[&str]) -> Process {
         let mut process = Process::start(
             self.name,
             Path::new(AGENT),
@@ -90,7 +99,9 @@ impl AgentSlot {
                 &files.path("ca.pem"),
                 "--grpc-plaintext-address",
                 &format!("127.0.0.1:{}", self.plain_port),
-            ],
+            ]
+            .iter()
+            .chain(extra),
         );
         process.wait_message("ready: watching container starts", Duration::from_secs(30));
         process
@@ -472,4 +483,132 @@ async fn a_fresh_agent_joins_a_ledger_of_100000_multi_arch_admissions() {
         );
         assert_eq!(grpcurl::count(&found, "approvals"), 1, "{wanted}: {found}");
     }
+}
+
+/// A stand-in for a webhook replica's approval feed: it answers one Follow
+/// and sends what the test hands it, saying or not that it marks the end
+/// of its catch-up (replicas of earlier releases do not).
+struct StandInFeed {
+    marks: bool,
+    batches: std::sync::Mutex<
+        Option<tokio::sync::mpsc::Receiver<Result<pb::ApprovalBatch, tonic::Status>>>,
+    >,
+}
+
+#[tonic::async_trait]
+impl ApprovalFeed for StandInFeed {
+    type FollowStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ApprovalBatch, tonic::Status>>;
+
+    async fn follow(
+        &self,
+        _: tonic::Request<pb::FollowRequest>,
+    ) -> Result<tonic::Response<Self::FollowStream>, tonic::Status> {
+        let batches = self
+            .batches
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+        let mut response =
+            tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(batches));
+        if self.marks {
+            response.metadata_mut().insert(
+                imagegate_proto::MARKS_CAUGHT_UP_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Ok(response)
+    }
+}
+
+/// Serves a stand-in feed with the webhook's push identity; returns its
+/// port and the sender of its one stream's batches.
+async fn stand_in_feed(
+    files: &Files,
+    marks: bool,
+) -> (
+    u16,
+    tokio::sync::mpsc::Sender<Result<pb::ApprovalBatch, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let read = |name: &str| std::fs::read(files.path(name)).unwrap();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read("imagegate-webhook.crt"),
+            read("imagegate-webhook.key"),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(ApprovalFeedServer::new(StandInFeed {
+            marks,
+            batches: std::sync::Mutex::new(Some(rx)),
+        }));
+    tokio::spawn(
+        server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (port, tx)
+}
+
+/// The agent's `feeds` in GetStatus: (replicas found, streams open).
+fn feed_counts(agent: &AgentSlot) -> (u64, u64) {
+    let status = grpcurl::call(&agent.plain(), "imagegate.v1.AgentService/GetStatus", "{}");
+    let feeds = &status["feeds"];
+    (
+        feeds["replicasFound"].as_u64().unwrap_or(0),
+        feeds["streamsOpen"].as_u64().unwrap_or(0),
+    )
+}
+
+fn wait_feed_counts(agent: &AgentSlot, expected: (u64, u64)) {
+    let deadline = Instant::now() + CONVERGE;
+    while feed_counts(agent) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{}: feeds {:?}, expected {expected:?}",
+            agent.name,
+            feed_counts(agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A stream counts as open (stops no longer wait for it) once the replica
+/// has caught the agent up, when it marks that; at once for a replica that
+/// does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_stream_counts_as_open_from_the_end_of_its_catch_up() {
+    require_root();
+    let files = Files::new();
+    let batch = |caught_up: bool| pb::ApprovalBatch {
+        ledger: "stand-in".into(),
+        since_generation: 0,
+        generation: 0,
+        caught_up,
+        ..Default::default()
+    };
+
+    let (port, batches) = stand_in_feed(&files, true).await;
+    let slot = AgentSlot::new("agent-marked");
+    let feed = format!("127.0.0.1:{port}");
+    let _agent = slot.start_with(&files, &["--webhook-feed", &feed]);
+    // The stream is open, but a batch without the mark is not the end of
+    // the catch-up.
+    batches.send(Ok(batch(false))).await.unwrap();
+    wait_feed_counts(&slot, (1, 0));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(feed_counts(&slot), (1, 0), "open before the catch-up ended");
+    batches.send(Ok(batch(true))).await.unwrap();
+    wait_feed_counts(&slot, (1, 1));
+
+    let (port, _batches) = stand_in_feed(&files, false).await;
+    let slot = AgentSlot::new("agent-unmarked");
+    let feed = format!("127.0.0.1:{port}");
+    let _agent = slot.start_with(&files, &["--webhook-feed", &feed]);
+    // An earlier release's replica: open once it answers, no batch needed.
+    wait_feed_counts(&slot, (1, 1));
 }

@@ -16,6 +16,10 @@ pub mod source;
 
 /// The DNS name in the webhook's client certificate: only it may push.
 pub const WEBHOOK_IDENTITY: &str = "imagegate-webhook";
+
+/// The response header of `ApprovalFeed.Follow` by which a webhook says it
+/// ends each catch-up with `ApprovalBatch.caught_up`.
+pub const MARKS_CAUGHT_UP_HEADER: &str = "imagegate-marks-caught-up";
 /// The DNS name in the agents' serving certificates.
 pub const AGENT_IDENTITY: &str = "imagegate-agent";
 

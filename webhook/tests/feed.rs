@@ -136,6 +136,17 @@ impl Served {
                 held,
             })
             .await
+            .inspect(|response| {
+                // Agents count the stream as open from the catch-up's end
+                // only when the replica says it marks it.
+                assert!(
+                    response
+                        .metadata()
+                        .contains_key(imagegate_proto::MARKS_CAUGHT_UP_HEADER),
+                    "{:?}",
+                    response.metadata()
+                );
+            })
             .unwrap()
             .into_inner()
     }
@@ -351,6 +362,16 @@ async fn a_stream_ends_cleanly_when_the_webhook_stops() {
     let served = serve(3).await;
     let mut stream = served.follow(HashMap::new()).await;
     Follower::default().read_until(&mut stream, 3).await;
+    // The catch-up ends with its mark, which carries nothing else here.
+    let mark = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the mark within 20 s")
+        .unwrap()
+        .expect("the stream stays open");
+    assert!(
+        mark.caught_up && mark.approvals.is_empty() && mark.since_generation == 3,
+        "{mark:?}"
+    );
     served._stop.send(true).unwrap();
     // The stream's end is the body's trailers (grpc-status 0), as the
     // generated agent client reads them: no message and no error.

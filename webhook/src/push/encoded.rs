@@ -171,6 +171,7 @@ pub fn test_batch(since: u64, upto: u64, cluster_set: Option<u64>) -> pb::Approv
             .collect(),
         cluster_set_generation: cluster_set,
         retention_seconds: 60 + upto,
+        caught_up: false,
     }
 }
 

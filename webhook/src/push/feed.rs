@@ -357,13 +357,16 @@ async fn catch_up(shared: &Shared, node: &str, held: &mut u64, tx: &Tx) -> Resul
         };
         if records.is_empty() {
             // Nothing after `held` up to `generation`: the agent holds it
-            // (records there expired), and learns of the cluster set.
-            if generation > *held || cluster_set.is_some() {
-                let to = generation.max(*held);
-                let message = tail::message(&shared.ledger, Vec::new(), *held, to, cluster_set);
-                send(shared, tx, Encoded::message(&message), node).await?;
-                *held = to;
-            }
+            // (records there expired), learns of the cluster set, and that
+            // it is caught up. Sent even when it says nothing else: until
+            // then the agent holds its stops for this replica, whose
+            // approvals may still be on the way (thousands of agents wait
+            // their turn here after a restart).
+            let to = generation.max(*held);
+            let mut message = tail::message(&shared.ledger, Vec::new(), *held, to, cluster_set);
+            message.caught_up = true;
+            send(shared, tx, Encoded::message(&message), node).await?;
+            *held = to;
             return Ok(());
         }
         let (approvals, upto) = batch(&records, BatchLimits::FEED);

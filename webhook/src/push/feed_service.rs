@@ -83,6 +83,12 @@ where
                     response
                         .headers_mut()
                         .insert(CONTENT_TYPE, GRPC_CONTENT_TYPE);
+                    // This replica ends each catch-up with `caught_up`
+                    // (agents of earlier releases ignore both).
+                    response.headers_mut().insert(
+                        imagegate_proto::MARKS_CAUGHT_UP_HEADER,
+                        http::HeaderValue::from_static("1"),
+                    );
                     response
                 }
                 Err(status) => status.into_http(),

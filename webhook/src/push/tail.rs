@@ -194,6 +194,7 @@ pub fn message(
         approvals,
         cluster_set_generation: cluster_set,
         retention_seconds: ledger.retention().as_secs(),
+        caught_up: false,
     }
 }
 
