@@ -13,7 +13,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -78,25 +78,23 @@ pub struct Follower {
 /// connected but not caught up 20 s later.
 #[derive(Debug, Default)]
 pub struct FeedHealth {
-    followed: AtomicUsize,
-    open: AtomicUsize,
+    /// Replicas followed, and streams open and caught up: the agent's
+    /// `feeds` and `feed_streams_open` gauges themselves, so `/metrics`
+    /// and the engine read one count.
+    followed: Gauge,
+    open: Gauge,
     /// When the names were last resolved (unix ms; 0: not yet).
     resolved_ms: AtomicU64,
     /// Asks for a resolution now (a stop is due).
     resolve: tokio::sync::Notify,
-    /// Containers whose stop waited for a feed.
-    stops_waited: AtomicU64,
-    /// `open`, for `/metrics`.
-    open_gauge: Gauge,
 }
 
 /// What `GetStatus` shows of the feeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeedCounts {
-    pub followed: usize,
-    pub open: usize,
+    pub followed: u64,
+    pub open: u64,
     pub resolved_ms: u64,
-    pub stops_waited: u64,
 }
 
 impl FeedCounts {
@@ -107,26 +105,22 @@ impl FeedCounts {
 }
 
 impl FeedHealth {
-    /// Health whose open streams are also counted on `open_gauge`.
-    pub fn counting_on(open_gauge: Gauge) -> Self {
+    /// Health that keeps its counts on these gauges (the agent's
+    /// `feeds` and `feed_streams_open`).
+    pub fn counting_on(followed: Gauge, open: Gauge) -> Self {
         Self {
-            open_gauge,
+            followed,
+            open,
             ..Self::default()
         }
     }
 
     pub fn counts(&self) -> FeedCounts {
         FeedCounts {
-            followed: self.followed.load(Ordering::Relaxed),
-            open: self.open.load(Ordering::Relaxed),
+            followed: self.followed.get().max(0) as u64,
+            open: self.open.get().max(0) as u64,
             resolved_ms: self.resolved_ms(),
-            stops_waited: self.stops_waited.load(Ordering::Relaxed),
         }
-    }
-
-    /// A container's stop waited for a feed (counted once per container).
-    pub fn stop_waited(&self) {
-        self.stops_waited.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn resolved_ms(&self) -> u64 {
@@ -145,7 +139,7 @@ impl FeedHealth {
 
     /// A resolution found `n` replicas, all of them followed from now on.
     fn followed(&self, n: usize) {
-        self.followed.store(n, Ordering::Relaxed);
+        self.followed.set(n as i64);
         self.resolved_ms
             .store(imagegate_plumbing::clock::now_ms(), Ordering::Relaxed);
     }
@@ -153,8 +147,7 @@ impl FeedHealth {
     /// One stream open, until the guard is dropped (the stream ended, or
     /// its task was aborted because the replica is gone from discovery).
     fn opened(self: &Arc<Self>) -> OpenStream {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        self.open_gauge.inc();
+        self.open.inc();
         OpenStream(self.clone())
     }
 }
@@ -163,8 +156,7 @@ struct OpenStream(Arc<FeedHealth>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.open_gauge.dec();
+        self.0.open.dec();
     }
 }
 
@@ -195,7 +187,6 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
     let names = follower.config.webhooks.clone();
     let every = follower.config.resolve_every;
     let follower = Arc::new(follower);
-    let metrics = follower.metrics.clone();
     let health = follower.health.clone();
     imagegate_plumbing::discovery::follow_addresses(
         names,
@@ -204,10 +195,7 @@ pub async fn run(follower: Follower, stop: watch::Receiver<bool>) {
         stop,
         &follower.health.resolve,
         |address| follow(address, follower.clone()),
-        move |n| {
-            metrics.feeds.set(n as i64);
-            health.followed(n);
-        },
+        move |n| health.followed(n),
     )
     .await;
 }
@@ -395,22 +383,18 @@ mod tests {
     }
 
     #[test]
-    fn counts_show_the_streams_and_the_stops_that_waited() {
-        let gauge = Gauge::default();
-        let health = Arc::new(FeedHealth::counting_on(gauge.clone()));
+    fn counts_are_the_gauges_metrics_export() {
+        let (followed, open) = (Gauge::default(), Gauge::default());
+        let health = Arc::new(FeedHealth::counting_on(followed.clone(), open.clone()));
         health.followed(3);
         let one = health.opened();
         let two = health.opened();
-        health.stop_waited();
         let counts = health.counts();
-        assert_eq!(
-            (counts.followed, counts.open, counts.stops_waited),
-            (3, 2, 1)
-        );
+        assert_eq!((counts.followed, counts.open), (3, 2));
         assert!(counts.resolved_ms > 0);
-        assert_eq!(gauge.get(), 2);
+        assert_eq!((followed.get(), open.get()), (3, 2));
         drop(one);
         drop(two);
-        assert_eq!((health.counts().open, gauge.get()), (0, 0));
+        assert_eq!((health.counts().open, open.get()), (0, 0));
     }
 }

@@ -413,6 +413,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // clap requires the TLS files with --webhook-feed.
     let feed_health = (!args.webhook_feeds.is_empty()).then(|| {
         Arc::new(feed::FeedHealth::counting_on(
+            metrics.feeds.clone(),
             metrics.feed_streams_open.clone(),
         ))
     });

@@ -287,12 +287,14 @@ pub fn event_out(event: &AgentEvent) -> pb::Event {
 }
 
 /// The feeds as `GetStatus` shows them. `enforcing`: enforce mode, settled,
-/// where a stop due while a stream is not open waits for it.
+/// where a stop due while a stream is not open waits for it;
+/// `stops_waited`: the containers whose stop did.
 pub fn feeds_out(
     names: &[String],
     counts: FeedCounts,
     feed_wait: std::time::Duration,
     enforcing: bool,
+    stops_waited: u64,
 ) -> pb::Feeds {
     pb::Feeds {
         names: names.to_vec(),
@@ -301,7 +303,7 @@ pub fn feeds_out(
         last_resolved_unix_ms: counts.resolved_ms as i64,
         feed_wait_ms: feed_wait.as_millis() as u64,
         holding_stops: enforcing && !counts.all_open(),
-        stops_waited: counts.stops_waited,
+        stops_waited,
     }
 }
 
@@ -374,10 +376,9 @@ mod tests {
             followed,
             open,
             resolved_ms: 1,
-            stops_waited: 4,
         };
         let wait = std::time::Duration::from_secs(30);
-        let out = feeds_out(&names, counts(2, 1), wait, true);
+        let out = feeds_out(&names, counts(2, 1), wait, true, 4);
         assert!(out.holding_stops, "one replica of two has no stream");
         assert_eq!(
             (
@@ -390,12 +391,12 @@ mod tests {
         );
         assert_eq!(out.names, names);
         assert!(
-            feeds_out(&names, counts(0, 0), wait, true).holding_stops,
+            feeds_out(&names, counts(0, 0), wait, true, 4).holding_stops,
             "none found"
         );
-        assert!(!feeds_out(&names, counts(2, 2), wait, true).holding_stops);
+        assert!(!feeds_out(&names, counts(2, 2), wait, true, 4).holding_stops);
         assert!(
-            !feeds_out(&names, counts(2, 1), wait, false).holding_stops,
+            !feeds_out(&names, counts(2, 1), wait, false, 4).holding_stops,
             "audit or settling: nothing to hold"
         );
     }

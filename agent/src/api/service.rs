@@ -511,6 +511,7 @@ impl AgentService for AgentApi {
                     feeds.health.counts(),
                     feeds.feed_wait,
                     enforcing,
+                    self.ctx.metrics.stops_waiting_for_feed.get(),
                 )
             }),
         }))

@@ -432,9 +432,6 @@ impl Engine {
                 Effect::Hurry(key) => self.queue.hurry(key),
                 Effect::WaitsForFeed => {
                     self.parts.metrics.stops_waiting_for_feed.inc();
-                    if let Some(feeds) = &self.parts.feeds {
-                        feeds.stop_waited();
-                    }
                 }
                 Effect::ResolveFeeds => {
                     if let Some(feeds) = &self.parts.feeds {
