@@ -57,15 +57,17 @@ pub enum BadRequest {
     NoUid(String),
 }
 
-#[derive(Deserialize)]
+/// The body as decoded; `PartialEq` lets the tests hold the two decoders
+/// (skim, serde_json) to the same result.
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+pub(super) struct Envelope {
     api_version: Option<String>,
     kind: Option<String>,
     request: Option<Request>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request {
     uid: String,
@@ -86,7 +88,7 @@ struct Request {
     dry_run: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct GroupVersionKind {
     #[serde(default)]
     group: String,
@@ -95,7 +97,7 @@ struct GroupVersionKind {
     kind: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct UserInfo {
     username: Option<String>,
 }

@@ -23,22 +23,24 @@ pub enum BadRequest {
     WrongType { kind: String, api_version: String },
 }
 
-#[derive(Deserialize)]
+/// The body as decoded; `PartialEq` lets the tests hold the two decoders
+/// (skim, serde_json) to the same result.
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+pub(super) struct Envelope {
     api_version: Option<String>,
     kind: Option<String>,
     spec: Option<Spec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct Spec {
     containers: Option<Vec<Container>>,
     annotations: Option<BTreeMap<String, String>>,
     namespace: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct Container {
     image: Option<String>,
 }

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod image_review;
 mod pod_spec;
+mod skim;
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,9 @@ use serde::{Serialize, de::DeserializeOwned};
 /// <https://www.rfc-editor.org/rfc/rfc8259#section-8.1>
 fn decode_whole<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8 text: {e}"))?;
+    if let Some(value) = skim::from_str(text) {
+        return Ok(value);
+    }
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 

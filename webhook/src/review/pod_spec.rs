@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{ContainerKind, ImageUse, Pointer};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Metadata {
     pub name: Option<String>,
     #[serde(rename = "generateName")]
@@ -20,7 +20,7 @@ pub struct Metadata {
     pub owner_references: Option<Vec<OwnerReference>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub struct OwnerReference {
     #[serde(rename = "apiVersion")]
     pub api_version: String,
@@ -30,21 +30,21 @@ pub struct OwnerReference {
     pub controller: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub struct Container {
     pub name: Option<String>,
     pub image: Option<String>,
 }
 
 /// A pod volume; only image volumes matter here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub struct Volume {
     pub name: Option<String>,
     pub image: Option<ImageVolume>,
 }
 
 /// `volumes[].image` (Kubernetes 1.31+, the ImageVolume feature gate).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub struct ImageVolume {
     pub reference: Option<String>,
 }
@@ -52,7 +52,7 @@ pub struct ImageVolume {
 /// A PodSpec, a workload spec (with `template`) or a JobSpec (also with
 /// `template`), or a CronJobSpec (with `jobTemplate`): their fields do not
 /// collide, so one struct reads them all.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
     pub containers: Option<Vec<Container>>,
@@ -64,14 +64,14 @@ pub struct Spec {
 }
 
 /// A PodTemplateSpec or a JobTemplateSpec: metadata and a spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Template {
     pub metadata: Option<Metadata>,
     pub spec: Option<Spec>,
 }
 
 /// Any object the webhook may be asked about.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object {
     pub metadata: Option<Metadata>,
