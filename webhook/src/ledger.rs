@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::Mutex,
+    sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::review::Api;
+
+mod recent_writes;
+
+use recent_writes::RecentWrites;
 
 /// Digest -> record (JSON).
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
@@ -116,6 +120,37 @@ pub enum Origin {
     Adopted,
 }
 
+/// What a record tells agents besides its digest and when it was admitted:
+/// a record that says the same need not be written again soon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Effect {
+    verified: bool,
+    break_glass: bool,
+    expires_at_ms: Option<u64>,
+    origin: Origin,
+    children: Vec<Child>,
+    signers: Vec<crate::signature::Signer>,
+}
+
+impl Effect {
+    fn of(approval: &Approval) -> Self {
+        Self {
+            verified: approval.verified,
+            break_glass: approval.break_glass,
+            expires_at_ms: approval.expires_at_ms,
+            origin: approval.origin,
+            children: approval.children.clone(),
+            signers: approval.signers.clone(),
+        }
+    }
+}
+
+/// A change to the store's order of records, for [`RecentWrites`].
+enum Change {
+    Removed(u64),
+    Written(Box<Approval>),
+}
+
 /// The ledger's page cache.
 const LEDGER_CACHE_BYTES: usize = 4 << 20;
 
@@ -126,7 +161,14 @@ pub struct Ledger {
     generation_tx: tokio::sync::watch::Sender<u64>,
     retention: Duration,
     max_entries: u64,
-    recent: Mutex<HashMap<Digest, Instant>>,
+    /// Digests recorded (or found recorded) within [`REFRESH_AFTER`], with
+    /// what their record tells agents: not looked up again unless that
+    /// changes (a break-glass approval, then a normal one).
+    recent: Mutex<HashMap<Digest, (Instant, Effect)>>,
+    /// The latest records, decoded. Changed only with the store's commit
+    /// under its write lock, so a reader that saw a commit's generation
+    /// finds its records here.
+    recent_writes: RwLock<RecentWrites>,
 }
 
 /// 16 random bytes as hex, from the kernel.
@@ -139,6 +181,16 @@ fn new_id() -> std::io::Result<String> {
 
 impl Ledger {
     pub fn open(path: &Path, retention: Duration, max_entries: u64) -> Result<Self, LedgerError> {
+        Self::open_keeping(path, retention, max_entries, recent_writes::KEPT)
+    }
+
+    /// [`Ledger::open`], keeping the latest `kept` records decoded.
+    fn open_keeping(
+        path: &Path,
+        retention: Duration,
+        max_entries: u64,
+        kept: usize,
+    ) -> Result<Self, LedgerError> {
         let open_err = |reason: String| LedgerError::Open {
             path: path.display().to_string(),
             reason,
@@ -209,6 +261,7 @@ impl Ledger {
             retention,
             max_entries: max_entries.max(1),
             recent: Mutex::new(HashMap::new()),
+            recent_writes: RwLock::new(RecentWrites::new(generation, kept)),
         })
     }
 
@@ -220,9 +273,9 @@ impl Ledger {
             approvals
                 .iter()
                 .filter(|a| {
-                    recent
-                        .get(&a.digest)
-                        .is_none_or(|t| t.elapsed() >= REFRESH_AFTER)
+                    recent.get(&a.digest).is_none_or(|(t, effect)| {
+                        t.elapsed() >= REFRESH_AFTER || *effect != Effect::of(a)
+                    })
                 })
                 .collect()
         };
@@ -230,6 +283,10 @@ impl Ledger {
             return self.generation();
         }
         let txn = self.db.begin_write().map_err(store)?;
+        // What this write removes from the order and adds to it, in order
+        // (one digest twice in `approvals` is both), for the decoded copy
+        // of the latest records.
+        let mut changes = Vec::with_capacity(fresh.len());
         let generation = {
             let mut meta = txn.open_table(META).map_err(store)?;
             let mut records = txn.open_table(APPROVALS).map_err(store)?;
@@ -240,14 +297,21 @@ impl Ledger {
                 .map(|g| g.value())
                 .unwrap_or(0);
             for approval in &fresh {
-                generation += 1;
                 // A digest recorded before leaves its old place in the order.
                 let old = records
                     .get(approval.digest.as_str())
                     .map_err(store)?
                     .and_then(|v| serde_json::from_slice::<Approval>(v.value()).ok());
+                if old
+                    .as_ref()
+                    .is_some_and(|old| self.still_current(old, approval))
+                {
+                    continue;
+                }
+                generation += 1;
                 if let Some(old) = old {
                     order.remove(old.generation).map_err(store)?;
+                    changes.push(Change::Removed(old.generation));
                 }
                 let mut stored = (*approval).clone();
                 stored.generation = generation;
@@ -258,6 +322,14 @@ impl Ledger {
                 order
                     .insert(generation, approval.digest.as_str())
                     .map_err(store)?;
+                changes.push(Change::Written(Box::new(stored)));
+            }
+            if changes.is_empty() {
+                // Every one is on disk, and on every agent, as it is.
+                drop((meta, records, order));
+                txn.abort().map_err(store)?;
+                self.remember(&fresh);
+                return Ok(generation);
             }
             meta.insert("generation", generation).map_err(store)?;
             // Bounded: the least recently admitted go first.
@@ -271,18 +343,61 @@ impl Ledger {
                 };
                 order.remove(oldest_generation).map_err(store)?;
                 records.remove(digest.as_str()).map_err(store)?;
+                changes.push(Change::Removed(oldest_generation));
             }
             generation
         };
-        txn.commit().map_err(store)?;
-        self.generation_tx.send_replace(generation);
-        let mut recent = self.recent.lock().map_err(store)?;
-        let now = Instant::now();
-        recent.retain(|_, t| t.elapsed() < REFRESH_AFTER);
-        for approval in fresh {
-            recent.insert(approval.digest.clone(), now);
+        {
+            // Held across the commit: no reader sees the new generation
+            // before its records are kept here.
+            let mut kept = self.recent_writes.write().map_err(store)?;
+            txn.commit().map_err(store)?;
+            for change in changes {
+                match change {
+                    Change::Removed(generation) => kept.removed(generation),
+                    Change::Written(stored) => kept.written(*stored),
+                }
+            }
         }
+        self.generation_tx.send_replace(generation);
+        self.remember(&fresh);
         Ok(generation)
+    }
+
+    /// Whether the stored record `old` already says what recording
+    /// `approval` would tell agents, and was admitted within
+    /// [`Ledger::refresh_every`] before it: then it is not written again.
+    ///
+    /// The in-memory window above ([`REFRESH_AFTER`]) is empty after a
+    /// restart, and each image in use was then written again at its first
+    /// admission, and pushed again to every agent: after a restart under
+    /// load at 5,000 agents, 1,000 images re-admitted were 5 million
+    /// approvals sent (`push_scale <webhook> 5000 feed`).
+    fn still_current(&self, old: &Approval, approval: &Approval) -> bool {
+        let recent = approval.admitted_at_ms >= old.admitted_at_ms
+            && approval.admitted_at_ms - old.admitted_at_ms
+                < self.refresh_every().as_millis() as u64;
+        recent && Effect::of(old) == Effect::of(approval)
+    }
+
+    /// How often a digest in use is written again, so that neither the
+    /// ledger nor an agent lets it expire: a 24th of the retention, at most
+    /// an hour.
+    fn refresh_every(&self) -> Duration {
+        (self.retention / 24).min(Duration::from_secs(3600))
+    }
+
+    /// Digests just recorded, or found recorded: not looked up again within
+    /// [`REFRESH_AFTER`].
+    fn remember(&self, approvals: &[&Approval]) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        recent.retain(|_, (t, _)| t.elapsed() < REFRESH_AFTER);
+        for approval in approvals {
+            recent.insert(approval.digest.clone(), (now, Effect::of(approval)));
+        }
     }
 
     /// Records that the ledger now holds the admitted set rebuilt from the
@@ -341,6 +456,19 @@ impl Ledger {
 
     /// Approvals written after `generation`, oldest first, at most `limit`.
     pub fn since(&self, generation: u64, limit: usize) -> Result<Vec<Approval>, LedgerError> {
+        if let Some(kept) = self
+            .recent_writes
+            .read()
+            .map_err(store)?
+            .since(generation, limit)
+        {
+            return Ok(kept);
+        }
+        self.since_stored(generation, limit)
+    }
+
+    /// [`Ledger::since`] from the store alone.
+    fn since_stored(&self, generation: u64, limit: usize) -> Result<Vec<Approval>, LedgerError> {
         let txn = self.db.begin_read().map_err(store)?;
         let order = txn.open_table(BY_GENERATION).map_err(store)?;
         let records = txn.open_table(APPROVALS).map_err(store)?;
@@ -378,7 +506,7 @@ impl Ledger {
     pub fn expire(&self, now_ms: u64) -> Result<usize, LedgerError> {
         let cutoff = now_ms.saturating_sub(self.retention.as_millis() as u64);
         let txn = self.db.begin_write().map_err(store)?;
-        let mut dropped = 0;
+        let mut removed = Vec::new();
         {
             let mut order = txn.open_table(BY_GENERATION).map_err(store)?;
             let mut records = txn.open_table(APPROVALS).map_err(store)?;
@@ -403,11 +531,15 @@ impl Ledger {
                 }
                 order.remove(generation).map_err(store)?;
                 records.remove(digest.as_str()).map_err(store)?;
-                dropped += 1;
+                removed.push(generation);
             }
         }
+        let mut kept = self.recent_writes.write().map_err(store)?;
         txn.commit().map_err(store)?;
-        Ok(dropped)
+        for generation in &removed {
+            kept.removed(*generation);
+        }
+        Ok(removed.len())
     }
 }
 
@@ -523,19 +655,52 @@ pub(crate) mod tests {
     fn recording_again_refreshes_and_moves_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let l = ledger(dir.path(), 100);
+        // An hour's retention: refreshed every 150 s.
+        assert_eq!(l.refresh_every(), Duration::from_secs(150));
         l.record(&[approval("sha256:a", 1), approval("sha256:b", 2)])
             .unwrap();
-        // Within the refresh window a repeat is not written again...
+        // Within the in-memory window a repeat is not looked up again...
         assert_eq!(l.record(&[approval("sha256:a", 5)]).unwrap(), 2);
-        // ...after it, it is (simulated by forgetting the window).
+        // ...nor written after it (as after a restart, which empties it)
+        // while the stored record is recent and says the same...
         l.recent.lock().unwrap().clear();
-        assert_eq!(l.record(&[approval("sha256:a", 5)]).unwrap(), 3);
+        assert_eq!(l.record(&[approval("sha256:a", 149_000)]).unwrap(), 2);
+        // ...but it is once the record is older than the refresh interval.
+        l.recent.lock().unwrap().clear();
+        assert_eq!(l.record(&[approval("sha256:a", 150_001)]).unwrap(), 3);
         let all = l.all().unwrap();
         assert_eq!(
             all.iter().map(|a| a.digest.clone()).collect::<Vec<_>>(),
             [d("sha256:b"), d("sha256:a")]
         );
-        assert_eq!(all[1].admitted_at_ms, 5);
+        assert_eq!(all[1].admitted_at_ms, 150_001);
+    }
+
+    /// A record that would tell agents something else is written at once,
+    /// within both windows: a break-glass approval with its deadline, then
+    /// a normal one of the same digest, which must not expire with it.
+    #[test]
+    fn a_change_in_what_agents_are_told_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 100);
+        let mut broken = approval("sha256:a", 1);
+        broken.break_glass = true;
+        broken.expires_at_ms = Some(600_000);
+        assert_eq!(l.record(&[broken.clone()]).unwrap(), 1);
+        assert_eq!(l.record(&[approval("sha256:a", 2)]).unwrap(), 2);
+        let stored = &l.all().unwrap()[0];
+        assert!(
+            !stored.break_glass && stored.expires_at_ms.is_none(),
+            "{stored:?}"
+        );
+        // And from the stored record alone, after a restart.
+        l.recent.lock().unwrap().clear();
+        assert_eq!(l.record(&[broken]).unwrap(), 3);
+        assert!(l.all().unwrap()[0].break_glass);
+        l.recent.lock().unwrap().clear();
+        let mut unverified = approval("sha256:a", 4);
+        unverified.verified = false;
+        assert_eq!(l.record(&[unverified]).unwrap(), 4);
     }
 
     #[test]
@@ -639,5 +804,110 @@ pub(crate) mod tests {
                 .starts_with("the ledger at /proc/imagegate/ledger.redb cannot be opened"),
             "{err}"
         );
+    }
+
+    /// One step of the ledger's life, for the property below.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Record these digests (a small pool: some are recorded again).
+        Record(Vec<u8>),
+        /// Time passes, in ms (the retention is an hour).
+        Wait(u64),
+        Expire,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => proptest::collection::vec(0u8..10, 1..4).prop_map(Step::Record),
+            1 => (0u64..5_000_000).prop_map(Step::Wait),
+            1 => Just(Step::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever is written again, dropped for the bound or expired,
+        /// the decoded copy of the latest records answers every reader as
+        /// the store does, or leaves it to the store.
+        #[test]
+        fn the_latest_records_kept_answer_as_the_store(
+            steps in proptest::collection::vec(step(), 1..24),
+            kept in 1usize..8,
+            max in 3u64..12,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let l = Ledger::open_keeping(
+                &dir.path().join("ledger.redb"),
+                Duration::from_secs(3600),
+                max,
+                kept,
+            )
+            .unwrap();
+            let mut now = 10_000_000;
+            for step in steps {
+                match step {
+                    Step::Record(names) => {
+                        // Written again at once, not after REFRESH_AFTER.
+                        l.recent.lock().unwrap().clear();
+                        let approvals: Vec<Approval> = names
+                            .iter()
+                            .map(|n| approval(&format!("n{n}"), now))
+                            .collect();
+                        l.record(&approvals).unwrap();
+                    }
+                    Step::Wait(ms) => now += ms,
+                    Step::Expire => {
+                        l.expire(now).unwrap();
+                    }
+                }
+                let generation = l.generation().unwrap();
+                for since in 0..=generation + 1 {
+                    for limit in [1, 2, usize::MAX] {
+                        proptest::prop_assert_eq!(
+                            l.since(since, limit).unwrap(),
+                            l.since_stored(since, limit).unwrap(),
+                            "since {} limit {}", since, limit
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_latest_records_are_read_without_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_keeping(
+            &dir.path().join("ledger.redb"),
+            Duration::from_secs(3600),
+            100,
+            2,
+        )
+        .unwrap();
+        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+            l.record(&[approval(name, n as u64)]).unwrap();
+        }
+        let kept = l.recent_writes.read().unwrap();
+        // Two kept: complete after generation 1.
+        assert_eq!(kept.since(0, 10), None, "generation 1 is not kept");
+        let from_one: Vec<Digest> = kept
+            .since(1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.digest)
+            .collect();
+        assert_eq!(from_one, [d("b"), d("c")]);
+        assert_eq!(kept.since(3, 10), Some(Vec::new()));
+        drop(kept);
+        // Opened again, nothing is kept: the store answers.
+        drop(l);
+        let l = ledger(dir.path(), 100);
+        assert_eq!(
+            l.recent_writes.read().unwrap().since(3, 10),
+            Some(Vec::new())
+        );
+        assert_eq!(l.recent_writes.read().unwrap().since(2, 10), None);
+        assert_eq!(l.since(1, 10).unwrap().len(), 2);
     }
 }
