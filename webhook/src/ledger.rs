@@ -121,13 +121,15 @@ pub enum Origin {
 }
 
 /// What a record tells agents besides its digest and when it was admitted:
-/// a record that says the same need not be written again soon.
+/// a record that says the same need not be written again soon. Not its
+/// origin, which agents only show: the rebuild from the cluster at each
+/// start finds every image in use, and writing each admitted one again as
+/// adopted pushed every image to every agent after every restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Effect {
     verified: bool,
     break_glass: bool,
     expires_at_ms: Option<u64>,
-    origin: Origin,
     children: Vec<Child>,
     signers: Vec<crate::signature::Signer>,
 }
@@ -138,7 +140,6 @@ impl Effect {
             verified: approval.verified,
             break_glass: approval.break_glass,
             expires_at_ms: approval.expires_at_ms,
-            origin: approval.origin,
             children: approval.children.clone(),
             signers: approval.signers.clone(),
         }
@@ -701,6 +702,14 @@ pub(crate) mod tests {
         let mut unverified = approval("sha256:a", 4);
         unverified.verified = false;
         assert_eq!(l.record(&[unverified]).unwrap(), 4);
+        // The rebuild from the cluster at a start finds it in use: the
+        // record, current, stays as it is.
+        l.recent.lock().unwrap().clear();
+        let mut unverified_adopted = approval("sha256:a", 5);
+        unverified_adopted.verified = false;
+        unverified_adopted.origin = Origin::Adopted;
+        assert_eq!(l.record(&[unverified_adopted]).unwrap(), 4);
+        assert_eq!(l.all().unwrap()[0].origin, Origin::Admission);
     }
 
     #[test]
