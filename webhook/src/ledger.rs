@@ -5,7 +5,8 @@
 //!
 //! One record per digest (an index's and each platform manifest's share a
 //! record under the index digest). Recording a digest again refreshes it:
-//! a new generation and time. Records unused for the retention period are
+//! a new generation and time, once the record is older than the refresh
+//! interval or tells agents something else. Records unused for the retention period are
 //! dropped, and the store keeps at most `max_entries`, dropping the least
 //! recently admitted first.
 //!
