@@ -77,6 +77,21 @@ const SLOW: Duration = Duration::from_secs(2);
 const DURING_RESTART: usize = 50;
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// `IMAGEGATE_PUSH_RESTART_NEW_IMAGES=N`: the admissions made while agents
+/// reconnect are of N images never admitted before (each one a write every
+/// agent must get), not the steady phase's again (which the ledger does not
+/// write again). 0, the default, is the latter.
+fn restart_new_images() -> usize {
+    std::env::var("IMAGEGATE_PUSH_RESTART_NEW_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Where the images pushed at set-up sit in `images`.
+const WARM_UP_IMAGE: usize = STEADY + IMPAIRED + 1 + BURST;
+const FIRST_NEW_IMAGE: usize = WARM_UP_IMAGE + 1;
+
 const HEALTHY: u8 = 0;
 const SLOW_MODE: u8 = 1;
 const STALLED: u8 = 2;
@@ -707,7 +722,7 @@ async fn one_run(
     let started = Instant::now();
     let (webhook, port) = run.start_webhook(webhook_bin);
     let pid = webhook.child.id();
-    let warm_up = images.len() - 1;
+    let warm_up = WARM_UP_IMAGE;
     run.admit(port, &images[warm_up].0).await;
     let in_touch = if n > 0 {
         let delays = visible(&watch, warm_up, &everyone, Instant::now()).await;
@@ -891,9 +906,11 @@ async fn one_run(
     let ms = run.admit(port, &images[i].0).await;
     let answered = Instant::now();
     // Pods keep coming while the agents reconnect: admissions one after
-    // another (the steady phase's images again) until that first one is on
-    // every agent, and at least DURING_RESTART of them (a run without
-    // agents has no storm and makes just those).
+    // another (the steady phase's images again, or new ones: see
+    // `restart_new_images`) until that first one is on every agent, and at
+    // least DURING_RESTART of them (a run without agents has no storm and
+    // makes just those).
+    let new_images = restart_new_images();
     let storm_over = std::sync::atomic::AtomicBool::new(false);
     let (delays, during) = tokio::join!(
         async {
@@ -904,18 +921,23 @@ async fn one_run(
         async {
             let mut latency = Vec::new();
             while latency.len() < DURING_RESTART || !storm_over.load(Ordering::Relaxed) {
-                let image = &images[latency.len() % STEADY].0;
+                let image = match new_images {
+                    0 => &images[latency.len() % STEADY].0,
+                    new => &images[FIRST_NEW_IMAGE + latency.len() % new].0,
+                };
                 latency.push(run.admit(port, image).await);
             }
             latency
         }
     );
+    let during_count = during.len();
     let behind = n - delays.len();
     let (p99, all) = quantiles(delays, n);
     let (cpu, peak_rss, _) = usage(pid);
     let restart = json!({
         "admission_ms": ms,
         "admission_during_reconnects_ms": summary(during),
+        "new_images_admitted_during": new_images.min(during_count),
         "failed_opens": watch.failed_opens.load(Ordering::Relaxed) - failed_before,
         "serving_after_seconds": answered.duration_since(restarted).as_secs_f64() - ms / 1000.0,
         "visible_on_99pct_ms": p99,
@@ -984,8 +1006,9 @@ async fn main() {
 
     let registry = Registry::plain();
     let mut images = Vec::new();
-    // Steady, impaired, one after the restart, the burst, one warm-up.
-    for i in 0..STEADY + IMPAIRED + 2 + BURST {
+    // Steady, impaired, one after the restart, the burst, one warm-up,
+    // and any new ones for the restart.
+    for i in 0..FIRST_NEW_IMAGE + restart_new_images() {
         let digest = registry
             .push_image("bench/scale", &format!("v{i}"), &format!("push-scale-{i}"))
             .await;
