@@ -13,6 +13,7 @@
 //! Over 500 lines with its unit tests (the module itself is about 420).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     path::Path,
     sync::{Mutex, RwLock},
@@ -126,23 +127,33 @@ pub enum Origin {
 /// origin, which agents only show: the rebuild from the cluster at each
 /// start finds every image in use, and writing each admitted one again as
 /// adopted pushed every image to every agent after every restart.
+/// Borrowed to compare (an admission's filter clones nothing), owned to
+/// keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Effect {
+struct Effect<'a> {
     verified: bool,
     break_glass: bool,
     expires_at_ms: Option<u64>,
-    children: Vec<Child>,
-    signers: Vec<crate::signature::Signer>,
+    children: Cow<'a, [Child]>,
+    signers: Cow<'a, [crate::signature::Signer]>,
 }
 
-impl Effect {
-    fn of(approval: &Approval) -> Self {
+impl<'a> Effect<'a> {
+    fn of(approval: &'a Approval) -> Self {
         Self {
             verified: approval.verified,
             break_glass: approval.break_glass,
             expires_at_ms: approval.expires_at_ms,
-            children: approval.children.clone(),
-            signers: approval.signers.clone(),
+            children: Cow::Borrowed(&approval.children),
+            signers: Cow::Borrowed(&approval.signers),
+        }
+    }
+
+    fn into_owned(self) -> Effect<'static> {
+        Effect {
+            children: Cow::Owned(self.children.into_owned()),
+            signers: Cow::Owned(self.signers.into_owned()),
+            ..self
         }
     }
 }
@@ -166,7 +177,7 @@ pub struct Ledger {
     /// Digests recorded (or found recorded) within [`REFRESH_AFTER`], with
     /// what their record tells agents: not looked up again unless that
     /// changes (a break-glass approval, then a normal one).
-    recent: Mutex<HashMap<Digest, (Instant, Effect)>>,
+    recent: Mutex<HashMap<Digest, (Instant, Effect<'static>)>>,
     /// The latest records, decoded. Changed only with the store's commit
     /// under its write lock, so a reader that saw a commit's generation
     /// finds its records here.
@@ -398,7 +409,10 @@ impl Ledger {
         let now = Instant::now();
         recent.retain(|_, (t, _)| t.elapsed() < REFRESH_AFTER);
         for approval in approvals {
-            recent.insert(approval.digest.clone(), (now, Effect::of(approval)));
+            recent.insert(
+                approval.digest.clone(),
+                (now, Effect::of(approval).into_owned()),
+            );
         }
     }
 

@@ -162,6 +162,15 @@ struct Follower {
     messages: usize,
 }
 
+/// The stream's next message, within 20 s; the stream stays open.
+async fn next_batch(stream: &mut tonic::Streaming<pb::ApprovalBatch>) -> pb::ApprovalBatch {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("a batch within 20 s")
+        .unwrap()
+        .expect("the stream stays open")
+}
+
 impl Follower {
     async fn read_until(
         &mut self,
@@ -169,11 +178,7 @@ impl Follower {
         generation: u64,
     ) {
         while self.held < generation {
-            let batch = tokio::time::timeout(Duration::from_secs(20), stream.message())
-                .await
-                .expect("a batch within 20 s")
-                .unwrap()
-                .expect("the stream stays open");
+            let batch = next_batch(stream).await;
             assert!(
                 batch.since_generation <= self.held,
                 "a gap: batch from {} while {} is held",
@@ -363,11 +368,7 @@ async fn a_stream_ends_cleanly_when_the_webhook_stops() {
     let mut stream = served.follow(HashMap::new()).await;
     Follower::default().read_until(&mut stream, 3).await;
     // The catch-up ends with its mark, which carries nothing else here.
-    let mark = tokio::time::timeout(Duration::from_secs(20), stream.message())
-        .await
-        .expect("the mark within 20 s")
-        .unwrap()
-        .expect("the stream stays open");
+    let mark = next_batch(&mut stream).await;
     assert!(
         mark.caught_up && mark.approvals.is_empty() && mark.since_generation == 3,
         "{mark:?}"

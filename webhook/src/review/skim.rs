@@ -158,9 +158,11 @@ impl<'de> Reader<'de> {
             // To the next stop: 8 bytes at a time, then byte by byte in the
             // body's last 7.
             loop {
-                if let Some(chunk) = bytes.get(i..i + 8) {
-                    let stops =
-                        string_stops_in(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+                if let Some(chunk) = bytes
+                    .get(i..i + 8)
+                    .and_then(|c| <[u8; 8]>::try_from(c).ok())
+                {
+                    let stops = string_stops_in(u64::from_le_bytes(chunk));
                     if stops != 0 {
                         i += stops.trailing_zeros() as usize / 8;
                         break;
@@ -239,57 +241,47 @@ impl<'de> Reader<'de> {
                 self.pos += 1;
                 self.scan_string().map(|_| ())
             }
-            b'{' => {
-                self.pos += 1;
-                self.enter()?;
-                if self.next_token()? == b'}' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.expect(b'"')?;
-                        self.scan_string()?;
-                        self.expect(b':')?;
-                        self.skip_value()?;
-                        match self.next_token()? {
-                            b',' => self.pos += 1,
-                            b'}' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return Err(GiveUp),
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Ok(())
-            }
-            b'[' => {
-                self.pos += 1;
-                self.enter()?;
-                if self.next_token()? == b']' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.skip_value()?;
-                        match self.next_token()? {
-                            b',' => self.pos += 1,
-                            b']' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return Err(GiveUp),
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Ok(())
-            }
+            b'{' => self.skip_items(b'}', |reader| {
+                reader.expect(b'"')?;
+                reader.scan_string()?;
+                reader.expect(b':')?;
+                reader.skip_value()
+            }),
+            b'[' => self.skip_items(b']', Self::skip_value),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.skip_number(),
             _ => Err(GiveUp),
         }
+    }
+
+    /// From an opening bracket to its `close`: the items, each skipped by
+    /// `item`, separated by commas.
+    fn skip_items(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.pos += 1;
+        self.enter()?;
+        if self.next_token()? == close {
+            self.pos += 1;
+        } else {
+            loop {
+                item(self)?;
+                match self.next_token()? {
+                    b',' => self.pos += 1,
+                    c if c == close => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(GiveUp),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(())
     }
 
     /// A string value handed to `visitor`: borrowed when it has no
