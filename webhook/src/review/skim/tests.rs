@@ -291,6 +291,57 @@ fn a_label_given_twice_keeps_the_last_as_serde_json_does() {
     assert!(skims(&text));
 }
 
+/// A stop at every position of a string of up to 44 bytes, kept and
+/// skipped: every lane of the 16- and 8-byte scans, with the closing quote
+/// in every lane too.
+#[test]
+fn finds_a_stop_at_every_position_of_a_string() {
+    let good = serde_json::to_string(&rich_pod()).unwrap();
+    // What each insert is, written raw into the JSON text, and whether
+    // that makes JSON serde_json reads.
+    let inserts = [
+        ("\\\"", true),
+        ("\\\\", true),
+        ("\\u00e9", true),
+        ("\\n", true),
+        ("\u{1}", false),
+        ("\u{1f}", false),
+        ("\n", false),
+        ("\t", false),
+        ("\u{7f}", true),
+        (" ", true),
+        ("\u{e9}", true),
+        ("\\x", false),
+    ];
+    let places = [
+        // An annotation, kept.
+        "\"note\":\"",
+        // The phase in the status, skipped.
+        "\"phase\":\"",
+        // A key in managedFields, skipped.
+        "\"f:metadata\":{\"",
+    ];
+    for at in 0..40 {
+        for (insert, valid) in inserts {
+            for place in places {
+                let filler = format!("{}{insert}{}", "a".repeat(at), "b".repeat(at % 5));
+                let text = good.replacen(place, &format!("{place}{filler}"), 1);
+                assert_ne!(text, good, "{place} is in the body");
+                assert_eq!(
+                    serde_reads(&text),
+                    valid,
+                    "serde_json on {insert:?} at {at}"
+                );
+                assert_eq!(
+                    skims(&text),
+                    valid,
+                    "the skim on {insert:?} at {at} after {place}"
+                );
+            }
+        }
+    }
+}
+
 /// Bytes that change what JSON means, for the random edits.
 const SIGNIFICANT: &[char] = &[
     '"', '\\', '{', '}', '[', ']', ',', ':', '0', '1', '-', '+', '.', 'e', 'E', ' ', '\n', 'n',
