@@ -22,7 +22,7 @@ use imagegate_webhook::{
     report, resolve,
     server::{
         self, AppState,
-        client_auth::{self, Required},
+        client_auth::Required,
         limits::{self, Budgets, Limits},
         listener,
         metrics::{CertificateLabels, LedgerLabels, Metrics},
@@ -870,7 +870,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_reviews: args.max_reviews,
         ..Limits::default()
     };
-    let mut app = server::router(Arc::new(AppState {
+    let state = Arc::new(AppState {
         policy,
         metrics,
         resolver,
@@ -878,14 +878,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         budgets: Budgets::new(limits.clone()),
         decisions,
         replica: identity,
-    }));
-    if args.client_ca.is_some() && !client_certs.in_handshake() {
+    });
+    let per_path = args.client_ca.is_some() && !client_certs.in_handshake();
+    if per_path {
         info!(paths = ?args.client_cert_required_paths, "client certificates required on these paths only");
-        let required = client_certs.clone();
-        app = app.layer(axum::middleware::from_fn(move |request, next| {
-            client_auth::enforce(required.clone(), request, next)
-        }));
     }
+    let routes = server::Routes::new(state, per_path.then(|| client_certs.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -898,7 +896,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     listener::serve(
         listener,
         tls,
-        app,
+        routes,
         &limits,
         imagegate_plumbing::process::shutdown_signal(),
         args.shutdown_grace,

@@ -8,15 +8,14 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use common::{EXAMPLE_POLICY, admission_review, app_with, fixture, image_review, pod_spec, send};
 use imagegate_webhook::{
     policy_store::{PolicyMetrics, PolicyStore},
     server::{
-        AppState,
+        AppState, Routes,
         limits::{APISERVER_REQUEST_BYTES, MAX_REVIEW_BYTES},
         metrics::Metrics,
-        router,
     },
 };
 use serde_json::{Value, json};
@@ -24,11 +23,11 @@ use serde_json::{Value, json};
 const GOOD: &str = "nginx:1.25";
 const BAD: &str = "quay.io/evil/miner:1";
 
-fn app() -> Router {
+fn app() -> Routes {
     app_with(EXAMPLE_POLICY)
 }
 
-async fn post(app: &Router, path: &str, body: &Value) -> (StatusCode, Value) {
+async fn post(app: &Routes, path: &str, body: &Value) -> (StatusCode, Value) {
     let (status, bytes) = send(app, "POST", path, serde_json::to_vec(body).unwrap()).await;
     let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
@@ -40,7 +39,7 @@ async fn post(app: &Router, path: &str, body: &Value) -> (StatusCode, Value) {
 }
 
 /// The `response` of an AdmissionReview answer, after checking the envelope.
-async fn admit(app: &Router, body: &Value) -> Value {
+async fn admit(app: &Routes, body: &Value) -> Value {
     let (status, answer) = post(app, "/validate", body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["kind"], "AdmissionReview");
@@ -134,6 +133,37 @@ async fn the_kube_image_bouncer_path_is_an_alias() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(answer["response"]["allowed"], false);
     assert_eq!(answer["response"]["uid"], body["request"]["uid"]);
+}
+
+/// Reviews are dispatched by method and path before the router: the
+/// apiserver's query (`?timeout=5s`) does not change the path, another
+/// method gets 405 with what to use, and a path near a review's is not one.
+#[tokio::test]
+async fn a_review_is_its_post_on_its_path_whatever_the_query() {
+    let app = app();
+    let (_, body) = fixture("admissionreview-1.json");
+    let (status, answer) = post(&app, "/validate?timeout=5s", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["response"]["uid"], body["request"]["uid"]);
+    let (_, body) = fixture("imagereview-2.json");
+    let (status, answer) = post(&app, "/image_policy?timeout=30s", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["kind"], "ImageReview");
+
+    for path in ["/image_policy", "/validate", "/mutate", "/"] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let (status, text) = send(&app, method, path, Vec::new()).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(
+                String::from_utf8_lossy(&text).contains("POST"),
+                "{method} {path}"
+            );
+        }
+    }
+    for path in ["/validate/", "/validatex", "/image_policy/x", "/mutate2"] {
+        let (status, _) = send(&app, "POST", path, serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "POST {path}");
+    }
 }
 
 #[tokio::test]
@@ -612,15 +642,18 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) =
         PolicyStore::load(dir.path().join("missing.yaml"), Vec::new(), &policy_metrics).await;
-    let app = router(Arc::new(AppState {
-        policy: store,
-        metrics,
-        resolver: None,
-        ledger: None,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-        decisions: None,
-        replica: "test".into(),
-    }));
+    let app = Routes::new(
+        Arc::new(AppState {
+            policy: store,
+            metrics,
+            resolver: None,
+            ledger: None,
+            budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+            decisions: None,
+            replica: "test".into(),
+        }),
+        None,
+    );
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _) = send(&app, "GET", "/healthz", Vec::new()).await;

@@ -313,12 +313,16 @@ async fn without_the_crds_the_writer_says_so_and_writes_once_they_exist() {
 
 /// The webhook's routes with `policy`, telling its decisions as Events
 /// through the stand-in, as replica `replica`.
-fn telling_app(client: &kube::Client, policy: &str, replica: &str) -> axum::Router {
+fn telling_app(
+    client: &kube::Client,
+    policy: &str,
+    replica: &str,
+) -> imagegate_webhook::server::Routes {
     use imagegate_webhook::{
         policy::Policy,
         policy_store::PolicyStore,
         report::{ReportMetrics, admission},
-        server::{AppState, limits::Budgets, metrics::Metrics, router},
+        server::{AppState, Routes, limits::Budgets, metrics::Metrics},
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ReportMetrics::register(&mut registry);
@@ -329,15 +333,18 @@ fn telling_app(client: &kube::Client, policy: &str, replica: &str) -> axum::Rout
         let (_stop_tx, stop) = watch::channel(false);
         admission::run(client, queued, metrics.admission_events, stop).await
     });
-    router(std::sync::Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
-        metrics: std::sync::Arc::new(Metrics::new()),
-        resolver: None,
-        ledger: None,
-        budgets: Budgets::new(Default::default()),
-        decisions: Some(queue),
-        replica: replica.into(),
-    }))
+    Routes::new(
+        std::sync::Arc::new(AppState {
+            policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
+            metrics: std::sync::Arc::new(Metrics::new()),
+            resolver: None,
+            ledger: None,
+            budgets: Budgets::new(Default::default()),
+            decisions: Some(queue),
+            replica: replica.into(),
+        }),
+        None,
+    )
 }
 
 const INTERNAL_ONLY: &str = "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmode: MODE\n\

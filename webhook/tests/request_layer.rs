@@ -8,15 +8,16 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use common::{EXAMPLE_POLICY, app_with, fixture, send};
+use imagegate_webhook::server::Routes;
 use serde_json::Value;
 
-fn app() -> Router {
+fn app() -> Routes {
     app_with(EXAMPLE_POLICY)
 }
 
-async fn post(app: &Router, path: &str, body: &Value) -> Value {
+async fn post(app: &Routes, path: &str, body: &Value) -> Value {
     let (status, bytes) = send(app, "POST", path, serde_json::to_vec(body).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     serde_json::from_slice(&bytes).expect("JSON")

@@ -23,7 +23,7 @@ use imagegate_webhook::{
     reference::Reference,
     registry::Credentials,
     resolve::{ResolveError, Resolver, Settings},
-    server::{AppState, metrics::Metrics, router},
+    server::{AppState, Routes, metrics::Metrics},
 };
 use serde_json::Value;
 use tower::ServiceExt;
@@ -56,7 +56,7 @@ fn webhook(
     settings: Settings,
     policy: &str,
     ledger: Option<Arc<imagegate_webhook::ledger::Ledger>>,
-) -> (axum::Router, Arc<Metrics>) {
+) -> (Routes, Arc<Metrics>) {
     let mut metrics = Metrics::new();
     let resolver = Resolver::new(
         settings,
@@ -64,15 +64,18 @@ fn webhook(
     )
     .unwrap();
     let metrics = Arc::new(metrics);
-    let app = router(Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
-        metrics: metrics.clone(),
-        resolver: Some(Arc::new(resolver)),
-        ledger,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-        decisions: None,
-        replica: "test".into(),
-    }));
+    let app = Routes::new(
+        Arc::new(AppState {
+            policy: PolicyStore::fixed(Policy::from_yaml(policy).unwrap()),
+            metrics: metrics.clone(),
+            resolver: Some(Arc::new(resolver)),
+            ledger,
+            budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+            decisions: None,
+            replica: "test".into(),
+        }),
+        None,
+    );
     (app, metrics)
 }
 
@@ -454,7 +457,7 @@ async fn the_webhook_admits_with_digests_and_denies_what_it_cannot_resolve() {
     drop(hanging);
 }
 
-async fn post(app: &axum::Router, path: &str, body: &Value) -> Value {
+async fn post(app: &Routes, path: &str, body: &Value) -> Value {
     let response = app
         .clone()
         .oneshot(

@@ -308,6 +308,8 @@ async fn client_certificates_can_be_required_on_one_path_only() {
             ca_flag.to_str().unwrap(),
             "--client-cert-required-path",
             "/image_policy",
+            "--client-cert-required-path",
+            "/metrics",
         ],
     );
     let apiserver = https_client(&ca, Some(&clients.client("kube-apiserver")));
@@ -344,6 +346,16 @@ async fn client_certificates_can_be_required_on_one_path_only() {
     let (status, _) = request(&anonymous, "GET", &webhook.url("/readyz"), Vec::new())
         .await
         .expect("probe");
+    assert_eq!(status, 200);
+    // A path the router answers (the reviews are dispatched before it) is
+    // held to the same requirement.
+    let (status, bytes) = request(&anonymous, "GET", &webhook.url("/metrics"), Vec::new())
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&bytes));
+    let (status, _) = request(&apiserver, "GET", &webhook.url("/metrics"), Vec::new())
+        .await
+        .expect("metrics");
     assert_eq!(status, 200);
 
     // A certificate that is presented is still checked, on every path.

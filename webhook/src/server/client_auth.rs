@@ -58,12 +58,25 @@ impl Required {
 /// The middleware: a request to a path that requires a certificate, on a
 /// connection that presented none, gets 403 with what to do.
 pub async fn enforce(required: Required, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let presented = request
+    let certificate = request
         .extensions()
         .get::<ClientCertificate>()
-        .is_some_and(|c| c.presented);
-    if required.requires(path) && !presented {
+        .copied()
+        .unwrap_or(ClientCertificate { presented: false });
+    if let Some(refused) = refusal(&required, request.uri().path(), certificate) {
+        return refused;
+    }
+    next.run(request).await
+}
+
+/// The 403 a request to `path` gets when it needs a certificate and its
+/// connection presented none; `None` when it may go on.
+pub fn refusal(
+    required: &Required,
+    path: &str,
+    certificate: ClientCertificate,
+) -> Option<Response> {
+    if required.requires(path) && !certificate.presented {
         let body = serde_json::json!({
             "error": format!(
                 "{path} requires a client certificate issued by the webhook's --client-ca; \
@@ -71,14 +84,16 @@ pub async fn enforce(required: Required, request: Request, next: Next) -> Respon
                  (imagegate-webhook apiserver-config writes it)"
             )
         });
-        return (
-            StatusCode::FORBIDDEN,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response(),
+        );
     }
-    next.run(request).await
+    None
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! and its metrics; an endpoint only records the review's uid in that span
 //! once it has read it.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use base64::Engine;
 
@@ -32,29 +32,18 @@ use crate::{
 
 const NO_POLICY: &str = "imagegate has no valid policy loaded; every image is denied until one is (see the webhook's log)";
 
-/// `POST /image_policy`: ImageReview.
-pub async fn image_policy(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    review(&state, Endpoint::ImagePolicy, request).await
-}
-
-/// `POST /validate` and `POST /`: AdmissionReview.
-pub async fn validate(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    review(&state, Endpoint::Validate, request).await
-}
-
-/// `POST /mutate`: AdmissionReview answered with a JSONPatch (see
-/// [`answer_mutate`]).
-pub async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    review(&state, Endpoint::Mutate, request).await
-}
-
 /// Every review, whatever its endpoint: its body read whole within the
 /// limits (refusals answered there, and not counted as decisions), then
 /// answered in a span that carries its endpoint and, once read, its uid
 /// (so every log line of one review can be found by it), timed from body
 /// received to answer made, and counted.
-async fn review(state: &AppState, endpoint: Endpoint, request: Request) -> Response {
-    let read = match limits::read_review(&state.budgets, request).await {
+pub async fn review(
+    state: &AppState,
+    endpoint: Endpoint,
+    peer: IpAddr,
+    request: Request,
+) -> Response {
+    let read = match limits::read_review(&state.budgets, peer, request).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };

@@ -12,11 +12,7 @@
 //! request's uid when the uid arrived, so `failurePolicy: Ignore` cannot
 //! turn a refusal into an allow.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -98,10 +94,6 @@ pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// The client address a request came from, set by the listener.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub IpAddr);
-
 /// The shared budgets behind [`Limits`].
 #[derive(Clone)]
 pub struct Budgets {
@@ -155,12 +147,12 @@ pub struct ReadReview {
 /// Every refusal is an AdmissionReview denial carrying the uid when the uid
 /// arrived (the apiserver's `failurePolicy: Ignore` would turn an HTTP
 /// error into an allow), else an HTTP error: the `Err` is that answer.
-pub async fn read_review(budgets: &Budgets, request: Request) -> Result<ReadReview, Response> {
+pub async fn read_review(
+    budgets: &Budgets,
+    peer: IpAddr,
+    request: Request,
+) -> Result<ReadReview, Response> {
     let limits = &budgets.limits;
-    let peer = request
-        .extensions()
-        .get::<Peer>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0);
     let (parts, body) = request.into_parts();
     let deadline = Instant::now() + limits.body_timeout;
     let (bytes, held) = match read_bounded(budgets, peer, body, deadline).await {

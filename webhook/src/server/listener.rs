@@ -1,36 +1,36 @@
-//! Accepting TLS connections and serving the router on them, HTTP/1.1 and
+//! Accepting TLS connections and serving the routes on them, HTTP/1.1 and
 //! HTTP/2, with graceful shutdown, within [`Limits`]: a bound on
 //! connections, a handshake, header and idle deadline, and HTTP/2 streams
 //! and windows that keep what one connection can make the webhook buffer
 //! small.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
 };
 use imagegate_plumbing::{connections::ConnectionSlots, idle::IdleTimeout, tls::ReloadingTls};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use super::{
     client_auth::ClientCertificate,
-    limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Limits, MAX_HEADER_BYTES, Peer},
+    limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Limits, MAX_HEADER_BYTES},
+    routes::{Connection, Routes},
 };
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes, then
+/// Serves `routes` over TLS on `listener` until `shutdown` completes, then
 /// lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
-    app: Router,
+    routes: Routes,
     limits: &Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -50,7 +50,7 @@ pub async fn serve(
         // The configuration in force now: a reloaded certificate serves
         // new handshakes, open connections keep theirs.
         let acceptor = tls.acceptor();
-        let app = app.clone();
+        let routes = routes.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -68,20 +68,23 @@ pub async fn serve(
             };
             // What the handshake verified, for the endpoints that require a
             // client certificate (client_auth).
-            let certificate = ClientCertificate {
-                presented: tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|chain| !chain.is_empty()),
-            };
-            let service = TowerToHyperService::new(app.map_request(
-                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(certificate);
-                    request.extensions_mut().insert(Peer(peer.ip()));
-                    request
+            let connection = Connection {
+                peer: peer.ip(),
+                certificate: ClientCertificate {
+                    presented: tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|chain| !chain.is_empty()),
                 },
-            ));
+            };
+            // A hyper service of its own, not through tower's adapter: one
+            // boxed future and a `oneshot` less per request.
+            let routes = routes.on(connection);
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let routes = routes.clone();
+                async move { Ok::<_, Infallible>(routes.answer(request.map(Body::new)).await) }
+            });
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection).await {
                 debug!(%peer, "connection ended: {e}");

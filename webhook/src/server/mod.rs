@@ -2,6 +2,7 @@
 //!
 //! - [`limits`]: what a client may hold (connections, bodies, slots);
 //! - [`listener`]: TLS connections, bounded, with graceful shutdown;
+//! - [`routes`]: which handler answers a request;
 //! - [`client_auth`]: client certificates required per path;
 //! - [`metrics`]: the webhook's Prometheus registry;
 //! - `handlers`: decode, run the pipeline (`crate::admit`), encode.
@@ -11,16 +12,13 @@ mod handlers;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod routes;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
-
 use crate::policy_store::PolicyStore;
 use metrics::Metrics;
+pub use routes::{Connection, Routes};
 
 /// What every handler shares.
 pub struct AppState {
@@ -37,24 +35,4 @@ pub struct AppState {
     pub decisions: Option<crate::report::admission::DecisionQueue>,
     /// This replica's name, on its Events.
     pub replica: String,
-}
-
-/// The webhook's routes. Public so tests drive it without a socket.
-///
-/// A review route is one handler that reads the body within the budgets,
-/// decides and records its metrics (`handlers::review`), not a stack of
-/// middleware: each layer of the router costs a boxed future and a response
-/// mapping on every review.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/image_policy", post(handlers::image_policy))
-        .route("/validate", post(handlers::validate))
-        .route("/mutate", post(handlers::mutate))
-        // kube-image-bouncer's path: its users switch without touching
-        // their webhook configuration.
-        .route("/", post(handlers::validate))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
-        .with_state(state)
 }

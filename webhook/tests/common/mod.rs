@@ -11,7 +11,6 @@ pub use imagegate_testkit::{
 use std::{path::PathBuf, sync::Arc};
 
 use axum::{
-    Router,
     body::Body,
     http::{Request, StatusCode},
 };
@@ -19,7 +18,7 @@ use http_body_util::BodyExt;
 use imagegate_webhook::{
     policy::Policy,
     policy_store::PolicyStore,
-    server::{AppState, metrics::Metrics, router},
+    server::{AppState, Routes, metrics::Metrics},
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -29,21 +28,24 @@ pub mod signing;
 pub const EXAMPLE_POLICY: &str = include_str!("../../../deploy/policy/example-policy.yaml");
 
 /// The webhook's routes with `policy_yaml`, no resolver and no ledger.
-pub fn app_with(policy_yaml: &str) -> Router {
+pub fn app_with(policy_yaml: &str) -> Routes {
     let policy = Policy::from_yaml(policy_yaml).expect("valid policy");
-    router(Arc::new(AppState {
-        policy: PolicyStore::fixed(policy),
-        metrics: Arc::new(Metrics::new()),
-        resolver: None,
-        ledger: None,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-        decisions: None,
-        replica: "test".into(),
-    }))
+    Routes::new(
+        Arc::new(AppState {
+            policy: PolicyStore::fixed(policy),
+            metrics: Arc::new(Metrics::new()),
+            resolver: None,
+            ledger: None,
+            budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+            decisions: None,
+            replica: "test".into(),
+        }),
+        None,
+    )
 }
 
 /// One request through `app`, without a socket: the status and the body.
-pub async fn send(app: &Router, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+pub async fn send(app: &Routes, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
     let request = Request::builder()
         .method(method)
         .uri(path)
