@@ -183,19 +183,22 @@ async fn the_webhook_configurations_send_what_the_server_checks_where_it_serves(
         policy::Policy,
         policy_store::PolicyStore,
         review::admission::CHECKED_RESOURCES,
-        server::{AppState, metrics::Metrics, router},
+        server::{AppState, Routes, metrics::Metrics},
     };
     let objects = render(&["webhook.mutating.enabled=true"]);
     let policy = std::fs::read_to_string(root().join("deploy/policy/example-policy.yaml")).unwrap();
-    let app = router(Arc::new(AppState {
-        policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
-        metrics: Arc::new(Metrics::new()),
-        resolver: None,
-        ledger: None,
-        budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-        decisions: None,
-        replica: "test".into(),
-    }));
+    let app = Routes::new(
+        Arc::new(AppState {
+            policy: PolicyStore::fixed(Policy::from_yaml(&policy).unwrap()),
+            metrics: Arc::new(Metrics::new()),
+            resolver: None,
+            ledger: None,
+            budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
+            decisions: None,
+            replica: "test".into(),
+        }),
+        None,
+    );
     let expected: BTreeSet<(String, String)> = CHECKED_RESOURCES
         .iter()
         .map(|(group, resource, _)| (group.to_string(), resource.to_string()))
