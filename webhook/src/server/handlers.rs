@@ -36,7 +36,8 @@ const NO_POLICY: &str = "imagegate has no valid policy loaded; every image is de
 /// limits (refusals answered there, and not counted as decisions), then
 /// answered in a span that carries its endpoint and, once read, its uid
 /// (so every log line of one review can be found by it), timed from body
-/// received to answer made, and counted.
+/// received to answer made, and counted. `peer` is the client's address,
+/// which the per-address body budget counts against.
 pub async fn review(
     state: &AppState,
     endpoint: Endpoint,
