@@ -9,11 +9,14 @@ mod common;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use common::{EXAMPLE_POLICY, admission_review, app_with, fixture, image_review, pod_spec, send};
+use common::{
+    EXAMPLE_POLICY, admission_review, app_with, app_with_store, fixture, image_review, pod_spec,
+    send,
+};
 use imagegate_webhook::{
     policy_store::{PolicyMetrics, PolicyStore},
     server::{
-        AppState, Routes,
+        Routes,
         limits::{APISERVER_REQUEST_BYTES, MAX_REVIEW_BYTES},
         metrics::Metrics,
     },
@@ -642,18 +645,7 @@ async fn without_a_policy_nothing_is_allowed_and_it_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) =
         PolicyStore::load(dir.path().join("missing.yaml"), Vec::new(), &policy_metrics).await;
-    let app = Routes::new(
-        Arc::new(AppState {
-            policy: store,
-            metrics,
-            resolver: None,
-            ledger: None,
-            budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
-            decisions: None,
-            replica: "test".into(),
-        }),
-        None,
-    );
+    let app = app_with_store(store, metrics);
     let (status, _) = send(&app, "GET", "/readyz", Vec::new()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _) = send(&app, "GET", "/healthz", Vec::new()).await;

@@ -74,13 +74,13 @@ impl Routes {
     /// The endpoints, with client certificates required on `certificates`'
     /// paths (`None`: the handshake decides, or none is asked for).
     pub fn new(state: Arc<AppState>, certificates: Option<Required>) -> Self {
-        let mut router = Router::new()
-            // A review path answers only `POST`; that is dispatched before
-            // the router (`answer`), which sees the other methods.
-            .route("/image_policy", any(method_not_allowed))
-            .route("/validate", any(method_not_allowed))
-            .route("/mutate", any(method_not_allowed))
-            .route("/", any(method_not_allowed))
+        let mut router = Router::new();
+        // A review path answers only `POST`; that is dispatched before the
+        // router (`answer`), which sees the other methods.
+        for (path, _) in REVIEW_PATHS {
+            router = router.route(path, any(method_not_allowed));
+        }
+        let mut router = router
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .route("/metrics", get(handlers::metrics))
@@ -127,19 +127,24 @@ impl Routes {
     }
 }
 
-/// The review a request is, by its method and path: `/` is
-/// kube-image-bouncer's path, so its users switch without touching their
-/// webhook configuration.
+/// The review endpoints and their paths: `/` is kube-image-bouncer's
+/// path, so its users switch without touching their webhook configuration.
+const REVIEW_PATHS: [(&str, Endpoint); 4] = [
+    ("/image_policy", Endpoint::ImagePolicy),
+    ("/validate", Endpoint::Validate),
+    ("/mutate", Endpoint::Mutate),
+    ("/", Endpoint::Validate),
+];
+
+/// The review a request is, by its method and path.
 fn review_endpoint(method: &Method, path: &str) -> Option<Endpoint> {
     if method != Method::POST {
         return None;
     }
-    match path {
-        "/image_policy" => Some(Endpoint::ImagePolicy),
-        "/validate" | "/" => Some(Endpoint::Validate),
-        "/mutate" => Some(Endpoint::Mutate),
-        _ => None,
-    }
+    REVIEW_PATHS
+        .iter()
+        .find(|(review_path, _)| *review_path == path)
+        .map(|(_, endpoint)| *endpoint)
 }
 
 async fn method_not_allowed() -> Response {

@@ -30,10 +30,16 @@ pub const EXAMPLE_POLICY: &str = include_str!("../../../deploy/policy/example-po
 /// The webhook's routes with `policy_yaml`, no resolver and no ledger.
 pub fn app_with(policy_yaml: &str) -> Routes {
     let policy = Policy::from_yaml(policy_yaml).expect("valid policy");
+    app_with_store(PolicyStore::fixed(policy), Arc::new(Metrics::new()))
+}
+
+/// The webhook's routes with the policy `store` and `metrics`, no resolver
+/// and no ledger.
+pub fn app_with_store(store: Arc<PolicyStore>, metrics: Arc<Metrics>) -> Routes {
     Routes::new(
         Arc::new(AppState {
-            policy: PolicyStore::fixed(policy),
-            metrics: Arc::new(Metrics::new()),
+            policy: store,
+            metrics,
             resolver: None,
             ledger: None,
             budgets: imagegate_webhook::server::limits::Budgets::new(Default::default()),
