@@ -528,16 +528,26 @@ async fn registry_time(port: u16, ca_pem: &str) -> (f64, f64) {
 
 /// The feed's messages and lagged streams so far, from its `/metrics`.
 async fn feed_counts(port: u16, ca_pem: &str) -> (f64, f64) {
+    let [messages, lagged] = counters(
+        port,
+        ca_pem,
+        [
+            "imagegate_webhook_feed_messages_total",
+            "imagegate_webhook_feed_lagged_total",
+        ],
+    )
+    .await;
+    (messages, lagged)
+}
+
+/// Counters from the webhook's `/metrics` (NaN where a build has none).
+async fn counters<const N: usize>(port: u16, ca_pem: &str, names: [&str; N]) -> [f64; N] {
     let text = metrics_text(port, ca_pem).await;
-    let value = |name: &str| {
+    names.map(|name| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(f64::NAN)
-    };
-    (
-        value("imagegate_webhook_feed_messages_total"),
-        value("imagegate_webhook_feed_lagged_total"),
-    )
+    })
 }
 
 /// The burst's images: after the steady, impaired and restart ones.
@@ -934,7 +944,18 @@ async fn one_run(
     let behind = n - delays.len();
     let (p99, all) = quantiles(delays, n);
     let (cpu, peak_rss, _) = usage(pid);
+    let [catch_ups, shared_reads] = counters(
+        port,
+        &run.ca_pem,
+        [
+            "imagegate_webhook_feed_catch_ups_total",
+            "imagegate_webhook_feed_shared_reads_total",
+        ],
+    )
+    .await;
     let restart = json!({
+        "catch_ups": catch_ups,
+        "catch_up_messages_from_shared_reads": shared_reads,
         "admission_ms": ms,
         "admission_during_reconnects_ms": summary(during),
         "new_images_admitted_during": new_images.min(during_count),

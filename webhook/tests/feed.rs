@@ -381,3 +381,45 @@ async fn a_stream_ends_cleanly_when_the_webhook_stops() {
         .expect("the stream ends within 20 s of the stop");
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
+
+/// After a restart every agent is caught up from the same generation: the
+/// second is sent what the first read, not read and encoded again, and
+/// both receive the same records in the same order.
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_caught_up_from_the_same_generation_share_one_read() {
+    let served = serve(3_000).await;
+    let held = HashMap::from([(served.ledger.id().to_string(), 1_000)]);
+    // Both connections first: the second catch-up comes within the time a
+    // read is kept (1 s), with no handshake between.
+    let mut clients = [
+        served.client("imagegate-agent").await,
+        served.client("imagegate-agent").await,
+    ];
+    let mut followers = Vec::new();
+    for (n, client) in clients.iter_mut().enumerate() {
+        let mut stream = client
+            .follow(pb::FollowRequest {
+                node: format!("node-{n}"),
+                held: held.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut follower = Follower {
+            held: 1_000,
+            ..Default::default()
+        };
+        follower.read_until(&mut stream, 3_000).await;
+        let mark = next_batch(&mut stream).await;
+        assert!(mark.caught_up && mark.approvals.is_empty(), "{mark:?}");
+        followers.push(follower);
+    }
+    assert_eq!(followers[0].distinct(), 2_000);
+    assert_eq!(followers[0].digests, followers[1].digests);
+    assert_eq!(served.metrics.feed_catch_ups.get(), 2);
+    assert_eq!(
+        served.metrics.feed_shared_reads.get(),
+        1,
+        "the second catch-up is the first one's read"
+    );
+}

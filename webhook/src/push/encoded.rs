@@ -14,6 +14,8 @@ use prost::Message;
 
 /// `ApprovalBatch.since_generation`'s field number.
 const SINCE_GENERATION_FIELD: u32 = 2;
+/// `ApprovalBatch.approvals`' field number.
+pub const APPROVALS_FIELD: u32 = 4;
 
 /// A live batch, encoded, with what a stream judges it by.
 #[derive(Clone, Debug)]
@@ -54,6 +56,17 @@ impl Encoded {
         Encoded {
             parts: vec![message.encode_to_vec().into()],
             approvals: message.approvals.len(),
+        }
+    }
+
+    /// A message of `header`'s fields and `approvals`, the encoded
+    /// `approvals` field of `count` records (a catch-up's shared read,
+    /// [`super::recent_reads`]). `header` carries no approvals.
+    pub fn with_approvals(header: &pb::ApprovalBatch, approvals: Bytes, count: usize) -> Self {
+        debug_assert!(header.approvals.is_empty());
+        Encoded {
+            parts: vec![header.encode_to_vec().into(), approvals],
+            approvals: count,
         }
     }
 

@@ -6,7 +6,12 @@
 //! take a batch for [`SEND_TIMEOUT`] is closed, and the agent reopens it
 //! from what it holds. Admission never waits on any of this.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use imagegate_plumbing::grpc::{
     bounded::ListenerBounds,
@@ -22,6 +27,7 @@ use super::{
     encoded::{Batch, Encoded, Merged},
     feed_service::{FeedService, Messages},
     followers::Followers,
+    recent_reads::{Read, RecentReads},
     tail,
     wire::{BatchLimits, batch},
 };
@@ -78,6 +84,8 @@ struct Shared {
     /// exited.
     live: broadcast::WeakSender<Batch>,
     catch_ups: Semaphore,
+    /// What catch-ups read lately, for the next ones from there.
+    recent: Mutex<RecentReads>,
     metrics: PushMetrics,
 }
 
@@ -175,6 +183,7 @@ pub async fn serve(
             ledger,
             followers: config.followers.clone(),
             catch_ups: Semaphore::new(CATCH_UPS_AT_ONCE),
+            recent: Mutex::default(),
             metrics,
         }),
     };
@@ -338,10 +347,20 @@ fn coalesce(live: &mut broadcast::Receiver<Batch>, message: &mut Merged) -> Wait
 }
 
 /// Sends what the ledger has after `held`, then where the ledger stands.
+/// What another catch-up read lately from the same generation is sent as
+/// it was encoded ([`super::recent_reads`]); the rest is read.
 async fn catch_up(shared: &Shared, node: &str, held: &mut u64, tx: &Tx) -> Result<(), End> {
     let _turn = shared.catch_ups.acquire().await.map_err(|_| End::Closed)?;
     shared.metrics.feed_catch_ups.inc();
     loop {
+        let kept = recent(shared).from(*held, Instant::now(), BatchLimits::FEED);
+        if let Some(read) = kept {
+            send_read(shared, tx, &read, node).await?;
+            shared.metrics.feed_shared_reads.inc();
+            *held = read.upto;
+            continue;
+        }
+        let read_at = Instant::now();
         let (records, generation, cluster_set) = match tail::read(&shared.ledger, Some(*held)).await
         {
             Ok(read) => read,
@@ -370,10 +389,33 @@ async fn catch_up(shared: &Shared, node: &str, held: &mut u64, tx: &Tx) -> Resul
             return Ok(());
         }
         let (approvals, upto) = batch(&records, BatchLimits::FEED);
-        let message = tail::message(&shared.ledger, approvals, *held, upto, cluster_set);
-        send(shared, tx, Encoded::message(&message), node).await?;
+        let read = Read::encode(*held, upto, cluster_set, &approvals, read_at);
+        recent(shared).keep(read.clone(), Instant::now());
+        send_read(shared, tx, &read, node).await?;
         *held = upto;
     }
+}
+
+fn recent(shared: &Shared) -> std::sync::MutexGuard<'_, RecentReads> {
+    // Held for a map lookup or insert, never across an await: a panic
+    // there leaves nothing half-done worth refusing the reads for.
+    shared
+        .recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands a read to the stream as one message.
+async fn send_read(shared: &Shared, tx: &Tx, read: &Read, node: &str) -> Result<(), End> {
+    let header = tail::message(
+        &shared.ledger,
+        Vec::new(),
+        read.since,
+        read.upto,
+        read.cluster_set,
+    );
+    let message = Encoded::with_approvals(&header, read.bytes.clone(), read.approvals);
+    send(shared, tx, message, node).await
 }
 
 /// Hands one batch to the stream, or gives up on a stream that cannot

@@ -21,6 +21,7 @@ pub mod feed;
 mod feed_service;
 pub mod followers;
 mod link;
+mod recent_reads;
 mod tail;
 mod wire;
 
@@ -80,6 +81,8 @@ pub struct PushMetrics {
     pub feed_messages: Counter,
     /// Feed streams caught up from the ledger (new, or fallen behind).
     pub feed_catch_ups: Counter,
+    /// Catch-up messages sent from another catch-up's recent read.
+    pub feed_shared_reads: Counter,
     /// Feed streams that fell behind the live batches.
     pub feed_lagged: Counter,
     /// Feed streams closed because the agent could not take a batch.
@@ -128,6 +131,11 @@ impl PushMetrics {
             "feed_catch_ups",
             "Feed streams caught up from the ledger (new agents, or behind)",
             metrics.feed_catch_ups.clone(),
+        );
+        registry.register(
+            "feed_shared_reads",
+            "Catch-up messages sent as another catch-up read them lately, not read again",
+            metrics.feed_shared_reads.clone(),
         );
         registry.register(
             "feed_lagged",
