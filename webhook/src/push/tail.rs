@@ -32,6 +32,30 @@ const RETRY: Duration = Duration::from_secs(1);
 /// (`cargo xtask bench push`, burst).
 pub const LIVE_EVERY: Duration = Duration::from_millis(10);
 
+/// With many streams following, live batches are made at most once per
+/// this much per stream: each batch costs every stream a wake-up and a
+/// message, about 20 us of the feed thread's CPU each (the steady phase of
+/// `push_scale <webhook> 5000 feed`: 100-119 ms per admission). So the
+/// fan-out of a batch is done before the next is made, on the feed's one
+/// core, and the [`LIVE_BATCHES`] ring covers 64 of these spans: at 5,000
+/// agents 6.4 s, where 64 batches of 10 ms ran out while a restarted
+/// replica caught every stream up, and lagged streams queued for a second
+/// catch-up. A write after a quiet spell still goes out [`ANSWER_FIRST`]
+/// after it.
+const LIVE_EVERY_PER_STREAM: Duration = Duration::from_micros(20);
+
+/// The longest wait between live batches, whatever the streams' count.
+const LIVE_EVERY_AT_MOST: Duration = Duration::from_millis(100);
+
+/// How long after a live batch the next may be made, with `streams`
+/// following.
+fn live_every(streams: usize) -> Duration {
+    let streams = u32::try_from(streams).unwrap_or(u32::MAX);
+    LIVE_EVERY_PER_STREAM
+        .saturating_mul(streams)
+        .clamp(LIVE_EVERY, LIVE_EVERY_AT_MOST)
+}
+
 /// A write after a quiet spell is read and sent this long after it is
 /// made, so the review that made it has its answer out before the fan-out
 /// to every stream takes the CPU. Sent at once, the fan-out at 2,000
@@ -101,7 +125,7 @@ impl Tail {
         loop {
             if let Some(at) = sent_at {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(at + LIVE_EVERY) => {}
+                    _ = tokio::time::sleep_until(at + live_every(live.receiver_count())) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -202,6 +226,44 @@ pub fn message(
 mod tests {
     use super::*;
     use crate::ledger::tests::approval;
+
+    #[test]
+    fn live_batches_are_spaced_by_the_streams_count_within_bounds() {
+        assert_eq!(live_every(0), LIVE_EVERY);
+        assert_eq!(live_every(200), LIVE_EVERY);
+        assert_eq!(live_every(2_000), Duration::from_millis(40));
+        assert_eq!(live_every(5_000), LIVE_EVERY_AT_MOST);
+        assert_eq!(live_every(usize::MAX), LIVE_EVERY_AT_MOST);
+    }
+
+    /// With 2,000 streams following, a write made as a batch goes out
+    /// waits 40 ms from it; one after a quiet spell still goes out
+    /// ANSWER_FIRST after it.
+    #[tokio::test(start_paused = true)]
+    async fn many_streams_space_the_live_batches_but_not_a_lone_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(
+            Ledger::open(
+                &dir.path().join("ledger.redb"),
+                Duration::from_secs(3600),
+                1_000,
+            )
+            .unwrap(),
+        );
+        let (_stop, stop) = watch::channel(false);
+        let live = start(ledger.clone(), stop).await.expect("the tail starts");
+        let mut batches = live.subscribe();
+        let _others: Vec<_> = (1..2_000).map(|_| live.subscribe()).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let written = tokio::time::Instant::now();
+        ledger.record(&[approval("lone", 1)]).unwrap();
+        batches.recv().await.unwrap();
+        assert_eq!(written.elapsed(), ANSWER_FIRST);
+        let written = tokio::time::Instant::now();
+        ledger.record(&[approval("close", 1)]).unwrap();
+        batches.recv().await.unwrap();
+        assert_eq!(written.elapsed(), Duration::from_millis(40));
+    }
 
     /// After a quiet spell, a write is sent ANSWER_FIRST after it, not at
     /// once; one that follows closely waits for LIVE_EVERY. On tokio's
