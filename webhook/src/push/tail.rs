@@ -227,6 +227,22 @@ mod tests {
     use super::*;
     use crate::ledger::tests::approval;
 
+    /// A tail started on a new ledger (with what must live as long).
+    async fn started() -> (tempfile::TempDir, watch::Sender<bool>, Arc<Ledger>, Live) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(
+            Ledger::open(
+                &dir.path().join("ledger.redb"),
+                Duration::from_secs(3600),
+                1_000,
+            )
+            .unwrap(),
+        );
+        let (stop_tx, stop) = watch::channel(false);
+        let live = start(ledger.clone(), stop).await.expect("the tail starts");
+        (dir, stop_tx, ledger, live)
+    }
+
     #[test]
     fn live_batches_are_spaced_by_the_streams_count_within_bounds() {
         assert_eq!(live_every(0), LIVE_EVERY);
@@ -241,17 +257,7 @@ mod tests {
     /// ANSWER_FIRST after it.
     #[tokio::test(start_paused = true)]
     async fn many_streams_space_the_live_batches_but_not_a_lone_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Arc::new(
-            Ledger::open(
-                &dir.path().join("ledger.redb"),
-                Duration::from_secs(3600),
-                1_000,
-            )
-            .unwrap(),
-        );
-        let (_stop, stop) = watch::channel(false);
-        let live = start(ledger.clone(), stop).await.expect("the tail starts");
+        let (_dir, _stop, ledger, live) = started().await;
         let mut batches = live.subscribe();
         let _others: Vec<_> = (1..2_000).map(|_| live.subscribe()).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -271,17 +277,7 @@ mod tests {
     /// without the wait, a write is sent at the same instant.
     #[tokio::test(start_paused = true)]
     async fn a_write_after_a_quiet_spell_waits_for_its_answer() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Arc::new(
-            Ledger::open(
-                &dir.path().join("ledger.redb"),
-                Duration::from_secs(3600),
-                1_000,
-            )
-            .unwrap(),
-        );
-        let (_stop, stop) = watch::channel(false);
-        let live = start(ledger.clone(), stop).await.expect("the tail starts");
+        let (_dir, _stop, ledger, live) = started().await;
         let mut batches = live.subscribe();
         for (n, digest) in ["one", "two", "three"].into_iter().enumerate() {
             tokio::time::sleep(LIVE_EVERY * 2).await;
