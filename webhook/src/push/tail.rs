@@ -23,9 +23,10 @@ pub const LIVE_BATCHES: usize = 64;
 /// After a failed ledger read, try again this much later.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Live batches are made at most this often. A write after a quiet spell
-/// goes out [`ANSWER_FIRST`] after it; writes that follow closely (a Deployment scaled up)
-/// wait for the rest of this and go out together. Without it each write is
+/// Live batches are made at most this often, and more rarely with many
+/// streams following ([`LIVE_EVERY_PER_STREAM`]). A write after a quiet
+/// spell goes out [`ANSWER_FIRST`] after it; writes that follow closely (a
+/// Deployment scaled up) wait for the rest of this and go out together. Without it each write is
 /// one batch and, at 2,000 streams, a burst of 200 admissions ran past the
 /// [`LIVE_BATCHES`] ring faster than the fan-out reached every stream: most
 /// streams lagged and were caught up from the ledger, 8 at a time
