@@ -26,19 +26,19 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Live batches are made at most this often, and more rarely with many
 /// streams following ([`LIVE_EVERY_PER_STREAM`]). A write after a quiet
 /// spell goes out [`ANSWER_FIRST`] after it; writes that follow closely (a
-/// Deployment scaled up) wait for the rest of this and go out together. Without it each write is
-/// one batch and, at 2,000 streams, a burst of 200 admissions ran past the
-/// [`LIVE_BATCHES`] ring faster than the fan-out reached every stream: most
-/// streams lagged and were caught up from the ledger, 8 at a time
-/// (`cargo xtask bench push`, burst).
+/// Deployment scaled up) wait for the rest of this and go out together.
+/// Without it each write is one batch and, at 2,000 streams, a burst of
+/// 200 admissions ran past the [`LIVE_BATCHES`] ring faster than the
+/// fan-out reached every stream: most streams lagged and were caught up
+/// from the ledger, 8 at a time (`cargo xtask bench push`, burst).
 pub const LIVE_EVERY: Duration = Duration::from_millis(10);
 
 /// With many streams following, live batches are made at most once per
 /// this much per stream: each batch costs every stream a wake-up and a
 /// message, about 20 us of the feed thread's CPU each (the steady phase of
-/// `push_scale <webhook> 5000 feed`: 100-119 ms per admission). So the
-/// fan-out of a batch is done before the next is made, on the feed's one
-/// core, and the [`LIVE_BATCHES`] ring covers 64 of these spans: at 5,000
+/// `push_scale <webhook> 5000 feed`: 100-119 ms per admission). So
+/// batches come no faster than the feed's one core can fan one out, and
+/// the [`LIVE_BATCHES`] ring covers 64 of these spans: at 5,000
 /// agents 6.4 s, where 64 batches of 10 ms ran out while a restarted
 /// replica caught every stream up, and lagged streams queued for a second
 /// catch-up. A write after a quiet spell still goes out [`ANSWER_FIRST`]
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(live_every(usize::MAX), LIVE_EVERY_AT_MOST);
     }
 
-    /// With 2,000 streams following, a write made as a batch goes out
+    /// With 2,000 streams following, a write made just as a batch goes out
     /// waits 40 ms from it; one after a quiet spell still goes out
     /// ANSWER_FIRST after it.
     #[tokio::test(start_paused = true)]
