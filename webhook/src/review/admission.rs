@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Api, ContainerKind, ObjectId, Review, Subject,
+    answer_json::{self, Writer},
     pod_spec::{self, Object, Spec},
 };
 
@@ -488,6 +489,49 @@ impl Response {
         self.response.patch = Some(base64_patch);
         self
     }
+
+    /// The answer as JSON: what serde_json writes for it, faster
+    /// (`answer_json`).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Every key and constant, with room to spare: a buffer that had
+        // to grow once cost 500 instructions.
+        const FIXED_BYTES: usize = 256;
+        let a = &self.response;
+        let strings = self.api_version.len()
+            + a.uid.len()
+            + a.status.message.len()
+            + a.warnings.iter().map(|w| w.len() + 3).sum::<usize>()
+            + answer_json::map_len(&a.audit_annotations)
+            + a.patch.as_ref().map_or(0, String::len);
+        let mut w = Writer::with_capacity(FIXED_BYTES + strings);
+        w.raw("{\"apiVersion\":")
+            .string(&self.api_version)
+            .raw(",\"kind\":")
+            .string(self.kind)
+            .raw(",\"response\":{\"uid\":")
+            .string(&a.uid)
+            .raw(",\"allowed\":")
+            .bool(a.allowed)
+            .raw(",\"status\":{\"code\":")
+            .u16(a.status.code)
+            .raw(",\"message\":")
+            .string(&a.status.message)
+            .raw("}");
+        if !a.warnings.is_empty() {
+            w.raw(",\"warnings\":").strings(&a.warnings);
+        }
+        if !a.audit_annotations.is_empty() {
+            w.raw(",\"auditAnnotations\":").map(&a.audit_annotations);
+        }
+        if let Some(patch_type) = a.patch_type {
+            w.raw(",\"patchType\":").string(patch_type);
+        }
+        if let Some(patch) = &a.patch {
+            w.raw(",\"patch\":").string(patch);
+        }
+        w.raw("}}");
+        w.finish()
+    }
 }
 
 #[cfg(test)]
@@ -504,7 +548,45 @@ mod checked_resources_tests {
 
 #[cfg(test)]
 mod response_tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[ -~]{0,24}", "[\\x00-\\x7f]{0,24}"]
+    }
+
+    proptest! {
+        /// Whatever it holds, an answer is written as serde_json writes
+        /// it.
+        #[test]
+        fn an_answer_is_written_as_serde_json_writes_it(
+            api_version in text(),
+            uid in text(),
+            allowed in any::<bool>(),
+            code in any::<u16>(),
+            message in text(),
+            warnings in prop::collection::vec(text(), 0..3),
+            annotations in prop::collection::btree_map(text(), text(), 0..3),
+            patch in prop::option::of(text()),
+        ) {
+            let mut answer = if allowed {
+                Response::allow(api_version, uid, message)
+            } else {
+                Response::deny(api_version, uid, code, message)
+            }
+            .with_warnings(warnings)
+            .with_audit_annotations(annotations);
+            if let Some(patch) = patch {
+                answer = answer.with_patch(patch);
+            }
+            let written = answer.to_json();
+            prop_assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn an_answer_echoes_the_uid_and_a_denial_never_carries_a_success_code() {

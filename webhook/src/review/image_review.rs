@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Api, ContainerKind, ImageUse, Review, Subject};
+use super::{
+    Api, ContainerKind, ImageUse, Review, Subject,
+    answer_json::{self, Writer},
+};
 
 pub const API_VERSION: &str = "imagepolicy.k8s.io/v1alpha1";
 pub const KIND: &str = "ImageReview";
@@ -145,6 +148,61 @@ impl Response {
                 reason,
                 audit_annotations,
             },
+        }
+    }
+
+    /// The answer as JSON: what serde_json writes for it, faster
+    /// (`answer_json`).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Every key and constant, with room to spare: a buffer that had
+        // to grow once cost 500 instructions.
+        const FIXED_BYTES: usize = 160;
+        let status = &self.status;
+        let mut w = Writer::with_capacity(
+            FIXED_BYTES + status.reason.len() + answer_json::map_len(&status.audit_annotations),
+        );
+        w.raw("{\"apiVersion\":")
+            .string(self.api_version)
+            .raw(",\"kind\":")
+            .string(self.kind)
+            .raw(",\"status\":{\"allowed\":")
+            .bool(status.allowed);
+        if !status.reason.is_empty() {
+            w.raw(",\"reason\":").string(&status.reason);
+        }
+        if !status.audit_annotations.is_empty() {
+            w.raw(",\"auditAnnotations\":")
+                .map(&status.audit_annotations);
+        }
+        w.raw("}}");
+        w.finish()
+    }
+}
+
+#[cfg(test)]
+mod response_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[ -~]{0,24}", "[\\x00-\\x7f]{0,24}"]
+    }
+
+    proptest! {
+        /// Whatever it holds, an answer is written as serde_json writes
+        /// it.
+        #[test]
+        fn an_answer_is_written_as_serde_json_writes_it(
+            allowed in any::<bool>(),
+            reason in prop_oneof![Just(String::new()), text()],
+            annotations in prop::collection::btree_map(text(), text(), 0..3),
+        ) {
+            let answer = Response::new(allowed, reason, annotations);
+            prop_assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   pointer.
 
 pub mod admission;
+mod answer_json;
 pub mod image_review;
 mod pod_spec;
 mod skim;

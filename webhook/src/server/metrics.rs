@@ -1,12 +1,14 @@
 //! Prometheus metrics of the webhook, served on `/metrics`.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::RwLock, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use crate::{policy::ImageVerdict, review::Api};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -70,12 +72,68 @@ struct EndpointMetrics {
     answered: Counter,
 }
 
+/// The image decisions' counters, by API, verdict and rule.
+///
+/// Each counter is taken out of its family once and then found by the
+/// rule's name with a fast hash: the family's own lookup hashes all three
+/// labels with SipHash under its lock, and needs the rule cloned into a
+/// key, which was 1,300 user-space instructions per review of two images
+/// (3% of an ImageReview, callgrind). A counter taken out is the family's
+/// (they share one value), so `/metrics` shows every increment. The map
+/// holds one entry per rule name ever counted, as the family does.
+pub struct DecisionCounters {
+    family: Family<DecisionLabels, Counter>,
+    by_rule: RwLock<HashMap<Box<str>, RuleCounters, foldhash::fast::RandomState>>,
+}
+
+/// One rule's counters, indexed by `Api as usize` then `ImageVerdict as
+/// usize`; `None` until first counted (the family shows only what was).
+/// A verdict added past these bounds is counted through the family.
+type RuleCounters = [[Option<Counter>; 6]; 2];
+
+impl DecisionCounters {
+    fn new(family: Family<DecisionLabels, Counter>) -> Self {
+        Self {
+            family,
+            by_rule: RwLock::default(),
+        }
+    }
+
+    /// Counts one image decided through `api` with `verdict` by `rule`.
+    pub fn count(&self, api: Api, verdict: ImageVerdict, rule: &str) {
+        let (a, v) = (api as usize, verdict as usize);
+        {
+            // A poisoned lock still holds whole counters: nothing is
+            // written to it mid-way that a panic could leave half done.
+            let by_rule = self.by_rule.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counter) = by_rule.get(rule).and_then(|c| c.get(a)?.get(v)?.as_ref()) {
+                counter.inc();
+                return;
+            }
+        }
+        let counter = self
+            .family
+            .get_or_create(&DecisionLabels {
+                api: api.as_str(),
+                verdict: verdict.as_str(),
+                rule: rule.to_string(),
+            })
+            .clone();
+        counter.inc();
+        let mut by_rule = self.by_rule.write().unwrap_or_else(|e| e.into_inner());
+        let counters = by_rule.entry(rule.into()).or_default();
+        if let Some(slot) = counters.get_mut(a).and_then(|c| c.get_mut(v)) {
+            *slot = Some(counter);
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Indexed by `Endpoint as usize`.
     endpoints: [EndpointMetrics; 3],
     /// One per image decided, by API, verdict and rule.
-    pub decisions: Family<DecisionLabels, Counter>,
+    pub decisions: DecisionCounters,
     pub request_seconds: Family<EndpointLabels, Histogram>,
     pub responses: Family<ResponseLabels, Counter>,
     pub certificate_reloads: Family<ResultLabels, Counter>,
@@ -163,7 +221,7 @@ impl Metrics {
         Self {
             registry,
             endpoints,
-            decisions,
+            decisions: DecisionCounters::new(decisions),
             request_seconds,
             responses,
             certificate_reloads,
@@ -204,5 +262,63 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(text: &str, labels: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("imagegate_webhook_decisions_total{{{labels}}}")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn decisions_counted_through_the_rule_map_are_the_familys_series() {
+        let metrics = Metrics::new();
+        let d = &metrics.decisions;
+        for _ in 0..3 {
+            d.count(Api::AdmissionReview, ImageVerdict::Allowed, "internal");
+        }
+        d.count(Api::ImageReview, ImageVerdict::Allowed, "internal");
+        d.count(Api::AdmissionReview, ImageVerdict::Denied, "default");
+        // The series made at start, at 0, is the one a count increments.
+        d.count(
+            Api::ImageReview,
+            ImageVerdict::Denied,
+            crate::policy::decide::RULE_RESOLUTION,
+        );
+        let text = metrics.render();
+        let resolution = crate::policy::decide::RULE_RESOLUTION;
+        for (labels, value) in [
+            (
+                r#"api="AdmissionReview",verdict="allowed",rule="internal""#,
+                3,
+            ),
+            (r#"api="ImageReview",verdict="allowed",rule="internal""#, 1),
+            (
+                r#"api="AdmissionReview",verdict="denied",rule="default""#,
+                1,
+            ),
+            (
+                &format!(r#"api="ImageReview",verdict="denied",rule="{resolution}""#),
+                1,
+            ),
+            (
+                &format!(r#"api="AdmissionReview",verdict="denied",rule="{resolution}""#),
+                0,
+            ),
+        ] {
+            assert_eq!(
+                line_of(&text, labels),
+                vec![format!(
+                    "imagegate_webhook_decisions_total{{{labels}}} {value}"
+                )],
+                "{text}"
+            );
+        }
     }
 }
