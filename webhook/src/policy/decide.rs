@@ -1,7 +1,7 @@
 //! Applying a policy to a review: one decision per image, then one for the
 //! review. Plain functions of their inputs: no I/O, no clock.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write};
 
 use serde::Serialize;
 
@@ -397,46 +397,40 @@ fn summarise(
     images: Vec<ImageDecision>,
     mut annotations: BTreeMap<String, String>,
 ) -> ReviewDecision {
-    let denied: Vec<&ImageDecision> = images
+    let is = |verdict: ImageVerdict| move |d: &&ImageDecision| d.verdict == verdict;
+    let allowed = !images.iter().any(|d| d.verdict == ImageVerdict::Denied);
+    // Most reviews have neither denials nor audit findings: the lists
+    // below are then made without allocating.
+    let warnings: Vec<String> = images
         .iter()
-        .filter(|d| d.verdict == ImageVerdict::Denied)
-        .collect();
-    let audited: Vec<&ImageDecision> = images
-        .iter()
-        .filter(|d| d.verdict == ImageVerdict::AuditDenied)
-        .collect();
-    let allowed = denied.is_empty();
-    let warnings: Vec<String> = audited
-        .iter()
+        .filter(is(ImageVerdict::AuditDenied))
         .map(|d| format!("imagegate audit mode: would deny: {}", d.reason))
         .collect();
-    if !audited.is_empty() {
-        annotations.insert("audit-would-deny".into(), join_images(&audited));
+    if !warnings.is_empty() {
+        annotations.insert(
+            "audit-would-deny".into(),
+            join_images(images.iter().filter(is(ImageVerdict::AuditDenied))),
+        );
     }
     annotations.insert(
         "decision".into(),
         if allowed { "allowed" } else { "denied" }.into(),
     );
     let message = if allowed {
-        match images.len() {
-            0 => "no images to check".to_string(),
-            n => format!(
-                "{n} image{} allowed ({})",
-                if n == 1 { "" } else { "s" },
-                images
-                    .iter()
-                    .map(|d| d.rule.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        allowed_message(&images)
     } else {
-        annotations.insert("denied-images".into(), join_images(&denied));
-        denied
-            .iter()
-            .map(|d| d.reason.as_str())
-            .collect::<Vec<_>>()
-            .join("; ")
+        annotations.insert(
+            "denied-images".into(),
+            join_images(images.iter().filter(is(ImageVerdict::Denied))),
+        );
+        let mut message = String::new();
+        for (i, d) in images.iter().filter(is(ImageVerdict::Denied)).enumerate() {
+            if i > 0 {
+                message.push_str("; ");
+            }
+            message.push_str(&d.reason);
+        }
+        message
     };
     ReviewDecision {
         allowed,
@@ -445,6 +439,29 @@ fn summarise(
         audit_annotations: annotations,
         images,
     }
+}
+
+/// `2 images allowed (rule-a, rule-b)`: the rule that allowed each.
+fn allowed_message(images: &[ImageDecision]) -> String {
+    let n = images.len();
+    if n == 0 {
+        return "no images to check".to_string();
+    }
+    let rules: usize = images.iter().map(|d| d.rule.len() + 2).sum();
+    let mut message = String::with_capacity(24 + rules);
+    let _ = write!(
+        message,
+        "{n} image{} allowed (",
+        if n == 1 { "" } else { "s" }
+    );
+    for (i, d) in images.iter().enumerate() {
+        if i > 0 {
+            message.push_str(", ");
+        }
+        message.push_str(&d.rule);
+    }
+    message.push(')');
+    message
 }
 
 /// `image "nginx" (docker.io/library/nginx:latest)`, the normalised form
@@ -458,10 +475,13 @@ fn describe(image: &str, reference: &Reference) -> String {
     }
 }
 
-fn join_images(decisions: &[&ImageDecision]) -> String {
-    decisions
-        .iter()
-        .map(|d| d.image.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+fn join_images<'a>(decisions: impl Iterator<Item = &'a ImageDecision>) -> String {
+    let mut joined = String::new();
+    for (i, d) in decisions.enumerate() {
+        if i > 0 {
+            joined.push_str(", ");
+        }
+        joined.push_str(&d.image);
+    }
+    joined
 }

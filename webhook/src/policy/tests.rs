@@ -515,3 +515,65 @@ fn a_decision_is_found_again_by_its_borrowed_key() {
             .is_none()
     );
 }
+
+/// The summary's wording, case by case: what the answers and the audit
+/// annotations carry, joined in the images' order, empty parts included.
+#[test]
+fn a_summary_joins_rules_reasons_and_images_in_order() {
+    let p = policy(&format!(
+        "{}rules:\n  - name: internal\n    registries: [registry.internal]\n",
+        header()
+    ));
+    let image = |name: &str, verdict: ImageVerdict, rule: &str, reason: &str| {
+        let mut d = p.decide_image(&ns("apps"), name);
+        d.verdict = verdict;
+        d.rule = rule.to_string();
+        d.reason = reason.to_string();
+        d
+    };
+    let none = ReviewDecision::summarise(Vec::new(), BTreeMap::new());
+    assert!(none.allowed);
+    assert_eq!(none.message, "no images to check");
+    assert_eq!(none.audit_annotations["decision"], "allowed");
+
+    let one = ReviewDecision::summarise(
+        vec![image("a", ImageVerdict::Allowed, "internal", "")],
+        BTreeMap::new(),
+    );
+    assert_eq!(one.message, "1 image allowed (internal)");
+
+    let audited = ReviewDecision::summarise(
+        vec![
+            image("a", ImageVerdict::Allowed, "internal", ""),
+            image("", ImageVerdict::AuditDenied, "", "no rule"),
+            image("c", ImageVerdict::AuditDenied, "x", "latest"),
+        ],
+        BTreeMap::new(),
+    );
+    assert!(audited.allowed);
+    assert_eq!(audited.message, "3 images allowed (internal, , x)");
+    assert_eq!(
+        audited.warnings,
+        [
+            "imagegate audit mode: would deny: no rule",
+            "imagegate audit mode: would deny: latest"
+        ]
+    );
+    assert_eq!(audited.audit_annotations["audit-would-deny"], ", c");
+    assert!(!audited.audit_annotations.contains_key("denied-images"));
+
+    let denied = ReviewDecision::summarise(
+        vec![
+            image("", ImageVerdict::Denied, "default", ""),
+            image("b", ImageVerdict::Allowed, "internal", ""),
+            image("c", ImageVerdict::Denied, "default", "not allowed"),
+        ],
+        BTreeMap::from([("break-glass".to_string(), "no".to_string())]),
+    );
+    assert!(!denied.allowed);
+    assert_eq!(denied.message, "; not allowed");
+    assert_eq!(denied.audit_annotations["denied-images"], ", c");
+    assert_eq!(denied.audit_annotations["decision"], "denied");
+    assert_eq!(denied.audit_annotations["break-glass"], "no");
+    assert!(denied.warnings.is_empty());
+}
