@@ -106,6 +106,13 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // A response's head and body copied into one buffer before TLS,
+        // rather than queued as slices for a vectored write: the TLS
+        // stream encrypts them into one record either way, and the copy of
+        // a few hundred bytes is cheaper than the queue (callgrind, per
+        // review: ImageReview 37,629 -> 36,977, AdmissionReview 84,728 ->
+        // 83,903; strace: still one `sendto` per response).
+        .writev(false)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
