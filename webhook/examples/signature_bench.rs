@@ -166,7 +166,7 @@ async fn stage(
     resolver: &Resolver,
     images: &[String],
 ) -> anyhow::Result<(
-    Vec<imagegate_webhook::policy::ImageDecision>,
+    Vec<std::sync::Arc<imagegate_webhook::policy::ImageDecision>>,
     Vec<Duration>,
     Vec<Duration>,
 )> {

@@ -25,7 +25,7 @@ pub async fn decide_images(
     resolver: Option<&Resolver>,
     review: &Review,
 ) -> (
-    Vec<ImageDecision>,
+    Vec<Arc<ImageDecision>>,
     std::collections::BTreeMap<String, String>,
 ) {
     let (mut images, mut annotations) = policy.decide_images(review);
@@ -261,7 +261,7 @@ mod tests {
     fn resolved(review: &Review, digests: &[Option<&str>]) -> ReviewDecision {
         let (mut images, annotations) = policy().decide_images(review);
         for (image, digest) in images.iter_mut().zip(digests) {
-            image.resolved = digest.map(|d| Resolved {
+            Arc::make_mut(image).resolved = digest.map(|d| Resolved {
                 digest: Digest::parse(d).unwrap(),
                 children: Vec::new(),
                 verified: true,

@@ -122,7 +122,7 @@ pub async fn images(
         .await
         .images
         .iter()
-        .map(ImageReport::from)
+        .map(|d| ImageReport::from(&**d))
         .collect()
 }
 
@@ -138,7 +138,7 @@ pub async fn review(
         .await
         .images
         .iter()
-        .map(ImageReport::from)
+        .map(|d| ImageReport::from(&**d))
         .collect())
 }
 

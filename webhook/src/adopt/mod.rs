@@ -159,7 +159,7 @@ pub async fn adopt(policy: &Policy, resolver: Option<&Arc<Resolver>>, pods: &[Va
                 object: review.object.clone(),
                 container,
                 approval,
-                decision,
+                decision: Arc::unwrap_or_clone(decision),
             });
         }
     }

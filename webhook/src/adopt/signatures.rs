@@ -12,6 +12,8 @@
 //! mode it is adopted with a warning. Signers are recorded with the
 //! approval, as for admission.
 
+use std::sync::Arc;
+
 use crate::{
     ledger::Approval,
     policy::{ImageDecision, ImageVerdict, Policy},
@@ -146,13 +148,14 @@ fn with_digest(decision: &ImageDecision, resolved: Resolved) -> ImageDecision {
 async fn judge(
     policy: &Policy,
     resolver: &Resolver,
-    mut decisions: Vec<ImageDecision>,
+    decisions: Vec<ImageDecision>,
 ) -> Vec<ImageDecision> {
     let outcomes = {
         let asks: Vec<_> = decisions.iter().map(|d| policy.signature_ask(d)).collect();
         resolver.signatures().check_each(&asks).await
     };
     let mut annotations = Default::default();
+    let mut decisions: Vec<Arc<ImageDecision>> = decisions.into_iter().map(Arc::new).collect();
     policy.apply_signatures(&mut decisions, outcomes, &mut annotations);
-    decisions
+    decisions.into_iter().map(Arc::unwrap_or_clone).collect()
 }

@@ -1,7 +1,7 @@
 //! Applying a policy to a review: one decision per image, then one for the
 //! review. Plain functions of their inputs: no I/O, no clock.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{collections::BTreeMap, fmt::Write, sync::Arc};
 
 use serde::Serialize;
 
@@ -82,7 +82,10 @@ pub struct ReviewDecision {
     /// What audit mode would have denied (AdmissionReview `warnings`).
     pub warnings: Vec<String>,
     pub audit_annotations: BTreeMap<String, String>,
-    pub images: Vec<ImageDecision>,
+    /// Shared: a remembered decision is handed out without copying its
+    /// strings; the steps that change one (resolution, signatures) copy
+    /// it first (`Arc::make_mut`).
+    pub images: Vec<Arc<ImageDecision>>,
 }
 
 impl Policy {
@@ -94,10 +97,14 @@ impl Policy {
 
     /// Decides on every image of a review, before summing up: digest
     /// resolution comes in between.
-    pub fn decide_images(&self, review: &Review) -> (Vec<ImageDecision>, BTreeMap<String, String>) {
+    pub fn decide_images(
+        &self,
+        review: &Review,
+    ) -> (Vec<Arc<ImageDecision>>, BTreeMap<String, String>) {
         let subject = &review.subject;
         let mut annotations = BTreeMap::new();
-        let images: Vec<ImageDecision> = if self.exempt_namespaces.contains(&subject.namespace) {
+        let images: Vec<Arc<ImageDecision>> = if self.exempt_namespaces.contains(&subject.namespace)
+        {
             annotations.insert("exempt-namespace".into(), subject.namespace.clone());
             self.allow_all(review, ImageVerdict::Exempt, RULE_EXEMPT, || {
                 format!(
@@ -118,7 +125,7 @@ impl Policy {
                     if u.changed {
                         self.decide_image(subject, &u.image)
                     } else {
-                        ImageDecision {
+                        Arc::new(ImageDecision {
                             image: u.image.clone(),
                             reference: Reference::parse_cached(&u.image),
                             verdict: ImageVerdict::Unchanged,
@@ -130,7 +137,7 @@ impl Policy {
                             ),
                             resolved: None,
                             signers: Vec::new(),
-                        }
+                        })
                     }
                 })
                 .collect()
@@ -142,14 +149,14 @@ impl Policy {
     ///
     /// A decision is a function of the policy, the namespace and the image,
     /// unless a rule looks at object labels; then it is not remembered.
-    pub fn decide_image(&self, subject: &Subject, image: &str) -> ImageDecision {
+    pub fn decide_image(&self, subject: &Subject, image: &str) -> Arc<ImageDecision> {
         if self.uses_labels || image.len() > 1024 {
-            return self.decide_image_uncached(subject, image);
+            return Arc::new(self.decide_image_uncached(subject, image));
         }
         if let Some(decision) = self.decisions.get(&DecisionKey(&subject.namespace, image)) {
             return decision;
         }
-        let decision = self.decide_image_uncached(subject, image);
+        let decision = Arc::new(self.decide_image_uncached(subject, image));
         self.decisions.insert(
             (subject.namespace.clone(), image.to_string()),
             decision.clone(),
@@ -265,18 +272,20 @@ impl Policy {
         verdict: ImageVerdict,
         rule: &str,
         reason: impl Fn() -> String,
-    ) -> Vec<ImageDecision> {
+    ) -> Vec<Arc<ImageDecision>> {
         review
             .images
             .iter()
-            .map(|u| ImageDecision {
-                resolved: None,
-                signers: Vec::new(),
-                image: u.image.clone(),
-                reference: Reference::parse_cached(&u.image),
-                verdict,
-                rule: rule.to_string(),
-                reason: reason(),
+            .map(|u| {
+                Arc::new(ImageDecision {
+                    resolved: None,
+                    signers: Vec::new(),
+                    image: u.image.clone(),
+                    reference: Reference::parse_cached(&u.image),
+                    verdict,
+                    rule: rule.to_string(),
+                    reason: reason(),
+                })
             })
             .collect()
     }
@@ -388,16 +397,19 @@ impl Rule {
 
 impl ReviewDecision {
     /// Sums up per-image decisions into the review's answer.
-    pub fn summarise(images: Vec<ImageDecision>, annotations: BTreeMap<String, String>) -> Self {
+    pub fn summarise(
+        images: Vec<Arc<ImageDecision>>,
+        annotations: BTreeMap<String, String>,
+    ) -> Self {
         summarise(images, annotations)
     }
 }
 
 fn summarise(
-    images: Vec<ImageDecision>,
+    images: Vec<Arc<ImageDecision>>,
     mut annotations: BTreeMap<String, String>,
 ) -> ReviewDecision {
-    let is = |verdict: ImageVerdict| move |d: &&ImageDecision| d.verdict == verdict;
+    let is = |verdict: ImageVerdict| move |d: &&Arc<ImageDecision>| d.verdict == verdict;
     let allowed = !images.iter().any(|d| d.verdict == ImageVerdict::Denied);
     // Most reviews have neither denials nor audit findings: the lists
     // below are then made without allocating.
@@ -442,7 +454,7 @@ fn summarise(
 }
 
 /// `2 images allowed (rule-a, rule-b)`: the rule that allowed each.
-fn allowed_message(images: &[ImageDecision]) -> String {
+fn allowed_message(images: &[Arc<ImageDecision>]) -> String {
     let n = images.len();
     if n == 0 {
         return "no images to check".to_string();
@@ -475,7 +487,7 @@ fn describe(image: &str, reference: &Reference) -> String {
     }
 }
 
-fn join_images<'a>(decisions: impl Iterator<Item = &'a ImageDecision>) -> String {
+fn join_images<'a>(decisions: impl Iterator<Item = &'a Arc<ImageDecision>>) -> String {
     let mut joined = String::new();
     for (i, d) in decisions.enumerate() {
         if i > 0 {

@@ -60,7 +60,7 @@ pub struct Policy {
 /// How many (namespace, image) decisions a policy remembers.
 const DECISION_CACHE_ENTRIES: usize = 16 * 1024;
 
-type DecisionCache = quick_cache::sync::Cache<(String, String), ImageDecision>;
+type DecisionCache = quick_cache::sync::Cache<(String, String), std::sync::Arc<ImageDecision>>;
 
 /// A [`DecisionCache`] key, borrowed: looking a decision up allocates
 /// nothing (the owned key cost two allocations per image per review). It

@@ -2,7 +2,7 @@
 //! up at all, and how a failure or an unverified digest changes a
 //! decision. Resolution itself (`resolve`) only reports what it found.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{ImageDecision, ImageVerdict, Mode, Policy, decide::RULE_RESOLUTION, file};
 use crate::resolve::{Ask, Outcome, Resolved};
@@ -32,7 +32,7 @@ impl Policy {
     /// stand, with the annotation.
     pub fn apply_resolution(
         &self,
-        images: &mut [ImageDecision],
+        images: &mut [Arc<ImageDecision>],
         outcomes: Vec<Outcome>,
         annotations: &mut BTreeMap<String, String>,
     ) {
@@ -40,6 +40,10 @@ impl Policy {
         let mut unverified = Vec::new();
         let mut unresolved = Vec::new();
         for (decision, outcome) in images.iter_mut().zip(outcomes) {
+            if matches!(outcome, Outcome::Skipped) {
+                continue;
+            }
+            let decision = Arc::make_mut(decision);
             match outcome {
                 Outcome::Skipped => {}
                 // Not contacted: a digest written in the reference is

@@ -222,13 +222,17 @@ impl Policy {
     /// decides by the requirement's `onFailure`.
     pub fn apply_signatures(
         &self,
-        images: &mut [ImageDecision],
+        images: &mut [Arc<ImageDecision>],
         outcomes: Vec<Outcome>,
         annotations: &mut BTreeMap<String, String>,
     ) {
         let mut signed = Vec::new();
         let mut unsigned = Vec::new();
         for (decision, outcome) in images.iter_mut().zip(outcomes) {
+            if matches!(outcome, Outcome::Skipped) {
+                continue;
+            }
+            let decision = Arc::make_mut(decision);
             let rule = self.rule(&decision.rule);
             let mode = rule.and_then(|r| r.mode).unwrap_or(self.mode);
             let what = match (&decision.reference, &decision.resolved) {

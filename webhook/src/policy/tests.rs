@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::*;
 use crate::review::{Api, ContainerKind, ImageUse, Review, Subject};
@@ -54,7 +54,7 @@ fn review(api: Api, namespace: &str, images: &[&str], annotations: &[(&str, &str
 
 fn verdict(p: &Policy, namespace: &str, image: &str) -> (ImageVerdict, String) {
     let d = p.decide_image(&ns(namespace), image);
-    (d.verdict, d.rule)
+    (d.verdict, d.rule.clone())
 }
 
 #[test]
@@ -503,7 +503,7 @@ fn a_decision_is_found_again_by_its_borrowed_key() {
         .decisions
         .get(&DecisionKey("default", "nginx:1.25"))
         .expect("the decision is remembered under the owned key");
-    assert_eq!((found.verdict, found.rule), (first.verdict, first.rule));
+    assert_eq!((found.verdict, &found.rule), (first.verdict, &first.rule));
     assert!(
         p.decisions
             .get(&DecisionKey("default", "nginx:1.26"))
@@ -526,9 +526,10 @@ fn a_summary_joins_rules_reasons_and_images_in_order() {
     ));
     let image = |name: &str, verdict: ImageVerdict, rule: &str, reason: &str| {
         let mut d = p.decide_image(&ns("apps"), name);
-        d.verdict = verdict;
-        d.rule = rule.to_string();
-        d.reason = reason.to_string();
+        let changed = Arc::make_mut(&mut d);
+        changed.verdict = verdict;
+        changed.rule = rule.to_string();
+        changed.reason = reason.to_string();
         d
     };
     let none = ReviewDecision::summarise(Vec::new(), BTreeMap::new());
