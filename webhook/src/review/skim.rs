@@ -101,9 +101,10 @@ fn string_stops_in(chunk: u64) -> u64 {
 }
 
 /// The first string stop in `bytes` from `i` on, or `bytes.len()`: 16
-/// bytes at a time where SSE2 is (every x86_64), then 8, then one.
+/// bytes at a time where SSE2 is (every x86_64), then 8, then one. The
+/// stops are also what a JSON writer must escape (`answer_json`).
 #[inline(always)]
-fn next_string_stop(bytes: &[u8], mut i: usize) -> usize {
+pub(super) fn next_string_stop(bytes: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
