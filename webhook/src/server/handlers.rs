@@ -251,9 +251,9 @@ fn json(value: admission::Response) -> Response {
     json_answer(value.to_json())
 }
 
-/// A review's answer, already JSON: built as a response directly, which
-/// is what axum's `(StatusCode, headers, body)` makes, without its
-/// generic steps (about 1,000 instructions per review, callgrind).
+/// A review's answer, already JSON: built as a response directly. It is
+/// what axum's `(StatusCode, headers, body)` makes, in about 500
+/// user-space instructions per review instead of 960 (callgrind).
 fn json_answer(body: Vec<u8>) -> Response {
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
