@@ -550,11 +550,7 @@ mod checked_resources_tests {
 mod response_tests {
     use proptest::prelude::*;
 
-    use super::*;
-
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![any::<String>(), "[ -~]{0,24}", "[\\x00-\\x7f]{0,24}"]
-    }
+    use super::{answer_json::any_text as text, *};
 
     proptest! {
         /// Whatever it holds, an answer is written as serde_json writes

@@ -41,18 +41,8 @@ impl Writer {
     }
 
     pub(super) fn u16(&mut self, value: u16) -> &mut Self {
-        let mut digits = [0u8; 5];
-        let mut at = digits.len();
-        let mut left = value;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (left % 10) as u8;
-            left /= 10;
-            if left == 0 {
-                break;
-            }
-        }
-        self.out.extend_from_slice(&digits[at..]);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         self
     }
 
@@ -135,6 +125,14 @@ fn escape(out: &mut Vec<u8>, byte: u8) {
             HEX[usize::from(byte & 0xf)],
         ]),
     }
+}
+
+/// Strings for the answers' proptests: any text, printable ASCII, and
+/// ASCII with the control characters that need escapes.
+#[cfg(test)]
+pub(super) fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![any::<String>(), "[ -~]{0,24}", "[\\x00-\\x7f]{0,24}"]
 }
 
 #[cfg(test)]
